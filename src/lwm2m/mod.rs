@@ -1,0 +1,1 @@
+//! lwm2m (in progress)

@@ -1,0 +1,5 @@
+//! The `privgw` binary: parses the command line and reports errors plainly.
+
+fn main() -> std::process::ExitCode {
+    privgw::cli::main()
+}

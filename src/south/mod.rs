@@ -1,0 +1,1 @@
+//! south (in progress)
