@@ -1,1 +1,713 @@
-//! config (in progress)
+//! The TOML configuration: its keys, their defaults, and validation at start.
+//!
+//! Everything a user can get wrong is checked here, once, and reported with the key that is
+//! wrong and why (`servers[1].ssid: 0 is reserved`). The rest of the gateway works with the
+//! validated [`Config`] and never re-checks it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::acl::dm::{DmAcl, DmPolicy};
+use crate::acl::lwm2m::Lwm2mPolicy;
+
+/// A configuration that failed to load; the message names the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.to_string(),
+    }
+}
+
+/// URI scheme of a listener or a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `coap://` — plain UDP (NoSec).
+    Coap,
+    /// `coaps://` — DTLS 1.2 over UDP.
+    Coaps,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Coap => "coap",
+            Scheme::Coaps => "coaps",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Coap => 5683,
+            Scheme::Coaps => 5684,
+        }
+    }
+}
+
+/// `coap://host:port` or `coaps://host:port`, host an IPv4 or bracketed IPv6 literal (or
+/// `localhost`). No path: endpoints, not resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointUri {
+    pub scheme: Scheme,
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for EndpointUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.addr)
+    }
+}
+
+impl FromStr for EndpointUri {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("'{s}' is not a URI (expected coap:// or coaps://)"))?;
+        let scheme = match scheme {
+            "coap" => Scheme::Coap,
+            "coaps" => Scheme::Coaps,
+            "coap+tcp" | "coaps+tcp" => {
+                return Err(format!("'{s}': {scheme}:// is not supported yet"));
+            }
+            other => return Err(format!("'{s}': unknown scheme '{other}'")),
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('/') {
+            return Err(format!("'{s}': an endpoint URI takes no path"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("'{s}': unterminated IPv6 literal"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("'{s}': expected ':' after ']'"))?,
+                ),
+            };
+            let ip: Ipv6Addr = host
+                .parse()
+                .map_err(|_| format!("'{s}': '{host}' is not an IPv6 address"))?;
+            (IpAddr::V6(ip), port)
+        } else {
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            let ip = if host == "localhost" {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                host.parse::<Ipv4Addr>()
+                    .map(IpAddr::V4)
+                    .map_err(|_| format!("'{s}': '{host}' is not an IP address literal"))?
+            };
+            (ip, port)
+        };
+        let port = match port {
+            None => scheme.default_port(),
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("'{s}': '{p}' is not a port number"))?,
+        };
+        Ok(EndpointUri {
+            scheme,
+            addr: SocketAddr::new(host, port),
+        })
+    }
+}
+
+/// How a device's ACL for a URI is read and judged (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Dm(DmPolicy),
+    Lwm2m(Lwm2mPolicy),
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Profile::Dm(DmPolicy::Replace) => f.write_str("dm/replace"),
+            Profile::Dm(DmPolicy::TndStrict) => f.write_str("dm/tnd-strict"),
+            Profile::Lwm2m(Lwm2mPolicy::Owner) => f.write_str("lwm2m/owner"),
+            Profile::Lwm2m(Lwm2mPolicy::WriteBit) => f.write_str("lwm2m/write-bit"),
+        }
+    }
+}
+
+/// A pre-shared key: identity and secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Psk {
+    pub identity: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for Psk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Psk")
+            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A northbound management server and how its channel identifies it.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// DM ServerID, used in DM ACL strings.
+    pub id: String,
+    /// LwM2M Short Server ID (1..=65534), used in LwM2M ACLs.
+    pub ssid: u16,
+    pub psk: Option<Psk>,
+    /// NoSec: the source address that identifies this server on `coap://` listeners.
+    pub nosec_address: Option<IpAddr>,
+}
+
+/// An end device behind the gateway.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub uri: EndpointUri,
+    pub profile: Profile,
+    /// Credentials the gateway presents to the device on `coaps://`.
+    pub psk: Option<Psk>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub id: String,
+    pub members: Vec<String>,
+}
+
+/// Gateway-wide settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: Vec<EndpointUri>,
+    /// The redb file holding committed privileges.
+    pub store: PathBuf,
+    /// The gateway's own DM ACL on the `Privileges` node, checked before anything else.
+    pub privileges_acl: DmAcl,
+    /// Deadline for one device's ACL read, handshake included. Default 3000 ms.
+    pub device_timeout: Duration,
+    /// Upper bound on concurrent device reads across all verifications. Default 256.
+    pub max_in_flight: usize,
+    /// Local address of the southbound socket (default: unspecified address, any port).
+    pub south_bind: Option<SocketAddr>,
+    /// CoAP ACK_TIMEOUT towards devices, in ms (RFC 7252 default 2000).
+    pub ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub servers: Vec<ServerConfig>,
+    pub devices: Vec<DeviceConfig>,
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    servers: Vec<RawServer>,
+    #[serde(default)]
+    devices: Vec<RawDevice>,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Vec<String>,
+    #[serde(default = "default_store")]
+    store: PathBuf,
+    #[serde(default = "default_privileges_acl")]
+    privileges_acl: String,
+    #[serde(default = "default_device_timeout_ms")]
+    device_timeout_ms: u64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+    south_bind: Option<String>,
+    #[serde(default = "default_ack_timeout_ms")]
+    ack_timeout_ms: u64,
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("privgw.redb")
+}
+fn default_privileges_acl() -> String {
+    "Add=*&Delete=*&Get=*&Replace=*".into()
+}
+fn default_device_timeout_ms() -> u64 {
+    3000
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_ack_timeout_ms() -> u64 {
+    2000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    id: String,
+    ssid: u32,
+    psk_identity: Option<String>,
+    psk_key: Option<String>,
+    psk_key_hex: Option<String>,
+    nosec_address: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    id: String,
+    uri: String,
+    #[serde(default = "default_profile")]
+    profile: String,
+    policy: Option<String>,
+    psk_identity: Option<String>,
+    psk_key: Option<String>,
+    psk_key_hex: Option<String>,
+}
+
+fn default_profile() -> String {
+    "lwm2m".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    id: String,
+    members: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it (the store) are taken
+    /// relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        if config.gateway.store.is_relative() {
+            if let Some(dir) = path.parent() {
+                config.gateway.store = dir.join(&config.gateway.store);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        validate(raw)
+    }
+
+    pub fn server_by_id(&self, id: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+}
+
+fn psk_from(
+    key: &str,
+    identity: Option<String>,
+    secret: Option<String>,
+    secret_hex: Option<String>,
+) -> Result<Option<Psk>, ConfigError> {
+    let secret = match (secret, secret_hex) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{key}.psk_key"),
+                "give psk_key or psk_key_hex, not both",
+            ));
+        }
+        (Some(s), None) => Some(s.into_bytes()),
+        (None, Some(h)) => Some(
+            decode_hex(&h).map_err(|p| invalid(format!("{key}.psk_key_hex"), p))?,
+        ),
+        (None, None) => None,
+    };
+    match (identity, secret) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            format!("{key}.psk_key"),
+            "psk_identity is set but no psk_key",
+        )),
+        (None, Some(_)) => Err(invalid(
+            format!("{key}.psk_identity"),
+            "a psk_key needs a psk_identity",
+        )),
+        (Some(identity), Some(secret)) => {
+            if identity.is_empty() || identity.len() > 128 {
+                return Err(invalid(
+                    format!("{key}.psk_identity"),
+                    "must be 1 to 128 bytes",
+                ));
+            }
+            if secret.is_empty() || secret.len() > 64 {
+                return Err(invalid(format!("{key}.psk_key"), "must be 1 to 64 bytes"));
+            }
+            Ok(Some(Psk {
+                identity: identity.into_bytes(),
+                key: secret,
+            }))
+        }
+    }
+}
+
+/// Decodes a hex string (no separators).
+pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("hex needs an even number of digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("'{s}' is not hex"))
+        })
+        .collect()
+}
+
+/// Validates an identifier used as a DeviceID, GroupID or ServerID.
+pub fn check_identifier(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err(format!("'{s}' must be 1 to 64 characters"));
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(format!(
+            "'{s}' may only hold letters, digits, '-', '_', '.' and ':'"
+        ));
+    }
+    Ok(())
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let g = raw.gateway;
+    if g.listen.is_empty() {
+        return Err(invalid("gateway.listen", "at least one listener is needed"));
+    }
+    let listen = g
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.parse().map_err(|e| invalid(format!("gateway.listen[{i}]"), e)))
+        .collect::<Result<Vec<EndpointUri>, _>>()?;
+    let privileges_acl = DmAcl::parse(&g.privileges_acl)
+        .map_err(|e| invalid("gateway.privileges_acl", e))?;
+    if !(1..=600_000).contains(&g.device_timeout_ms) {
+        return Err(invalid(
+            "gateway.device_timeout_ms",
+            "must be 1 to 600000 ms",
+        ));
+    }
+    if !(1..=65_536).contains(&g.max_in_flight) {
+        return Err(invalid("gateway.max_in_flight", "must be 1 to 65536"));
+    }
+    if !(10..=60_000).contains(&g.ack_timeout_ms) {
+        return Err(invalid("gateway.ack_timeout_ms", "must be 10 to 60000 ms"));
+    }
+    let south_bind = g
+        .south_bind
+        .as_deref()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| invalid("gateway.south_bind", format!("'{s}' is not ip:port")))
+        })
+        .transpose()?;
+
+    let mut server_ids = BTreeSet::new();
+    let mut ssids = BTreeSet::new();
+    let mut identities = BTreeSet::new();
+    let mut servers = Vec::new();
+    for (i, s) in raw.servers.into_iter().enumerate() {
+        let key = format!("servers[{i}]");
+        check_identifier(&s.id).map_err(|p| invalid(format!("{key}.id"), p))?;
+        if s.id == "*" || !server_ids.insert(s.id.clone()) {
+            return Err(invalid(format!("{key}.id"), format!("'{}' is used twice", s.id)));
+        }
+        let ssid = match s.ssid {
+            0 | 65535 => {
+                return Err(invalid(
+                    format!("{key}.ssid"),
+                    format!("{} is reserved (1..65534)", s.ssid),
+                ));
+            }
+            n @ 1..=65534 => n as u16,
+            n => return Err(invalid(format!("{key}.ssid"), format!("{n} is out of range (1..65534)"))),
+        };
+        if !ssids.insert(ssid) {
+            return Err(invalid(format!("{key}.ssid"), format!("{ssid} is used twice")));
+        }
+        let psk = psk_from(&key, s.psk_identity, s.psk_key, s.psk_key_hex)?;
+        if let Some(psk) = &psk {
+            if !identities.insert(psk.identity.clone()) {
+                return Err(invalid(
+                    format!("{key}.psk_identity"),
+                    "used by another server",
+                ));
+            }
+        }
+        let nosec_address = s
+            .nosec_address
+            .as_deref()
+            .map(|a| {
+                a.parse::<IpAddr>().map_err(|_| {
+                    invalid(format!("{key}.nosec_address"), format!("'{a}' is not an IP address"))
+                })
+            })
+            .transpose()?;
+        if psk.is_none() && nosec_address.is_none() {
+            return Err(invalid(
+                key,
+                "a server needs psk_identity/psk_key or nosec_address to be identified",
+            ));
+        }
+        servers.push(ServerConfig {
+            id: s.id,
+            ssid,
+            psk,
+            nosec_address,
+        });
+    }
+
+    let mut devices = Vec::new();
+    let mut device_ids = BTreeSet::new();
+    for (i, d) in raw.devices.into_iter().enumerate() {
+        let key = format!("devices[{i}]");
+        check_identifier(&d.id).map_err(|p| invalid(format!("{key}.id"), p))?;
+        if !device_ids.insert(d.id.clone()) {
+            return Err(invalid(format!("{key}.id"), format!("'{}' is used twice", d.id)));
+        }
+        let uri: EndpointUri = d.uri.parse().map_err(|e| invalid(format!("{key}.uri"), e))?;
+        let profile = match (d.profile.as_str(), d.policy.as_deref()) {
+            ("dm", None) => Profile::Dm(DmPolicy::Replace),
+            ("dm", Some(p)) => Profile::Dm(p.parse().map_err(|_| {
+                invalid(
+                    format!("{key}.policy"),
+                    format!("'{p}' is not a dm policy (replace | tnd-strict)"),
+                )
+            })?),
+            ("lwm2m", None) => Profile::Lwm2m(Lwm2mPolicy::Owner),
+            ("lwm2m", Some(p)) => Profile::Lwm2m(p.parse().map_err(|_| {
+                invalid(
+                    format!("{key}.policy"),
+                    format!("'{p}' is not an lwm2m policy (owner | write-bit)"),
+                )
+            })?),
+            (other, _) => {
+                return Err(invalid(
+                    format!("{key}.profile"),
+                    format!("'{other}' is not a profile (dm | lwm2m)"),
+                ));
+            }
+        };
+        let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
+        if uri.scheme == Scheme::Coaps && psk.is_none() {
+            return Err(invalid(
+                format!("{key}.psk_key"),
+                "a coaps:// device needs psk_identity and psk_key",
+            ));
+        }
+        devices.push(DeviceConfig {
+            id: d.id,
+            uri,
+            profile,
+            psk,
+        });
+    }
+
+    let mut groups = Vec::new();
+    let mut group_ids = BTreeMap::new();
+    for (i, grp) in raw.groups.into_iter().enumerate() {
+        let key = format!("groups[{i}]");
+        check_identifier(&grp.id).map_err(|p| invalid(format!("{key}.id"), p))?;
+        if group_ids.insert(grp.id.clone(), i).is_some() {
+            return Err(invalid(format!("{key}.id"), format!("'{}' is used twice", grp.id)));
+        }
+        let mut seen = BTreeSet::new();
+        for (j, m) in grp.members.iter().enumerate() {
+            if !device_ids.contains(m) {
+                return Err(invalid(
+                    format!("{key}.members[{j}]"),
+                    format!("'{m}' is not a configured device"),
+                ));
+            }
+            if !seen.insert(m) {
+                return Err(invalid(
+                    format!("{key}.members[{j}]"),
+                    format!("'{m}' is listed twice"),
+                ));
+            }
+        }
+        groups.push(GroupConfig {
+            id: grp.id,
+            members: grp.members,
+        });
+    }
+
+    for name in privileges_acl.named_servers() {
+        if !server_ids.contains(name) {
+            return Err(invalid(
+                "gateway.privileges_acl",
+                format!("names '{name}', which is not a configured server"),
+            ));
+        }
+    }
+
+    Ok(Config {
+        gateway: GatewayConfig {
+            listen,
+            store: g.store,
+            privileges_acl,
+            device_timeout: Duration::from_millis(g.device_timeout_ms),
+            max_in_flight: g.max_in_flight,
+            south_bind,
+            ack_timeout: Duration::from_millis(g.ack_timeout_ms),
+        },
+        servers,
+        devices,
+        groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[gateway]
+listen = ["coaps://127.0.0.1:5684", "coap://[::1]:5683"]
+store = "privgw.redb"
+
+[[servers]]
+id = "ServerA"
+ssid = 101
+psk_identity = "serverA"
+psk_key = "secretA"
+
+[[servers]]
+id = "ServerB"
+ssid = 102
+psk_identity = "serverB"
+psk_key_hex = "0a0b"
+
+[[devices]]
+id = "devA"
+uri = "coaps://127.0.0.1:15684"
+profile = "lwm2m"
+policy = "owner"
+psk_identity = "gateway"
+psk_key = "devkeyA"
+
+[[devices]]
+id = "devB"
+uri = "coap://127.0.0.1:15683"
+profile = "dm"
+
+[[groups]]
+id = "G1"
+members = ["devA", "devB"]
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.gateway.listen.len(), 2);
+        assert_eq!(c.gateway.listen[1].addr, "[::1]:5683".parse().unwrap());
+        assert_eq!(c.gateway.device_timeout, Duration::from_millis(3000));
+        assert_eq!(c.gateway.max_in_flight, 256);
+        assert_eq!(c.servers[1].psk.as_ref().unwrap().key, vec![0x0a, 0x0b]);
+        assert_eq!(c.devices[1].profile, Profile::Dm(DmPolicy::Replace));
+        assert_eq!(c.groups[0].members, vec!["devA", "devB"]);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn reserved_ssid_names_the_key() {
+        let e = error_of(&GOOD.replace("ssid = 102", "ssid = 0"));
+        assert!(e.contains("servers[1].ssid") && e.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn unknown_group_member_names_the_key() {
+        let e = error_of(&GOOD.replace("[\"devA\", \"devB\"]", "[\"devA\", \"devZ\"]"));
+        assert!(e.contains("groups[0].members[1]") && e.contains("devZ"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = error_of(&GOOD.replace("store =", "stroe ="));
+        assert!(e.contains("stroe"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_uri_names_the_key() {
+        let e = error_of(&GOOD.replace("coap://[::1]:5683", "http://x"));
+        assert!(e.contains("gateway.listen[1]"), "{e}");
+    }
+
+    #[test]
+    fn coaps_device_without_key_is_refused() {
+        let e = error_of(&GOOD.replace("psk_key = \"devkeyA\"", ""));
+        assert!(e.contains("devices[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_policy_names_the_key() {
+        let e = error_of(&GOOD.replace("policy = \"owner\"", "policy = \"sometimes\""));
+        assert!(e.contains("devices[0].policy"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_uris_parse() {
+        let u: EndpointUri = "coaps://[::1]".parse().unwrap();
+        assert_eq!(u.addr.port(), 5684);
+        let u: EndpointUri = "coap://localhost:1".parse().unwrap();
+        assert_eq!(u.addr, "127.0.0.1:1".parse().unwrap());
+        assert!("coap://example.com:5683".parse::<EndpointUri>().is_err());
+        assert!("coap://127.0.0.1:99999".parse::<EndpointUri>().is_err());
+        assert!("coap://127.0.0.1:5683/x".parse::<EndpointUri>().is_err());
+    }
+}

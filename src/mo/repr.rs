@@ -1,0 +1,333 @@
+//! MO nodes as documents: a small value tree with CBOR (Content-Format 60) and JSON (50)
+//! encodings, used for request bodies, answers and the stored form of a privilege.
+//!
+//! Decoding is bounded (depth, sizes) and total: any byte string gives a value or an error.
+
+use std::fmt::Write as _;
+
+/// A document value: text, integer, array or text-keyed map (the shapes the MO uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+    Array(Vec<Value>),
+    Map(Vec<(String, Value)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReprError {
+    #[error("malformed CBOR: {0}")]
+    Cbor(String),
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("unsupported value: {0}")]
+    Unsupported(&'static str),
+    #[error("trailing bytes after the document")]
+    Trailing,
+}
+
+const MAX_DEPTH: usize = 8;
+const MAX_ITEMS: u64 = 100_000;
+
+impl Value {
+    pub fn text(s: impl Into<String>) -> Value {
+        Value::Text(s.into())
+    }
+
+    pub fn map(entries: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
+        Value::Map(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut enc = minicbor::Encoder::new(Vec::new());
+        // Writing into a Vec cannot fail.
+        let _ = encode_cbor(self, &mut enc);
+        enc.into_writer()
+    }
+
+    pub fn from_cbor(bytes: &[u8]) -> Result<Value, ReprError> {
+        let mut dec = minicbor::Decoder::new(bytes);
+        let v = decode_cbor(&mut dec, 0)?;
+        if dec.position() != bytes.len() {
+            return Err(ReprError::Trailing);
+        }
+        Ok(v)
+    }
+
+    pub fn to_json_value(&self) -> serde_json::Value {
+        match self {
+            Value::Text(s) => serde_json::Value::String(s.clone()),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json_value).collect()),
+            Value::Map(m) => serde_json::Value::Object(
+                m.iter().map(|(k, v)| (k.clone(), v.to_json_value())).collect(),
+            ),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_value().to_string().into_bytes()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Value, ReprError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ReprError::Json(e.to_string()))?;
+        from_json_value(&v, 0)
+    }
+
+    /// A readable one-line rendering (for the CLI and the demo).
+    pub fn to_display(&self) -> String {
+        let mut out = String::new();
+        display(self, &mut out);
+        out
+    }
+}
+
+fn display(v: &Value, out: &mut String) {
+    match v {
+        Value::Text(s) => {
+            let _ = write!(out, "{s:?}");
+        }
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                display(x, out);
+            }
+            out.push(']');
+        }
+        Value::Map(m) => {
+            out.push('{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let _ = write!(out, "{k}: ");
+                display(x, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn encode_cbor(
+    v: &Value,
+    enc: &mut minicbor::Encoder<Vec<u8>>,
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    match v {
+        Value::Text(s) => {
+            enc.str(s)?;
+        }
+        Value::Int(i) => {
+            enc.i64(*i)?;
+        }
+        Value::Array(a) => {
+            enc.array(a.len() as u64)?;
+            for x in a {
+                encode_cbor(x, enc)?;
+            }
+        }
+        Value::Map(m) => {
+            enc.map(m.len() as u64)?;
+            for (k, x) in m {
+                enc.str(k)?;
+                encode_cbor(x, enc)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cbor_err(e: minicbor::decode::Error) -> ReprError {
+    ReprError::Cbor(e.to_string())
+}
+
+fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, ReprError> {
+    use minicbor::data::Type;
+    if depth > MAX_DEPTH {
+        return Err(ReprError::TooDeep);
+    }
+    match dec.datatype().map_err(cbor_err)? {
+        Type::String => Ok(Value::Text(dec.str().map_err(cbor_err)?.to_owned())),
+        Type::StringIndef => {
+            let mut s = String::new();
+            for part in dec.str_iter().map_err(cbor_err)? {
+                s.push_str(part.map_err(cbor_err)?);
+            }
+            Ok(Value::Text(s))
+        }
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 | Type::I8 | Type::I16 | Type::I32
+        | Type::I64 | Type::Int => {
+            let i = dec.int().map_err(cbor_err)?;
+            i64::try_from(i)
+                .map(Value::Int)
+                .map_err(|_| ReprError::Unsupported("integer out of range"))
+        }
+        Type::Array | Type::ArrayIndef => {
+            let len = dec.array().map_err(cbor_err)?;
+            let mut items = Vec::new();
+            match len {
+                Some(n) => {
+                    if n > MAX_ITEMS {
+                        return Err(ReprError::Unsupported("array too long"));
+                    }
+                    for _ in 0..n {
+                        items.push(decode_cbor(dec, depth + 1)?);
+                    }
+                }
+                None => loop {
+                    if dec.datatype().map_err(cbor_err)? == Type::Break {
+                        dec.skip().map_err(cbor_err)?;
+                        break;
+                    }
+                    if items.len() as u64 >= MAX_ITEMS {
+                        return Err(ReprError::Unsupported("array too long"));
+                    }
+                    items.push(decode_cbor(dec, depth + 1)?);
+                },
+            }
+            Ok(Value::Array(items))
+        }
+        Type::Map | Type::MapIndef => {
+            let len = dec.map().map_err(cbor_err)?;
+            let mut entries = Vec::new();
+            let mut entry = |dec: &mut minicbor::Decoder<'_>| -> Result<(), ReprError> {
+                if dec.datatype().map_err(cbor_err)? != Type::String {
+                    return Err(ReprError::Unsupported("map keys must be text"));
+                }
+                let k = dec.str().map_err(cbor_err)?.to_owned();
+                let v = decode_cbor(dec, depth + 1)?;
+                entries.push((k, v));
+                Ok(())
+            };
+            match len {
+                Some(n) => {
+                    if n > MAX_ITEMS {
+                        return Err(ReprError::Unsupported("map too long"));
+                    }
+                    for _ in 0..n {
+                        entry(dec)?;
+                    }
+                }
+                None => loop {
+                    if dec.datatype().map_err(cbor_err)? == Type::Break {
+                        dec.skip().map_err(cbor_err)?;
+                        break;
+                    }
+                    entry(dec)?;
+                },
+            }
+            Ok(Value::Map(entries))
+        }
+        _ => Err(ReprError::Unsupported("only text, integers, arrays and maps")),
+    }
+}
+
+fn from_json_value(v: &serde_json::Value, depth: usize) -> Result<Value, ReprError> {
+    if depth > MAX_DEPTH {
+        return Err(ReprError::TooDeep);
+    }
+    match v {
+        serde_json::Value::String(s) => Ok(Value::Text(s.clone())),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .ok_or(ReprError::Unsupported("only integer numbers")),
+        serde_json::Value::Array(a) => Ok(Value::Array(
+            a.iter()
+                .map(|x| from_json_value(x, depth + 1))
+                .collect::<Result<_, _>>()?,
+        )),
+        serde_json::Value::Object(o) => Ok(Value::Map(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), from_json_value(x, depth + 1)?)))
+                .collect::<Result<_, ReprError>>()?,
+        )),
+        _ => Err(ReprError::Unsupported("only text, integers, arrays and maps")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        Value::map([
+            ("Status", Value::Int(425)),
+            (
+                "Failed",
+                Value::Array(vec![Value::map([
+                    ("DeviceID", Value::text("devB")),
+                    ("Reason", Value::text("denied")),
+                ])]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn cbor_round_trip() {
+        let v = sample();
+        assert_eq!(Value::from_cbor(&v.to_cbor()).unwrap(), v);
+    }
+
+    #[test]
+    fn cbor_bytes_are_canonical_definite_lengths() {
+        let v = Value::map([("ACL", Value::text("Get=B"))]);
+        assert_eq!(v.to_cbor(), b"\xa1\x63ACL\x65Get=B".to_vec());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        // JSON objects are unordered; serde_json hands keys back sorted.
+        let v = sample();
+        let back = Value::from_json(&v.to_json()).unwrap();
+        assert_eq!(back.get("Status"), v.get("Status"));
+        assert_eq!(back.get("Failed"), v.get("Failed"));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for bytes in [&b"\xff"[..], b"\xa1", b"\xa1\x01\x02", b"\x9f\x9f\x9f", b"\xbf\x61a"] {
+            assert!(Value::from_cbor(bytes).is_err(), "{bytes:?}");
+        }
+        let deep = [0x81u8; 64];
+        assert!(Value::from_cbor(&deep).is_err());
+        assert!(Value::from_cbor(b"\xa0\x00").is_err(), "trailing bytes");
+        assert!(Value::from_json(b"{\"a\": 1.5}").is_err());
+    }
+}
