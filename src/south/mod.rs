@@ -1,1 +1,1 @@
-//! south (in progress)
+pub mod fanout;

@@ -1,0 +1,5 @@
+//! The gateway: wires listeners, the service, south and the store together.
+
+pub mod service;
+
+pub use service::{Answer, Service};

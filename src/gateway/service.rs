@@ -1,0 +1,556 @@
+//! The gateway service: executes one request from an identified server. GETs are answered
+//! from the store; writes go gate → validate → verify on the devices → commit → answer
+//! (DESIGN.md §3, §5). Protocol details stay in `front`, decisions in `verifier`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use coap_lite::{CoapOption, Packet, ResponseType};
+use tokio::sync::Semaphore;
+
+use crate::acl::DmCommand;
+use crate::acl::lwm2m::LwPath;
+use crate::config::{Config, Profile, ServerConfig};
+use crate::front::command::accept_of;
+use crate::front::{Command, Format, FrontError, Precondition, Write, parse_request, render_value};
+use crate::lwm2m::content_format;
+use crate::mo::privilege::rfc3339;
+use crate::mo::{Change, ChangeKind, Inventory, Privilege, PrivilegeName, Value};
+use crate::south::fanout::{self, AclReader};
+use crate::store::{Commit, PrivilegeStore, StoreError};
+use crate::verifier::{Decision, Verification};
+
+/// An answer before it becomes a CoAP response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub code: ResponseType,
+    pub content_format: Option<u16>,
+    pub payload: Vec<u8>,
+    pub location_path: Vec<String>,
+}
+
+impl Answer {
+    fn document(code: ResponseType, value: &Value, format: Format) -> Answer {
+        let (cf, payload) = render_value(value, format);
+        Answer {
+            code,
+            content_format: Some(cf),
+            payload,
+            location_path: Vec::new(),
+        }
+    }
+
+    fn text(code: ResponseType, text: String) -> Answer {
+        Answer {
+            code,
+            content_format: Some(content_format::TEXT),
+            payload: text.into_bytes(),
+            location_path: Vec::new(),
+        }
+    }
+
+    fn error(e: &FrontError) -> Answer {
+        // Diagnostic payload: no Content-Format (RFC 7252 §5.5.2).
+        Answer {
+            code: e.code(),
+            content_format: None,
+            payload: e.to_string().into_bytes(),
+            location_path: Vec::new(),
+        }
+    }
+
+    /// Writes code, options and payload into a response packet (type, MID and token are the
+    /// message layer's).
+    pub fn into_packet(self) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = coap_lite::MessageClass::Response(self.code);
+        for seg in self.location_path {
+            p.add_option(CoapOption::LocationPath, seg.into_bytes());
+        }
+        if let Some(cf) = self.content_format {
+            p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+        }
+        p.payload = self.payload;
+        p
+    }
+}
+
+/// Minimal big-endian encoding of a CoAP uint option.
+fn encode_uint(v: u32) -> Vec<u8> {
+    let bytes = v.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    bytes[skip..].to_vec()
+}
+
+/// Per-node write locks: concurrent writes to the same privilege are serialised, writes to
+/// different ones are not. Entries are dropped when nobody holds them.
+#[derive(Default)]
+struct NodeLocks {
+    map: Mutex<HashMap<PrivilegeName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl NodeLocks {
+    async fn lock(&self, name: &PrivilegeName) -> NodeGuard<'_> {
+        let lock = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(name.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        NodeGuard {
+            locks: self,
+            name: name.clone(),
+            _guard: guard,
+            lock,
+        }
+    }
+}
+
+struct NodeGuard<'a> {
+    locks: &'a NodeLocks,
+    name: PrivilegeName,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for NodeGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours, the map's and the guard's: nobody else waits for this node.
+        if Arc::strong_count(&self.lock) <= 3 {
+            map.remove(&self.name);
+        }
+    }
+}
+
+/// What a verified write came to, for callers that want more than the CoAP answer (the demo).
+#[derive(Debug, Clone)]
+pub struct WriteReport {
+    pub decision: Decision,
+    /// (device, uri, allowed?, reason, detail) per read, in DeviceID order.
+    pub reads: Vec<(String, String, String)>,
+}
+
+pub struct Service<R: AclReader> {
+    config: Arc<Config>,
+    inventory: Inventory,
+    store: Arc<dyn PrivilegeStore>,
+    reader: Arc<R>,
+    in_flight: Arc<Semaphore>,
+    locks: NodeLocks,
+}
+
+impl<R: AclReader> Service<R> {
+    pub fn new(config: Arc<Config>, store: Arc<dyn PrivilegeStore>, reader: Arc<R>) -> Self {
+        let inventory = Inventory::from_config(&config);
+        let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
+        Service {
+            config,
+            inventory,
+            store,
+            reader,
+            in_flight,
+            locks: NodeLocks::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Answers one request from `server`.
+    pub async fn handle(&self, server: &Arc<ServerConfig>, request: &Packet) -> Answer {
+        match self.execute(server, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::info!(server = %server.id, code = %code_str(e.code()), "refused: {e}");
+                Answer::error(&e)
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        server: &Arc<ServerConfig>,
+        request: &Packet,
+    ) -> Result<Answer, FrontError> {
+        let command = parse_request(request)?;
+        let accept = accept_of(request);
+        let format = || Format::from_accept(accept).ok_or(FrontError::NotAcceptable(accept.unwrap_or(0)));
+        match command {
+            Command::WellKnownCore => {
+                if !matches!(accept, None | Some(content_format::LINK_FORMAT)) {
+                    return Err(FrontError::NotAcceptable(accept.unwrap_or(0)));
+                }
+                Ok(Answer {
+                    code: ResponseType::Content,
+                    content_format: Some(content_format::LINK_FORMAT),
+                    payload: crate::front::well_known_core().into_bytes(),
+                    location_path: Vec::new(),
+                })
+            }
+            Command::ListPrivileges => {
+                let format = format()?;
+                self.gate(server, DmCommand::Get)?;
+                let all = self.blocking_store(|s| s.list()).await?;
+                let value = Value::Map(
+                    all.into_iter()
+                        .map(|(n, p)| (n.as_str().to_owned(), p.to_value()))
+                        .collect(),
+                );
+                Ok(Answer::document(ResponseType::Content, &value, format))
+            }
+            Command::GetPrivilege(name) => {
+                let format = format()?;
+                self.gate(server, DmCommand::Get)?;
+                let entry = self.load(&name).await?.ok_or_else(|| not_found(&name))?;
+                Ok(Answer::document(ResponseType::Content, &entry.to_value(), format))
+            }
+            Command::GetLeaf(name, leaf) => {
+                if !matches!(accept, None | Some(content_format::TEXT)) {
+                    return Err(FrontError::NotAcceptable(accept.unwrap_or(0)));
+                }
+                self.gate(server, DmCommand::Get)?;
+                let entry = self.load(&name).await?.ok_or_else(|| not_found(&name))?;
+                let value = entry
+                    .leaf(&leaf)
+                    .ok_or_else(|| FrontError::NotFound(format!("/GwConfig/Privileges/{name}/{leaf}")))?;
+                Ok(Answer::text(ResponseType::Content, value))
+            }
+            Command::ListGroups => {
+                let format = format()?;
+                let value = Value::Map(
+                    self.inventory
+                        .groups()
+                        .map(|(g, members)| (g.to_owned(), member_ids(members)))
+                        .collect(),
+                );
+                Ok(Answer::document(ResponseType::Content, &value, format))
+            }
+            Command::GetGroup(id) => {
+                let format = format()?;
+                let members = self
+                    .inventory
+                    .group(&id)
+                    .ok_or_else(|| FrontError::NotFound(format!("group '{id}'")))?;
+                let value = Value::map([
+                    ("GroupID", Value::text(id)),
+                    ("Members", member_ids(members)),
+                ]);
+                Ok(Answer::document(ResponseType::Content, &value, format))
+            }
+            Command::ListDevices => {
+                let format = format()?;
+                let value = Value::Array(self.inventory.devices().map(|d| device_value(d)).collect());
+                Ok(Answer::document(ResponseType::Content, &value, format))
+            }
+            Command::GetDevice(id) => {
+                let format = format()?;
+                let device = self
+                    .inventory
+                    .device(&id)
+                    .ok_or_else(|| FrontError::NotFound(format!("device '{id}'")))?;
+                Ok(Answer::document(ResponseType::Content, &device_value(device), format))
+            }
+            Command::Write(write) => {
+                let format = format()?;
+                self.write(server, write, format).await.map(|(answer, _)| answer)
+            }
+        }
+    }
+
+    /// The gateway gate: the Privileges node's own ACL, checked before anything else.
+    fn gate(&self, server: &ServerConfig, command: DmCommand) -> Result<(), FrontError> {
+        if self.config.gateway.privileges_acl.grants(command, &server.id) {
+            Ok(())
+        } else {
+            Err(FrontError::Forbidden(format!(
+                "{} may not {} on /GwConfig/Privileges",
+                server.id,
+                command.as_str()
+            )))
+        }
+    }
+
+    async fn blocking_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn PrivilegeStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, FrontError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| FrontError::Internal(e.to_string()))?
+            .map_err(|e| match e {
+                StoreError::Exists(n) => {
+                    FrontError::PreconditionFailed(format!("privilege '{n}' exists already"))
+                }
+                StoreError::Missing(n) => not_found(&n),
+                other => FrontError::Internal(other.to_string()),
+            })
+    }
+
+    async fn load(&self, name: &PrivilegeName) -> Result<Option<Privilege>, FrontError> {
+        let name = name.clone();
+        self.blocking_store(move |s| s.get(&name)).await
+    }
+
+    /// Checks an entry before any device is asked: known servers in the ACL, a resolvable
+    /// target, a URI every target device's profile can read.
+    fn validate(&self, entry: &Privilege) -> Result<(), FrontError> {
+        for name in entry.acl.named_servers() {
+            if self.config.server_by_id(name).is_none() {
+                return Err(FrontError::BadRequest(format!(
+                    "ACL names '{name}', which is not a server this gateway knows"
+                )));
+            }
+        }
+        let devices = self
+            .inventory
+            .resolve(entry.target_type, &entry.target_id)
+            .map_err(|e| FrontError::NotFound(e.to_string()))?;
+        if devices.iter().any(|d| matches!(d.profile, Profile::Lwm2m(_))) {
+            LwPath::parse(&entry.uri).map_err(|e| {
+                FrontError::BadRequest(format!("URI '{}' is not an LwM2M path: {e}", entry.uri))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs a verified write and also reports what each device said (for the demo).
+    pub async fn write(
+        &self,
+        server: &Arc<ServerConfig>,
+        write: Write,
+        format: Format,
+    ) -> Result<(Answer, Option<WriteReport>), FrontError> {
+        let node = match &write {
+            Write::Post { .. } => None,
+            Write::Put { name, .. } | Write::PutLeaf { name, .. } | Write::Delete { name } => {
+                Some(name.clone())
+            }
+        };
+        // Held until the commit: a verification and its commit are one unit per node.
+        let _guard = match &node {
+            Some(n) => Some(self.locks.lock(n).await),
+            None => None,
+        };
+        let old = match &node {
+            Some(n) => self.load(n).await?,
+            None => None,
+        };
+        let change = match (write, old) {
+            (Write::Post { entry }, _) => Change {
+                kind: ChangeKind::Add,
+                name: None,
+                old: None,
+                new: Some(entry),
+            },
+            (Write::Put { precondition: Precondition::IfMatch, name, .. }, None) => {
+                return Err(FrontError::PreconditionFailed(format!(
+                    "privilege '{name}' does not exist (If-Match)"
+                )));
+            }
+            (Write::Put { precondition: Precondition::IfNoneMatch, name, .. }, Some(_)) => {
+                return Err(FrontError::PreconditionFailed(format!(
+                    "privilege '{name}' exists (If-None-Match)"
+                )));
+            }
+            (Write::Put { name, entry, .. }, None) => Change {
+                kind: ChangeKind::Add,
+                name: Some(name),
+                old: None,
+                new: Some(entry),
+            },
+            (Write::Put { name, entry, .. }, Some(old)) => Change {
+                kind: ChangeKind::Replace,
+                name: Some(name),
+                old: Some(old),
+                new: Some(entry),
+            },
+            (Write::PutLeaf { name, .. }, None) | (Write::Delete { name }, None) => {
+                return Err(not_found(&name));
+            }
+            (Write::PutLeaf { name, leaf, value }, Some(old)) => {
+                let mut new = old.clone();
+                new.set_leaf(&leaf, &value).map_err(|e| match e {
+                    crate::mo::PrivilegeError::ReadOnly(_) => {
+                        FrontError::MethodNotAllowed(format!("/GwConfig/Privileges/{name}/{leaf} (read-only)"))
+                    }
+                    crate::mo::PrivilegeError::UnknownNode(_) => {
+                        FrontError::NotFound(format!("/GwConfig/Privileges/{name}/{leaf}"))
+                    }
+                    other => FrontError::BadRequest(other.to_string()),
+                })?;
+                Change {
+                    kind: ChangeKind::Replace,
+                    name: Some(name),
+                    old: Some(old),
+                    new: Some(new),
+                }
+            }
+            (Write::Delete { name }, Some(old)) => Change {
+                kind: ChangeKind::Delete,
+                name: Some(name),
+                old: Some(old),
+                new: None,
+            },
+        };
+
+        self.gate(server, change.kind.command())?;
+        if let Some(new) = &change.new {
+            self.validate(new)?;
+        }
+        let checks = change
+            .checks(&self.inventory)
+            .map_err(|e| FrontError::NotFound(e.to_string()))?;
+        let place = change.new.as_ref().or(change.old.as_ref());
+        let (target, uri) = place
+            .map(|p| (format!("{}:{}", p.target_type.as_str(), p.target_id), p.uri.clone()))
+            .unwrap_or_default();
+
+        let mut verification = Verification::new(server.clone(), checks);
+        fanout::run(
+            self.reader.clone(),
+            &mut verification,
+            self.in_flight.clone(),
+            self.config.gateway.device_timeout,
+        )
+        .await;
+        let decision = verification
+            .poll_decision()
+            .ok_or_else(|| FrontError::Internal("verification did not finish".into()))?;
+        let reads = verification
+            .outcomes()
+            .map(|(d, u, o)| {
+                let said = match o {
+                    Some(crate::verifier::Outcome::Allowed) => "allowed".to_owned(),
+                    Some(crate::verifier::Outcome::Failed { reason, detail }) => {
+                        format!("{reason}: {detail}")
+                    }
+                    None => "no outcome".to_owned(),
+                };
+                (d.to_owned(), u.to_owned(), said)
+            })
+            .collect();
+        let report = WriteReport {
+            decision: decision.clone(),
+            reads,
+        };
+
+        let answer = match decision {
+            Decision::Reject { kind, failed } => {
+                let ids: Vec<&str> = failed.iter().map(|f| f.device_id.as_str()).collect();
+                tracing::info!(
+                    server = %server.id, %target, %uri, verdict = "rejected",
+                    status = kind.status(), failed = ?ids,
+                    "{:?} not committed", change.kind
+                );
+                let body = Value::map([
+                    ("Status", Value::Int(i64::from(kind.status()))),
+                    (
+                        "Failed",
+                        Value::Array(
+                            failed
+                                .iter()
+                                .map(|f| {
+                                    Value::map([
+                                        ("DeviceID", Value::text(&f.device_id)),
+                                        ("Reason", Value::text(f.reason.as_str())),
+                                        ("Detail", Value::text(&f.detail)),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
+                ]);
+                let code = match kind {
+                    crate::verifier::RejectKind::Forbidden => ResponseType::Forbidden,
+                    crate::verifier::RejectKind::Timeout => ResponseType::GatewayTimeout,
+                    crate::verifier::RejectKind::BadGateway => ResponseType::BadGateway,
+                };
+                Answer::document(code, &body, format)
+            }
+            Decision::Commit { verified } => {
+                let stamp = |mut p: Privilege| {
+                    p.grantor = server.id.clone();
+                    p.verified_at = rfc3339(SystemTime::now());
+                    p
+                };
+                let commit = match (change.kind, change.name.clone(), change.new.clone()) {
+                    (ChangeKind::Add, name, Some(entry)) => Commit::Add {
+                        name,
+                        entry: stamp(entry),
+                    },
+                    (ChangeKind::Replace, Some(name), Some(entry)) => Commit::Replace {
+                        name,
+                        entry: stamp(entry),
+                    },
+                    (ChangeKind::Delete, Some(name), _) => Commit::Delete { name },
+                    _ => return Err(FrontError::Internal("inconsistent change".into())),
+                };
+                let committed = match &commit {
+                    Commit::Add { entry, .. } | Commit::Replace { entry, .. } => Some(entry.clone()),
+                    Commit::Delete { .. } => None,
+                };
+                let name = self.blocking_store(move |s| s.commit(commit)).await?;
+                tracing::info!(
+                    server = %server.id, %target, %uri, verdict = "committed",
+                    privilege = %name, verified = verified.len(),
+                    "{:?} committed", change.kind
+                );
+                let verified_value =
+                    Value::Array(verified.iter().map(Value::text).collect());
+                match committed {
+                    Some(entry) => {
+                        let Value::Map(mut fields) = entry.to_value() else {
+                            return Err(FrontError::Internal("entry is not a map".into()));
+                        };
+                        fields.push(("Verified".into(), verified_value));
+                        let (code, location_path) = match change.kind {
+                            ChangeKind::Add => (
+                                ResponseType::Created,
+                                vec![
+                                    "GwConfig".to_owned(),
+                                    "Privileges".to_owned(),
+                                    name.as_str().to_owned(),
+                                ],
+                            ),
+                            _ => (ResponseType::Changed, Vec::new()),
+                        };
+                        let mut answer = Answer::document(code, &Value::Map(fields), format);
+                        answer.location_path = location_path;
+                        answer
+                    }
+                    None => Answer::document(
+                        ResponseType::Deleted,
+                        &Value::map([("Verified", verified_value)]),
+                        format,
+                    ),
+                }
+            }
+        };
+        Ok((answer, Some(report)))
+    }
+}
+
+fn not_found(name: &PrivilegeName) -> FrontError {
+    FrontError::NotFound(format!("/GwConfig/Privileges/{name}"))
+}
+
+fn member_ids(members: &[crate::mo::DeviceRef]) -> Value {
+    Value::Array(members.iter().map(|d| Value::text(&d.id)).collect())
+}
+
+fn device_value(d: &crate::config::DeviceConfig) -> Value {
+    Value::map([
+        ("DeviceID", Value::text(&d.id)),
+        ("URI", Value::text(d.uri.to_string())),
+        ("Profile", Value::text(d.profile.to_string())),
+    ])
+}
+
+/// "2.05"-style rendering of a response code.
+pub fn code_str(code: ResponseType) -> String {
+    let byte = u8::from(coap_lite::MessageClass::Response(code));
+    format!("{}.{:02}", byte >> 5, byte & 0x1f)
+}
