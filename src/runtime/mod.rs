@@ -1,0 +1,39 @@
+//! The tokio drivers around the sans-IO CoAP core: a listener accepts peers on one socket,
+//! a session runs the server message layer for one peer and hands requests to a
+//! [`Handler`], and a client runs request/response exchanges over one session.
+//!
+//! The same runtime serves the gateway (north) and the simulated devices, and carries the
+//! gateway's requests to devices (south) and the `ctl` client's to the gateway.
+
+pub mod client;
+pub mod listener;
+pub mod session;
+
+use std::future::Future;
+
+use coap_lite::Packet;
+
+use crate::transport::PeerInfo;
+
+pub use client::{AnySession, CoapClient, RequestError};
+pub use listener::{ListenError, Listener, Security};
+pub use session::serve_session;
+
+/// Answers requests. `peer` carries the identity the transport proved; the returned packet
+/// needs only code, options and payload (the message layer sets type, MID and token).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, peer: &PeerInfo, request: Packet) -> impl Future<Output = Packet> + Send;
+}
+
+/// A stop signal shared by every task of an endpoint (mini-redis style: the owner flips it,
+/// every loop selects on it).
+pub type Shutdown = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves when `shutdown` has been signalled (or its sender dropped).
+pub async fn stopped(shutdown: &mut Shutdown) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
