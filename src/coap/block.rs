@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::tuning::deadline;
 use super::{CoapOption, MessageClass, Packet, ResponseType, decode_uint, set_single};
 
 /// The SZX of 1024-byte blocks, the largest block for CoAP over UDP.
@@ -211,7 +212,7 @@ impl Block2Cache {
         let entry = CachedBody {
             template,
             body,
-            expires: now + self.lifetime,
+            expires: deadline(now, self.lifetime),
         };
         let out = slice(&entry, requested, self.max_szx);
         self.evict_for_insert(&key);
@@ -235,7 +236,7 @@ impl Block2Cache {
             self.entries.remove(key);
             return None;
         }
-        entry.expires = now + self.lifetime;
+        entry.expires = deadline(now, self.lifetime);
         Some(slice(entry, Some(requested), self.max_szx))
     }
 

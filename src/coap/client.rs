@@ -16,6 +16,7 @@ use super::{
     empty_message, encode, peek_header, set_single, without_option,
 };
 use crate::coap::block::BlockOption;
+use crate::coap::tuning::deadline;
 
 /// Default limit on a reassembled response body: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -111,6 +112,9 @@ impl ClientExchange {
     ///
     /// An invalid request (token too long, ACK/RST type, not a request code, too large to
     /// encode) does not panic: the exchange reports `Failed(InvalidRequest)` at once.
+    ///
+    /// Nothing is sent until [`poll_transmit`](Self::poll_transmit); `now` is accepted for
+    /// a uniform signature and not used yet (timers start at the first transmission).
     pub fn new(
         now: Instant,
         tuning: TransportTuning,
@@ -202,9 +206,9 @@ impl ClientExchange {
         }
         cur.send_pending = false;
         cur.deadline = Some(if cur.confirmable {
-            now + cur.timeout
+            deadline(now, cur.timeout)
         } else {
-            now + self.tuning.max_transmit_wait()
+            deadline(now, self.tuning.max_transmit_wait())
         });
         Some(cur.bytes.clone())
     }
@@ -281,7 +285,7 @@ impl ClientExchange {
                 {
                     cur.acked = true;
                     cur.send_pending = false;
-                    cur.deadline = Some(now + self.tuning.exchange_lifetime());
+                    cur.deadline = Some(deadline(now, self.tuning.exchange_lifetime()));
                 }
             }
             (MessageType::Acknowledgement, MessageClass::Response(_))
@@ -739,5 +743,41 @@ mod tests {
         c.handle_datagram(t0, &response(MessageType::NonConfirmable, 5, &TOKEN, b"ok"));
         assert!(c.poll_transmit(t0).is_none(), "NON response is not ACKed");
         assert!(matches!(c.poll_event(), Some(ClientEvent::Response(_))));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let t0 = Instant::now();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let mut c = exchange(t0, 0.0);
+        let _ = sent(&mut c, t0);
+        let seed = block_response(MID, 0, true, 2, &[1; 64]);
+        for i in 0..20_000u32 {
+            let len = (next() % 80) as usize;
+            let mut dg: Vec<u8> = if i % 2 == 0 {
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut d = seed.clone();
+                let pos = (next() as usize) % d.len();
+                d[pos] = next() as u8;
+                d.truncate(len.max(4));
+                d
+            };
+            if let Some(b) = dg.first_mut() {
+                *b = 0x40 | (*b & 0x3f);
+            }
+            c.handle_datagram(t0, &dg);
+            while c.poll_transmit(t0).is_some() {}
+            if c.poll_event().is_some() {
+                c = exchange(t0, 0.0);
+                let _ = sent(&mut c, t0);
+            }
+        }
     }
 }

@@ -17,10 +17,13 @@
 //! (token echoed) and never reaches the upper layer (RFC 7252 §5.4.1). Recognised critical
 //! options: If-Match, Uri-Host, If-None-Match, Uri-Port, Uri-Path, Uri-Query, Accept,
 //! Block2, Proxy-Uri and Proxy-Scheme (the upper layer answers 5.05 for proxying it does
-//! not do). Block1 (27) and OSCORE (9) are *not* recognised yet.
+//! not do). Block1 (27) and OSCORE (9) are *not* recognised yet. An unknown method code
+//! (class 0, e.g. 0.08) is answered with 4.05 Method Not Allowed the same way.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
+
+use super::tuning::deadline;
 
 use super::{
     CoapError, MessageClass, MessageType, Packet, ResponseType, TransportTuning, decode,
@@ -170,6 +173,11 @@ impl ServerExchanges {
             (MessageClass::Request(_), MessageType::Confirmable | MessageType::NonConfirmable) => {
                 self.handle_request(now, packet)
             }
+            // An unknown method code (class 0, e.g. 0.08): 4.05, deduplicated like a request.
+            (
+                MessageClass::Reserved(code),
+                MessageType::Confirmable | MessageType::NonConfirmable,
+            ) if code >> 5 == 0 => self.handle_request(now, packet),
             // Responses (and reserved codes) have no business at the server role; a CON is
             // rejected so the peer stops retransmitting it.
             (_, MessageType::Confirmable) => {
@@ -201,10 +209,18 @@ impl ServerExchanges {
             confirmable,
         };
         self.insert(now, mid);
-        if let Some(bad) = unrecognised_critical(&request) {
+        let reject = if matches!(request.header.code, MessageClass::Reserved(_)) {
+            tracing::warn!(mid, code = %request.header.code, "unknown method, 4.05");
+            Some(ResponseType::MethodNotAllowed)
+        } else if let Some(bad) = unrecognised_critical(&request) {
             tracing::warn!(mid, option = bad, "unrecognised critical option, 4.02");
+            Some(ResponseType::BadOption)
+        } else {
+            None
+        };
+        if let Some(code) = reject {
             let mut response = Packet::new();
-            response.header.code = MessageClass::Response(ResponseType::BadOption);
+            response.header.code = MessageClass::Response(code);
             return match self.respond(now, responder, response) {
                 Ok(bytes) => Inbound::Reply(bytes),
                 Err(_) => Inbound::Ignore,
@@ -214,7 +230,7 @@ impl ServerExchanges {
     }
 
     fn insert(&mut self, now: Instant, mid: u16) {
-        let expires = now + self.tuning.exchange_lifetime();
+        let expires = deadline(now, self.tuning.exchange_lifetime());
         self.entries.insert(
             mid,
             Entry {
@@ -233,6 +249,8 @@ impl ServerExchanges {
     /// (duplicates keep being ignored) and are the caller's fault: a non-response code, or a
     /// message above [`super::MAX_MESSAGE_SIZE`] (slice large bodies with
     /// [`super::Block2Cache`] first).
+    ///
+    /// `now` keeps the signature uniform with the other inputs; it is not used yet.
     pub fn respond(
         &mut self,
         now: Instant,
@@ -455,6 +473,19 @@ mod tests {
             p.header.code,
             MessageClass::Response(ResponseType::BadOption)
         );
+    }
+
+    #[test]
+    fn unknown_method_code_gets_4_05() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let p = expect_reply(s.handle_datagram(t0, &[0x41, 0x08, 0, 3, 0x5a]));
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::MethodNotAllowed)
+        );
+        assert_eq!(p.get_token(), [0x5a]);
+        assert_eq!(p.header.message_id, 3);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ([`super::server`], [`super::client`]) reads these values to schedule retransmissions and
 //! expiry. It does not own the MID or token spaces.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Transmission parameters of one CoAP-over-UDP (or DTLS) stack.
 ///
@@ -155,6 +155,15 @@ impl TransportTuning {
     }
 }
 
+/// `now + d`, saturating at roughly a century ahead instead of panicking on overflow (a
+/// nonsensical tuning must not crash the gateway).
+pub(crate) fn deadline(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +205,7 @@ mod tests {
         t.ack_timeout = Duration::MAX;
         assert_eq!(t.exchange_lifetime(), Duration::MAX);
         assert_eq!(t.initial_timeout(f64::NAN), Duration::MAX);
+        let t0 = Instant::now();
+        assert!(deadline(t0, Duration::MAX) > t0 + Duration::from_secs(1 << 30));
     }
 }
