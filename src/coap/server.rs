@@ -1,0 +1,622 @@
+//! Message layer, server role, for one peer session (RFC 7252 §4): classifies incoming
+//! datagrams, deduplicates requests by MID and replays the stored response for duplicates.
+//!
+//! Owns: the dedup table of this peer's request MIDs (requests only, RFC 7252 §4.5; entries
+//! expire after EXCHANGE_LIFETIME) with the encoded response for each, and the MID counter
+//! for our NON responses.
+//! Does not own: executing requests (the upper layer gets [`Inbound::Request`] and hands the
+//! [`Responder`] back to [`ServerExchanges::respond`]), block-wise ([`super::block`]), or the
+//! client role ([`super::client`]). Separate responses are not produced: a CON is always
+//! answered piggybacked; a duplicate that arrives while the handler runs is ignored, and the
+//! client's next retransmission after `respond` gets the stored reply.
+//!
+//! # Critical options
+//!
+//! A request carrying a critical (odd-numbered) option this stack does not implement, or a
+//! second instance of a non-repeatable critical option, is answered with 4.02 Bad Option
+//! (token echoed) and never reaches the upper layer (RFC 7252 §5.4.1). Recognised critical
+//! options: If-Match, Uri-Host, If-None-Match, Uri-Port, Uri-Path, Uri-Query, Accept,
+//! Block2, Proxy-Uri and Proxy-Scheme (the upper layer answers 5.05 for proxying it does
+//! not do). Block1 (27) and OSCORE (9) are *not* recognised yet. An unknown method code
+//! (class 0, e.g. 0.08) is answered with 4.05 Method Not Allowed the same way.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use super::tuning::deadline;
+
+use super::{
+    CoapError, MessageClass, MessageType, Packet, ResponseType, TransportTuning, decode,
+    empty_message, encode, peek_header,
+};
+
+/// Critical options this stack understands (see the module doc).
+const RECOGNISED_CRITICAL: [u16; 10] = [1, 3, 5, 7, 11, 15, 17, 23, 35, 39];
+/// Critical options that may appear at most once.
+const NON_REPEATABLE_CRITICAL: [u16; 6] = [3, 5, 7, 23, 35, 39];
+
+/// What the driver must do with one incoming datagram.
+#[derive(Debug)]
+#[must_use]
+pub enum Inbound {
+    /// A new request to execute. `responder` must be passed back to
+    /// [`ServerExchanges::respond`] (or explicitly to [`ServerExchanges::abandon`]).
+    Request {
+        /// The decoded request, as received.
+        request: Packet,
+        /// The obligation to answer it.
+        responder: Responder,
+    },
+    /// Bytes to send back now, executing nothing: a stored response replayed for a
+    /// duplicate, an RST for a ping, a malformed CON or a stray CON response, or a 4.02 for
+    /// an unrecognised critical option.
+    Reply(Vec<u8>),
+    /// Nothing to do: a duplicate still being processed, an ACK/RST or NON response from the
+    /// peer, a malformed non-CON message, an empty NON, …
+    Ignore,
+}
+
+/// The obligation to answer one request; hand it to [`ServerExchanges::respond`].
+#[derive(Debug)]
+#[must_use = "pass the Responder to ServerExchanges::respond (or abandon) so the peer gets an answer"]
+pub struct Responder {
+    mid: u16,
+    token: Vec<u8>,
+    confirmable: bool,
+}
+
+impl Responder {
+    /// The MID of the request being answered.
+    pub fn request_mid(&self) -> u16 {
+        self.mid
+    }
+
+    /// The token of the request being answered.
+    pub fn token(&self) -> &[u8] {
+        &self.token
+    }
+
+    /// Whether the request was a CON (answered with a piggybacked ACK).
+    pub fn is_confirmable(&self) -> bool {
+        self.confirmable
+    }
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// Handed to the upper layer; no response yet.
+    Pending,
+    /// Encoded response, replayed for duplicates.
+    Done(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    expires: Instant,
+    slot: Slot,
+}
+
+/// The server side of the message layer for one peer session.
+///
+/// Method classes: getters ([`len`](Self::len), [`is_empty`](Self::is_empty)), input
+/// ([`handle_datagram`](Self::handle_datagram), [`handle_timeout`](Self::handle_timeout)),
+/// mutators ([`respond`](Self::respond), [`abandon`](Self::abandon)) and output
+/// ([`poll_timeout`](Self::poll_timeout)). `now` must never go backwards.
+#[derive(Debug)]
+pub struct ServerExchanges {
+    tuning: TransportTuning,
+    entries: HashMap<u16, Entry>,
+    /// `(expiry, mid)` in insertion order; with monotonic `now` this is sorted by expiry.
+    expiry: VecDeque<(Instant, u16)>,
+    next_mid: u16,
+}
+
+impl ServerExchanges {
+    /// A fresh table. Our NON responses use MIDs counting up from 0; use
+    /// [`with_first_mid`](Self::with_first_mid) to start at a random MID as RFC 7252
+    /// recommends.
+    pub fn new(tuning: TransportTuning) -> Self {
+        Self {
+            tuning,
+            entries: HashMap::new(),
+            expiry: VecDeque::new(),
+            next_mid: 0,
+        }
+    }
+
+    /// Sets the first MID used for NON responses (the caller supplies randomness).
+    pub fn with_first_mid(mut self, mid: u16) -> Self {
+        self.next_mid = mid;
+        self
+    }
+
+    /// The transmission parameters in use.
+    pub fn tuning(&self) -> &TransportTuning {
+        &self.tuning
+    }
+
+    /// Live dedup entries (for leak tests).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No live dedup entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Classifies one datagram from the peer. Never panics, whatever the bytes.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> Inbound {
+        let packet = match decode(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                return match peek_header(bytes) {
+                    Some((MessageType::Confirmable, mid)) => {
+                        tracing::warn!(mid, error = %e, "malformed CON, rejecting with RST");
+                        Inbound::Reply(empty_message(MessageType::Reset, mid))
+                    }
+                    _ => {
+                        tracing::debug!(error = %e, "malformed datagram ignored");
+                        Inbound::Ignore
+                    }
+                };
+            }
+        };
+        let mid = packet.header.message_id;
+        let mtype = packet.header.get_type();
+        match (packet.header.code, mtype) {
+            (MessageClass::Empty, MessageType::Confirmable) => {
+                tracing::debug!(mid, "CoAP ping, answering RST");
+                Inbound::Reply(empty_message(MessageType::Reset, mid))
+            }
+            (MessageClass::Empty, _) => Inbound::Ignore,
+            (MessageClass::Request(_), MessageType::Confirmable | MessageType::NonConfirmable) => {
+                self.handle_request(now, packet)
+            }
+            // An unknown method code (class 0, e.g. 0.08): 4.05, deduplicated like a request.
+            (
+                MessageClass::Reserved(code),
+                MessageType::Confirmable | MessageType::NonConfirmable,
+            ) if code >> 5 == 0 => self.handle_request(now, packet),
+            // Responses (and reserved codes) have no business at the server role; a CON is
+            // rejected so the peer stops retransmitting it.
+            (_, MessageType::Confirmable) => {
+                tracing::warn!(mid, "response or reserved code in a CON to the server, RST");
+                Inbound::Reply(empty_message(MessageType::Reset, mid))
+            }
+            _ => Inbound::Ignore,
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, request: Packet) -> Inbound {
+        let mid = request.header.message_id;
+        if let Some(entry) = self.entries.get(&mid) {
+            return match &entry.slot {
+                Slot::Done(bytes) => {
+                    tracing::info!(mid, "duplicate request, replaying stored response");
+                    Inbound::Reply(bytes.clone())
+                }
+                Slot::Pending => {
+                    tracing::debug!(mid, "duplicate of a request still being processed");
+                    Inbound::Ignore
+                }
+            };
+        }
+        let confirmable = request.header.get_type() == MessageType::Confirmable;
+        let responder = Responder {
+            mid,
+            token: request.get_token().to_vec(),
+            confirmable,
+        };
+        self.insert(now, mid);
+        let reject = if matches!(request.header.code, MessageClass::Reserved(_)) {
+            tracing::warn!(mid, code = %request.header.code, "unknown method, 4.05");
+            Some(ResponseType::MethodNotAllowed)
+        } else if let Some(bad) = unrecognised_critical(&request) {
+            tracing::warn!(mid, option = bad, "unrecognised critical option, 4.02");
+            Some(ResponseType::BadOption)
+        } else {
+            None
+        };
+        if let Some(code) = reject {
+            let mut response = Packet::new();
+            response.header.code = MessageClass::Response(code);
+            return match self.respond(now, responder, response) {
+                Ok(bytes) => Inbound::Reply(bytes),
+                Err(_) => Inbound::Ignore,
+            };
+        }
+        Inbound::Request { request, responder }
+    }
+
+    fn insert(&mut self, now: Instant, mid: u16) {
+        let expires = deadline(now, self.tuning.exchange_lifetime());
+        self.entries.insert(
+            mid,
+            Entry {
+                expires,
+                slot: Slot::Pending,
+            },
+        );
+        self.expiry.push_back((expires, mid));
+    }
+
+    /// Finishes a request: sets the message type (piggybacked ACK with the request's MID
+    /// for a CON; NON with a fresh MID for a NON), echoes the token, stores the encoded bytes
+    /// for duplicate replay and returns them to send.
+    ///
+    /// `response.header.code` must be a response code. Errors leave the request pending
+    /// (duplicates keep being ignored) and are the caller's fault: a non-response code, or a
+    /// message above [`super::MAX_MESSAGE_SIZE`] (slice large bodies with
+    /// [`super::Block2Cache`] first).
+    ///
+    /// `now` keeps the signature uniform with the other inputs; it is not used yet.
+    pub fn respond(
+        &mut self,
+        now: Instant,
+        responder: Responder,
+        mut response: Packet,
+    ) -> Result<Vec<u8>, CoapError> {
+        let _ = now;
+        if !matches!(response.header.code, MessageClass::Response(_)) {
+            return Err(CoapError::NotAResponse(response.header.code.to_string()));
+        }
+        response.header.set_version(1);
+        if responder.confirmable {
+            response.header.set_type(MessageType::Acknowledgement);
+            response.header.message_id = responder.mid;
+        } else {
+            response.header.set_type(MessageType::NonConfirmable);
+            response.header.message_id = self.next_mid;
+        }
+        response.set_token(responder.token);
+        let bytes = encode(&response)?;
+        if !responder.confirmable {
+            self.next_mid = self.next_mid.wrapping_add(1);
+        }
+        if let Some(entry) = self.entries.get_mut(&responder.mid) {
+            entry.slot = Slot::Done(bytes.clone());
+        }
+        Ok(bytes)
+    }
+
+    /// Gives up on answering a request (e.g. the handler was cancelled). The MID stays in
+    /// the table until it expires, so duplicates are ignored rather than executed again.
+    pub fn abandon(&mut self, responder: Responder) {
+        tracing::debug!(mid = responder.mid, "request abandoned without response");
+    }
+
+    /// When the next dedup entry expires.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiry.front().map(|(t, _)| *t)
+    }
+
+    /// Expires dedup entries whose EXCHANGE_LIFETIME has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(t, mid)) = self.expiry.front() {
+            if t > now {
+                break;
+            }
+            self.expiry.pop_front();
+            if self.entries.get(&mid).is_some_and(|e| e.expires <= now) {
+                self.entries.remove(&mid);
+            }
+        }
+    }
+}
+
+/// The first critical option (odd number) the stack does not implement, or a repeated
+/// non-repeatable critical option.
+fn unrecognised_critical(p: &Packet) -> Option<u16> {
+    p.options().find_map(|(n, values)| {
+        let critical = n % 2 == 1;
+        let unknown = !RECOGNISED_CRITICAL.contains(n);
+        let repeated = NON_REPEATABLE_CRITICAL.contains(n) && values.len() > 1;
+        (critical && (unknown || repeated)).then_some(*n)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::{CoapOption, RequestType, response_to, set_uri};
+    use std::time::Duration;
+
+    fn server() -> ServerExchanges {
+        ServerExchanges::new(TransportTuning::unreliable()).with_first_mid(1000)
+    }
+
+    fn request(t: MessageType, mid: u16) -> Packet {
+        let mut p = Packet::new();
+        p.header.set_type(t);
+        p.header.code = MessageClass::Request(RequestType::Get);
+        p.header.message_id = mid;
+        p.set_token(vec![0xaa, 0xbb]);
+        set_uri(&mut p, "/a");
+        p
+    }
+
+    fn bytes(p: &Packet) -> Vec<u8> {
+        p.to_bytes().unwrap()
+    }
+
+    #[track_caller]
+    fn expect_request(inbound: Inbound) -> (Packet, Responder) {
+        match inbound {
+            Inbound::Request { request, responder } => (request, responder),
+            other => panic!("expected Request, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn expect_reply(inbound: Inbound) -> Packet {
+        match inbound {
+            Inbound::Reply(b) => decode(&b).unwrap(),
+            other => panic!("expected Reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn con_request_is_answered_with_piggybacked_ack_echoing_mid_and_token() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let (req, responder) =
+            expect_request(s.handle_datagram(t0, &bytes(&request(MessageType::Confirmable, 7))));
+        let out = s
+            .respond(t0, responder, response_to(&req, ResponseType::Content))
+            .unwrap();
+        let p = decode(&out).unwrap();
+        assert_eq!(p.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(p.header.message_id, 7);
+        assert_eq!(p.get_token(), [0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn duplicate_con_replays_cached_bytes_and_never_yields_second_request() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let dg = bytes(&request(MessageType::Confirmable, 7));
+        let (req, responder) = expect_request(s.handle_datagram(t0, &dg));
+        let mut resp = response_to(&req, ResponseType::Content);
+        resp.payload = b"hello".to_vec();
+        let first = s.respond(t0, responder, resp).unwrap();
+        for i in 1..5 {
+            match s.handle_datagram(t0 + Duration::from_secs(i), &dg) {
+                Inbound::Reply(b) => assert_eq!(b, first),
+                other => panic!("expected replay, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_while_pending_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let dg = bytes(&request(MessageType::Confirmable, 7));
+        let (_req, responder) = expect_request(s.handle_datagram(t0, &dg));
+        assert!(matches!(s.handle_datagram(t0, &dg), Inbound::Ignore));
+        s.abandon(responder);
+    }
+
+    #[test]
+    fn non_request_gets_non_response_with_fresh_mid() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let dg = bytes(&request(MessageType::NonConfirmable, 7));
+        let (req, responder) = expect_request(s.handle_datagram(t0, &dg));
+        let out = s
+            .respond(t0, responder, response_to(&req, ResponseType::Content))
+            .unwrap();
+        let p = decode(&out).unwrap();
+        assert_eq!(p.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(p.header.message_id, 1000);
+        assert_eq!(p.get_token(), [0xaa, 0xbb]);
+        // Duplicate NON replays the same bytes.
+        match s.handle_datagram(t0, &dg) {
+            Inbound::Reply(b) => assert_eq!(b, out),
+            other => panic!("expected replay, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ping_gets_rst_and_empty_non_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let p = expect_reply(s.handle_datagram(t0, &[0x40, 0x00, 0x12, 0x34]));
+        assert_eq!(p.header.get_type(), MessageType::Reset);
+        assert_eq!(p.header.message_id, 0x1234);
+        assert!(matches!(
+            s.handle_datagram(t0, &[0x50, 0x00, 0x12, 0x34]),
+            Inbound::Ignore
+        ));
+        assert!(matches!(
+            s.handle_datagram(t0, &[0x60, 0x00, 0x12, 0x34]),
+            Inbound::Ignore
+        ));
+        assert!(s.is_empty(), "pings are not deduplicated");
+    }
+
+    #[test]
+    fn unrecognised_critical_option_gets_4_02_with_token_and_no_request() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let mut req = request(MessageType::Confirmable, 9);
+        req.add_option(CoapOption::Unknown(2049), vec![1]);
+        let dg = bytes(&req);
+        let p = expect_reply(s.handle_datagram(t0, &dg));
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::BadOption)
+        );
+        assert_eq!(p.get_token(), [0xaa, 0xbb]);
+        assert_eq!(p.header.message_id, 9);
+        // The duplicate gets the same 4.02.
+        assert_eq!(expect_reply(s.handle_datagram(t0, &dg)), p);
+    }
+
+    #[test]
+    fn block1_and_repeated_uri_host_are_rejected_as_critical() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let mut req = request(MessageType::Confirmable, 1);
+        req.add_option(CoapOption::Block1, vec![0x0e]);
+        let p = expect_reply(s.handle_datagram(t0, &bytes(&req)));
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::BadOption)
+        );
+        let mut req = request(MessageType::Confirmable, 2);
+        req.add_option(CoapOption::UriHost, b"a".to_vec());
+        req.add_option(CoapOption::UriHost, b"b".to_vec());
+        let p = expect_reply(s.handle_datagram(t0, &bytes(&req)));
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::BadOption)
+        );
+    }
+
+    #[test]
+    fn unknown_method_code_gets_4_05() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let p = expect_reply(s.handle_datagram(t0, &[0x41, 0x08, 0, 3, 0x5a]));
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::MethodNotAllowed)
+        );
+        assert_eq!(p.get_token(), [0x5a]);
+        assert_eq!(p.header.message_id, 3);
+    }
+
+    #[test]
+    fn unknown_elective_option_is_passed_through() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let mut req = request(MessageType::Confirmable, 9);
+        req.add_option(CoapOption::Unknown(2048), vec![1]);
+        let (_req, responder) = expect_request(s.handle_datagram(t0, &bytes(&req)));
+        s.abandon(responder);
+    }
+
+    #[test]
+    fn response_arriving_at_server_is_rst_for_con_and_ignored_otherwise() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let mut resp = request(MessageType::Confirmable, 5);
+        resp.header.code = MessageClass::Response(ResponseType::Content);
+        let p = expect_reply(s.handle_datagram(t0, &bytes(&resp)));
+        assert_eq!(p.header.get_type(), MessageType::Reset);
+        resp.header.set_type(MessageType::NonConfirmable);
+        assert!(matches!(
+            s.handle_datagram(t0, &bytes(&resp)),
+            Inbound::Ignore
+        ));
+        resp.header.set_type(MessageType::Acknowledgement);
+        assert!(matches!(
+            s.handle_datagram(t0, &bytes(&resp)),
+            Inbound::Ignore
+        ));
+        // An ACK carrying a request code is ignored too.
+        let ack_req = request(MessageType::Acknowledgement, 6);
+        assert!(matches!(
+            s.handle_datagram(t0, &bytes(&ack_req)),
+            Inbound::Ignore
+        ));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn malformed_con_gets_rst_and_malformed_non_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = server();
+        // CON GET, MID 0x0102, option delta nibble 15 (reserved).
+        let p = expect_reply(s.handle_datagram(t0, &[0x40, 0x01, 0x01, 0x02, 0xf1, 0]));
+        assert_eq!(p.header.get_type(), MessageType::Reset);
+        assert_eq!(p.header.message_id, 0x0102);
+        assert!(matches!(
+            s.handle_datagram(t0, &[0x50, 0x01, 0x01, 0x02, 0xf1, 0]),
+            Inbound::Ignore
+        ));
+        assert!(matches!(
+            s.handle_datagram(t0, &[0x40, 0x01]),
+            Inbound::Ignore
+        ));
+    }
+
+    #[test]
+    fn respond_rejects_non_response_code_and_oversize_message() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let (_req, responder) =
+            expect_request(s.handle_datagram(t0, &bytes(&request(MessageType::Confirmable, 1))));
+        assert!(matches!(
+            s.respond(t0, responder, Packet::new()),
+            Err(CoapError::NotAResponse(_))
+        ));
+        let (req, responder) =
+            expect_request(s.handle_datagram(t0, &bytes(&request(MessageType::Confirmable, 2))));
+        let mut big = response_to(&req, ResponseType::Content);
+        big.payload = vec![0; 5000];
+        assert!(matches!(
+            s.respond(t0, responder, big),
+            Err(CoapError::Encode(_))
+        ));
+    }
+
+    #[test]
+    fn dedup_entry_is_gone_after_exchange_lifetime() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let dg = bytes(&request(MessageType::Confirmable, 7));
+        let (req, responder) = expect_request(s.handle_datagram(t0, &dg));
+        let _ = s
+            .respond(t0, responder, response_to(&req, ResponseType::Content))
+            .unwrap();
+        let lifetime = s.tuning().exchange_lifetime();
+        assert_eq!(s.poll_timeout(), Some(t0 + lifetime));
+        s.handle_timeout(t0 + lifetime - Duration::from_millis(1));
+        assert_eq!(s.len(), 1);
+        s.handle_timeout(t0 + lifetime);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.poll_timeout(), None);
+        // The same MID is now a new request.
+        let (_r, responder) = expect_request(s.handle_datagram(t0 + lifetime, &dg));
+        s.abandon(responder);
+    }
+
+    /// xorshift64*, so the fuzz loop is deterministic.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let seed = bytes(&request(MessageType::Confirmable, 3));
+        for i in 0..20_000u32 {
+            let len = (next(&mut rng) % 48) as usize;
+            let mut dg: Vec<u8> = if i % 2 == 0 {
+                (0..len).map(|_| next(&mut rng) as u8).collect()
+            } else {
+                let mut d = seed.clone();
+                for _ in 0..3 {
+                    let pos = (next(&mut rng) as usize) % d.len();
+                    d[pos] = next(&mut rng) as u8;
+                }
+                d.truncate(len.max(1));
+                d
+            };
+            if i % 3 == 0 && !dg.is_empty() {
+                dg[0] = 0x40 | (dg[0] & 0x3f);
+            }
+            if let Inbound::Request { request, responder } = s.handle_datagram(t0, &dg) {
+                let _ = s.respond(t0, responder, response_to(&request, ResponseType::Content));
+            }
+        }
+    }
+}
