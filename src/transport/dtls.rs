@@ -24,8 +24,12 @@
 //! # Server hardening
 //!
 //! Cookie exchange (HelloVerifyRequest) is always on: the cookie is HMAC-SHA256 over the peer
-//! address with a random per-server secret. Session resumption is off, so every session runs
-//! the PSK callback and its identity is always recorded.
+//! address with a random per-server secret. Session resumption and renegotiation are off, so
+//! every session runs the PSK callback exactly once and its identity cannot change later.
+//!
+//! A wrong key does not produce an alert: DTLS silently discards records it cannot
+//! authenticate (RFC 6347 §4.1.2.7), so both sides end in [`TransportError::HandshakeTimeout`].
+//! An unknown identity fails at once with an alert.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -181,7 +185,8 @@ fn base_context(ciphers: &str) -> Result<SslContextBuilder, TransportError> {
         .map_err(cfg("setting maximum version DTLS 1.2"))?;
     b.set_cipher_list(ciphers)
         .map_err(cfg("setting the cipher list"))?;
-    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+    // No renegotiation: a session's proven identity must not change under the layers above.
+    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION);
     b.set_verify(SslVerifyMode::NONE);
     Ok(b)
 }
@@ -261,6 +266,13 @@ impl DtlsServer {
             if key.is_empty() {
                 return Ok(0);
             }
+            if ssl
+                .ex_data(identity_idx)
+                .is_some_and(|known| known.as_slice() != identity)
+            {
+                tracing::warn!("PSK identity change within a session refused");
+                return Ok(0);
+            }
             out.copy_from_slice(&key);
             ssl.set_ex_data(identity_idx, identity.to_vec());
             Ok(key.len())
@@ -301,6 +313,9 @@ impl DtlsServer {
     }
 
     /// Run the server handshake on `pipe`, bounded by the configured handshake timeout.
+    ///
+    /// Run each accept in its own task (one per pipe from the mux's accept queue): a handshake
+    /// waits on its peer for up to the timeout, and must not hold up anyone else's.
     pub async fn accept(&self, pipe: Pipe) -> Result<DtlsSession, TransportError> {
         let peer = pipe.peer();
         let mut ssl = new_ssl(&self.ctx, self.mtu)?;
