@@ -1,1 +1,186 @@
-//! transport (in progress)
+//! The transport edge: the only module that touches sockets and DTLS.
+//!
+//! It owns moving datagrams between the network and per-peer sessions, and proving who the
+//! peer is. It yields `(PeerInfo, datagrams)` and nothing more: it knows no CoAP, no MIDs, no
+//! tokens, no ACLs. Everything above it (the sans-IO CoAP core, the verifier) reads the peer's
+//! identity from [`PeerInfo`], never from a payload (DESIGN §2, STYLE item 10).
+//!
+//! # Layout
+//!
+//! * [`mux`] — one UDP socket, many peers: [`mux::DatagramMux`] routes each datagram by source
+//!   address to a per-peer [`mux::Pipe`]. One receive task per socket, bounded queues, a cap on
+//!   the number of peers; nothing per peer is a thread.
+//! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK today, X.509 later.
+//!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
+//!   and yield a [`dtls::DtlsSession`].
+//!
+//! Both [`mux::Pipe`] (NoSec) and [`dtls::DtlsSession`] implement [`DatagramSession`], so the
+//! layer above drives either the same way.
+//!
+//! # Failure model
+//!
+//! Nothing a peer sends can panic this module. A peer that misbehaves, stalls its handshake or
+//! floods its queue only loses its own datagrams or its own session; other peers are unaffected.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub mod dtls;
+pub mod mux;
+
+#[cfg(test)]
+mod tests;
+
+/// Who a peer is, as proven by the transport (never as claimed in a payload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// The DTLS PSK identity the session was authenticated with.
+    Psk(Vec<u8>),
+    /// NoSec: the peer's source address is all we know (LwM2M NoSec semantics).
+    Address(IpAddr),
+}
+
+/// Which transport a session runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Plain UDP (NoSec).
+    Udp,
+    /// DTLS 1.2 over UDP.
+    Dtls,
+}
+
+/// Transport facts about one peer, attached to everything it sends.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's UDP address.
+    pub addr: SocketAddr,
+    /// The transport the session runs over.
+    pub kind: TransportKind,
+    /// The identity proven by that transport.
+    pub identity: Identity,
+}
+
+/// A datagram session with one peer: a plain UDP [`mux::Pipe`] or a [`dtls::DtlsSession`].
+///
+/// One call to [`recv`](Self::recv) yields one application datagram (for DTLS: one decrypted
+/// record); one call to [`send`](Self::send) emits one.
+pub trait DatagramSession: Send {
+    /// The next application datagram from the peer. `Err` once the session is closed.
+    fn recv(&mut self) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+    /// Send one application datagram to the peer.
+    fn send(&mut self, datagram: &[u8]) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// The peer's UDP address.
+    fn peer(&self) -> SocketAddr;
+    /// The peer's address, transport kind and proven identity.
+    fn peer_info(&self) -> PeerInfo;
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseCause {
+    /// The peer closed the session cleanly (DTLS close_notify).
+    PeerClosed,
+    /// The session's datagram source ended: the mux was shut down or dropped, or the pipe was
+    /// replaced by a newer one for the same peer.
+    Shutdown,
+    /// A fatal DTLS alert or protocol error (the text comes from OpenSSL).
+    Fatal(String),
+}
+
+impl std::fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseCause::PeerClosed => f.write_str("closed by peer"),
+            CloseCause::Shutdown => f.write_str("transport shut down"),
+            CloseCause::Fatal(detail) => write!(f, "fatal error: {detail}"),
+        }
+    }
+}
+
+/// Errors of the transport edge, named by who is at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Our side: the UDP socket could not be bound.
+    #[error("cannot bind UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address we tried to bind.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The network: sending to or receiving from a peer failed at the socket.
+    #[error("UDP I/O with {peer} failed: {source}")]
+    Io {
+        /// The peer.
+        peer: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A datagram went out truncated (the OS accepted fewer bytes than given).
+    #[error("datagram to {peer} truncated: {sent} of {len} bytes sent")]
+    ShortSend {
+        /// The peer.
+        peer: SocketAddr,
+        /// Bytes handed to the OS.
+        len: usize,
+        /// Bytes the OS accepted.
+        sent: usize,
+    },
+    /// The session is over; see [`CloseCause`].
+    #[error("session with {peer} closed: {cause}")]
+    Closed {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why it ended.
+        cause: CloseCause,
+    },
+    /// Our side: OpenSSL refused the DTLS configuration.
+    #[error("DTLS setup failed ({context}): {source}")]
+    Config {
+        /// What we were configuring.
+        context: &'static str,
+        /// OpenSSL's error queue.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    /// Our side: the configuration is unusable before OpenSSL even sees it.
+    #[error("invalid DTLS configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The peer or the credentials: the DTLS handshake failed (alert, unknown identity,
+    /// no common cipher suite, the peer went away).
+    #[error("DTLS handshake with {peer} failed: {source}")]
+    Handshake {
+        /// The peer.
+        peer: SocketAddr,
+        /// OpenSSL's account of the failure.
+        #[source]
+        source: openssl::ssl::Error,
+    },
+    /// The peer: the handshake did not complete in time (silent peer, lost flights, or a
+    /// wrong key: DTLS silently drops records it cannot authenticate).
+    #[error("DTLS handshake with {peer} timed out after {after:?}")]
+    HandshakeTimeout {
+        /// The peer.
+        peer: SocketAddr,
+        /// The configured bound.
+        after: Duration,
+    },
+    /// Sending a DTLS record failed.
+    #[error("DTLS send to {peer} failed: {source}")]
+    DtlsSend {
+        /// The peer.
+        peer: SocketAddr,
+        /// The error (an OpenSSL error wrapped as I/O, or the socket's).
+        #[source]
+        source: io::Error,
+    },
+}
