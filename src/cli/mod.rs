@@ -1,6 +1,115 @@
-//! cli (in progress)
+//! The command line: `serve`, `device`, `ctl`, `demo`. Errors are reported plainly on
+//! stderr with a non-zero exit; this is the only place that uses `Box<dyn Error>`.
+
+pub mod ctl;
+pub mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::device::{DeviceSimConfig, RunningDevice};
+use crate::gateway::Gateway;
+
+pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser)]
+#[command(name = "privgw", version, about = "Secure privilege gateway for CoAP/LwM2M devices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The gateway's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a simulated end device serving a dm or lwm2m ACL set.
+    Device {
+        /// The device's TOML config (see examples/devA.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Talk to a gateway as a DM server (add, replace, get, list, delete).
+    Ctl(ctl::CtlArgs),
+    /// Run the four sequences of the change request end to end, in one process, over real
+    /// loopback sockets and DTLS.
+    Demo,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling available: run until killed.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn serve(config: PathBuf) -> CliResult<()> {
+    let config = Config::load(&config)?;
+    let gateway = Gateway::start(config).await?;
+    for uri in gateway.listeners() {
+        eprintln!("privgw listening on {uri}");
+    }
+    gateway.run_until(ctrl_c()).await;
+    Ok(())
+}
+
+async fn device(config: PathBuf) -> CliResult<()> {
+    let config = DeviceSimConfig::load(&config)?;
+    let device = RunningDevice::start(&config).await?;
+    eprintln!("device {} ({}) listening on {}", config.id, config.profile, device.uri());
+    ctrl_c().await;
+    device.stop().await;
+    Ok(())
+}
 
 /// Entry point of the binary.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => {
+            init_logging("info");
+            runtime().and_then(|rt| rt.block_on(serve(config)))
+        }
+        Command::Device { config } => {
+            init_logging("info");
+            runtime().and_then(|rt| rt.block_on(device(config)))
+        }
+        Command::Ctl(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(ctl::run(args)))
+        }
+        Command::Demo => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(demo::run()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("privgw: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -11,7 +11,7 @@
 //! | DELETE | `/GwConfig/Privileges/<x>` | – | Delete |
 //! | GET/PUT | `/GwConfig/Privileges/<x>/<leaf>` | text/plain | Get / Replace one leaf |
 
-use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
+use crate::coap::{self, CoapOption, MessageClass, Packet, RequestType};
 
 use crate::front::FrontError;
 use crate::lwm2m::content_format;
@@ -65,43 +65,14 @@ pub enum Command {
 }
 
 fn path_of(request: &Packet) -> Result<Vec<String>, FrontError> {
-    request
-        .get_option(CoapOption::UriPath)
-        .map(|segments| {
-            segments
-                .iter()
-                .map(|s| {
-                    String::from_utf8(s.clone())
-                        .map_err(|_| FrontError::BadRequest("Uri-Path is not UTF-8".into()))
-                })
-                .collect()
-        })
-        .unwrap_or_else(|| Ok(Vec::new()))
-}
-
-fn uint_option(request: &Packet, option: CoapOption) -> Option<u16> {
-    request.get_first_option(option).map(|v| {
-        v.iter()
-            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
-            .min(u32::from(u16::MAX)) as u16
-    })
-}
-
-/// The request's Content-Format, if it names one.
-pub fn content_format_of(request: &Packet) -> Option<u16> {
-    uint_option(request, CoapOption::ContentFormat)
-}
-
-/// The request's Accept, if any.
-pub fn accept_of(request: &Packet) -> Option<u16> {
-    uint_option(request, CoapOption::Accept)
+    coap::uri_path(request).map_err(|e| FrontError::BadRequest(e.to_string()))
 }
 
 fn body_document(request: &Packet) -> Result<Value, FrontError> {
     if request.payload.len() > MAX_REQUEST_BODY {
         return Err(FrontError::TooLarge(request.payload.len()));
     }
-    match content_format_of(request) {
+    match coap::content_format(request) {
         None | Some(content_format::CBOR) => Value::from_cbor(&request.payload),
         Some(content_format::JSON) => Value::from_json(&request.payload),
         Some(other) => {
@@ -115,7 +86,7 @@ fn body_text(request: &Packet) -> Result<String, FrontError> {
     if request.payload.len() > MAX_REQUEST_BODY {
         return Err(FrontError::TooLarge(request.payload.len()));
     }
-    match content_format_of(request) {
+    match coap::content_format(request) {
         None | Some(content_format::TEXT) => String::from_utf8(request.payload.clone())
             .map_err(|_| FrontError::BadRequest("leaf value is not UTF-8".into())),
         Some(other) => Err(FrontError::UnsupportedContentFormat(other.to_string())),

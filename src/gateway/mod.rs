@@ -1,5 +1,182 @@
-//! The gateway: wires listeners, the service, south and the store together.
+//! The gateway: wires listeners, the service, south and the store together, and identifies
+//! each northbound peer by what its channel proved (DESIGN.md §2).
+//!
+//! Lifecycle follows mini-redis: [`Gateway::start`] binds everything (so the caller knows the
+//! ports), spawns the tasks and returns a handle; [`Gateway::stop`] flips the shutdown signal
+//! and waits for every task.
 
 pub mod service;
 
-pub use service::{Answer, Service};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::coap::{MessageClass, Packet, ResponseType, TransportTuning};
+use crate::config::{Config, EndpointUri, Scheme, ServerConfig};
+use crate::runtime::{Handler, ListenError, Listener, Security};
+use crate::south::{South, SouthError};
+use crate::store::{RedbStore, StoreError};
+use crate::transport::dtls::{DtlsServer, PskServerConfig};
+use crate::transport::{Identity, PeerInfo, TransportError};
+
+pub use service::{Answer, Service, WriteReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    South(#[from] SouthError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("DTLS server setup: {0}")]
+    Dtls(TransportError),
+}
+
+/// Answers northbound requests: identity from the channel, then the service.
+pub struct North {
+    service: Arc<Service<South>>,
+    by_psk: HashMap<Vec<u8>, Arc<ServerConfig>>,
+    by_address: HashMap<IpAddr, Arc<ServerConfig>>,
+}
+
+impl North {
+    fn server_of(&self, peer: &PeerInfo) -> Option<&Arc<ServerConfig>> {
+        match &peer.identity {
+            Identity::Psk(id) => self.by_psk.get(id),
+            Identity::Address(ip) => self.by_address.get(ip),
+        }
+    }
+}
+
+impl Handler for North {
+    async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
+        let Some(server) = self.server_of(peer) else {
+            tracing::warn!(addr = %peer.addr, identity = ?peer.identity, "unknown server identity: 4.01");
+            let mut p = Packet::new();
+            p.header.code = MessageClass::Response(ResponseType::Unauthorized);
+            p.payload = b"unknown server identity".to_vec();
+            return p;
+        };
+        let path = crate::coap::uri_path(&request)
+            .map(|p| format!("/{}", p.join("/")))
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "request",
+            server = %server.id,
+            method = %request.header.code,
+            %path
+        );
+        async {
+            let answer = self.service.handle(server, &request).await;
+            tracing::info!(code = %service::code_str(answer.code), "answered");
+            answer.into_packet()
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    listeners: Vec<EndpointUri>,
+    service: Arc<Service<South>>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Opens the store, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
+        let config = Arc::new(config);
+        let store = Arc::new(RedbStore::open(&config.gateway.store)?);
+        let south = Arc::new(South::new(&config)?);
+        let service = Arc::new(Service::new(config.clone(), store, south));
+
+        let servers: Vec<Arc<ServerConfig>> =
+            config.servers.iter().cloned().map(Arc::new).collect();
+        let by_psk: HashMap<Vec<u8>, Arc<ServerConfig>> = servers
+            .iter()
+            .filter_map(|s| s.psk.as_ref().map(|p| (p.identity.clone(), s.clone())))
+            .collect();
+        let by_address = servers
+            .iter()
+            .filter_map(|s| s.nosec_address.map(|a| (a, s.clone())))
+            .collect();
+        let keys: HashMap<Vec<u8>, Vec<u8>> = config
+            .servers
+            .iter()
+            .filter_map(|s| s.psk.as_ref().map(|p| (p.identity.clone(), p.key.clone())))
+            .collect();
+        let north = Arc::new(North {
+            service: service.clone(),
+            by_psk,
+            by_address,
+        });
+
+        let mut bound = Vec::new();
+        let mut dtls: Option<Arc<DtlsServer>> = None;
+        for uri in &config.gateway.listen {
+            let security = match uri.scheme {
+                Scheme::Coap => Security::NoSec,
+                Scheme::Coaps => {
+                    let server = match &dtls {
+                        Some(s) => s.clone(),
+                        None => {
+                            let keys = keys.clone();
+                            let cfg = PskServerConfig::new(Arc::new(move |id: &[u8]| {
+                                keys.get(id).cloned()
+                            }));
+                            let s = Arc::new(DtlsServer::new(cfg).map_err(GatewayError::Dtls)?);
+                            dtls = Some(s.clone());
+                            s
+                        }
+                    };
+                    Security::Dtls(server)
+                }
+            };
+            bound.push(Listener::bind(*uri, security).await?);
+        }
+
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let listeners = bound.iter().map(Listener::uri).collect();
+        for listener in bound {
+            let north = north.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(listener.run(north, TransportTuning::unreliable(), shutdown));
+        }
+        Ok(Gateway {
+            listeners,
+            service,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The listeners with their bound ports.
+    pub fn listeners(&self) -> &[EndpointUri] {
+        &self.listeners
+    }
+
+    pub fn service(&self) -> &Arc<Service<South>> {
+        &self.service
+    }
+
+    /// Stops accepting and waits for the listener tasks.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Serves until `shutdown` resolves, then stops.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        shutdown.await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}

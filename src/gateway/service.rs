@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 use crate::acl::DmCommand;
 use crate::acl::lwm2m::LwPath;
 use crate::config::{Config, Profile, ServerConfig};
-use crate::front::command::accept_of;
 use crate::front::{Command, Format, FrontError, Precondition, Write, parse_request, render_value};
 use crate::lwm2m::content_format;
 use crate::mo::privilege::rfc3339;
@@ -69,18 +68,11 @@ impl Answer {
             p.add_option(CoapOption::LocationPath, seg.into_bytes());
         }
         if let Some(cf) = self.content_format {
-            p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+            crate::coap::set_content_format(&mut p, cf);
         }
         p.payload = self.payload;
         p
     }
-}
-
-/// Minimal big-endian encoding of a CoAP uint option.
-fn encode_uint(v: u32) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
 }
 
 /// Per-node write locks: concurrent writes to the same privilege are serialised, writes to
@@ -175,7 +167,7 @@ impl<R: AclReader> Service<R> {
         request: &Packet,
     ) -> Result<Answer, FrontError> {
         let command = parse_request(request)?;
-        let accept = accept_of(request);
+        let accept = crate::coap::accept(request);
         let format = || Format::from_accept(accept).ok_or(FrontError::NotAcceptable(accept.unwrap_or(0)));
         match command {
             Command::WellKnownCore => {

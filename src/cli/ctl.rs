@@ -1,0 +1,339 @@
+//! `privgw ctl`: a DM-server client for the gateway. [`GatewayClient`] is also what the demo
+//! and the integration tests drive the gateway with: real sockets, real DTLS.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use clap::{Args, Subcommand};
+
+use crate::cli::CliResult;
+use crate::coap::{self, CoapOption, MessageClass, Packet, RequestType, TransportTuning};
+use crate::config::{EndpointUri, Scheme, decode_hex};
+use crate::lwm2m::content_format;
+use crate::mo::Value;
+use crate::runtime::{AnySession, CoapClient, RequestError};
+use crate::transport::dtls::{DtlsClient, PskClientConfig};
+use crate::transport::mux::DatagramMux;
+use crate::transport::TransportError;
+
+/// A decoded answer from the gateway.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// `2.01`, `4.03`, …
+    pub code: String,
+    pub location: Option<String>,
+    pub content_format: Option<u16>,
+    /// The body decoded as a document when it is CBOR or JSON.
+    pub document: Option<Value>,
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    fn from_packet(p: Packet) -> Reply {
+        let cf = coap::content_format(&p);
+        let document = match cf {
+            Some(content_format::CBOR) => Value::from_cbor(&p.payload).ok(),
+            Some(content_format::JSON) => Value::from_json(&p.payload).ok(),
+            _ => None,
+        };
+        let location = p.get_option(CoapOption::LocationPath).map(|segs| {
+            segs.iter()
+                .map(|s| format!("/{}", String::from_utf8_lossy(s)))
+                .collect::<String>()
+        });
+        Reply {
+            code: coap::code_string(p.header.code),
+            location,
+            content_format: cf,
+            document,
+            payload: p.payload,
+        }
+    }
+
+    /// The `DeviceID`s of the `Failed` list, in order.
+    pub fn failed_ids(&self) -> Vec<String> {
+        self.list_of("Failed", |v| v.get("DeviceID").and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// The `Verified` DeviceIDs.
+    pub fn verified_ids(&self) -> Vec<String> {
+        self.list_of("Verified", |v| v.as_str().map(str::to_owned))
+    }
+
+    fn list_of(&self, key: &str, f: impl Fn(&Value) -> Option<String>) -> Vec<String> {
+        self.document
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(f).collect())
+            .unwrap_or_default()
+    }
+
+    /// A readable rendering: code, location, body.
+    pub fn render(&self) -> String {
+        let mut out = self.code.clone();
+        if let Some(l) = &self.location {
+            out.push_str(&format!("  Location: {l}"));
+        }
+        match (&self.document, self.content_format) {
+            (Some(d), _) => out.push_str(&format!("\n{}", d.to_display())),
+            (None, _) if !self.payload.is_empty() => {
+                out.push_str(&format!("\n{}", String::from_utf8_lossy(&self.payload)))
+            }
+            _ => {}
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("code".into(), self.code.clone().into());
+        if let Some(l) = &self.location {
+            m.insert("location".into(), l.clone().into());
+        }
+        match &self.document {
+            Some(d) => {
+                m.insert("body".into(), d.to_json_value());
+            }
+            None if !self.payload.is_empty() => {
+                m.insert("body".into(), String::from_utf8_lossy(&self.payload).into_owned().into());
+            }
+            None => {}
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("cannot open a socket: {0}")]
+    Socket(TransportError),
+    #[error("DTLS: {0}")]
+    Dtls(TransportError),
+    #[error("coaps:// needs --psk-identity and --psk-key")]
+    NoCredentials,
+}
+
+/// A DM server's CoAP client for the gateway.
+pub struct GatewayClient {
+    client: CoapClient<AnySession>,
+    _mux: std::sync::Arc<DatagramMux>,
+}
+
+impl GatewayClient {
+    /// Connects (and for `coaps://` handshakes) to `uri` with the PSK credentials given.
+    pub async fn connect(
+        uri: EndpointUri,
+        psk: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<GatewayClient, ClientSetupError> {
+        let local = if uri.addr.is_ipv6() {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+        } else {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+        };
+        let (mux, _) = DatagramMux::bind(local, false)
+            .await
+            .map_err(ClientSetupError::Socket)?;
+        let pipe = mux.connect(uri.addr);
+        let session = match (uri.scheme, psk) {
+            (Scheme::Coap, _) => AnySession::Plain(pipe),
+            (Scheme::Coaps, Some((identity, key))) => {
+                let dtls = DtlsClient::new(PskClientConfig::new(identity, key))
+                    .map_err(ClientSetupError::Dtls)?;
+                AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
+            }
+            (Scheme::Coaps, None) => return Err(ClientSetupError::NoCredentials),
+        };
+        Ok(GatewayClient {
+            client: CoapClient::new(session, TransportTuning::unreliable()),
+            _mux: mux,
+        })
+    }
+
+    /// Sends one request; `body` is (content format, bytes).
+    pub async fn request(
+        &mut self,
+        method: RequestType,
+        path: &str,
+        body: Option<(u16, Vec<u8>)>,
+        accept: Option<u16>,
+        options: &[(CoapOption, Vec<u8>)],
+    ) -> Result<Reply, RequestError> {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(method);
+        coap::set_uri(&mut p, path);
+        if let Some((cf, bytes)) = body {
+            coap::set_content_format(&mut p, cf);
+            p.payload = bytes;
+        }
+        if let Some(a) = accept {
+            coap::set_accept(&mut p, a);
+        }
+        for (o, v) in options {
+            p.add_option(*o, v.clone());
+        }
+        Ok(Reply::from_packet(self.client.request(p).await?))
+    }
+
+    /// POST a new privilege on the collection (DM Add).
+    pub async fn add(&mut self, target: &str, target_type: &str, uri: &str, acl: &str) -> Result<Reply, RequestError> {
+        let body = privilege_body(target, target_type, uri, acl).to_cbor();
+        self.request(RequestType::Post, "/GwConfig/Privileges", Some((content_format::CBOR, body)), None, &[])
+            .await
+    }
+}
+
+/// The CBOR/JSON request body of a privilege node.
+pub fn privilege_body(target: &str, target_type: &str, uri: &str, acl: &str) -> Value {
+    Value::map([
+        ("TargetID", Value::text(target)),
+        ("TargetType", Value::text(target_type)),
+        ("URI", Value::text(uri)),
+        ("ACL", Value::text(acl)),
+    ])
+}
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The gateway, e.g. coaps://127.0.0.1:5684
+    #[arg(long, short, default_value = "coaps://127.0.0.1:5684")]
+    gateway: String,
+    #[arg(long)]
+    psk_identity: Option<String>,
+    #[arg(long)]
+    psk_key: Option<String>,
+    #[arg(long)]
+    psk_key_hex: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Add a privilege (POST, or PUT with If-None-Match when --name is given).
+    Add {
+        #[arg(long)]
+        target: String,
+        /// Device or Group
+        #[arg(long = "type", default_value = "Device")]
+        target_type: String,
+        #[arg(long)]
+        uri: String,
+        #[arg(long)]
+        acl: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Replace leaves of an existing privilege (PUT of the node with If-Match).
+    Replace {
+        name: String,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long = "type")]
+        target_type: Option<String>,
+        #[arg(long)]
+        uri: Option<String>,
+        #[arg(long)]
+        acl: Option<String>,
+    },
+    /// Get one privilege (or one leaf of it).
+    Get { name: String, leaf: Option<String> },
+    /// List every privilege.
+    List,
+    /// Delete a privilege.
+    Delete { name: String },
+    /// List groups.
+    Groups,
+    /// List devices.
+    Devices,
+}
+
+pub async fn run(args: CtlArgs) -> CliResult<()> {
+    let uri: EndpointUri = args.gateway.parse().map_err(|e: String| e)?;
+    let key = match (args.psk_key, args.psk_key_hex) {
+        (Some(k), None) => Some(k.into_bytes()),
+        (None, Some(h)) => Some(decode_hex(&h)?),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err("give --psk-key or --psk-key-hex, not both".into()),
+    };
+    let psk = match (args.psk_identity, key) {
+        (Some(i), Some(k)) => Some((i.into_bytes(), k)),
+        (None, None) => None,
+        _ => return Err("--psk-identity and --psk-key go together".into()),
+    };
+    let mut client = GatewayClient::connect(uri, psk).await?;
+    let accept = args.json.then_some(content_format::JSON);
+    let cbor = |v: Value| Some((content_format::CBOR, v.to_cbor()));
+    let reply = match args.command {
+        CtlCommand::Add { target, target_type, uri, acl, name: None } => {
+            let body = privilege_body(&target, &target_type, &uri, &acl);
+            client
+                .request(RequestType::Post, "/GwConfig/Privileges", cbor(body), accept, &[])
+                .await?
+        }
+        CtlCommand::Add { target, target_type, uri, acl, name: Some(name) } => {
+            let body = privilege_body(&target, &target_type, &uri, &acl);
+            client
+                .request(
+                    RequestType::Put,
+                    &format!("/GwConfig/Privileges/{name}"),
+                    cbor(body),
+                    accept,
+                    &[(CoapOption::IfNoneMatch, Vec::new())],
+                )
+                .await?
+        }
+        CtlCommand::Replace { name, target, target_type, uri, acl } => {
+            let path = format!("/GwConfig/Privileges/{name}");
+            let current = client.request(RequestType::Get, &path, None, None, &[]).await?;
+            let Some(doc) = current.document.clone().filter(|_| current.code == "2.05") else {
+                return Err(format!("cannot read {path}: {}", current.render()).into());
+            };
+            let leaf = |k: &str, new: Option<String>| {
+                new.or_else(|| doc.get(k).and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            let body = privilege_body(
+                &leaf("TargetID", target),
+                &leaf("TargetType", target_type),
+                &leaf("URI", uri),
+                &leaf("ACL", acl),
+            );
+            client
+                .request(RequestType::Put, &path, cbor(body), accept, &[(CoapOption::IfMatch, Vec::new())])
+                .await?
+        }
+        CtlCommand::Get { name, leaf: None } => {
+            client
+                .request(RequestType::Get, &format!("/GwConfig/Privileges/{name}"), None, accept, &[])
+                .await?
+        }
+        CtlCommand::Get { name, leaf: Some(leaf) } => {
+            client
+                .request(RequestType::Get, &format!("/GwConfig/Privileges/{name}/{leaf}"), None, None, &[])
+                .await?
+        }
+        CtlCommand::List => {
+            client.request(RequestType::Get, "/GwConfig/Privileges", None, accept, &[]).await?
+        }
+        CtlCommand::Delete { name } => {
+            client
+                .request(RequestType::Delete, &format!("/GwConfig/Privileges/{name}"), None, accept, &[])
+                .await?
+        }
+        CtlCommand::Groups => client.request(RequestType::Get, "/GwConfig/Groups", None, accept, &[]).await?,
+        CtlCommand::Devices => client.request(RequestType::Get, "/GwConfig/Devices", None, accept, &[]).await?,
+    };
+    if args.json {
+        println!("{}", reply.to_json());
+    } else {
+        println!("{}", reply.render());
+    }
+    if reply.code.starts_with('2') {
+        Ok(())
+    } else {
+        Err(format!("gateway answered {}", reply.code).into())
+    }
+}

@@ -1,0 +1,340 @@
+//! A simulated end device (`privgw device`): serves a `dm` or `lwm2m` ACL set over
+//! `coap://` or `coaps://` (DTLS-PSK) with the same runtime as the gateway, so the demo,
+//! the tests and a user at an interop table have real devices to talk to.
+//!
+//! * `lwm2m`: `GET /2` and `GET /2/<n>` answer the Access Control object in TLV (default),
+//!   SenML-JSON, SenML-CBOR or LwM2M-CBOR per Accept.
+//! * `dm`: `GET <path>?prop=ACL` answers the node's ACL string (empty = inherit) and
+//!   `?prop=Format` answers `node` (interior) or `chr` (leaf).
+//!
+//! It counts the requests it serves and keeps a short log of what it answered, so tests can
+//! assert that no request reached it and the demo can print what each device said.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::acl::lwm2m::{AccessControl, Rights};
+use crate::coap::{self, MessageClass, Packet, RequestType, ResponseType, TransportTuning};
+use crate::config::{EndpointUri, Psk, Scheme, decode_hex};
+use crate::lwm2m::{content_format, encode_access_control, format_name};
+use crate::runtime::{Handler, ListenError, Listener, Security};
+use crate::transport::dtls::{DtlsServer, PskServerConfig};
+use crate::transport::{PeerInfo, TransportError};
+
+/// How the simulated device misbehaves, for failure tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behaviour {
+    /// Answers correctly.
+    #[default]
+    Normal,
+    /// Answers every ACL read 2.05 with bytes that are no valid ACL.
+    Garbage,
+    /// Answers every request 5.00.
+    ServerError,
+}
+
+/// A simulated device's configuration (TOML, see `examples/devA.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSimConfig {
+    pub id: String,
+    pub listen: String,
+    /// `lwm2m` or `dm`.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    pub psk_identity: Option<String>,
+    pub psk_key: Option<String>,
+    pub psk_key_hex: Option<String>,
+    #[serde(default)]
+    pub behaviour: Behaviour,
+    /// `lwm2m`: the Access Control object instances.
+    #[serde(default)]
+    pub access_control: Vec<AcInstance>,
+    /// `dm`: node path → ACL string.
+    #[serde(default)]
+    pub acls: BTreeMap<String, String>,
+}
+
+fn default_profile() -> String {
+    "lwm2m".into()
+}
+
+/// One AC instance in config form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcInstance {
+    pub instance: u16,
+    pub object: u16,
+    pub object_instance: u16,
+    pub owner: u16,
+    /// Short Server ID (as a string key, TOML keys are strings) → rights bits.
+    #[serde(default)]
+    pub acl: BTreeMap<String, u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("device config: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("DTLS setup: {0}")]
+    Dtls(TransportError),
+}
+
+impl DeviceSimConfig {
+    pub fn load(path: &Path) -> Result<Self, DeviceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DeviceError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| DeviceError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    fn instances(&self) -> Result<Vec<AccessControl>, DeviceError> {
+        self.access_control
+            .iter()
+            .map(|a| {
+                let mut ac = AccessControl::new(a.instance, a.object, a.object_instance, a.owner);
+                for (ssid, bits) in &a.acl {
+                    let ssid: u16 = ssid.parse().map_err(|_| {
+                        DeviceError::Invalid(format!("acl key '{ssid}' is not a Short Server ID"))
+                    })?;
+                    let rights = Rights::from_bits(*bits).ok_or_else(|| {
+                        DeviceError::Invalid(format!("rights {bits} are not 0..=31"))
+                    })?;
+                    ac = ac.with_rights(ssid, rights);
+                }
+                Ok(ac)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Model {
+    Lwm2m(Vec<AccessControl>),
+    Dm(BTreeMap<String, String>),
+}
+
+/// The device's request handler.
+pub struct DeviceHandler {
+    id: String,
+    model: Model,
+    behaviour: Behaviour,
+    requests: AtomicU64,
+    log: Mutex<Vec<String>>,
+}
+
+impl DeviceHandler {
+    fn record(&self, line: String) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() < 1000 {
+            log.push(line);
+        }
+    }
+
+    fn answer(&self, request: &Packet) -> Packet {
+        let path = coap::uri_path(request).unwrap_or_default();
+        let query = coap::uri_query(request).unwrap_or_default();
+        let is_get = request.header.code == MessageClass::Request(RequestType::Get);
+        if self.behaviour == Behaviour::ServerError {
+            return coap::response_to(request, ResponseType::InternalServerError);
+        }
+        if !is_get {
+            return coap::response_to(request, ResponseType::MethodNotAllowed);
+        }
+        match &self.model {
+            Model::Lwm2m(instances) => self.answer_lwm2m(request, &path, instances),
+            Model::Dm(acls) => self.answer_dm(request, &path, &query, acls),
+        }
+    }
+
+    fn answer_lwm2m(&self, request: &Packet, path: &[String], instances: &[AccessControl]) -> Packet {
+        let selected: Vec<AccessControl> = match path {
+            [o] if o == "2" => instances.to_vec(),
+            [o, n] if o == "2" => match n.parse::<u16>() {
+                Ok(n) => instances.iter().filter(|i| i.instance == n).cloned().collect(),
+                Err(_) => return coap::response_to(request, ResponseType::NotFound),
+            },
+            _ => return coap::response_to(request, ResponseType::NotFound),
+        };
+        if path.len() == 2 && selected.is_empty() {
+            return coap::response_to(request, ResponseType::NotFound);
+        }
+        let cf = coap::accept(request).unwrap_or(content_format::TLV);
+        if format_name(cf).is_none() {
+            return coap::response_to(request, ResponseType::NotAcceptable);
+        }
+        let mut response = coap::response_to(request, ResponseType::Content);
+        coap::set_content_format(&mut response, cf);
+        if self.behaviour == Behaviour::Garbage {
+            response.payload = vec![0xc8, 0x00, 0xff, 0x01];
+            self.record(format!("{} → 2.05 /2 (garbage)", self.id));
+            return response;
+        }
+        match encode_access_control(cf, &selected) {
+            Ok(bytes) => response.payload = bytes,
+            Err(e) => {
+                let mut r = coap::response_to(request, ResponseType::InternalServerError);
+                r.payload = e.to_string().into_bytes();
+                return r;
+            }
+        }
+        let summary: Vec<String> = selected
+            .iter()
+            .map(|i| {
+                format!(
+                    "/{}/{} owner {}",
+                    i.object_id,
+                    if i.object_instance_id == crate::acl::lwm2m::OBJECT_LEVEL {
+                        "*".to_owned()
+                    } else {
+                        i.object_instance_id.to_string()
+                    },
+                    i.owner
+                )
+            })
+            .collect();
+        self.record(format!(
+            "{} → 2.05 /{} ({}): {}",
+            self.id,
+            path.join("/"),
+            format_name(cf).unwrap_or("?"),
+            summary.join(", ")
+        ));
+        response
+    }
+
+    fn answer_dm(
+        &self,
+        request: &Packet,
+        path: &[String],
+        query: &[String],
+        acls: &BTreeMap<String, String>,
+    ) -> Packet {
+        let node = format!("/{}", path.join("/"));
+        let prefix = if node == "/" { "/".to_owned() } else { format!("{node}/") };
+        let has_children = acls.keys().any(|k| k.starts_with(&prefix) && *k != node);
+        if !acls.contains_key(&node) && !has_children && node != "/" {
+            return coap::response_to(request, ResponseType::NotFound);
+        }
+        let mut response = coap::response_to(request, ResponseType::Content);
+        coap::set_content_format(&mut response, content_format::TEXT);
+        match query {
+            [q] if q == "prop=ACL" => {
+                let acl = if self.behaviour == Behaviour::Garbage {
+                    "Replace==&&*".to_owned()
+                } else {
+                    acls.get(&node).cloned().unwrap_or_default()
+                };
+                self.record(format!("{} → 2.05 {node}?prop=ACL: \"{acl}\"", self.id));
+                response.payload = acl.into_bytes();
+            }
+            [q] if q == "prop=Format" => {
+                response.payload = if has_children || node == "/" { b"node".to_vec() } else { b"chr".to_vec() };
+            }
+            _ => return coap::response_to(request, ResponseType::NotFound),
+        }
+        response
+    }
+}
+
+impl Handler for DeviceHandler {
+    async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.answer(&request)
+    }
+}
+
+/// A running simulated device.
+pub struct RunningDevice {
+    uri: EndpointUri,
+    handler: Arc<DeviceHandler>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningDevice {
+    /// Binds and starts serving.
+    pub async fn start(config: &DeviceSimConfig) -> Result<RunningDevice, DeviceError> {
+        let uri: EndpointUri = config
+            .listen
+            .parse()
+            .map_err(|e| DeviceError::Invalid(format!("listen: {e}")))?;
+        let model = match config.profile.as_str() {
+            "lwm2m" => Model::Lwm2m(config.instances()?),
+            "dm" => Model::Dm(config.acls.clone()),
+            other => return Err(DeviceError::Invalid(format!("profile '{other}' (lwm2m | dm)"))),
+        };
+        let psk = match (&config.psk_identity, &config.psk_key, &config.psk_key_hex) {
+            (Some(id), Some(k), None) => Some(Psk { identity: id.clone().into_bytes(), key: k.clone().into_bytes() }),
+            (Some(id), None, Some(h)) => Some(Psk {
+                identity: id.clone().into_bytes(),
+                key: decode_hex(h).map_err(DeviceError::Invalid)?,
+            }),
+            (None, None, None) => None,
+            _ => return Err(DeviceError::Invalid("give psk_identity with psk_key or psk_key_hex".into())),
+        };
+        let security = match (uri.scheme, psk) {
+            (Scheme::Coap, _) => Security::NoSec,
+            (Scheme::Coaps, Some(psk)) => {
+                let cfg = PskServerConfig::new(Arc::new(move |id: &[u8]| {
+                    (id == psk.identity.as_slice()).then(|| psk.key.clone())
+                }));
+                Security::Dtls(Arc::new(DtlsServer::new(cfg).map_err(DeviceError::Dtls)?))
+            }
+            (Scheme::Coaps, None) => {
+                return Err(DeviceError::Invalid("coaps:// needs psk_identity and psk_key".into()));
+            }
+        };
+        let listener = Listener::bind(uri, security).await?;
+        let uri = listener.uri();
+        let handler = Arc::new(DeviceHandler {
+            id: config.id.clone(),
+            model,
+            behaviour: config.behaviour,
+            requests: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+        });
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(listener.run(handler.clone(), TransportTuning::unreliable(), shutdown));
+        Ok(RunningDevice { uri, handler, stop, task })
+    }
+
+    pub fn uri(&self) -> EndpointUri {
+        self.uri
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.uri.addr
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.handler.requests.load(Ordering::Relaxed)
+    }
+
+    /// What the device answered since the last call.
+    pub fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.handler.log.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
