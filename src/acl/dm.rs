@@ -20,7 +20,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{DmCommand, Verdict, snippet};
+use super::{DmCommand, Verdict, snippet, truncate};
 
 /// Who an ACL entry names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -351,7 +351,7 @@ pub fn dm_verdict(
     Verdict::Denied {
         detail: format!(
             "ACL \"{}\" (on {place}, policy {policy}) does not grant Replace to {server_id:?}",
-            snippet(&acl.to_string())
+            truncate(&acl.to_string(), 256)
         ),
     }
 }

@@ -119,9 +119,13 @@ impl Verdict {
 
 /// At most 32 characters of untrusted input, for error messages.
 pub(crate) fn snippet(s: &str) -> String {
-    const MAX: usize = 32;
-    let mut out: String = s.chars().take(MAX).collect();
-    if s.chars().nth(MAX).is_some() {
+    truncate(s, 32)
+}
+
+/// At most `max` characters of `s`, with `…` appended if it was longer.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if s.chars().nth(max).is_some() {
         out.push('…');
     }
     out
