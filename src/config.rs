@@ -356,9 +356,9 @@ fn psk_from(
             ));
         }
         (Some(s), None) => Some(s.into_bytes()),
-        (None, Some(h)) => Some(
-            decode_hex(&h).map_err(|p| invalid(format!("{key}.psk_key_hex"), p))?,
-        ),
+        (None, Some(h)) => {
+            Some(decode_hex(&h).map_err(|p| invalid(format!("{key}.psk_key_hex"), p))?)
+        }
         (None, None) => None,
     };
     match (identity, secret) {
@@ -429,10 +429,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .listen
         .iter()
         .enumerate()
-        .map(|(i, s)| s.parse().map_err(|e| invalid(format!("gateway.listen[{i}]"), e)))
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e| invalid(format!("gateway.listen[{i}]"), e))
+        })
         .collect::<Result<Vec<EndpointUri>, _>>()?;
-    let privileges_acl = DmAcl::parse(&g.privileges_acl)
-        .map_err(|e| invalid("gateway.privileges_acl", e))?;
+    let privileges_acl =
+        DmAcl::parse(&g.privileges_acl).map_err(|e| invalid("gateway.privileges_acl", e))?;
     if !(1..=600_000).contains(&g.device_timeout_ms) {
         return Err(invalid(
             "gateway.device_timeout_ms",
@@ -462,7 +465,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let key = format!("servers[{i}]");
         check_identifier(&s.id).map_err(|p| invalid(format!("{key}.id"), p))?;
         if s.id == "*" || !server_ids.insert(s.id.clone()) {
-            return Err(invalid(format!("{key}.id"), format!("'{}' is used twice", s.id)));
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("'{}' is used twice", s.id),
+            ));
         }
         let ssid = match s.ssid {
             0 | 65535 => {
@@ -472,10 +478,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 ));
             }
             n @ 1..=65534 => n as u16,
-            n => return Err(invalid(format!("{key}.ssid"), format!("{n} is out of range (1..65534)"))),
+            n => {
+                return Err(invalid(
+                    format!("{key}.ssid"),
+                    format!("{n} is out of range (1..65534)"),
+                ));
+            }
         };
         if !ssids.insert(ssid) {
-            return Err(invalid(format!("{key}.ssid"), format!("{ssid} is used twice")));
+            return Err(invalid(
+                format!("{key}.ssid"),
+                format!("{ssid} is used twice"),
+            ));
         }
         let psk = psk_from(&key, s.psk_identity, s.psk_key, s.psk_key_hex)?;
         if let Some(psk) = &psk {
@@ -491,7 +505,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .as_deref()
             .map(|a| {
                 a.parse::<IpAddr>().map_err(|_| {
-                    invalid(format!("{key}.nosec_address"), format!("'{a}' is not an IP address"))
+                    invalid(
+                        format!("{key}.nosec_address"),
+                        format!("'{a}' is not an IP address"),
+                    )
                 })
             })
             .transpose()?;
@@ -515,9 +532,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let key = format!("devices[{i}]");
         check_identifier(&d.id).map_err(|p| invalid(format!("{key}.id"), p))?;
         if !device_ids.insert(d.id.clone()) {
-            return Err(invalid(format!("{key}.id"), format!("'{}' is used twice", d.id)));
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("'{}' is used twice", d.id),
+            ));
         }
-        let uri: EndpointUri = d.uri.parse().map_err(|e| invalid(format!("{key}.uri"), e))?;
+        let uri: EndpointUri = d
+            .uri
+            .parse()
+            .map_err(|e| invalid(format!("{key}.uri"), e))?;
         let profile = match (d.profile.as_str(), d.policy.as_deref()) {
             ("dm", None) => Profile::Dm(DmPolicy::Replace),
             ("dm", Some(p)) => Profile::Dm(p.parse().map_err(|_| {
@@ -561,7 +584,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let key = format!("groups[{i}]");
         check_identifier(&grp.id).map_err(|p| invalid(format!("{key}.id"), p))?;
         if group_ids.insert(grp.id.clone(), i).is_some() {
-            return Err(invalid(format!("{key}.id"), format!("'{}' is used twice", grp.id)));
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("'{}' is used twice", grp.id),
+            ));
         }
         let mut seen = BTreeSet::new();
         for (j, m) in grp.members.iter().enumerate() {
@@ -667,13 +693,19 @@ members = ["devA", "devB"]
     #[test]
     fn reserved_ssid_names_the_key() {
         let e = error_of(&GOOD.replace("ssid = 102", "ssid = 0"));
-        assert!(e.contains("servers[1].ssid") && e.contains("reserved"), "{e}");
+        assert!(
+            e.contains("servers[1].ssid") && e.contains("reserved"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_group_member_names_the_key() {
         let e = error_of(&GOOD.replace("[\"devA\", \"devB\"]", "[\"devA\", \"devZ\"]"));
-        assert!(e.contains("groups[0].members[1]") && e.contains("devZ"), "{e}");
+        assert!(
+            e.contains("groups[0].members[1]") && e.contains("devZ"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,9 +11,9 @@ use crate::config::{EndpointUri, Scheme, decode_hex};
 use crate::lwm2m::content_format;
 use crate::mo::Value;
 use crate::runtime::{AnySession, CoapClient, RequestError};
+use crate::transport::TransportError;
 use crate::transport::dtls::{DtlsClient, PskClientConfig};
 use crate::transport::mux::DatagramMux;
-use crate::transport::TransportError;
 
 /// A decoded answer from the gateway.
 #[derive(Debug, Clone)]
@@ -51,7 +51,9 @@ impl Reply {
 
     /// The `DeviceID`s of the `Failed` list, in order.
     pub fn failed_ids(&self) -> Vec<String> {
-        self.list_of("Failed", |v| v.get("DeviceID").and_then(Value::as_str).map(str::to_owned))
+        self.list_of("Failed", |v| {
+            v.get("DeviceID").and_then(Value::as_str).map(str::to_owned)
+        })
     }
 
     /// The `Verified` DeviceIDs.
@@ -95,7 +97,10 @@ impl Reply {
                 m.insert("body".into(), d.to_json_value());
             }
             None if !self.payload.is_empty() => {
-                m.insert("body".into(), String::from_utf8_lossy(&self.payload).into_owned().into());
+                m.insert(
+                    "body".into(),
+                    String::from_utf8_lossy(&self.payload).into_owned().into(),
+                );
             }
             None => {}
         }
@@ -175,10 +180,22 @@ impl GatewayClient {
     }
 
     /// POST a new privilege on the collection (DM Add).
-    pub async fn add(&mut self, target: &str, target_type: &str, uri: &str, acl: &str) -> Result<Reply, RequestError> {
+    pub async fn add(
+        &mut self,
+        target: &str,
+        target_type: &str,
+        uri: &str,
+        acl: &str,
+    ) -> Result<Reply, RequestError> {
         let body = privilege_body(target, target_type, uri, acl).to_cbor();
-        self.request(RequestType::Post, "/GwConfig/Privileges", Some((content_format::CBOR, body)), None, &[])
-            .await
+        self.request(
+            RequestType::Post,
+            "/GwConfig/Privileges",
+            Some((content_format::CBOR, body)),
+            None,
+            &[],
+        )
+        .await
     }
 }
 
@@ -267,13 +284,31 @@ pub async fn run(args: CtlArgs) -> CliResult<()> {
     let accept = args.json.then_some(content_format::JSON);
     let cbor = |v: Value| Some((content_format::CBOR, v.to_cbor()));
     let reply = match args.command {
-        CtlCommand::Add { target, target_type, uri, acl, name: None } => {
+        CtlCommand::Add {
+            target,
+            target_type,
+            uri,
+            acl,
+            name: None,
+        } => {
             let body = privilege_body(&target, &target_type, &uri, &acl);
             client
-                .request(RequestType::Post, "/GwConfig/Privileges", cbor(body), accept, &[])
+                .request(
+                    RequestType::Post,
+                    "/GwConfig/Privileges",
+                    cbor(body),
+                    accept,
+                    &[],
+                )
                 .await?
         }
-        CtlCommand::Add { target, target_type, uri, acl, name: Some(name) } => {
+        CtlCommand::Add {
+            target,
+            target_type,
+            uri,
+            acl,
+            name: Some(name),
+        } => {
             let body = privilege_body(&target, &target_type, &uri, &acl);
             client
                 .request(
@@ -285,9 +320,17 @@ pub async fn run(args: CtlArgs) -> CliResult<()> {
                 )
                 .await?
         }
-        CtlCommand::Replace { name, target, target_type, uri, acl } => {
+        CtlCommand::Replace {
+            name,
+            target,
+            target_type,
+            uri,
+            acl,
+        } => {
             let path = format!("/GwConfig/Privileges/{name}");
-            let current = client.request(RequestType::Get, &path, None, None, &[]).await?;
+            let current = client
+                .request(RequestType::Get, &path, None, None, &[])
+                .await?;
             let Some(doc) = current.document.clone().filter(|_| current.code == "2.05") else {
                 return Err(format!("cannot read {path}: {}", current.render()).into());
             };
@@ -302,29 +345,66 @@ pub async fn run(args: CtlArgs) -> CliResult<()> {
                 &leaf("ACL", acl),
             );
             client
-                .request(RequestType::Put, &path, cbor(body), accept, &[(CoapOption::IfMatch, Vec::new())])
+                .request(
+                    RequestType::Put,
+                    &path,
+                    cbor(body),
+                    accept,
+                    &[(CoapOption::IfMatch, Vec::new())],
+                )
                 .await?
         }
         CtlCommand::Get { name, leaf: None } => {
             client
-                .request(RequestType::Get, &format!("/GwConfig/Privileges/{name}"), None, accept, &[])
+                .request(
+                    RequestType::Get,
+                    &format!("/GwConfig/Privileges/{name}"),
+                    None,
+                    accept,
+                    &[],
+                )
                 .await?
         }
-        CtlCommand::Get { name, leaf: Some(leaf) } => {
+        CtlCommand::Get {
+            name,
+            leaf: Some(leaf),
+        } => {
             client
-                .request(RequestType::Get, &format!("/GwConfig/Privileges/{name}/{leaf}"), None, None, &[])
+                .request(
+                    RequestType::Get,
+                    &format!("/GwConfig/Privileges/{name}/{leaf}"),
+                    None,
+                    None,
+                    &[],
+                )
                 .await?
         }
         CtlCommand::List => {
-            client.request(RequestType::Get, "/GwConfig/Privileges", None, accept, &[]).await?
+            client
+                .request(RequestType::Get, "/GwConfig/Privileges", None, accept, &[])
+                .await?
         }
         CtlCommand::Delete { name } => {
             client
-                .request(RequestType::Delete, &format!("/GwConfig/Privileges/{name}"), None, accept, &[])
+                .request(
+                    RequestType::Delete,
+                    &format!("/GwConfig/Privileges/{name}"),
+                    None,
+                    accept,
+                    &[],
+                )
                 .await?
         }
-        CtlCommand::Groups => client.request(RequestType::Get, "/GwConfig/Groups", None, accept, &[]).await?,
-        CtlCommand::Devices => client.request(RequestType::Get, "/GwConfig/Devices", None, accept, &[]).await?,
+        CtlCommand::Groups => {
+            client
+                .request(RequestType::Get, "/GwConfig/Groups", None, accept, &[])
+                .await?
+        }
+        CtlCommand::Devices => {
+            client
+                .request(RequestType::Get, "/GwConfig/Devices", None, accept, &[])
+                .await?
+        }
     };
     if args.json {
         println!("{}", reply.to_json());

@@ -21,7 +21,9 @@ fn ac(instance: u16, object: u16, owner: u16) -> AcInstance {
         object,
         object_instance: 0,
         owner,
-        acl: [(owner.to_string(), 31), ("0".to_owned(), 1)].into_iter().collect(),
+        acl: [(owner.to_string(), 31), ("0".to_owned(), 1)]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -43,7 +45,10 @@ fn device_config(id: &str, key: &str) -> DeviceSimConfig {
     }
 }
 
-fn gateway_config(store: &std::path::Path, devices: &[(&str, &str, &RunningDevice)]) -> CliResult<Config> {
+fn gateway_config(
+    store: &std::path::Path,
+    devices: &[(&str, &str, &RunningDevice)],
+) -> CliResult<Config> {
     let mut toml = format!(
         r#"[gateway]
 listen = ["coaps://127.0.0.1:0"]
@@ -145,7 +150,12 @@ fn print_sequence(seq: &Sequence, devices: &[(&str, &str, &RunningDevice)], repl
     }
     let failed = reply.failed_ids();
     for id in &asked {
-        let verdict = match reply.document.as_ref().and_then(|d| d.get("Failed")).and_then(|f| f.as_array()) {
+        let verdict = match reply
+            .document
+            .as_ref()
+            .and_then(|d| d.get("Failed"))
+            .and_then(|f| f.as_array())
+        {
             Some(list) => list
                 .iter()
                 .find(|f| f.get("DeviceID").and_then(|v| v.as_str()) == Some(id))
@@ -159,7 +169,10 @@ fn print_sequence(seq: &Sequence, devices: &[(&str, &str, &RunningDevice)], repl
                 .unwrap_or_else(|| "has Replace (owner is ServerA)".to_owned()),
             None => "has Replace (owner is ServerA)".to_owned(),
         };
-        println!("Step 4  Gateway verifies {id} {} for ServerA: {verdict}", seq.uri);
+        println!(
+            "Step 4  Gateway verifies {id} {} for ServerA: {verdict}",
+            seq.uri
+        );
     }
     if failed.is_empty() && reply.code.starts_with('2') {
         println!(
@@ -167,15 +180,25 @@ fn print_sequence(seq: &Sequence, devices: &[(&str, &str, &RunningDevice)], repl
             reply.location.as_deref().unwrap_or("?"),
             reply.verified_ids().join(", ")
         );
-        println!("Step 6  Gateway → ServerA   {}", reply.render().replace('\n', "  "));
+        println!(
+            "Step 6  Gateway → ServerA   {}",
+            reply.render().replace('\n', "  ")
+        );
     } else {
-        println!("Step 5  Gateway → ServerA   {}  (nothing committed)", reply.render().replace('\n', "  "));
+        println!(
+            "Step 5  Gateway → ServerA   {}  (nothing committed)",
+            reply.render().replace('\n', "  ")
+        );
     }
 }
 
 pub async fn run() -> CliResult<()> {
     let dir = tempfile_dir()?;
-    let keys = [("devA", "devkeyA"), ("devB", "devkeyB"), ("devC", "devkeyC")];
+    let keys = [
+        ("devA", "devkeyA"),
+        ("devB", "devkeyB"),
+        ("devC", "devkeyC"),
+    ];
     let mut running = Vec::new();
     for (id, key) in keys {
         running.push(RunningDevice::start(&device_config(id, key)).await?);
@@ -188,15 +211,20 @@ pub async fn run() -> CliResult<()> {
     let config = gateway_config(&dir.join("privgw-demo.redb"), &devices)?;
     let gateway = Gateway::start(config).await?;
     let gw_uri = gateway.listeners()[0];
-    println!("privgw demo: gateway on {gw_uri}; devices devA, devB, devC (LwM2M, DTLS-PSK) in group G1");
+    println!(
+        "privgw demo: gateway on {gw_uri}; devices devA, devB, devC (LwM2M, DTLS-PSK) in group G1"
+    );
     for (id, _, dev) in &devices {
         println!("  {id} at {}", dev.uri());
     }
 
-    let mut server_a = GatewayClient::connect(gw_uri, Some((b"serverA".to_vec(), b"secretA".to_vec()))).await?;
+    let mut server_a =
+        GatewayClient::connect(gw_uri, Some((b"serverA".to_vec(), b"secretA".to_vec()))).await?;
     let mut mismatches = Vec::new();
     for seq in &SEQUENCES {
-        let reply = server_a.add(seq.target, seq.target_type, seq.uri, seq.acl).await?;
+        let reply = server_a
+            .add(seq.target, seq.target_type, seq.uri, seq.acl)
+            .await?;
         print_sequence(seq, &devices, &reply);
         let failed = reply.failed_ids();
         if reply.code != seq.expect_code || failed != seq.expect_failed {
@@ -207,15 +235,26 @@ pub async fn run() -> CliResult<()> {
         }
     }
     let listing = server_a
-        .request(crate::coap::RequestType::Get, "/GwConfig/Privileges", None, None, &[])
+        .request(
+            crate::coap::RequestType::Get,
+            "/GwConfig/Privileges",
+            None,
+            None,
+            &[],
+        )
         .await?;
-    println!("\n━━ Committed privileges (GET /GwConfig/Privileges)\n{}", listing.render());
+    println!(
+        "\n━━ Committed privileges (GET /GwConfig/Privileges)\n{}",
+        listing.render()
+    );
     let committed = match &listing.document {
         Some(crate::mo::Value::Map(m)) => m.len(),
         _ => 0,
     };
     if committed != 2 {
-        mismatches.push(format!("expected 2 committed privileges, found {committed}"));
+        mismatches.push(format!(
+            "expected 2 committed privileges, found {committed}"
+        ));
     }
 
     gateway.stop().await;
@@ -230,7 +269,11 @@ pub async fn run() -> CliResult<()> {
         for m in &mismatches {
             eprintln!("MISMATCH: {m}");
         }
-        Err(format!("{} sequence(s) did not end as the change request says", mismatches.len()).into())
+        Err(format!(
+            "{} sequence(s) did not end as the change request says",
+            mismatches.len()
+        )
+        .into())
     }
 }
 

@@ -16,7 +16,11 @@ use crate::gateway::Gateway;
 pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Parser)]
-#[command(name = "privgw", version, about = "Secure privilege gateway for CoAP/LwM2M devices")]
+#[command(
+    name = "privgw",
+    version,
+    about = "Secure privilege gateway for CoAP/LwM2M devices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,7 @@ enum Command {
         config: PathBuf,
     },
     /// Talk to a gateway as a DM server (add, replace, get, list, delete).
-    Ctl(ctl::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
     /// Run the four sequences of the change request end to end, in one process, over real
     /// loopback sockets and DTLS.
     Demo,
@@ -78,7 +82,12 @@ async fn serve(config: PathBuf) -> CliResult<()> {
 async fn device(config: PathBuf) -> CliResult<()> {
     let config = DeviceSimConfig::load(&config)?;
     let device = RunningDevice::start(&config).await?;
-    eprintln!("device {} ({}) listening on {}", config.id, config.profile, device.uri());
+    eprintln!(
+        "device {} ({}) listening on {}",
+        config.id,
+        config.profile,
+        device.uri()
+    );
     ctrl_c().await;
     device.stop().await;
     Ok(())
@@ -98,7 +107,7 @@ pub fn main() -> ExitCode {
         }
         Command::Ctl(args) => {
             init_logging("warn");
-            runtime().and_then(|rt| rt.block_on(ctl::run(args)))
+            runtime().and_then(|rt| rt.block_on(ctl::run(*args)))
         }
         Command::Demo => {
             init_logging("warn");

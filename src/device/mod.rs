@@ -163,11 +163,20 @@ impl DeviceHandler {
         }
     }
 
-    fn answer_lwm2m(&self, request: &Packet, path: &[String], instances: &[AccessControl]) -> Packet {
+    fn answer_lwm2m(
+        &self,
+        request: &Packet,
+        path: &[String],
+        instances: &[AccessControl],
+    ) -> Packet {
         let selected: Vec<AccessControl> = match path {
             [o] if o == "2" => instances.to_vec(),
             [o, n] if o == "2" => match n.parse::<u16>() {
-                Ok(n) => instances.iter().filter(|i| i.instance == n).cloned().collect(),
+                Ok(n) => instances
+                    .iter()
+                    .filter(|i| i.instance == n)
+                    .cloned()
+                    .collect(),
                 Err(_) => return coap::response_to(request, ResponseType::NotFound),
             },
             _ => return coap::response_to(request, ResponseType::NotFound),
@@ -227,7 +236,11 @@ impl DeviceHandler {
         acls: &BTreeMap<String, String>,
     ) -> Packet {
         let node = format!("/{}", path.join("/"));
-        let prefix = if node == "/" { "/".to_owned() } else { format!("{node}/") };
+        let prefix = if node == "/" {
+            "/".to_owned()
+        } else {
+            format!("{node}/")
+        };
         let has_children = acls.keys().any(|k| k.starts_with(&prefix) && *k != node);
         if !acls.contains_key(&node) && !has_children && node != "/" {
             return coap::response_to(request, ResponseType::NotFound);
@@ -245,7 +258,11 @@ impl DeviceHandler {
                 response.payload = acl.into_bytes();
             }
             [q] if q == "prop=Format" => {
-                response.payload = if has_children || node == "/" { b"node".to_vec() } else { b"chr".to_vec() };
+                response.payload = if has_children || node == "/" {
+                    b"node".to_vec()
+                } else {
+                    b"chr".to_vec()
+                };
             }
             _ => return coap::response_to(request, ResponseType::NotFound),
         }
@@ -278,16 +295,27 @@ impl RunningDevice {
         let model = match config.profile.as_str() {
             "lwm2m" => Model::Lwm2m(config.instances()?),
             "dm" => Model::Dm(config.acls.clone()),
-            other => return Err(DeviceError::Invalid(format!("profile '{other}' (lwm2m | dm)"))),
+            other => {
+                return Err(DeviceError::Invalid(format!(
+                    "profile '{other}' (lwm2m | dm)"
+                )));
+            }
         };
         let psk = match (&config.psk_identity, &config.psk_key, &config.psk_key_hex) {
-            (Some(id), Some(k), None) => Some(Psk { identity: id.clone().into_bytes(), key: k.clone().into_bytes() }),
+            (Some(id), Some(k), None) => Some(Psk {
+                identity: id.clone().into_bytes(),
+                key: k.clone().into_bytes(),
+            }),
             (Some(id), None, Some(h)) => Some(Psk {
                 identity: id.clone().into_bytes(),
                 key: decode_hex(h).map_err(DeviceError::Invalid)?,
             }),
             (None, None, None) => None,
-            _ => return Err(DeviceError::Invalid("give psk_identity with psk_key or psk_key_hex".into())),
+            _ => {
+                return Err(DeviceError::Invalid(
+                    "give psk_identity with psk_key or psk_key_hex".into(),
+                ));
+            }
         };
         let security = match (uri.scheme, psk) {
             (Scheme::Coap, _) => Security::NoSec,
@@ -298,7 +326,9 @@ impl RunningDevice {
                 Security::Dtls(Arc::new(DtlsServer::new(cfg).map_err(DeviceError::Dtls)?))
             }
             (Scheme::Coaps, None) => {
-                return Err(DeviceError::Invalid("coaps:// needs psk_identity and psk_key".into()));
+                return Err(DeviceError::Invalid(
+                    "coaps:// needs psk_identity and psk_key".into(),
+                ));
             }
         };
         let listener = Listener::bind(uri, security).await?;
@@ -311,8 +341,14 @@ impl RunningDevice {
             log: Mutex::new(Vec::new()),
         });
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(listener.run(handler.clone(), TransportTuning::unreliable(), shutdown));
-        Ok(RunningDevice { uri, handler, stop, task })
+        let task =
+            tokio::spawn(listener.run(handler.clone(), TransportTuning::unreliable(), shutdown));
+        Ok(RunningDevice {
+            uri,
+            handler,
+            stop,
+            task,
+        })
     }
 
     pub fn uri(&self) -> EndpointUri {

@@ -200,7 +200,10 @@ mod tests {
         r.add_option(CoapOption::IfNoneMatch, vec![]);
         assert!(matches!(
             parse_request(&r).unwrap(),
-            Command::Write(Write::Put { precondition: Precondition::IfNoneMatch, .. })
+            Command::Write(Write::Put {
+                precondition: Precondition::IfNoneMatch,
+                ..
+            })
         ));
     }
 
@@ -211,7 +214,10 @@ mod tests {
             br#"{"TargetID":"devA","TargetType":"Device","URI":"/3/0","ACL":"Get=ServerB"}"#
                 .to_vec();
         r.add_option(CoapOption::ContentFormat, vec![50]);
-        assert!(matches!(parse_request(&r).unwrap(), Command::Write(Write::Post { .. })));
+        assert!(matches!(
+            parse_request(&r).unwrap(),
+            Command::Write(Write::Post { .. })
+        ));
     }
 
     #[test]

@@ -168,7 +168,8 @@ impl<R: AclReader> Service<R> {
     ) -> Result<Answer, FrontError> {
         let command = parse_request(request)?;
         let accept = crate::coap::accept(request);
-        let format = || Format::from_accept(accept).ok_or(FrontError::NotAcceptable(accept.unwrap_or(0)));
+        let format =
+            || Format::from_accept(accept).ok_or(FrontError::NotAcceptable(accept.unwrap_or(0)));
         match command {
             Command::WellKnownCore => {
                 if !matches!(accept, None | Some(content_format::LINK_FORMAT)) {
@@ -196,7 +197,11 @@ impl<R: AclReader> Service<R> {
                 let format = format()?;
                 self.gate(server, DmCommand::Get)?;
                 let entry = self.load(&name).await?.ok_or_else(|| not_found(&name))?;
-                Ok(Answer::document(ResponseType::Content, &entry.to_value(), format))
+                Ok(Answer::document(
+                    ResponseType::Content,
+                    &entry.to_value(),
+                    format,
+                ))
             }
             Command::GetLeaf(name, leaf) => {
                 if !matches!(accept, None | Some(content_format::TEXT)) {
@@ -204,9 +209,9 @@ impl<R: AclReader> Service<R> {
                 }
                 self.gate(server, DmCommand::Get)?;
                 let entry = self.load(&name).await?.ok_or_else(|| not_found(&name))?;
-                let value = entry
-                    .leaf(&leaf)
-                    .ok_or_else(|| FrontError::NotFound(format!("/GwConfig/Privileges/{name}/{leaf}")))?;
+                let value = entry.leaf(&leaf).ok_or_else(|| {
+                    FrontError::NotFound(format!("/GwConfig/Privileges/{name}/{leaf}"))
+                })?;
                 Ok(Answer::text(ResponseType::Content, value))
             }
             Command::ListGroups => {
@@ -233,7 +238,8 @@ impl<R: AclReader> Service<R> {
             }
             Command::ListDevices => {
                 let format = format()?;
-                let value = Value::Array(self.inventory.devices().map(|d| device_value(d)).collect());
+                let value =
+                    Value::Array(self.inventory.devices().map(|d| device_value(d)).collect());
                 Ok(Answer::document(ResponseType::Content, &value, format))
             }
             Command::GetDevice(id) => {
@@ -242,18 +248,29 @@ impl<R: AclReader> Service<R> {
                     .inventory
                     .device(&id)
                     .ok_or_else(|| FrontError::NotFound(format!("device '{id}'")))?;
-                Ok(Answer::document(ResponseType::Content, &device_value(device), format))
+                Ok(Answer::document(
+                    ResponseType::Content,
+                    &device_value(device),
+                    format,
+                ))
             }
             Command::Write(write) => {
                 let format = format()?;
-                self.write(server, write, format).await.map(|(answer, _)| answer)
+                self.write(server, write, format)
+                    .await
+                    .map(|(answer, _)| answer)
             }
         }
     }
 
     /// The gateway gate: the Privileges node's own ACL, checked before anything else.
     fn gate(&self, server: &ServerConfig, command: DmCommand) -> Result<(), FrontError> {
-        if self.config.gateway.privileges_acl.grants(command, &server.id) {
+        if self
+            .config
+            .gateway
+            .privileges_acl
+            .grants(command, &server.id)
+        {
             Ok(())
         } else {
             Err(FrontError::Forbidden(format!(
@@ -300,7 +317,10 @@ impl<R: AclReader> Service<R> {
             .inventory
             .resolve(entry.target_type, &entry.target_id)
             .map_err(|e| FrontError::NotFound(e.to_string()))?;
-        if devices.iter().any(|d| matches!(d.profile, Profile::Lwm2m(_))) {
+        if devices
+            .iter()
+            .any(|d| matches!(d.profile, Profile::Lwm2m(_)))
+        {
             LwPath::parse(&entry.uri).map_err(|e| {
                 FrontError::BadRequest(format!("URI '{}' is not an LwM2M path: {e}", entry.uri))
             })?;
@@ -337,12 +357,26 @@ impl<R: AclReader> Service<R> {
                 old: None,
                 new: Some(entry),
             },
-            (Write::Put { precondition: Precondition::IfMatch, name, .. }, None) => {
+            (
+                Write::Put {
+                    precondition: Precondition::IfMatch,
+                    name,
+                    ..
+                },
+                None,
+            ) => {
                 return Err(FrontError::PreconditionFailed(format!(
                     "privilege '{name}' does not exist (If-Match)"
                 )));
             }
-            (Write::Put { precondition: Precondition::IfNoneMatch, name, .. }, Some(_)) => {
+            (
+                Write::Put {
+                    precondition: Precondition::IfNoneMatch,
+                    name,
+                    ..
+                },
+                Some(_),
+            ) => {
                 return Err(FrontError::PreconditionFailed(format!(
                     "privilege '{name}' exists (If-None-Match)"
                 )));
@@ -365,9 +399,9 @@ impl<R: AclReader> Service<R> {
             (Write::PutLeaf { name, leaf, value }, Some(old)) => {
                 let mut new = old.clone();
                 new.set_leaf(&leaf, &value).map_err(|e| match e {
-                    crate::mo::PrivilegeError::ReadOnly(_) => {
-                        FrontError::MethodNotAllowed(format!("/GwConfig/Privileges/{name}/{leaf} (read-only)"))
-                    }
+                    crate::mo::PrivilegeError::ReadOnly(_) => FrontError::MethodNotAllowed(
+                        format!("/GwConfig/Privileges/{name}/{leaf} (read-only)"),
+                    ),
                     crate::mo::PrivilegeError::UnknownNode(_) => {
                         FrontError::NotFound(format!("/GwConfig/Privileges/{name}/{leaf}"))
                     }
@@ -397,7 +431,12 @@ impl<R: AclReader> Service<R> {
             .map_err(|e| FrontError::NotFound(e.to_string()))?;
         let place = change.new.as_ref().or(change.old.as_ref());
         let (target, uri) = place
-            .map(|p| (format!("{}:{}", p.target_type.as_str(), p.target_id), p.uri.clone()))
+            .map(|p| {
+                (
+                    format!("{}:{}", p.target_type.as_str(), p.target_id),
+                    p.uri.clone(),
+                )
+            })
             .unwrap_or_default();
 
         let mut verification = Verification::new(server.clone(), checks);
@@ -481,7 +520,9 @@ impl<R: AclReader> Service<R> {
                     _ => return Err(FrontError::Internal("inconsistent change".into())),
                 };
                 let committed = match &commit {
-                    Commit::Add { entry, .. } | Commit::Replace { entry, .. } => Some(entry.clone()),
+                    Commit::Add { entry, .. } | Commit::Replace { entry, .. } => {
+                        Some(entry.clone())
+                    }
                     Commit::Delete { .. } => None,
                 };
                 let name = self.blocking_store(move |s| s.commit(commit)).await?;
@@ -490,8 +531,7 @@ impl<R: AclReader> Service<R> {
                     privilege = %name, verified = verified.len(),
                     "{:?} committed", change.kind
                 );
-                let verified_value =
-                    Value::Array(verified.iter().map(Value::text).collect());
+                let verified_value = Value::Array(verified.iter().map(Value::text).collect());
                 match committed {
                     Some(entry) => {
                         let Value::Map(mut fields) = entry.to_value() else {

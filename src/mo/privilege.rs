@@ -14,7 +14,8 @@ impl PrivilegeName {
     pub fn new(s: &str) -> Result<Self, PrivilegeError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(PrivilegeName(s.to_owned()))
         } else {
@@ -207,7 +208,11 @@ impl Privilege {
 
     /// Reads the stored form written by [`Privilege::to_value`].
     pub fn from_stored(v: &Value) -> Result<Privilege, PrivilegeError> {
-        let leaf = |k: &'static str| v.get(k).and_then(Value::as_str).ok_or(PrivilegeError::Missing(k));
+        let leaf = |k: &'static str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .ok_or(PrivilegeError::Missing(k))
+        };
         let mut p = Privilege::from_leaves(
             WRITABLE_LEAVES
                 .iter()
@@ -222,11 +227,15 @@ impl Privilege {
     /// Builds an entry from a request body: a map of exactly the four writable leaves, as text.
     pub fn from_request(v: &Value) -> Result<Privilege, PrivilegeError> {
         let Value::Map(entries) = v else {
-            return Err(PrivilegeError::Missing("a map of TargetID, TargetType, URI, ACL"));
+            return Err(PrivilegeError::Missing(
+                "a map of TargetID, TargetType, URI, ACL",
+            ));
         };
         let mut leaves = Vec::with_capacity(entries.len());
         for (k, x) in entries {
-            let text = x.as_str().ok_or_else(|| PrivilegeError::NotText(k.clone()))?;
+            let text = x
+                .as_str()
+                .ok_or_else(|| PrivilegeError::NotText(k.clone()))?;
             leaves.push((k.as_str(), text));
         }
         Privilege::from_leaves(leaves)

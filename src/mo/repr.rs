@@ -37,7 +37,12 @@ impl Value {
     }
 
     pub fn map(entries: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
-        Value::Map(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -88,9 +93,13 @@ impl Value {
         match self {
             Value::Text(s) => serde_json::Value::String(s.clone()),
             Value::Int(i) => serde_json::Value::from(*i),
-            Value::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json_value).collect()),
+            Value::Array(a) => {
+                serde_json::Value::Array(a.iter().map(Value::to_json_value).collect())
+            }
             Value::Map(m) => serde_json::Value::Object(
-                m.iter().map(|(k, v)| (k.clone(), v.to_json_value())).collect(),
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.to_json_value()))
+                    .collect(),
             ),
         }
     }
@@ -191,8 +200,15 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
             }
             Ok(Value::Text(s))
         }
-        Type::U8 | Type::U16 | Type::U32 | Type::U64 | Type::I8 | Type::I16 | Type::I32
-        | Type::I64 | Type::Int => {
+        Type::U8
+        | Type::U16
+        | Type::U32
+        | Type::U64
+        | Type::I8
+        | Type::I16
+        | Type::I32
+        | Type::I64
+        | Type::Int => {
             let i = dec.int().map_err(cbor_err)?;
             i64::try_from(i)
                 .map(Value::Int)
@@ -254,7 +270,9 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
             }
             Ok(Value::Map(entries))
         }
-        _ => Err(ReprError::Unsupported("only text, integers, arrays and maps")),
+        _ => Err(ReprError::Unsupported(
+            "only text, integers, arrays and maps",
+        )),
     }
 }
 
@@ -278,7 +296,9 @@ fn from_json_value(v: &serde_json::Value, depth: usize) -> Result<Value, ReprErr
                 .map(|(k, x)| Ok((k.clone(), from_json_value(x, depth + 1)?)))
                 .collect::<Result<_, ReprError>>()?,
         )),
-        _ => Err(ReprError::Unsupported("only text, integers, arrays and maps")),
+        _ => Err(ReprError::Unsupported(
+            "only text, integers, arrays and maps",
+        )),
     }
 }
 
@@ -322,7 +342,13 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        for bytes in [&b"\xff"[..], b"\xa1", b"\xa1\x01\x02", b"\x9f\x9f\x9f", b"\xbf\x61a"] {
+        for bytes in [
+            &b"\xff"[..],
+            b"\xa1",
+            b"\xa1\x01\x02",
+            b"\x9f\x9f\x9f",
+            b"\xbf\x61a",
+        ] {
             assert!(Value::from_cbor(bytes).is_err(), "{bytes:?}");
         }
         let deep = [0x81u8; 64];

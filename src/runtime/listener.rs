@@ -43,12 +43,19 @@ pub struct Listener {
 impl Listener {
     /// Binds the socket now, so the caller knows the address (port 0 picks one).
     pub async fn bind(uri: EndpointUri, security: Security) -> Result<Listener, ListenError> {
-        if matches!((uri.scheme, &security), (Scheme::Coaps, Security::NoSec) | (Scheme::Coap, Security::Dtls(_))) {
+        if matches!(
+            (uri.scheme, &security),
+            (Scheme::Coaps, Security::NoSec) | (Scheme::Coap, Security::Dtls(_))
+        ) {
             return Err(ListenError::Mismatch(uri.to_string()));
         }
-        let (mux, accepted) = DatagramMux::bind(uri.addr, true)
-            .await
-            .map_err(|source| ListenError::Bind { uri: uri.to_string(), source })?;
+        let (mux, accepted) =
+            DatagramMux::bind(uri.addr, true)
+                .await
+                .map_err(|source| ListenError::Bind {
+                    uri: uri.to_string(),
+                    source,
+                })?;
         let accepted = accepted.ok_or_else(|| ListenError::Mismatch(uri.to_string()))?;
         Ok(Listener {
             uri,
@@ -71,7 +78,12 @@ impl Listener {
     }
 
     /// Accepts peers until `shutdown`.
-    pub async fn run<H: Handler>(mut self, handler: Arc<H>, tuning: TransportTuning, mut shutdown: Shutdown) {
+    pub async fn run<H: Handler>(
+        mut self,
+        handler: Arc<H>,
+        tuning: TransportTuning,
+        mut shutdown: Shutdown,
+    ) {
         let uri = self.uri();
         tracing::info!(%uri, "listening");
         loop {

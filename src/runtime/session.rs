@@ -11,7 +11,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::coap::block::cache_key;
-use crate::coap::{Block2Cache, BlockOption, Inbound, Packet, ResponseType, Responder, ServerExchanges, TransportTuning};
+use crate::coap::{
+    Block2Cache, BlockOption, Inbound, Packet, Responder, ResponseType, ServerExchanges,
+    TransportTuning,
+};
 use crate::runtime::{Handler, Shutdown, stopped};
 use crate::transport::{DatagramSession, PeerInfo};
 

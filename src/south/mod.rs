@@ -14,9 +14,9 @@ use std::time::Duration;
 use crate::coap::{ClientError, Packet, TransportTuning};
 use crate::config::{Config, DeviceConfig, Scheme};
 use crate::runtime::{AnySession, CoapClient, RequestError};
+use crate::transport::TransportError;
 use crate::transport::dtls::{DtlsClient, PskClientConfig};
 use crate::transport::mux::DatagramMux;
-use crate::transport::TransportError;
 use crate::verifier::{AclReading, ReadFailure};
 
 use fanout::AclReader;
@@ -113,7 +113,11 @@ impl South {
 
     /// One request to a device over its link, connecting (handshaking) if needed. A link that
     /// failed is dropped so the next request starts a fresh session.
-    pub async fn request(&self, device: &DeviceConfig, request: Packet) -> Result<Packet, ReadFailure> {
+    pub async fn request(
+        &self,
+        device: &DeviceConfig,
+        request: Packet,
+    ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
         if guard.is_none() {
@@ -127,9 +131,9 @@ impl South {
             Err(e) => {
                 *guard = None;
                 Err(match e {
-                    RequestError::Coap(ClientError::TimedOut) => {
-                        ReadFailure::Unreachable("no CoAP response (retransmissions exhausted)".into())
-                    }
+                    RequestError::Coap(ClientError::TimedOut) => ReadFailure::Unreachable(
+                        "no CoAP response (retransmissions exhausted)".into(),
+                    ),
                     RequestError::Coap(ClientError::Reset) => {
                         ReadFailure::DeviceError { code: "RST".into() }
                     }

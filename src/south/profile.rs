@@ -5,8 +5,8 @@
 //!   node is interior (`node`).
 //! * `lwm2m`: `GET /2` with Accept TLV (11542); the payload goes to the verifier as is.
 
-use crate::coap::{self, MessageClass, Packet, RequestType, ResponseType};
 use crate::acl::dm::DmPolicy;
+use crate::coap::{self, MessageClass, Packet, RequestType, ResponseType};
 use crate::config::{DeviceConfig, Profile};
 use crate::lwm2m::content_format;
 use crate::south::South;
@@ -68,21 +68,41 @@ pub async fn read_acl(
             coap::set_accept(&mut request, content_format::TLV);
             let response = content(south.request(device, request).await?)?;
             let cf = coap::content_format(&response).unwrap_or(content_format::TLV);
-            tracing::debug!(content_format = cf, bytes = response.payload.len(), "device sent /2");
+            tracing::debug!(
+                content_format = cf,
+                bytes = response.payload.len(),
+                "device sent /2"
+            );
             Ok(AclReading::Lwm2m {
                 content_format: cf,
                 payload: response.payload,
             })
         }
         Profile::Dm(policy) => {
+            let is_interior = match policy {
+                DmPolicy::Replace => true,
+                DmPolicy::TndStrict => {
+                    let response = content(
+                        south
+                            .request(device, get(&format!("{uri}?prop=Format")))
+                            .await?,
+                    )?;
+                    text(&response)? == "node"
+                }
+            };
+            // tnd-strict judges a leaf by its parent's ACL, so read at least one level up.
+            let min_len = if is_interior { 1 } else { 2 };
             let mut chain = Vec::new();
             let mut path = uri;
             loop {
-                let response =
-                    content(south.request(device, get(&format!("{path}?prop=ACL"))).await?)?;
+                let response = content(
+                    south
+                        .request(device, get(&format!("{path}?prop=ACL")))
+                        .await?,
+                )?;
                 let acl = text(&response)?;
                 tracing::debug!(%path, %acl, "device sent ACL");
-                let done = !acl.is_empty();
+                let done = !acl.is_empty() && chain.len() + 1 >= min_len;
                 chain.push(acl);
                 if done || chain.len() >= MAX_DM_DEPTH {
                     break;
@@ -92,14 +112,6 @@ pub async fn read_acl(
                     None => break,
                 }
             }
-            let is_interior = match policy {
-                DmPolicy::Replace => true,
-                DmPolicy::TndStrict => {
-                    let response =
-                        content(south.request(device, get(&format!("{uri}?prop=Format"))).await?)?;
-                    text(&response)? == "node"
-                }
-            };
             Ok(AclReading::Dm { chain, is_interior })
         }
     }

@@ -21,8 +21,12 @@ impl PrivilegeStore for MemoryStore {
                     Some(n) => n,
                     None => loop {
                         *counter += 1;
-                        let n = PrivilegeName::new(&format!("p{counter}"))
-                            .map_err(|e| StoreError::Corrupt { name: String::new(), message: e.to_string() })?;
+                        let n = PrivilegeName::new(&format!("p{counter}")).map_err(|e| {
+                            StoreError::Corrupt {
+                                name: String::new(),
+                                message: e.to_string(),
+                            }
+                        })?;
                         if !map.contains_key(&n) {
                             break n;
                         }
@@ -55,6 +59,10 @@ impl PrivilegeStore for MemoryStore {
 
     fn list(&self) -> Result<Vec<(PrivilegeName, Privilege)>, StoreError> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(guard.1.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(guard
+            .1
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

@@ -70,22 +70,37 @@ mod tests {
 
     fn exercise(store: &dyn PrivilegeStore) {
         let n1 = store
-            .commit(Commit::Add { name: None, entry: entry("Get=ServerB") })
+            .commit(Commit::Add {
+                name: None,
+                entry: entry("Get=ServerB"),
+            })
             .unwrap();
         let n2 = store
-            .commit(Commit::Add { name: None, entry: entry("Get=ServerC") })
+            .commit(Commit::Add {
+                name: None,
+                entry: entry("Get=ServerC"),
+            })
             .unwrap();
         assert_ne!(n1, n2, "generated names are unique");
         let named = PrivilegeName::new("mine").unwrap();
         store
-            .commit(Commit::Add { name: Some(named.clone()), entry: entry("Get=ServerB") })
+            .commit(Commit::Add {
+                name: Some(named.clone()),
+                entry: entry("Get=ServerB"),
+            })
             .unwrap();
         assert!(matches!(
-            store.commit(Commit::Add { name: Some(named.clone()), entry: entry("Get=ServerB") }),
+            store.commit(Commit::Add {
+                name: Some(named.clone()),
+                entry: entry("Get=ServerB")
+            }),
             Err(StoreError::Exists(_))
         ));
         store
-            .commit(Commit::Replace { name: named.clone(), entry: entry("Replace=ServerB") })
+            .commit(Commit::Replace {
+                name: named.clone(),
+                entry: entry("Replace=ServerB"),
+            })
             .unwrap();
         assert_eq!(
             store.get(&named).unwrap().unwrap().acl.to_string(),
@@ -99,7 +114,10 @@ mod tests {
             Err(StoreError::Missing(_))
         ));
         assert!(matches!(
-            store.commit(Commit::Replace { name: PrivilegeName::new("nope").unwrap(), entry: entry("Get=*") }),
+            store.commit(Commit::Replace {
+                name: PrivilegeName::new("nope").unwrap(),
+                entry: entry("Get=*")
+            }),
             Err(StoreError::Missing(_))
         ));
         let listed = store.list().unwrap();
@@ -123,7 +141,12 @@ mod tests {
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.list().unwrap().len(), 2, "entries survive a reopen");
         // Generated names keep counting after a restart: no reuse of a deleted name.
-        let n = store.commit(Commit::Add { name: None, entry: entry("Get=*") }).unwrap();
+        let n = store
+            .commit(Commit::Add {
+                name: None,
+                entry: entry("Get=*"),
+            })
+            .unwrap();
         assert_eq!(n.as_str(), "p3");
     }
 }

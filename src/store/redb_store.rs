@@ -21,7 +21,9 @@ pub struct RedbStore {
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").field("path", &self.path).finish()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -115,9 +117,7 @@ impl PrivilegeStore for RedbStore {
                     name
                 }
                 Commit::Delete { name } => {
-                    let old = table
-                        .remove(name.as_str())
-                        .map_err(|e| self.backend(e))?;
+                    let old = table.remove(name.as_str()).map_err(|e| self.backend(e))?;
                     if old.is_none() {
                         return Err(StoreError::Missing(name));
                     }

@@ -1,9 +1,9 @@
 //! Judging one device's answer: an ACL reading (or a failure to get one) becomes an
 //! [`Outcome`] under the device's profile and policy (DESIGN.md §4).
 
+use crate::acl::Verdict;
 use crate::acl::dm::{DmAcl, dm_verdict};
 use crate::acl::lwm2m::{LwPath, lwm2m_verdict};
-use crate::acl::Verdict;
 use crate::config::{Profile, ServerConfig};
 use crate::lwm2m::decode_access_control;
 use crate::verifier::{Outcome, Reason};
@@ -14,9 +14,15 @@ use crate::verifier::{Outcome, Reason};
 pub enum AclReading {
     /// `dm` profile: the ACL strings from the node up towards the root, the node's own first,
     /// ending with the first non-empty one (or the root's).
-    Dm { chain: Vec<String>, is_interior: bool },
+    Dm {
+        chain: Vec<String>,
+        is_interior: bool,
+    },
     /// `lwm2m` profile: the `/2` payload and its content format.
-    Lwm2m { content_format: u16, payload: Vec<u8> },
+    Lwm2m {
+        content_format: u16,
+        payload: Vec<u8>,
+    },
 }
 
 /// Why no reading was had. South maps its transport errors onto these.

@@ -64,7 +64,11 @@ impl Verification {
 
     /// Records what a read came to. A second reply for the same read, or one for a read that
     /// was never handed out, is ignored: the first word counts.
-    pub fn handle_reply(&mut self, index: usize, reply: Result<AclReading, ReadFailure>) -> Option<&Outcome> {
+    pub fn handle_reply(
+        &mut self,
+        index: usize,
+        reply: Result<AclReading, ReadFailure>,
+    ) -> Option<&Outcome> {
         if index >= self.next_query {
             return None;
         }
@@ -132,8 +136,8 @@ impl Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DeviceConfig, EndpointUri, Profile};
     use crate::acl::dm::DmPolicy;
+    use crate::config::{DeviceConfig, EndpointUri, Profile};
     use crate::verifier::Reason;
 
     fn server() -> Arc<ServerConfig> {
@@ -185,7 +189,12 @@ mod tests {
     #[test]
     fn device_success_commits() {
         let d = run(&["devA"], vec![dm("Replace=ServerA")]);
-        assert_eq!(d, Decision::Commit { verified: vec!["devA".into()] });
+        assert_eq!(
+            d,
+            Decision::Commit {
+                verified: vec!["devA".into()]
+            }
+        );
     }
 
     #[test]
@@ -218,7 +227,10 @@ mod tests {
         match d {
             Decision::Reject { kind, failed } => {
                 assert_eq!(kind, RejectKind::BadGateway);
-                let reasons: Vec<_> = failed.iter().map(|f| (f.device_id.as_str(), f.reason)).collect();
+                let reasons: Vec<_> = failed
+                    .iter()
+                    .map(|f| (f.device_id.as_str(), f.reason))
+                    .collect();
                 assert_eq!(
                     reasons,
                     vec![
@@ -236,9 +248,15 @@ mod tests {
     fn duplicate_and_unknown_replies_are_ignored() {
         let mut v = Verification::new(server(), checks(&["a", "b"]));
         let q = v.poll_query().unwrap();
-        assert!(v.handle_reply(1, dm("Replace=ServerA")).is_none(), "not handed out yet");
+        assert!(
+            v.handle_reply(1, dm("Replace=ServerA")).is_none(),
+            "not handed out yet"
+        );
         assert!(v.handle_reply(q.index, dm("Get=ServerA")).is_some());
-        assert!(v.handle_reply(q.index, dm("Replace=ServerA")).is_none(), "first word counts");
+        assert!(
+            v.handle_reply(q.index, dm("Replace=ServerA")).is_none(),
+            "first word counts"
+        );
         let q2 = v.poll_query().unwrap();
         v.handle_reply(q2.index, dm("Replace=ServerA"));
         assert!(matches!(v.poll_decision(), Some(Decision::Reject { .. })));
@@ -255,7 +273,10 @@ mod tests {
         };
         for combo in 0..(4usize.pow(4)) {
             let ks: Vec<usize> = (0..4).map(|i| (combo / 4usize.pow(i)) % 4).collect();
-            let d = run(&["a", "b", "c", "d"], ks.iter().map(|k| kinds(*k)).collect());
+            let d = run(
+                &["a", "b", "c", "d"],
+                ks.iter().map(|k| kinds(*k)).collect(),
+            );
             let all_ok = ks.iter().all(|k| *k == 0);
             match d {
                 Decision::Commit { verified } => {
