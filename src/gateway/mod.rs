@@ -68,7 +68,7 @@ impl Handler for North {
         let span = tracing::info_span!(
             "request",
             server = %server.id,
-            method = %request.header.code,
+            method = method_name(request.header.code),
             %path
         );
         async {
@@ -78,6 +78,20 @@ impl Handler for North {
         }
         .instrument(span)
         .await
+    }
+}
+
+fn method_name(code: MessageClass) -> &'static str {
+    use crate::coap::RequestType;
+    match code {
+        MessageClass::Request(RequestType::Get) => "GET",
+        MessageClass::Request(RequestType::Post) => "POST",
+        MessageClass::Request(RequestType::Put) => "PUT",
+        MessageClass::Request(RequestType::Delete) => "DELETE",
+        MessageClass::Request(RequestType::Fetch) => "FETCH",
+        MessageClass::Request(RequestType::Patch) => "PATCH",
+        MessageClass::Request(RequestType::IPatch) => "iPATCH",
+        _ => "other",
     }
 }
 
