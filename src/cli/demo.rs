@@ -277,7 +277,7 @@ pub async fn run() -> CliResult<()> {
     }
 }
 
-fn tempfile_dir() -> CliResult<std::path::PathBuf> {
+pub(crate) fn tempfile_dir() -> CliResult<std::path::PathBuf> {
     let mut suffix = [0u8; 8];
     openssl::rand::rand_bytes(&mut suffix)?;
     let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();

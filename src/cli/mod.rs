@@ -3,6 +3,7 @@
 
 pub mod ctl;
 pub mod demo;
+pub mod load;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     /// Run the four sequences of the change request end to end, in one process, over real
     /// loopback sockets and DTLS.
     Demo,
+    /// Measure group verification latency and GET throughput on loopback (bounded).
+    Load(load::LoadArgs),
 }
 
 fn init_logging(default: &str) {
@@ -113,6 +116,10 @@ pub fn main() -> ExitCode {
         Command::Demo => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(demo::run()))
+        }
+        Command::Load(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(load::run(args)))
         }
     };
     match result {

@@ -43,6 +43,10 @@ pub struct MuxConfig {
     /// Accept queue length, in new pipes waiting for the server to take them. When full, the
     /// new peer's datagram is dropped (the peer will retransmit). Default 1024.
     pub accept_backlog: usize,
+    /// Requested kernel receive buffer (SO_RCVBUF), in bytes. One socket takes every peer's
+    /// answers, so a burst from a large group must fit; the kernel caps it at
+    /// `net.core.rmem_max`. Default 4 MiB.
+    pub recv_buffer: usize,
 }
 
 impl Default for MuxConfig {
@@ -52,8 +56,22 @@ impl Default for MuxConfig {
             max_sessions: 65_536,
             queue_len: 64,
             accept_backlog: 1024,
+            recv_buffer: 4 << 20,
         }
     }
+}
+
+/// Binds a non-blocking UDP socket with a larger receive buffer (best effort: a kernel that
+/// refuses the size keeps its default).
+fn bind_socket(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
+        tracing::debug!("SO_RCVBUF {recv_buffer}: {e}");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// One UDP socket shared by many peers. Always held in an [`Arc`]; every [`Pipe`] keeps it
@@ -123,8 +141,7 @@ impl DatagramMux {
                 reason: "mux queue_len and accept_backlog must be at least 1",
             });
         }
-        let socket = UdpSocket::bind(addr)
-            .await
+        let socket = bind_socket(addr, config.recv_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
         let local = socket
             .local_addr()
