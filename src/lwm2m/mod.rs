@@ -22,7 +22,7 @@ pub mod senml_cbor;
 pub mod senml_json;
 pub mod tlv;
 
-mod cbor;
+pub(crate) mod cbor;
 mod senml;
 
 use std::collections::BTreeMap;

@@ -200,15 +200,7 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
             }
             Ok(Value::Text(s))
         }
-        Type::U8
-        | Type::U16
-        | Type::U32
-        | Type::U64
-        | Type::I8
-        | Type::I16
-        | Type::I32
-        | Type::I64
-        | Type::Int => {
+        t if crate::lwm2m::cbor::is_int(t) => {
             let i = dec.int().map_err(cbor_err)?;
             i64::try_from(i)
                 .map(Value::Int)
