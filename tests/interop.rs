@@ -14,8 +14,8 @@ mod interop_support;
 use std::sync::Arc;
 
 use interop_support::{
-    DeviceEntry, GatewayFixture, LibcoapServer, SSID_A, SSID_B, Scratch, failed_ids,
-    failed_reasons, require_libcoap, run_client, verified_ids,
+    DEVICE_IDENTITY, DeviceEntry, GatewayFixture, LibcoapServer, SSID_A, SSID_B, Scratch,
+    failed_ids, failed_reasons, require_libcoap, run_client, verified_ids,
 };
 use privgw::acl::lwm2m::{AccessControl, Rights};
 use privgw::cli::ctl::{GatewayClient, Reply, privilege_body};
@@ -174,7 +174,7 @@ impl North {
             entries.push(DeviceEntry {
                 id: id.to_owned(),
                 uri: dev.uri().to_string(),
-                key: Some(key),
+                psk: Some((DEVICE_IDENTITY.to_owned(), key)),
             });
             devices.push(dev);
         }
@@ -444,7 +444,7 @@ async fn south_libcoap_devices_over_dtls() {
         .map(|d| DeviceEntry {
             id: d.name.clone(),
             uri: d.device_uri(),
-            key: d.key.clone(),
+            psk: d.key.clone().map(|k| (DEVICE_IDENTITY.to_owned(), k)),
         })
         .collect();
     let gw = GatewayFixture::start(&scratch, &entries).await;
@@ -454,6 +454,15 @@ async fn south_libcoap_devices_over_dtls() {
     assert_eq!(reply.code, "2.01", "{}", reply.render());
     assert_eq!(reply.verified_ids(), GROUP, "{}", reply.render());
     assert!(reply.failed_ids().is_empty());
+
+    for dev in &devices {
+        let seen = dev.identities_seen();
+        assert!(
+            !seen.is_empty() && seen.iter().all(|id| id == DEVICE_IDENTITY),
+            "{} saw PSK identities {seen:?}",
+            dev.name
+        );
+    }
 
     let reply = add(&mut a, "G1", "Group", "/4/0", "Get=ServerB").await;
     assert_eq!(reply.code, "4.03", "{}", reply.render());
@@ -545,7 +554,7 @@ async fn south_libcoap_device_over_plain_udp() {
         &[DeviceEntry {
             id: "devU".to_owned(),
             uri: dev.device_uri(),
-            key: None,
+            psk: None,
         }],
     )
     .await;
@@ -563,4 +572,74 @@ async fn south_libcoap_device_over_plain_udp() {
     assert_eq!(entry_field(&listing[0].1, "URI"), "/3/0");
     gw.stop().await;
     drop(dev);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. libcoap device refusing the gateway's credentials
+// ---------------------------------------------------------------------------------------
+
+/// Three libcoap DTLS devices, each holding /3/0 for server A: devA is entered with the right
+/// identity and key, devX with a wrong identity (libcoap maps only "gateway" to the device
+/// key), devY with a wrong key. Add on G1 /3/0 → nothing committed, exactly devX and devY
+/// failed.
+///
+/// (Each entry needs its own libcoap instance: privgw's south side keeps one socket and one
+/// pipe per peer address, so two DeviceIDs at the same host:port break each other's
+/// handshakes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn south_libcoap_device_refuses_wrong_credentials() {
+    require_libcoap();
+    let scratch = Arc::new(Scratch::new());
+    let mut entries = Vec::new();
+    let mut devices = Vec::new();
+    for (id, identity, key) in [
+        ("devA", DEVICE_IDENTITY, "devkeyA"),
+        ("devX", "intruder", "devkeyX"),
+        ("devY", DEVICE_IDENTITY, "wrongkey"),
+    ] {
+        let device_key = format!("devkey{}", &id[3..]);
+        let dev = LibcoapServer::start(&scratch, id, Some(&device_key)).await;
+        provision(&scratch, &dev, &ac_tlv(SSID_A), "2.01").await;
+        entries.push(DeviceEntry {
+            id: id.to_owned(),
+            uri: dev.device_uri(),
+            psk: Some((identity.to_owned(), key.to_owned())),
+        });
+        devices.push(dev);
+    }
+    let gw = GatewayFixture::start(&scratch, &entries).await;
+    let mut a = server_a(&gw).await;
+    let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
+    eprintln!("{}", reply.render());
+    assert_eq!(reply.failed_ids(), ["devX", "devY"], "{}", reply.render());
+    // libcoap answers a PSK mismatch with silence (the peer's Finished cannot be decrypted
+    // and DTLS drops bad records), so privgw only sees its handshake deadline pass: the
+    // members are `unreachable` and the answer is 5.04, not `secure-channel` / 5.02.
+    let doc = reply.document.as_ref().expect("failure body");
+    assert_eq!(
+        failed_reasons(doc),
+        ["unreachable", "unreachable"],
+        "{}",
+        reply.render()
+    );
+    assert_eq!(doc.get("Status").and_then(Value::as_int), Some(504));
+    assert_eq!(reply.code, "5.04", "{}", reply.render());
+    for f in doc
+        .get("Failed")
+        .and_then(Value::as_array)
+        .unwrap_or_default()
+    {
+        let detail = f.get("Detail").and_then(Value::as_str).unwrap_or_default();
+        assert!(detail.contains("DTLS handshake"), "{f:?}");
+    }
+    // The devices saw the identities privgw was configured with.
+    let seen: Vec<Vec<String>> = devices.iter().map(LibcoapServer::identities_seen).collect();
+    assert!(seen[0].iter().any(|i| i == DEVICE_IDENTITY), "{seen:?}");
+    assert!(seen[1].iter().any(|i| i == "intruder"), "{seen:?}");
+    assert!(
+        cli_list(&scratch, &gw).await.is_empty(),
+        "nothing committed"
+    );
+    gw.stop().await;
+    drop(devices);
 }

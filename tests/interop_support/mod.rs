@@ -9,8 +9,13 @@
 //!   line as `<<hex>>`, a text one inline as `:: '...'`.
 //! * `-o file` only receives the body of a 2.xx answer; a 4.xx/5.xx body goes to stderr with
 //!   unprintable bytes replaced by `.`, so error bodies are taken from the `-v 6` hex dump.
-//! * `coap-server -p P` listens on UDP+TCP P and, with `-k`, DTLS+TLS on P+1; `-k` alone
-//!   accepts any PSK identity with that key (there is no way to refuse an identity).
+//! * `coap-server -p P` listens on UDP+TCP P and, with `-k`, DTLS+TLS on P+1. `-k` alone
+//!   accepts any PSK identity with that key, so the devices get a decoy `-k` and an `-i` file
+//!   mapping only identity "gateway" to the real key. A PSK mismatch (wrong key or wrong
+//!   identity) is answered with silence, not an alert.
+//! * It ignores Accept: GET on a dynamic resource returns what was PUT with the
+//!   Content-Format it was PUT with, whatever Accept says (no 4.06).
+//! * `coap-client` prints raw response payloads to stdout, so its output is read lossily.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,8 @@ use privgw::gateway::Gateway;
 use privgw::mo::Value;
 
 pub const CLIENT: &str = "coap-client-openssl";
+/// The PSK identity the gateway presents to devices.
+pub const DEVICE_IDENTITY: &str = "gateway";
 pub const SERVER: &str = "coap-server-openssl";
 
 /// How long one `coap-client` run may take before it is killed (its own `-B` is shorter).
@@ -379,7 +386,21 @@ impl LibcoapServer {
                 "6".to_owned(),
             ];
             if let Some(k) = key {
-                args.extend(["-k".to_owned(), k.to_owned()]);
+                // `-k` alone accepts any identity. Give it a key nobody has and map only
+                // identity "gateway" (under libcoap's default hint "CoAP") to the device key,
+                // so a wrong identity fails the handshake like a wrong key does.
+                let ids = scratch.write(
+                    &format!("{name}-identities.txt"),
+                    format!("CoAP,{DEVICE_IDENTITY},{k}\n").as_bytes(),
+                );
+                args.extend([
+                    "-h".to_owned(),
+                    "CoAP".to_owned(),
+                    "-k".to_owned(),
+                    format!("{k}-is-not-for-strangers"),
+                    "-i".to_owned(),
+                    ids.to_string_lossy().into_owned(),
+                ]);
             }
             let logfile = File::create(&log).expect("server log file");
             let child = Command::new(SERVER)
@@ -442,7 +463,7 @@ impl LibcoapServer {
                 }
                 let mut args: Vec<String> = vec!["-B".into(), "1".into()];
                 if let Some(k) = &self.key {
-                    args.extend(["-u".into(), "gateway".into(), "-k".into(), k.clone()]);
+                    args.extend(["-u".into(), DEVICE_IDENTITY.into(), "-k".into(), k.clone()]);
                 }
                 args.push(probe.clone());
                 let run = run_client_blocking(scratch, &args);
@@ -501,13 +522,23 @@ impl LibcoapServer {
     pub fn log(&self) -> String {
         read_lossy(&self.log)
     }
+
+    /// The PSK identities clients presented, as libcoap logged them (`-v 6`).
+    pub fn identities_seen(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("Identity '")?.1.split_once("' requested"))
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
 }
 
 /// A device entry of the gateway config.
 pub struct DeviceEntry {
     pub id: String,
     pub uri: String,
-    pub key: Option<String>,
+    /// PSK identity and key the gateway presents (`coaps://` only).
+    pub psk: Option<(String, String)>,
 }
 
 pub const SSID_A: u16 = 101;
@@ -547,8 +578,8 @@ nosec_address = "127.0.0.1"
             "\n[[devices]]\nid = \"{}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\n",
             d.id, d.uri
         ));
-        if let Some(k) = &d.key {
-            toml.push_str(&format!("psk_identity = \"gateway\"\npsk_key = \"{k}\"\n"));
+        if let Some((identity, key)) = &d.psk {
+            toml.push_str(&format!("psk_identity = {identity:?}\npsk_key = {key:?}\n"));
         }
     }
     let members: Vec<String> = devices.iter().map(|d| format!("{:?}", d.id)).collect();
