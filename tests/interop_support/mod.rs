@@ -382,8 +382,9 @@ impl LibcoapServer {
                 port.to_string(),
                 "-d".to_owned(),
                 "50".to_owned(),
+                // 7 logs every PDU it receives and sends.
                 "-v".to_owned(),
-                "6".to_owned(),
+                "7".to_owned(),
             ];
             if let Some(k) = key {
                 // `-k` alone accepts any identity. Give it a key nobody has and map only
@@ -521,6 +522,15 @@ impl LibcoapServer {
 
     pub fn log(&self) -> String {
         read_lossy(&self.log)
+    }
+
+    /// The requests this server logged that came from privgw rather than from coap-client
+    /// (coap-client adds Uri-Port for a non-default port; privgw does not).
+    pub fn gateway_requests(&self) -> Vec<PrintedPdu> {
+        parse_pdus(&self.log())
+            .into_iter()
+            .filter(|p| !p.is_response() && !p.options.contains("Uri-Port"))
+            .collect()
     }
 
     /// The PSK identities clients presented, as libcoap logged them (`-v 6`).
