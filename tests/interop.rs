@@ -4,7 +4,7 @@
 //! * north: `coap-client-openssl` plays management server A against the in-process gateway
 //!   over DTLS-PSK (and NoSec for a lab server);
 //! * south: `coap-server-openssl` instances play LwM2M devices holding `/2` as TLV, read by
-//!   the gateway over DTLS-PSK and over plain UDP.
+//!   the gateway over DTLS-PSK and over plain UDP, and refusing a wrong identity or key.
 //!
 //! Run with `cargo test --features interop --test interop`. A missing libcoap binary fails
 //! the test with a message saying what to install; it never skips.
