@@ -1,0 +1,687 @@
+//! Helpers for the libcoap interop tests: child-process guards, free loopback ports,
+//! `coap-server-openssl` instances standing in for devices, `coap-client-openssl` runs with
+//! their printed PDUs parsed, and a gateway fixture.
+//!
+//! libcoap 4.3.1 behaviours this module accounts for:
+//! * `coap-client` exits 0 on 4.xx/5.xx and on a failed handshake, so every assertion is on
+//!   what it prints. With `-v 6` it prints every PDU it sends and receives as
+//!   `v:1 t:ACK c:2.05 i:.. {token} [ options ] :: ...`; a binary payload follows on the next
+//!   line as `<<hex>>`, a text one inline as `:: '...'`.
+//! * `-o file` only receives the body of a 2.xx answer; a 4.xx/5.xx body goes to stderr with
+//!   unprintable bytes replaced by `.`, so error bodies are taken from the `-v 6` hex dump.
+//! * `coap-server -p P` listens on UDP+TCP P and, with `-k`, DTLS+TLS on P+1. `-k` alone
+//!   accepts any PSK identity with that key, so the devices get a decoy `-k` and an `-i` file
+//!   mapping only identity "gateway" to the real key. A PSK mismatch (wrong key or wrong
+//!   identity) is answered with silence, not an alert.
+//! * It ignores Accept: GET on a dynamic resource returns what was PUT with the
+//!   Content-Format it was PUT with, whatever Accept says (no 4.06).
+//! * `coap-client` prints raw response payloads to stdout, so its output is read lossily.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use privgw::config::{Config, EndpointUri, Scheme};
+use privgw::gateway::Gateway;
+use privgw::mo::Value;
+
+pub const CLIENT: &str = "coap-client-openssl";
+/// The PSK identity the gateway presents to devices.
+pub const DEVICE_IDENTITY: &str = "gateway";
+pub const SERVER: &str = "coap-server-openssl";
+
+/// How long one `coap-client` run may take before it is killed (its own `-B` is shorter).
+const CLIENT_HARD_LIMIT: Duration = Duration::from_secs(20);
+/// `-B` given to every `coap-client` run unless the caller passes its own.
+pub const CLIENT_WAIT_SECS: &str = "8";
+/// How long a `coap-server` gets to answer its first GET /.well-known/core.
+const SERVER_READY_LIMIT: Duration = Duration::from_secs(10);
+
+/// Fails the test (never skips) when a libcoap binary is missing.
+pub fn require_tool(name: &str) {
+    match Command::new(name)
+        .arg("-h")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => {}
+        Err(e) => panic!(
+            "interop test needs `{name}` (libcoap 4.3.1, Debian package libcoap3-bin: \
+             apt-get install libcoap3-bin), but it cannot be run: {e}"
+        ),
+    }
+}
+
+pub fn require_libcoap() {
+    require_tool(CLIENT);
+    require_tool(SERVER);
+}
+
+/// Kills and reaps a child process when dropped.
+pub struct ChildGuard {
+    name: String,
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn new(name: impl Into<String>, child: Child) -> ChildGuard {
+        ChildGuard {
+            name: name.into(),
+            child,
+        }
+    }
+
+    /// `Some(status)` once the child has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            if let Err(e) = self.child.kill() {
+                eprintln!(
+                    "could not kill {} (pid {}): {e}",
+                    self.name,
+                    self.child.id()
+                );
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A per-test scratch folder with unique file names in it.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    counter: AtomicUsize,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("privgw-interop-")
+                .tempdir()
+                .expect("create a temp dir"),
+            counter: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A fresh file name `NNN-stem` in the folder (not created).
+    pub fn file(&self, stem: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.dir.path().join(format!("{n:03}-{stem}"))
+    }
+
+    /// Writes `bytes` to a fresh file and returns its path.
+    pub fn write(&self, stem: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.file(stem);
+        std::fs::write(&path, bytes).expect("write temp file");
+        path
+    }
+}
+
+/// A UDP port P on 127.0.0.1 such that P and P+1 were free (UDP and TCP) a moment ago.
+/// Callers retry on a bind race.
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let Ok(probe) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = probe.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        drop(probe);
+        if port >= 65_000 {
+            continue;
+        }
+        let free = [port, port + 1].iter().all(|&p| {
+            std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            return port;
+        }
+    }
+    panic!("no free UDP/TCP port pair on 127.0.0.1");
+}
+
+/// One PDU as `coap-client -v 6` printed it.
+#[derive(Debug, Clone)]
+pub struct PrintedPdu {
+    /// `GET`, `POST`, … for requests; `2.05`, `4.03`, … for responses.
+    pub code: String,
+    /// The text between `[` and `]`: the options.
+    pub options: String,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl PrintedPdu {
+    pub fn is_response(&self) -> bool {
+        self.code.len() == 4 && self.code.as_bytes()[1] == b'.'
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Parses the PDU lines of a `-v 6` transcript.
+pub fn parse_pdus(transcript: &str) -> Vec<PrintedPdu> {
+    let lines: Vec<&str> = transcript.lines().collect();
+    let mut pdus = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(start) = line.find("v:1 t:") else {
+            continue;
+        };
+        let line = &line[start..];
+        let Some(code) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("c:"))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let options = match (line.find('['), line.rfind(']')) {
+            (Some(a), Some(b)) if a < b => line[a + 1..b].trim().to_owned(),
+            _ => String::new(),
+        };
+        let payload = if line.contains(":: binary data length") {
+            lines
+                .get(i + 1)
+                .and_then(|next| next.trim().strip_prefix("<<"))
+                .and_then(|h| h.strip_suffix(">>"))
+                .and_then(decode_hex)
+        } else if let Some(pos) = line.find(":: '") {
+            line[pos + 4..]
+                .strip_suffix('\'')
+                .map(|t| t.as_bytes().to_vec())
+        } else {
+            None
+        };
+        pdus.push(PrintedPdu {
+            code,
+            options,
+            payload,
+        });
+    }
+    pdus
+}
+
+/// What one `coap-client-openssl` run printed and wrote.
+#[derive(Debug)]
+pub struct ClientRun {
+    pub args: Vec<String>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The `-o` file's content, if `-o` was used and the file was written.
+    pub output_file: Option<Vec<u8>>,
+    pub status: Option<std::process::ExitStatus>,
+    pub timed_out: bool,
+}
+
+impl ClientRun {
+    pub fn transcript(&self) -> String {
+        format!(
+            "$ {CLIENT} {}\n(exit: {:?}, timed out: {})\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.args.join(" "),
+            self.status,
+            self.timed_out,
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    pub fn pdus(&self) -> Vec<PrintedPdu> {
+        parse_pdus(&format!("{}\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn responses(&self) -> Vec<PrintedPdu> {
+        self.pdus()
+            .into_iter()
+            .filter(PrintedPdu::is_response)
+            .collect()
+    }
+
+    /// The last response printed; panics with the transcript when there is none.
+    pub fn response(&self) -> PrintedPdu {
+        self.responses()
+            .pop()
+            .unwrap_or_else(|| panic!("no CoAP response printed\n{}", self.transcript()))
+    }
+
+    /// Asserts the last response has `code` and returns it.
+    pub fn expect_code(&self, code: &str) -> PrintedPdu {
+        assert!(!self.timed_out, "coap-client hung\n{}", self.transcript());
+        let r = self.response();
+        assert_eq!(r.code, code, "response code\n{}", self.transcript());
+        r
+    }
+
+    /// The body of the last response decoded as CBOR (from the hex dump).
+    pub fn cbor_body(&self) -> Value {
+        let r = self.response();
+        let bytes = r
+            .payload
+            .unwrap_or_else(|| panic!("response has no payload\n{}", self.transcript()));
+        Value::from_cbor(&bytes)
+            .unwrap_or_else(|e| panic!("body is not CBOR ({e:?})\n{}", self.transcript()))
+    }
+
+    /// The `-o` file decoded as CBOR.
+    pub fn output_cbor(&self) -> Value {
+        let bytes = self
+            .output_file
+            .as_ref()
+            .unwrap_or_else(|| panic!("-o file was not written\n{}", self.transcript()));
+        Value::from_cbor(bytes)
+            .unwrap_or_else(|e| panic!("-o file is not CBOR ({e:?})\n{}", self.transcript()))
+    }
+}
+
+/// A file's text, binary bytes replaced (coap-client prints raw payloads to stdout).
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs `coap-client-openssl -v 6 -B <wait> <args>` to completion (bounded), blocking.
+/// `-o FILE` among `args` is read back into [`ClientRun::output_file`].
+pub fn run_client_blocking(scratch: &Scratch, args: &[String]) -> ClientRun {
+    let mut full: Vec<String> = vec!["-v".into(), "6".into()];
+    if !args.iter().any(|a| a == "-B") {
+        full.extend(["-B".into(), CLIENT_WAIT_SECS.into()]);
+    }
+    full.extend(args.iter().cloned());
+    let out_path = scratch.file("client.stdout");
+    let err_path = scratch.file("client.stderr");
+    let child = Command::new(CLIENT)
+        .args(&full)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("stdout file"))
+        .stderr(File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {CLIENT}: {e} (install libcoap3-bin)"));
+    let mut guard = ChildGuard::new(CLIENT, child);
+    let deadline = Instant::now() + CLIENT_HARD_LIMIT;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = guard.exited() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(guard);
+    let output_file = full
+        .iter()
+        .position(|a| a == "-o")
+        .and_then(|i| full.get(i + 1))
+        .and_then(|p| std::fs::read(p).ok());
+    ClientRun {
+        args: full,
+        stdout: read_lossy(&out_path),
+        stderr: read_lossy(&err_path),
+        output_file,
+        status,
+        timed_out,
+    }
+}
+
+/// [`run_client_blocking`] off the async runtime, so the in-process gateway keeps serving.
+pub async fn run_client(scratch: &std::sync::Arc<Scratch>, args: &[&str]) -> ClientRun {
+    let scratch = scratch.clone();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || run_client_blocking(&scratch, &args))
+        .await
+        .expect("coap-client runner panicked")
+}
+
+/// A `coap-server-openssl` standing in for a device: UDP on `port`, DTLS on `port + 1`
+/// when it has a key, dynamic resources on PUT (`-d 50`).
+pub struct LibcoapServer {
+    pub name: String,
+    pub port: u16,
+    pub key: Option<String>,
+    log: PathBuf,
+    guard: ChildGuard,
+}
+
+impl LibcoapServer {
+    /// Starts one and waits until it answers GET /.well-known/core (over DTLS too, when it
+    /// has a key). Retries on fresh ports if it dies or never answers.
+    pub fn start_blocking(scratch: &Scratch, name: &str, key: Option<&str>) -> LibcoapServer {
+        let mut failures = Vec::new();
+        for attempt in 0..5 {
+            let port = free_port_pair();
+            let log = scratch.file(&format!("{name}-server.log"));
+            let mut args = vec![
+                "-A".to_owned(),
+                "127.0.0.1".to_owned(),
+                "-p".to_owned(),
+                port.to_string(),
+                "-d".to_owned(),
+                "50".to_owned(),
+                // 7 logs every PDU it receives and sends.
+                "-v".to_owned(),
+                "7".to_owned(),
+            ];
+            if let Some(k) = key {
+                // `-k` alone accepts any identity. Give it a key nobody has and map only
+                // identity "gateway" (under libcoap's default hint "CoAP") to the device key,
+                // so a wrong identity fails the handshake like a wrong key does.
+                let ids = scratch.write(
+                    &format!("{name}-identities.txt"),
+                    format!("CoAP,{DEVICE_IDENTITY},{k}\n").as_bytes(),
+                );
+                args.extend([
+                    "-h".to_owned(),
+                    "CoAP".to_owned(),
+                    "-k".to_owned(),
+                    format!("{k}-is-not-for-strangers"),
+                    "-i".to_owned(),
+                    ids.to_string_lossy().into_owned(),
+                ]);
+            }
+            let logfile = File::create(&log).expect("server log file");
+            let child = Command::new(SERVER)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(logfile.try_clone().expect("dup log file"))
+                .stderr(logfile)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {SERVER}: {e} (install libcoap3-bin)"));
+            let mut server = LibcoapServer {
+                name: name.to_owned(),
+                port,
+                key: key.map(str::to_owned),
+                log,
+                guard: ChildGuard::new(format!("{SERVER} ({name})"), child),
+            };
+            match server.wait_ready(scratch) {
+                Ok(()) => return server,
+                Err(why) => failures.push(format!(
+                    "attempt {attempt} on port {port}: {why}\nserver log:\n{}",
+                    server.log()
+                )),
+            }
+        }
+        panic!(
+            "{SERVER} ({name}) never became ready:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    pub async fn start(
+        scratch: &std::sync::Arc<Scratch>,
+        name: &str,
+        key: Option<&str>,
+    ) -> LibcoapServer {
+        let scratch = scratch.clone();
+        let name = name.to_owned();
+        let key = key.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            LibcoapServer::start_blocking(&scratch, &name, key.as_deref())
+        })
+        .await
+        .expect("server starter panicked")
+    }
+
+    fn wait_ready(&mut self, scratch: &Scratch) -> Result<(), String> {
+        let deadline = Instant::now() + SERVER_READY_LIMIT;
+        let mut probes = vec![format!("{}/.well-known/core", self.coap_uri())];
+        if self.key.is_some() {
+            probes.push(format!("{}/.well-known/core", self.coaps_uri()));
+        }
+        let mut last = String::new();
+        for probe in probes {
+            loop {
+                if let Some(status) = self.guard.exited() {
+                    return Err(format!("exited with {status}"));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("no answer to {probe}; last try:\n{last}"));
+                }
+                let mut args: Vec<String> = vec!["-B".into(), "1".into()];
+                if let Some(k) = &self.key {
+                    args.extend(["-u".into(), DEVICE_IDENTITY.into(), "-k".into(), k.clone()]);
+                }
+                args.push(probe.clone());
+                let run = run_client_blocking(scratch, &args);
+                let ok = run
+                    .responses()
+                    .last()
+                    .is_some_and(|r| r.code == "2.05" && r.options.contains("link-format"));
+                if ok {
+                    break;
+                }
+                last = run.transcript();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Still ours (not a stranger that happened to hold the port)?
+        match self.guard.exited() {
+            Some(status) => Err(format!("exited with {status} after answering")),
+            None => Ok(()),
+        }
+    }
+
+    /// `coap://127.0.0.1:P`
+    pub fn coap_uri(&self) -> String {
+        format!("coap://127.0.0.1:{}", self.port)
+    }
+
+    /// `coaps://127.0.0.1:P+1`
+    pub fn coaps_uri(&self) -> String {
+        format!("coaps://127.0.0.1:{}", self.port + 1)
+    }
+
+    /// The URI the gateway should use for this device: DTLS when it has a key.
+    pub fn device_uri(&self) -> String {
+        if self.key.is_some() {
+            self.coaps_uri()
+        } else {
+            self.coap_uri()
+        }
+    }
+
+    /// `coap-client` arguments to reach `path` on this server the way the gateway does.
+    pub fn client_args(&self, path: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(k) = &self.key {
+            args.extend([
+                "-u".to_owned(),
+                "gateway".to_owned(),
+                "-k".to_owned(),
+                k.clone(),
+            ]);
+        }
+        args.push(format!("{}{path}", self.device_uri()));
+        args
+    }
+
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// The requests this server logged that came from privgw rather than from coap-client
+    /// (coap-client adds Uri-Port for a non-default port; privgw does not).
+    pub fn gateway_requests(&self) -> Vec<PrintedPdu> {
+        parse_pdus(&self.log())
+            .into_iter()
+            .filter(|p| !p.is_response() && !p.options.contains("Uri-Port"))
+            .collect()
+    }
+
+    /// The PSK identities clients presented, as libcoap logged them (`-v 6`).
+    pub fn identities_seen(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("Identity '")?.1.split_once("' requested"))
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+}
+
+/// A device entry of the gateway config.
+pub struct DeviceEntry {
+    pub id: String,
+    pub uri: String,
+    /// PSK identity and key the gateway presents (`coaps://` only).
+    pub psk: Option<(String, String)>,
+}
+
+pub const SSID_A: u16 = 101;
+pub const SSID_B: u16 = 102;
+
+/// Gateway config: servers A (serverA/secretA, 101), B (serverB/secretB, 102), Lab (NoSec from
+/// 127.0.0.1, 103); the given lwm2m devices; group G1 of all of them.
+pub fn gateway_toml(store: &Path, listen: &[&str], devices: &[DeviceEntry]) -> String {
+    let listen: Vec<String> = listen.iter().map(|l| format!("{l:?}")).collect();
+    let mut toml = format!(
+        r#"[gateway]
+listen = [{}]
+store = {store:?}
+device_timeout_ms = 5000
+
+[[servers]]
+id = "ServerA"
+ssid = {SSID_A}
+psk_identity = "serverA"
+psk_key = "secretA"
+
+[[servers]]
+id = "ServerB"
+ssid = {SSID_B}
+psk_identity = "serverB"
+psk_key = "secretB"
+
+[[servers]]
+id = "ServerLab"
+ssid = 103
+nosec_address = "127.0.0.1"
+"#,
+        listen.join(", ")
+    );
+    for d in devices {
+        toml.push_str(&format!(
+            "\n[[devices]]\nid = \"{}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\n",
+            d.id, d.uri
+        ));
+        if let Some((identity, key)) = &d.psk {
+            toml.push_str(&format!("psk_identity = {identity:?}\npsk_key = {key:?}\n"));
+        }
+    }
+    let members: Vec<String> = devices.iter().map(|d| format!("{:?}", d.id)).collect();
+    toml.push_str(&format!(
+        "\n[[groups]]\nid = \"G1\"\nmembers = [{}]\n",
+        members.join(", ")
+    ));
+    toml
+}
+
+/// The in-process gateway with a DTLS and a NoSec listener on ephemeral loopback ports.
+pub struct GatewayFixture {
+    pub gateway: Gateway,
+    pub coaps: EndpointUri,
+    pub coap: EndpointUri,
+}
+
+impl GatewayFixture {
+    pub async fn start(scratch: &Scratch, devices: &[DeviceEntry]) -> GatewayFixture {
+        let store = scratch.path().join("privgw.redb");
+        let toml = gateway_toml(
+            &store,
+            &["coaps://127.0.0.1:0", "coap://127.0.0.1:0"],
+            devices,
+        );
+        let config =
+            Config::parse(&toml).unwrap_or_else(|e| panic!("gateway config rejected: {e}\n{toml}"));
+        let gateway = Gateway::start(config).await.expect("start the gateway");
+        let find = |scheme: Scheme| {
+            *gateway
+                .listeners()
+                .iter()
+                .find(|l| l.scheme == scheme)
+                .expect("listener bound")
+        };
+        let coaps = find(Scheme::Coaps);
+        let coap = find(Scheme::Coap);
+        GatewayFixture {
+            gateway,
+            coaps,
+            coap,
+        }
+    }
+
+    /// `coaps://127.0.0.1:PORT<path>`
+    pub fn coaps_url(&self, path: &str) -> String {
+        format!("coaps://{}{path}", self.coaps.addr)
+    }
+
+    /// `coap://127.0.0.1:PORT<path>`
+    pub fn coap_url(&self, path: &str) -> String {
+        format!("coap://{}{path}", self.coap.addr)
+    }
+
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+    }
+}
+
+/// The `DeviceID`s of a `Failed` list.
+pub fn failed_ids(doc: &Value) -> Vec<String> {
+    doc.get("Failed")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no Failed list in {doc:?}"))
+        .iter()
+        .map(|f| {
+            f.get("DeviceID")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("Failed entry without DeviceID: {f:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The reasons of a `Failed` list.
+pub fn failed_reasons(doc: &Value) -> Vec<String> {
+    doc.get("Failed")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.get("Reason").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `Verified` DeviceIDs.
+pub fn verified_ids(doc: &Value) -> Vec<String> {
+    doc.get("Verified")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no Verified list in {doc:?}"))
+        .iter()
+        .map(|v| v.as_str().expect("DeviceID text").to_owned())
+        .collect()
+}
