@@ -31,7 +31,13 @@ pub struct South {
     dtls: HashMap<String, Arc<DtlsClient>>,
     links: Mutex<HashMap<String, Link>>,
     tuning: TransportTuning,
-    handshake_timeout: Duration,
+}
+
+/// The DTLS handshake gets 90 % of the device deadline, so its own timeout (which knows
+/// whether the device answered at all) classifies the failure before the fan-out deadline
+/// cuts it off.
+fn handshake_budget(device_timeout: Duration) -> Duration {
+    device_timeout.mul_f64(0.9).max(Duration::from_millis(1))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +56,7 @@ impl South {
         for d in &config.devices {
             if let (Scheme::Coaps, Some(psk)) = (d.uri.scheme, &d.psk) {
                 let mut cfg = PskClientConfig::new(psk.identity.clone(), psk.key.clone());
-                cfg.handshake_timeout = config.gateway.device_timeout;
+                cfg.handshake_timeout = handshake_budget(config.gateway.device_timeout);
                 let client = DtlsClient::new(cfg).map_err(|source| SouthError::Dtls {
                     device: d.id.clone(),
                     source,
@@ -65,7 +71,6 @@ impl South {
             dtls,
             links: Mutex::new(HashMap::new()),
             tuning,
-            handshake_timeout: config.gateway.device_timeout,
         })
     }
 
@@ -101,10 +106,7 @@ impl South {
                 let client = self.dtls.get(&device.id).ok_or_else(|| {
                     ReadFailure::SecureChannel("no DTLS credentials for this device".into())
                 })?;
-                let session = tokio::time::timeout(self.handshake_timeout, client.connect(pipe))
-                    .await
-                    .map_err(|_| ReadFailure::Unreachable("DTLS handshake: no answer".into()))?
-                    .map_err(handshake_failure)?;
+                let session = client.connect(pipe).await.map_err(handshake_failure)?;
                 AnySession::Dtls(session)
             }
         };
@@ -147,9 +149,10 @@ impl South {
 
 fn handshake_failure(e: TransportError) -> ReadFailure {
     match e {
-        TransportError::HandshakeTimeout { .. } => {
-            ReadFailure::Unreachable(format!("DTLS handshake: {e}"))
-        }
+        TransportError::HandshakeTimeout {
+            peer_answered: false,
+            ..
+        } => ReadFailure::Unreachable(e.to_string()),
         other => ReadFailure::SecureChannel(other.to_string()),
     }
 }

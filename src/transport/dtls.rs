@@ -465,10 +465,12 @@ async fn handshake(
             Err(TransportError::Handshake { peer, source })
         }
         Err(_) => {
-            tracing::info!(peer = %peer, after = ?timeout, "DTLS handshake timed out");
+            let peer_answered = stream.get_ref().received() > 0;
+            tracing::info!(peer = %peer, after = ?timeout, peer_answered, "DTLS handshake timed out");
             Err(TransportError::HandshakeTimeout {
                 peer,
                 after: timeout,
+                peer_answered,
             })
         }
     }

@@ -167,12 +167,16 @@ pub enum TransportError {
     },
     /// The peer: the handshake did not complete in time (silent peer, lost flights, or a
     /// wrong key: DTLS silently drops records it cannot authenticate).
-    #[error("DTLS handshake with {peer} timed out after {after:?}")]
+    #[error("DTLS handshake with {peer} timed out after {after:?}{}", if *peer_answered { " (the peer answered, then went silent: credentials rejected?)" } else { " (no answer)" })]
     HandshakeTimeout {
         /// The peer.
         peer: SocketAddr,
         /// The configured bound.
         after: Duration,
+        /// Whether the peer sent anything at all. A peer that answered the first flight and
+        /// then fell silent most likely dropped records it could not authenticate (wrong
+        /// PSK); one that never answered is unreachable.
+        peer_answered: bool,
     },
     /// Sending a DTLS record failed.
     #[error("DTLS send to {peer} failed: {source}")]

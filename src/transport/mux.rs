@@ -190,6 +190,7 @@ impl DatagramMux {
             peer,
             id,
             rx,
+            received: 0,
         }
     }
 
@@ -301,6 +302,7 @@ fn route(
         peer: from,
         id,
         rx,
+        received: 0,
     });
 }
 
@@ -319,9 +321,16 @@ pub struct Pipe {
     peer: SocketAddr,
     id: u64,
     rx: mpsc::Receiver<Vec<u8>>,
+    /// Datagrams delivered so far (tells a silent peer from one that answered).
+    received: u64,
 }
 
 impl Pipe {
+    /// Datagrams this pipe has delivered from its peer.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// The mux this pipe belongs to.
     pub fn mux(&self) -> &Arc<DatagramMux> {
         &self.mux
@@ -352,7 +361,10 @@ impl Drop for Pipe {
 impl DatagramSession for Pipe {
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
         match self.rx.recv().await {
-            Some(datagram) => Ok(datagram),
+            Some(datagram) => {
+                self.received += 1;
+                Ok(datagram)
+            }
             None => Err(self.closed()),
         }
     }
@@ -399,6 +411,7 @@ impl AsyncRead for Pipe {
     ) -> Poll<io::Result<()>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(datagram)) => {
+                self.received += 1;
                 let n = datagram.len().min(buf.remaining());
                 buf.put_slice(datagram.get(..n).unwrap_or_default());
                 Poll::Ready(Ok(()))
