@@ -93,6 +93,8 @@ pub struct FleetBuilder {
     ack_timeout_ms: Option<u64>,
     /// NoSec source address per server id.
     nosec: BTreeMap<&'static str, String>,
+    /// Where simulated devices listen (`coaps://127.0.0.1:0` unless changed).
+    device_listen: String,
 }
 
 impl Default for FleetBuilder {
@@ -111,13 +113,14 @@ impl FleetBuilder {
             device_timeout_ms: 3000,
             ack_timeout_ms: None,
             nosec: BTreeMap::new(),
+            device_listen: "coaps://127.0.0.1:0".to_owned(),
         }
     }
 
-    fn sim(id: &str, profile: &'static str) -> DeviceSimConfig {
+    fn sim(&self, id: &str, profile: &'static str) -> DeviceSimConfig {
         DeviceSimConfig {
             id: id.to_owned(),
-            listen: "coaps://127.0.0.1:0".to_owned(),
+            listen: self.device_listen.clone(),
             profile: profile.to_owned(),
             psk_identity: Some("gateway".to_owned()),
             psk_key: Some(format!("devkey-{id}")),
@@ -151,7 +154,7 @@ impl FleetBuilder {
         behaviour: Behaviour,
         access_control: Vec<AcInstance>,
     ) -> Self {
-        let mut cfg = Self::sim(id, "lwm2m");
+        let mut cfg = self.sim(id, "lwm2m");
         cfg.behaviour = behaviour;
         cfg.access_control = access_control;
         self.push(id, "lwm2m", policy, Kind::Simulated(Box::new(cfg)));
@@ -170,7 +173,7 @@ impl FleetBuilder {
         behaviour: Behaviour,
         acls: &[(&str, &str)],
     ) -> Self {
-        let mut cfg = Self::sim(id, "dm");
+        let mut cfg = self.sim(id, "dm");
         cfg.behaviour = behaviour;
         cfg.acls = acls
             .iter()
@@ -197,6 +200,12 @@ impl FleetBuilder {
     /// Replaces the gateway's listeners (default: one `coaps://127.0.0.1:0`).
     pub fn listen(mut self, uris: &[&str]) -> Self {
         self.listen = uris.iter().map(|u| (*u).to_owned()).collect();
+        self
+    }
+
+    /// Where the simulated devices added after this call listen, e.g. `coaps://[::1]:0`.
+    pub fn device_listen(mut self, uri: &str) -> Self {
+        self.device_listen = uri.to_owned();
         self
     }
 
