@@ -505,3 +505,35 @@ async fn ipv6_coaps_listener_serves_adds() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn large_group_add_commits_once_and_keeps_location_across_block2() {
+    bounded(async {
+        const N: usize = 40;
+        // Long DeviceIDs so `Verified` alone needs several blocks.
+        let ids: Vec<String> = (0..N)
+            .map(|i| format!("device-with-a-rather-long-identifier-for-block-wise-{i:02}"))
+            .collect();
+        let mut b = Fleet::builder();
+        for id in &ids {
+            b = b.lwm2m(id, vec![ac(0, 3, 0, SSID_A)]);
+        }
+        let members: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let fleet = b.group("G", &members).start().await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "G", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert!(
+            reply.payload.len() > privgw::coap::MAX_MESSAGE_SIZE,
+            "body is only {} bytes",
+            reply.payload.len()
+        );
+        assert_eq!(reply.verified_ids(), ids);
+        let name = name_of(&reply);
+        // Block2 follow-ups are served from the gateway's cache, never executed again.
+        assert_eq!(privilege_names(&mut a).await, [name]);
+        assert_eq!(fleet.total_requests(), N as u64);
+        fleet.stop().await;
+    })
+    .await;
+}

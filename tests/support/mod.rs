@@ -17,7 +17,7 @@ use privgw::cli::ctl::{GatewayClient, Reply};
 use privgw::coap::{CoapOption, RequestType};
 use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
-use privgw::gateway::Gateway;
+use privgw::gateway::{Gateway, GatewayError};
 use privgw::mo::Value;
 
 /// Server A's and server B's Short Server IDs.
@@ -413,10 +413,19 @@ impl Fleet {
 
     /// Stops the gateway and starts a new one on the same config and store file.
     pub async fn restart_gateway(&mut self) {
+        self.try_restart_gateway()
+            .await
+            .expect("the gateway restarts on its store");
+    }
+
+    /// Like [`restart_gateway`](Self::restart_gateway), returning the start error.
+    pub async fn try_restart_gateway(&mut self) -> Result<(), GatewayError> {
         if let Some(g) = self.gateway.take() {
             g.stop().await;
         }
-        self.gateway = Some(start_gateway(&self.config_text).await);
+        let config = Config::parse(&self.config_text).expect("valid config");
+        self.gateway = Some(Gateway::start(config).await?);
+        Ok(())
     }
 
     pub async fn stop(mut self) {
