@@ -537,3 +537,35 @@ async fn large_group_add_commits_once_and_keeps_location_across_block2() {
     })
     .await;
 }
+
+/// FAILS with the current src/: `Gateway::stop` (src/gateway/mod.rs) is documented to wait
+/// for every task, but it only joins the listener tasks. The per-peer session tasks
+/// (src/runtime/listener.rs) and the request handler tasks (src/runtime/session.rs) are
+/// detached `tokio::spawn`s holding `Arc<North>` → `Service` → `RedbStore`, so after `stop()`
+/// returns a request still in verification keeps the store open (a new gateway on the same
+/// file fails with "Database already open") and may still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waits_for_in_flight_requests_so_the_store_reopens() {
+    bounded(async {
+        let mut fleet = Fleet::builder()
+            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
+            .dead("devX", Scheme::Coaps)
+            .device_timeout_ms(1500)
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        // A verification that waits for a silent device while the gateway stops.
+        let in_flight =
+            tokio::spawn(async move { a.add("devX", "Device", "/3/0", "Get=ServerB").await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let restarted = fleet.try_restart_gateway().await;
+        in_flight.abort();
+        assert!(
+            restarted.is_ok(),
+            "after Gateway::stop() returned, the store was still held by a request task: {:?}",
+            restarted.err()
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
