@@ -215,3 +215,44 @@ async fn forty_denied_devices_are_all_listed_sorted_across_block2() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn missing_ac_instance_is_4_03_no_acl() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "devA", "Device", "/6/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.03", "{}", reply.render());
+        assert_eq!(status(&reply), Some(425));
+        assert_eq!(failures(&reply), pairs(&[("devA", "no-acl")]));
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_and_bad_acl_together_are_5_02_status_500() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .dead("devX", Scheme::Coaps)
+            .lwm2m_with("devG", None, Behaviour::Garbage, vec![ac(0, 3, 0, SSID_A)])
+            .group("G", &["devX", "devG"])
+            .device_timeout_ms(DEVICE_TIMEOUT_MS)
+            .ack_timeout_ms(200)
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "G", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "5.02", "{}", reply.render());
+        assert_eq!(status(&reply), Some(500));
+        assert_eq!(
+            failures(&reply),
+            pairs(&[("devG", "bad-acl"), ("devX", "unreachable")])
+        );
+        fleet.stop().await;
+    })
+    .await;
+}

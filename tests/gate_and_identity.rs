@@ -214,3 +214,17 @@ async fn non_lwm2m_uri_on_an_lwm2m_device_is_4_00_with_no_device_traffic() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn empty_group_is_4_04_with_no_device_traffic() {
+    bounded(async {
+        let fleet = fleet().group("G0", &[]).start().await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "G0", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.04", "{}", reply.render());
+        assert_eq!(fleet.total_requests(), 0);
+        assert!(privilege_names(&mut a).await.is_empty());
+        fleet.stop().await;
+    })
+    .await;
+}

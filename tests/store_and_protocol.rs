@@ -122,6 +122,38 @@ async fn put_if_match_on_a_missing_name_is_4_12() {
 }
 
 #[tokio::test]
+async fn put_if_match_on_an_existing_name_is_2_04_and_restamps_the_grantor() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m_with(
+                "devW",
+                Some("write-bit"),
+                privgw::device::Behaviour::Normal,
+                vec![ac_with(0, 3, 0, SSID_A, &[(SSID_A, 31), (SSID_B, 3)])],
+            )
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let body = privilege_body("devW", "Device", "/3/0", "Get=ServerB");
+        let reply = put(&mut a, "g", &body, &[if_none_match()]).await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+
+        // B holds W on devW's /3/0 (write-bit policy): its Replace is verified and stamped.
+        let mut b = fleet.server_b().await;
+        let body = privilege_body("devW", "Device", "/3/0", "Get=ServerA+ServerB");
+        let reply = put(&mut b, "g", &body, &[if_match()]).await;
+        assert_eq!(reply.code, "2.04", "{}", reply.render());
+        assert!(reply.location.is_none());
+        assert_eq!(reply.verified_ids(), ["devW"]);
+        let grantor = get(&mut a, "/GwConfig/Privileges/g/Grantor").await;
+        assert_eq!(grantor.payload, b"ServerB");
+        assert_eq!(privilege_names(&mut a).await, ["g"]);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn replace_of_the_acl_leaf_is_2_04_and_reverified() {
     bounded(async {
         let fleet = fleet().start().await;
