@@ -1,0 +1,543 @@
+//! Shared setup for the integration tests: a [`Fleet`] of simulated devices and one gateway
+//! that names them, all on loopback with OS-chosen ports, plus small helpers (clients,
+//! replies, raw datagrams, a time bound per test).
+//!
+//! Every test builds its own fleet with its own temporary store, so tests share nothing and
+//! run in parallel.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use privgw::cli::ctl::{GatewayClient, Reply};
+use privgw::coap::{CoapOption, RequestType};
+use privgw::config::{Config, EndpointUri, Scheme};
+use privgw::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
+use privgw::gateway::{Gateway, GatewayError};
+use privgw::mo::Value;
+
+/// Server A's and server B's Short Server IDs.
+pub const SSID_A: u16 = 101;
+pub const SSID_B: u16 = 102;
+
+/// Every test body runs under this bound, so a hang fails the test instead of the suite.
+pub const TEST_BOUND: Duration = Duration::from_secs(30);
+
+/// Runs `f` under [`TEST_BOUND`]; panics if it takes longer.
+pub async fn bounded<F: Future>(f: F) -> F::Output {
+    match tokio::time::timeout(TEST_BOUND, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("test did not finish within {TEST_BOUND:?}"),
+    }
+}
+
+/// One AC instance for `/object/object_instance`, owned by `owner`, with full rights for the
+/// owner and Read for everybody (key 0).
+pub fn ac(instance: u16, object: u16, object_instance: u16, owner: u16) -> AcInstance {
+    ac_with(
+        instance,
+        object,
+        object_instance,
+        owner,
+        &[(owner, 31), (0, 1)],
+    )
+}
+
+/// An AC instance with an explicit ACL (Short Server ID → rights bits R=1 W=2 E=4 D=8 C=16).
+pub fn ac_with(
+    instance: u16,
+    object: u16,
+    object_instance: u16,
+    owner: u16,
+    acl: &[(u16, u8)],
+) -> AcInstance {
+    AcInstance {
+        instance,
+        object,
+        object_instance,
+        owner,
+        acl: acl.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+/// How a device of the fleet is reached.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// A simulated device, started by the fleet.
+    Simulated(Box<DeviceSimConfig>),
+    /// A URI nobody answers on (`coap://` or `coaps://`).
+    Dead(Scheme),
+}
+
+#[derive(Debug, Clone)]
+struct DeviceSpec {
+    id: String,
+    profile: &'static str,
+    policy: Option<&'static str>,
+    psk_key: String,
+    kind: Kind,
+}
+
+/// Builds a [`Fleet`]: devices, groups and gateway settings.
+#[derive(Debug, Clone)]
+pub struct FleetBuilder {
+    devices: Vec<DeviceSpec>,
+    groups: Vec<(String, Vec<String>)>,
+    listen: Vec<String>,
+    privileges_acl: Option<String>,
+    device_timeout_ms: u64,
+    ack_timeout_ms: Option<u64>,
+    /// NoSec source address per server id.
+    nosec: BTreeMap<&'static str, String>,
+    /// Where simulated devices listen (`coaps://127.0.0.1:0` unless changed).
+    device_listen: String,
+}
+
+impl Default for FleetBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FleetBuilder {
+    pub fn new() -> Self {
+        FleetBuilder {
+            devices: Vec::new(),
+            groups: Vec::new(),
+            listen: vec!["coaps://127.0.0.1:0".to_owned()],
+            privileges_acl: None,
+            device_timeout_ms: 3000,
+            ack_timeout_ms: None,
+            nosec: BTreeMap::new(),
+            device_listen: "coaps://127.0.0.1:0".to_owned(),
+        }
+    }
+
+    fn sim(&self, id: &str, profile: &'static str) -> DeviceSimConfig {
+        DeviceSimConfig {
+            id: id.to_owned(),
+            listen: self.device_listen.clone(),
+            profile: profile.to_owned(),
+            psk_identity: Some("gateway".to_owned()),
+            psk_key: Some(format!("devkey-{id}")),
+            psk_key_hex: None,
+            behaviour: Behaviour::Normal,
+            access_control: Vec::new(),
+            acls: BTreeMap::new(),
+        }
+    }
+
+    fn push(&mut self, id: &str, profile: &'static str, policy: Option<&'static str>, kind: Kind) {
+        self.devices.push(DeviceSpec {
+            id: id.to_owned(),
+            profile,
+            policy,
+            psk_key: format!("devkey-{id}"),
+            kind,
+        });
+    }
+
+    /// An LwM2M device (policy `owner`) with these AC instances, over DTLS-PSK.
+    pub fn lwm2m(self, id: &str, access_control: Vec<AcInstance>) -> Self {
+        self.lwm2m_with(id, None, Behaviour::Normal, access_control)
+    }
+
+    /// An LwM2M device with an explicit policy and behaviour.
+    pub fn lwm2m_with(
+        mut self,
+        id: &str,
+        policy: Option<&'static str>,
+        behaviour: Behaviour,
+        access_control: Vec<AcInstance>,
+    ) -> Self {
+        let mut cfg = self.sim(id, "lwm2m");
+        cfg.behaviour = behaviour;
+        cfg.access_control = access_control;
+        self.push(id, "lwm2m", policy, Kind::Simulated(Box::new(cfg)));
+        self
+    }
+
+    /// A DM device (policy `replace`) with these node ACLs (path → ACL string).
+    pub fn dm(self, id: &str, acls: &[(&str, &str)]) -> Self {
+        self.dm_with(id, None, Behaviour::Normal, acls)
+    }
+
+    pub fn dm_with(
+        mut self,
+        id: &str,
+        policy: Option<&'static str>,
+        behaviour: Behaviour,
+        acls: &[(&str, &str)],
+    ) -> Self {
+        let mut cfg = self.sim(id, "dm");
+        cfg.behaviour = behaviour;
+        cfg.acls = acls
+            .iter()
+            .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
+            .collect();
+        self.push(id, "dm", policy, Kind::Simulated(Box::new(cfg)));
+        self
+    }
+
+    /// An LwM2M device whose URI points at a port nobody listens on.
+    pub fn dead(mut self, id: &str, scheme: Scheme) -> Self {
+        self.push(id, "lwm2m", None, Kind::Dead(scheme));
+        self
+    }
+
+    pub fn group(mut self, id: &str, members: &[&str]) -> Self {
+        self.groups.push((
+            id.to_owned(),
+            members.iter().map(|m| (*m).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Replaces the gateway's listeners (default: one `coaps://127.0.0.1:0`).
+    pub fn listen(mut self, uris: &[&str]) -> Self {
+        self.listen = uris.iter().map(|u| (*u).to_owned()).collect();
+        self
+    }
+
+    /// Where the simulated devices added after this call listen, e.g. `coaps://[::1]:0`.
+    pub fn device_listen(mut self, uri: &str) -> Self {
+        self.device_listen = uri.to_owned();
+        self
+    }
+
+    pub fn privileges_acl(mut self, acl: &str) -> Self {
+        self.privileges_acl = Some(acl.to_owned());
+        self
+    }
+
+    pub fn device_timeout_ms(mut self, ms: u64) -> Self {
+        self.device_timeout_ms = ms;
+        self
+    }
+
+    pub fn ack_timeout_ms(mut self, ms: u64) -> Self {
+        self.ack_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Lets server `server` (`"ServerA"`/`"ServerB"`) in over NoSec from `address`.
+    pub fn nosec(mut self, server: &'static str, address: &str) -> Self {
+        self.nosec.insert(server, address.to_owned());
+        self
+    }
+
+    /// Starts every device, writes the gateway config naming them and starts the gateway.
+    pub async fn start(self) -> Fleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("privgw.redb");
+        let mut devices = Vec::new();
+        let mut uris = Vec::new();
+        for spec in &self.devices {
+            let uri = match &spec.kind {
+                Kind::Simulated(cfg) => {
+                    let dev = RunningDevice::start(cfg).await.expect("device starts");
+                    let uri = dev.uri();
+                    devices.push((spec.id.clone(), dev));
+                    uri
+                }
+                Kind::Dead(scheme) => EndpointUri {
+                    scheme: *scheme,
+                    addr: unused_udp_addr(),
+                },
+            };
+            uris.push(uri);
+        }
+        let config_text = self.config_text(&store, &uris);
+        let gateway = start_gateway(&config_text).await;
+        Fleet {
+            gateway: Some(gateway),
+            devices,
+            device_uris: self
+                .devices
+                .iter()
+                .map(|d| d.id.clone())
+                .zip(uris)
+                .collect(),
+            config_text,
+            _dir: dir,
+        }
+    }
+
+    fn config_text(&self, store: &std::path::Path, uris: &[EndpointUri]) -> String {
+        let listen: Vec<String> = self.listen.iter().map(|l| format!("{l:?}")).collect();
+        let mut toml = format!(
+            "[gateway]\nlisten = [{}]\nstore = {:?}\ndevice_timeout_ms = {}\n",
+            listen.join(", "),
+            store,
+            self.device_timeout_ms
+        );
+        if let Some(ms) = self.ack_timeout_ms {
+            writeln!(toml, "ack_timeout_ms = {ms}").unwrap();
+        }
+        if let Some(acl) = &self.privileges_acl {
+            writeln!(toml, "privileges_acl = {acl:?}").unwrap();
+        }
+        for (id, ssid, identity, key) in [
+            ("ServerA", SSID_A, "serverA", "secretA"),
+            ("ServerB", SSID_B, "serverB", "secretB"),
+        ] {
+            write!(
+                toml,
+                "\n[[servers]]\nid = \"{id}\"\nssid = {ssid}\npsk_identity = \"{identity}\"\npsk_key = \"{key}\"\n"
+            )
+            .unwrap();
+            if let Some(addr) = self.nosec.get(id) {
+                writeln!(toml, "nosec_address = {addr:?}").unwrap();
+            }
+        }
+        for (spec, uri) in self.devices.iter().zip(uris) {
+            write!(
+                toml,
+                "\n[[devices]]\nid = \"{}\"\nuri = \"{uri}\"\nprofile = \"{}\"\n",
+                spec.id, spec.profile
+            )
+            .unwrap();
+            if let Some(p) = spec.policy {
+                writeln!(toml, "policy = \"{p}\"").unwrap();
+            }
+            if uri.scheme == Scheme::Coaps {
+                writeln!(
+                    toml,
+                    "psk_identity = \"gateway\"\npsk_key = \"{}\"",
+                    spec.psk_key
+                )
+                .unwrap();
+            }
+        }
+        for (id, members) in &self.groups {
+            let members: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
+            write!(
+                toml,
+                "\n[[groups]]\nid = \"{id}\"\nmembers = [{}]\n",
+                members.join(", ")
+            )
+            .unwrap();
+        }
+        toml
+    }
+}
+
+/// A loopback UDP address nobody listens on (bound, read, released).
+pub fn unused_udp_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("local addr")
+}
+
+async fn start_gateway(config_text: &str) -> Gateway {
+    let config = Config::parse(config_text)
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{config_text}"));
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+/// Devices and a gateway, running.
+pub struct Fleet {
+    gateway: Option<Gateway>,
+    devices: Vec<(String, RunningDevice)>,
+    device_uris: Vec<(String, EndpointUri)>,
+    config_text: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub fn builder() -> FleetBuilder {
+        FleetBuilder::new()
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    /// The gateway's listener with scheme `scheme` (the first one if several).
+    pub fn uri(&self, scheme: Scheme) -> EndpointUri {
+        *self
+            .gateway()
+            .listeners()
+            .iter()
+            .find(|l| l.scheme == scheme)
+            .expect("a listener with that scheme")
+    }
+
+    /// The gateway's first `coaps://` listener.
+    pub fn coaps(&self) -> EndpointUri {
+        self.uri(Scheme::Coaps)
+    }
+
+    pub fn device(&self, id: &str) -> &RunningDevice {
+        &self
+            .devices
+            .iter()
+            .find(|(d, _)| d == id)
+            .unwrap_or_else(|| panic!("no simulated device {id}"))
+            .1
+    }
+
+    /// Requests served by every simulated device, by DeviceID.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.devices
+            .iter()
+            .map(|(id, d)| (id.clone(), d.requests()))
+            .collect()
+    }
+
+    /// Requests served by all simulated devices together.
+    pub fn total_requests(&self) -> u64 {
+        self.devices.iter().map(|(_, d)| d.requests()).sum()
+    }
+
+    pub fn device_uri(&self, id: &str) -> EndpointUri {
+        self.device_uris
+            .iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, u)| *u)
+            .unwrap_or_else(|| panic!("no device {id}"))
+    }
+
+    /// Server A over DTLS-PSK.
+    pub async fn server_a(&self) -> GatewayClient {
+        connect(self.coaps(), "serverA", "secretA").await
+    }
+
+    /// Server B over DTLS-PSK.
+    pub async fn server_b(&self) -> GatewayClient {
+        connect(self.coaps(), "serverB", "secretB").await
+    }
+
+    /// Stops the gateway and starts a new one on the same config and store file.
+    pub async fn restart_gateway(&mut self) {
+        self.try_restart_gateway()
+            .await
+            .expect("the gateway restarts on its store");
+    }
+
+    /// Like [`restart_gateway`](Self::restart_gateway), returning the start error.
+    pub async fn try_restart_gateway(&mut self) -> Result<(), GatewayError> {
+        if let Some(g) = self.gateway.take() {
+            g.stop().await;
+        }
+        let config = Config::parse(&self.config_text).expect("valid config");
+        self.gateway = Some(Gateway::start(config).await?);
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.stop().await;
+        }
+        for (_, d) in self.devices.drain(..) {
+            d.stop().await;
+        }
+    }
+}
+
+/// A DTLS-PSK client; panics if the handshake fails.
+pub async fn connect(uri: EndpointUri, identity: &str, key: &str) -> GatewayClient {
+    GatewayClient::connect(
+        uri,
+        Some((identity.as_bytes().to_vec(), key.as_bytes().to_vec())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{identity} cannot connect to {uri}: {e}"))
+}
+
+/// GET a path and return the reply (panics on transport errors).
+pub async fn get(client: &mut GatewayClient, path: &str) -> Reply {
+    client
+        .request(RequestType::Get, path, None, None, &[])
+        .await
+        .expect("GET answered")
+}
+
+/// POST a privilege (DM Add); panics on transport errors.
+pub async fn add(
+    client: &mut GatewayClient,
+    target: &str,
+    target_type: &str,
+    uri: &str,
+    acl: &str,
+) -> Reply {
+    client
+        .add(target, target_type, uri, acl)
+        .await
+        .expect("Add answered")
+}
+
+/// PUT a whole privilege node with optional preconditions.
+pub async fn put(
+    client: &mut GatewayClient,
+    name: &str,
+    body: &Value,
+    options: &[(CoapOption, Vec<u8>)],
+) -> Reply {
+    client
+        .request(
+            RequestType::Put,
+            &format!("/GwConfig/Privileges/{name}"),
+            Some((60, body.to_cbor())),
+            None,
+            options,
+        )
+        .await
+        .expect("PUT answered")
+}
+
+/// The names of the committed privileges (GET /GwConfig/Privileges).
+pub async fn privilege_names(client: &mut GatewayClient) -> Vec<String> {
+    let reply = get(client, "/GwConfig/Privileges").await;
+    assert_eq!(reply.code, "2.05", "list: {}", reply.render());
+    match reply.document {
+        Some(Value::Map(m)) => m.into_iter().map(|(k, _)| k).collect(),
+        other => panic!("list is not a map: {other:?}"),
+    }
+}
+
+/// The `Status` of an error body.
+pub fn status(reply: &Reply) -> Option<i64> {
+    reply.document.as_ref()?.get("Status")?.as_int()
+}
+
+/// `(DeviceID, Reason)` of every `Failed` entry, in order.
+pub fn failures(reply: &Reply) -> Vec<(String, String)> {
+    reply
+        .document
+        .as_ref()
+        .and_then(|d| d.get("Failed"))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|f| {
+                    (
+                        f.get("DeviceID")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_owned(),
+                        f.get("Reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A text leaf of a document.
+pub fn text<'a>(doc: &'a Value, key: &str) -> Option<&'a str> {
+    doc.get(key).and_then(Value::as_str)
+}
+
+/// Pairs for [`failures`] comparisons.
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
