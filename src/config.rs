@@ -528,6 +528,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let mut devices = Vec::new();
     let mut device_ids = BTreeSet::new();
+    // The gateway keeps one session per device endpoint, so two devices cannot share one.
+    let mut endpoints: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for (i, d) in raw.devices.into_iter().enumerate() {
         let key = format!("devices[{i}]");
         check_identifier(&d.id).map_err(|p| invalid(format!("{key}.id"), p))?;
@@ -541,6 +543,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .uri
             .parse()
             .map_err(|e| invalid(format!("{key}.uri"), e))?;
+        if let Some(other) = endpoints.insert(uri.addr, d.id.clone()) {
+            return Err(invalid(
+                format!("{key}.uri"),
+                format!(
+                    "{} is also the endpoint of device '{other}' (one device per endpoint)",
+                    uri.addr
+                ),
+            ));
+        }
         let profile = match (d.profile.as_str(), d.policy.as_deref()) {
             ("dm", None) => Profile::Dm(DmPolicy::Replace),
             ("dm", Some(p)) => Profile::Dm(p.parse().map_err(|_| {
@@ -730,6 +741,12 @@ members = ["devA", "devB"]
     fn bad_policy_names_the_key() {
         let e = error_of(&GOOD.replace("policy = \"owner\"", "policy = \"sometimes\""));
         assert!(e.contains("devices[0].policy"), "{e}");
+    }
+
+    #[test]
+    fn two_devices_on_one_endpoint_are_refused() {
+        let e = error_of(&GOOD.replace("coap://127.0.0.1:15683", "coap://127.0.0.1:15684"));
+        assert!(e.contains("devices[1].uri") && e.contains("devA"), "{e}");
     }
 
     #[test]

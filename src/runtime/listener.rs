@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::coap::TransportTuning;
@@ -77,7 +78,8 @@ impl Listener {
         }
     }
 
-    /// Accepts peers until `shutdown`.
+    /// Accepts peers until `shutdown`, then waits for every peer's session to drain (each
+    /// finishes the requests it is executing and answers them).
     pub async fn run<H: Handler>(
         mut self,
         handler: Arc<H>,
@@ -86,6 +88,7 @@ impl Listener {
     ) {
         let uri = self.uri();
         tracing::info!(%uri, "listening");
+        let mut peers = JoinSet::new();
         loop {
             tokio::select! {
                 pipe = self.accepted.recv() => {
@@ -95,27 +98,36 @@ impl Listener {
                     let security = self.security.clone();
                     let handler = handler.clone();
                     let tuning = tuning.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
+                    let mut shutdown = shutdown.clone();
+                    peers.spawn(async move {
                         match security {
                             Security::NoSec => {
                                 let info = PeerInfo { addr, kind: TransportKind::Udp, identity: Identity::Address(addr.ip()) };
                                 serve_session(pipe, info, handler, tuning, shutdown).await;
                             }
-                            Security::Dtls(server) => match server.accept(pipe).await {
-                                Ok(session) => {
-                                    let info = session.peer_info();
-                                    tracing::debug!(identity = ?info.identity, "DTLS session up");
-                                    serve_session(session, info, handler, tuning, shutdown).await;
+                            Security::Dtls(server) => {
+                                let accepted = tokio::select! {
+                                    accepted = server.accept(pipe) => accepted,
+                                    _ = stopped(&mut shutdown) => return,
+                                };
+                                match accepted {
+                                    Ok(session) => {
+                                        let info = session.peer_info();
+                                        tracing::debug!(identity = ?info.identity, "DTLS session up");
+                                        serve_session(session, info, handler, tuning, shutdown).await;
+                                    }
+                                    Err(e) => tracing::warn!("DTLS handshake failed: {e}"),
                                 }
-                                Err(e) => tracing::warn!("DTLS handshake failed: {e}"),
-                            },
+                            }
                         }
                     }.instrument(span));
                 }
+                // Reap finished peers so the set does not grow with every peer ever seen.
+                Some(_) = peers.join_next(), if !peers.is_empty() => {}
                 _ = stopped(&mut shutdown) => break,
             }
         }
+        while peers.join_next().await.is_some() {}
         self.mux.shutdown();
     }
 }

@@ -20,6 +20,8 @@ use crate::transport::{DatagramSession, PeerInfo};
 
 /// Requests one peer may have in the handler at once; more are answered 5.03 at once.
 pub const MAX_REQUESTS_IN_HANDLER: usize = 64;
+/// On shutdown, how long a session waits for requests still in the handler.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// A session with no traffic for this long ends (its peer slot is freed).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -126,6 +128,23 @@ pub async fn serve_session<S: DatagramSession, H: Handler>(
             }
             _ = stopped(&mut shutdown) => break,
         }
+    }
+    // Requests already in the handler are finished and answered (each is bounded by the
+    // device deadline); no new ones are taken.
+    let drain_until = Instant::now() + DRAIN_LIMIT;
+    while in_handler > 0 {
+        let done = tokio::select! {
+            done = done_rx.recv() => done,
+            _ = tokio::time::sleep_until(drain_until) => {
+                tracing::warn!(in_handler, "shutdown: abandoning requests still running");
+                break;
+            }
+        };
+        let Some(done) = done else { break };
+        in_handler -= 1;
+        let now = std::time::Instant::now();
+        let response = blocks.apply(now, done.key, done.block2, done.response);
+        send_answer(&mut session, &mut exchanges, now, done.responder, response).await;
     }
 }
 
