@@ -35,6 +35,7 @@ pub mod front;
 pub mod gateway;
 pub mod lwm2m;
 pub mod mo;
+pub mod pki;
 pub mod runtime;
 pub mod south;
 pub mod store;

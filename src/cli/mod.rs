@@ -46,6 +46,12 @@ enum Command {
     /// Run the four sequences of the change request end to end, in one process, over real
     /// loopback sockets and DTLS.
     Demo,
+    /// Write a test PKI (CA, gateway, servers A-C, devices A-C; EC P-256) into a folder.
+    Certs {
+        /// Where to write the PEM files.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
     /// Measure group verification latency and GET throughput on loopback (bounded).
     Load(load::LoadArgs),
 }
@@ -117,6 +123,18 @@ pub fn main() -> ExitCode {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(demo::run()))
         }
+        Command::Certs { out } => match crate::pki::write_test_pki(&out) {
+            Ok(names) => {
+                println!(
+                    "wrote {} certificates and keys to {}: {}",
+                    names.len(),
+                    out.display(),
+                    names.join(", ")
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Load(args) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(load::run(args)))

@@ -27,6 +27,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub mod cert;
 pub mod dtls;
 pub mod mux;
 
@@ -40,6 +41,8 @@ pub enum Identity {
     Psk(Vec<u8>),
     /// NoSec: the peer's source address is all we know (LwM2M NoSec semantics).
     Address(IpAddr),
+    /// A verified X.509 certificate (DTLS or TLS).
+    Certificate(std::sync::Arc<cert::CertIdentity>),
 }
 
 /// Which transport a session runs over.
