@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::acl::dm::{DmAcl, DmPolicy};
 use crate::acl::lwm2m::Lwm2mPolicy;
+use crate::transport::cert::{CertMatch, CertRule};
 
 /// A configuration that failed to load; the message names the key and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,10 @@ pub enum Scheme {
     Coap,
     /// `coaps://` — DTLS 1.2 over UDP.
     Coaps,
+    /// `coap+tcp://` — CoAP over TCP (RFC 8323), NoSec.
+    CoapTcp,
+    /// `coaps+tcp://` — CoAP over TLS (RFC 8323), mutual X.509.
+    CoapsTcp,
 }
 
 impl Scheme {
@@ -51,14 +56,26 @@ impl Scheme {
         match self {
             Scheme::Coap => "coap",
             Scheme::Coaps => "coaps",
+            Scheme::CoapTcp => "coap+tcp",
+            Scheme::CoapsTcp => "coaps+tcp",
         }
     }
 
     fn default_port(self) -> u16 {
         match self {
-            Scheme::Coap => 5683,
-            Scheme::Coaps => 5684,
+            Scheme::Coap | Scheme::CoapTcp => 5683,
+            Scheme::Coaps | Scheme::CoapsTcp => 5684,
         }
+    }
+
+    /// Whether the transport is a byte stream (RFC 8323) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Scheme::CoapTcp | Scheme::CoapsTcp)
+    }
+
+    /// Whether the channel is secured (DTLS or TLS).
+    pub fn is_secure(self) -> bool {
+        matches!(self, Scheme::Coaps | Scheme::CoapsTcp)
     }
 }
 
@@ -80,15 +97,14 @@ impl FromStr for EndpointUri {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("'{s}' is not a URI (expected coap:// or coaps://)"))?;
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            format!("'{s}' is not a URI (expected coap://, coaps://, coap+tcp:// or coaps+tcp://)")
+        })?;
         let scheme = match scheme {
             "coap" => Scheme::Coap,
             "coaps" => Scheme::Coaps,
-            "coap+tcp" | "coaps+tcp" => {
-                return Err(format!("'{s}': {scheme}:// is not supported yet"));
-            }
+            "coap+tcp" => Scheme::CoapTcp,
+            "coaps+tcp" => Scheme::CoapsTcp,
             other => return Err(format!("'{s}': unknown scheme '{other}'")),
         };
         let authority = rest.trim_end_matches('/');
@@ -171,6 +187,14 @@ impl fmt::Debug for Psk {
     }
 }
 
+/// Certificate material: our certificate and key, and the CA that verifies peers (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
 /// A northbound management server and how its channel identifies it.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -181,6 +205,10 @@ pub struct ServerConfig {
     pub psk: Option<Psk>,
     /// NoSec: the source address that identifies this server on `coap://` listeners.
     pub nosec_address: Option<IpAddr>,
+    /// Certificate mode: how this server's verified certificate is recognised.
+    pub cert_rule: Option<CertRule>,
+    /// Extra trust anchor for this server's certificate chain (added to the gateway's CA).
+    pub ca: Option<PathBuf>,
 }
 
 /// An end device behind the gateway.
@@ -191,6 +219,11 @@ pub struct DeviceConfig {
     pub profile: Profile,
     /// Credentials the gateway presents to the device on `coaps://`.
     pub psk: Option<Psk>,
+    /// Certificate mode towards the device (`coaps://` without PSK, `coaps+tcp://`): what the
+    /// gateway presents and which CA verifies the device (device keys, else the gateway's).
+    pub certs: Option<CertFiles>,
+    /// Optional check of the device's certificate identity.
+    pub cert_rule: Option<CertRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +248,8 @@ pub struct GatewayConfig {
     pub south_bind: Option<SocketAddr>,
     /// CoAP ACK_TIMEOUT towards devices, in ms (RFC 7252 default 2000).
     pub ack_timeout: Duration,
+    /// The gateway's own certificate, key and trust anchor for X.509 on DTLS and TLS.
+    pub certs: Option<CertFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +287,9 @@ struct RawGateway {
     south_bind: Option<String>,
     #[serde(default = "default_ack_timeout_ms")]
     ack_timeout_ms: u64,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 fn default_store() -> PathBuf {
@@ -279,6 +317,11 @@ struct RawServer {
     psk_key: Option<String>,
     psk_key_hex: Option<String>,
     nosec_address: Option<String>,
+    cert_match: Option<String>,
+    spki_sha256: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +335,11 @@ struct RawDevice {
     psk_identity: Option<String>,
     psk_key: Option<String>,
     psk_key_hex: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert_match: Option<String>,
+    spki_sha256: Option<String>,
 }
 
 fn default_profile() -> String {
@@ -313,28 +361,28 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|e| match e {
+        Config::parse_in(&text, path.parent()).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })?;
-        if config.gateway.store.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.gateway.store = dir.join(&config.gateway.store);
-            }
-        }
-        Ok(config)
+        })
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text; relative paths stay relative to the working folder.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, None)
+    }
+
+    /// Parses and validates config text whose relative paths (store, certificates) are
+    /// relative to `base`.
+    pub fn parse_in(text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
         })?;
-        validate(raw)
+        validate(raw, base)
     }
 
     pub fn server_by_id(&self, id: &str) -> Option<&ServerConfig> {
@@ -420,8 +468,76 @@ pub fn check_identifier(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+/// Resolves a configured file against the config's folder and checks it can be read.
+fn file(key: &str, path: PathBuf, base: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    let path = match base {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    };
+    std::fs::File::open(&path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// `cert`, `key` and `ca` go together.
+fn cert_files(
+    key: &str,
+    cert: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    base: Option<&Path>,
+) -> Result<Option<CertFiles>, ConfigError> {
+    match (cert, private_key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(private_key), Some(ca)) => Ok(Some(CertFiles {
+            cert: file(&format!("{key}.cert"), cert, base)?,
+            key: file(&format!("{key}.key"), private_key, base)?,
+            ca: file(&format!("{key}.ca"), ca, base)?,
+        })),
+        _ => Err(invalid(key, "cert, key and ca go together")),
+    }
+}
+
+fn cert_rule(
+    key: &str,
+    cert_match: Option<String>,
+    spki: Option<String>,
+) -> Result<Option<CertRule>, ConfigError> {
+    let pin = spki
+        .map(|h| {
+            decode_hex(&h)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{key}.spki_sha256"),
+                        "must be 64 hex digits (SHA-256)",
+                    )
+                })
+        })
+        .transpose()?;
+    match (cert_match, pin) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(invalid(
+            format!("{key}.cert_match"),
+            "spki_sha256 pins a key; cert_match must name whose (e.g. \"cn:serverA\")",
+        )),
+        (Some(m), pin) => Ok(Some(CertRule {
+            matcher: m
+                .parse::<CertMatch>()
+                .map_err(|e| invalid(format!("{key}.cert_match"), e))?,
+            spki_sha256: pin,
+        })),
+    }
+}
+
+fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> {
     let g = raw.gateway;
+    let gateway_certs = cert_files("gateway", g.cert, g.key, g.ca, base)?;
+    let store = match base {
+        Some(dir) if g.store.is_relative() => dir.join(&g.store),
+        _ => g.store,
+    };
     if g.listen.is_empty() {
         return Err(invalid("gateway.listen", "at least one listener is needed"));
     }
@@ -512,10 +628,55 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 })
             })
             .transpose()?;
-        if psk.is_none() && nosec_address.is_none() {
+        if s.key.is_some() {
+            return Err(invalid(
+                format!("{key}.key"),
+                "the gateway never holds a server's private key (give cert, cert_match or spki_sha256)",
+            ));
+        }
+        let mut rule = cert_rule(&key, s.cert_match, s.spki_sha256)?;
+        if let Some(cert) = s.cert {
+            // A server's own certificate: pin its key, and match its CN unless told otherwise.
+            let path = file(&format!("{key}.cert"), cert, base)?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| invalid(format!("{key}.cert"), format!("{}: {e}", path.display())))?;
+            let id = openssl::x509::X509::from_pem(&pem)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    crate::transport::cert::CertIdentity::from_x509(&c).map_err(|e| e.to_string())
+                })
+                .map_err(|e| invalid(format!("{key}.cert"), format!("{}: {e}", path.display())))?;
+            let matcher =
+                match rule.take() {
+                    Some(r) if r.spki_sha256.is_some_and(|p| p != id.spki_sha256) => {
+                        return Err(invalid(
+                            format!("{key}.spki_sha256"),
+                            "does not match the key of the configured cert",
+                        ));
+                    }
+                    Some(r) => r.matcher,
+                    None => CertMatch::Cn(id.subject_cn.clone().ok_or_else(|| {
+                        invalid(format!("{key}.cert"), "has no CN; give cert_match")
+                    })?),
+                };
+            rule = Some(CertRule {
+                matcher,
+                spki_sha256: Some(id.spki_sha256),
+            });
+        }
+        let ca =
+            s.ca.map(|p| file(&format!("{key}.ca"), p, base))
+                .transpose()?;
+        if psk.is_none() && nosec_address.is_none() && rule.is_none() {
             return Err(invalid(
                 key,
-                "a server needs psk_identity/psk_key or nosec_address to be identified",
+                "a server needs psk_identity/psk_key, cert_match (or cert) or nosec_address to be identified",
+            ));
+        }
+        if rule.is_some() && gateway_certs.is_none() {
+            return Err(invalid(
+                format!("{key}.cert_match"),
+                "certificate identities need the gateway's cert, key and ca",
             ));
         }
         servers.push(ServerConfig {
@@ -523,6 +684,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ssid,
             psk,
             nosec_address,
+            cert_rule: rule,
+            ca,
         });
     }
 
@@ -575,10 +738,30 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         };
         let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
-        if uri.scheme == Scheme::Coaps && psk.is_none() {
+        let own_certs = cert_files(&key, d.cert, d.key, d.ca, base)?;
+        let rule = cert_rule(&key, d.cert_match, d.spki_sha256)?;
+        // Certificates are used towards a device on coaps+tcp://, and on coaps:// when no
+        // PSK is given; the device's own files win over the gateway's.
+        let wants_certs =
+            uri.scheme == Scheme::CoapsTcp || (uri.scheme == Scheme::Coaps && psk.is_none());
+        let certs = if wants_certs {
+            Some(own_certs.or_else(|| gateway_certs.clone()).ok_or_else(|| {
+                invalid(
+                    key.clone(),
+                    format!(
+                        "a {}:// device needs psk_identity/psk_key{} or certificates (cert, key, ca here or in [gateway])",
+                        uri.scheme.as_str(),
+                        if uri.scheme == Scheme::CoapsTcp { " (DTLS only)" } else { "" }
+                    ),
+                )
+            })?)
+        } else {
+            own_certs
+        };
+        if uri.scheme == Scheme::CoapsTcp && psk.is_some() {
             return Err(invalid(
                 format!("{key}.psk_key"),
-                "a coaps:// device needs psk_identity and psk_key",
+                "coaps+tcp:// uses certificates; PSK is for coaps:// (DTLS)",
             ));
         }
         devices.push(DeviceConfig {
@@ -586,6 +769,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             uri,
             profile,
             psk,
+            certs,
+            cert_rule: rule,
         });
     }
 
@@ -621,6 +806,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
 
+    let listens_x509 = listen.iter().any(|u| u.scheme == Scheme::CoapsTcp);
+    if listens_x509 && gateway_certs.is_none() {
+        return Err(invalid(
+            "gateway.cert",
+            "a coaps+tcp:// listener needs the gateway's cert, key and ca",
+        ));
+    }
+
     for name in privileges_acl.named_servers() {
         if !server_ids.contains(name) {
             return Err(invalid(
@@ -633,12 +826,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         gateway: GatewayConfig {
             listen,
-            store: g.store,
+            store,
             privileges_acl,
             device_timeout: Duration::from_millis(g.device_timeout_ms),
             max_in_flight: g.max_in_flight,
             south_bind,
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
+            certs: gateway_certs.clone(),
         },
         servers,
         devices,
@@ -749,6 +943,75 @@ members = ["devA", "devB"]
         assert!(e.contains("devices[1].uri") && e.contains("devA"), "{e}");
     }
 
+    const CERTS: &str = r#"
+[gateway]
+listen = ["coaps+tcp://127.0.0.1:5685", "coaps://127.0.0.1:5684"]
+cert = "certs/gateway.pem"
+key = "certs/gateway.key"
+ca = "certs/ca.pem"
+
+[[servers]]
+id = "ServerA"
+ssid = 101
+cert_match = "san-dns:serverA.example"
+
+[[servers]]
+id = "ServerB"
+ssid = 102
+cert = "certs/serverB.pem"
+
+[[devices]]
+id = "devA"
+uri = "coaps+tcp://127.0.0.1:15685"
+cert_match = "cn:devA"
+"#;
+
+    #[test]
+    fn certificate_keys_load() {
+        let c = Config::parse(CERTS).expect("valid");
+        assert!(c.gateway.certs.is_some());
+        let rule = c.servers[0].cert_rule.as_ref().unwrap();
+        assert_eq!(rule.matcher, CertMatch::SanDns("serverA.example".into()));
+        let b = c.servers[1].cert_rule.as_ref().unwrap();
+        assert_eq!(b.matcher, CertMatch::Cn("serverB".into()));
+        assert!(b.spki_sha256.is_some(), "a server cert pins its key");
+        assert_eq!(
+            c.devices[0].certs, c.gateway.certs,
+            "devices default to the gateway's files"
+        );
+        assert_eq!(c.devices[0].uri.scheme, Scheme::CoapsTcp);
+    }
+
+    #[test]
+    fn missing_certificate_file_names_key_and_path() {
+        let e = error_of(&CERTS.replace("certs/gateway.key", "certs/nope.key"));
+        assert!(
+            e.contains("gateway.key") && e.contains("certs/nope.key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cert_identities_need_gateway_certificates() {
+        let text = CERTS
+            .replace("cert = \"certs/gateway.pem\"\n", "")
+            .replace("key = \"certs/gateway.key\"\n", "")
+            .replace("ca = \"certs/ca.pem\"\n", "");
+        let e = error_of(&text);
+        assert!(e.contains("gateway") || e.contains("cert"), "{e}");
+    }
+
+    #[test]
+    fn bad_pin_and_match_are_refused() {
+        let e = error_of(&CERTS.replace(
+            "cert_match = \"cn:devA\"",
+            "cert_match = \"cn:devA\"\nspki_sha256 = \"abcd\"",
+        ));
+        assert!(e.contains("devices[0].spki_sha256"), "{e}");
+        let e = error_of(&CERTS.replace("san-dns:serverA.example", "dns:serverA"));
+        assert!(e.contains("servers[0].cert_match"), "{e}");
+    }
+
     #[test]
     fn endpoint_uris_parse() {
         let u: EndpointUri = "coaps://[::1]".parse().unwrap();
@@ -758,5 +1021,9 @@ members = ["devA", "devB"]
         assert!("coap://example.com:5683".parse::<EndpointUri>().is_err());
         assert!("coap://127.0.0.1:99999".parse::<EndpointUri>().is_err());
         assert!("coap://127.0.0.1:5683/x".parse::<EndpointUri>().is_err());
+        let u: EndpointUri = "coaps+tcp://[::1]".parse().unwrap();
+        assert_eq!((u.scheme, u.addr.port()), (Scheme::CoapsTcp, 5684));
+        let u: EndpointUri = "coap+tcp://127.0.0.1".parse().unwrap();
+        assert_eq!((u.scheme, u.addr.port()), (Scheme::CoapTcp, 5683));
     }
 }

@@ -116,6 +116,8 @@ pub enum ClientSetupError {
     Dtls(TransportError),
     #[error("coaps:// needs --psk-identity and --psk-key")]
     NoCredentials,
+    #[error("{0}:// is not wired into the client yet")]
+    Unsupported(&'static str),
 }
 
 /// A DM server's CoAP client for the gateway.
@@ -147,6 +149,9 @@ impl GatewayClient {
                 AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
             }
             (Scheme::Coaps, None) => return Err(ClientSetupError::NoCredentials),
+            (Scheme::CoapTcp | Scheme::CoapsTcp, _) => {
+                return Err(ClientSetupError::Unsupported(uri.scheme.as_str()));
+            }
         };
         Ok(GatewayClient {
             client: CoapClient::new(session, TransportTuning::unreliable()),

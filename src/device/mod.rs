@@ -325,6 +325,12 @@ impl RunningDevice {
                 }));
                 Security::Dtls(Arc::new(DtlsServer::new(cfg).map_err(DeviceError::Dtls)?))
             }
+            (Scheme::CoapTcp | Scheme::CoapsTcp, _) => {
+                return Err(DeviceError::Invalid(format!(
+                    "{}:// devices are not wired yet",
+                    uri.scheme.as_str()
+                )));
+            }
             (Scheme::Coaps, None) => {
                 return Err(DeviceError::Invalid(
                     "coaps:// needs psk_identity and psk_key".into(),

@@ -20,6 +20,7 @@ use crate::config::{Config, EndpointUri, Scheme, ServerConfig};
 use crate::runtime::{Handler, ListenError, Listener, Security};
 use crate::south::{South, SouthError};
 use crate::store::{RedbStore, StoreError};
+use crate::transport::cert::CertRule;
 use crate::transport::dtls::{DtlsServer, PskServerConfig};
 use crate::transport::{Identity, PeerInfo, TransportError};
 
@@ -35,6 +36,8 @@ pub enum GatewayError {
     Listen(#[from] ListenError),
     #[error("DTLS server setup: {0}")]
     Dtls(TransportError),
+    #[error("{0}: not wired yet")]
+    Unsupported(String),
 }
 
 /// Answers northbound requests: identity from the channel, then the service.
@@ -42,6 +45,7 @@ pub struct North {
     service: Arc<Service<South>>,
     by_psk: HashMap<Vec<u8>, Arc<ServerConfig>>,
     by_address: HashMap<IpAddr, Arc<ServerConfig>>,
+    by_certificate: Vec<(CertRule, Arc<ServerConfig>)>,
 }
 
 impl North {
@@ -49,8 +53,24 @@ impl North {
         match &peer.identity {
             Identity::Psk(id) => self.by_psk.get(id),
             Identity::Address(ip) => self.by_address.get(ip),
-            // Certificate identities are mapped once issue 3's config lands.
-            Identity::Certificate(_) => None,
+            Identity::Certificate(cert) => {
+                let mut matching = self
+                    .by_certificate
+                    .iter()
+                    .filter(|(rule, _)| rule.matches(cert));
+                let first = matching.next().map(|(_, s)| s);
+                if let Some(second) = matching.next() {
+                    // Two servers claim one certificate: trust neither.
+                    tracing::warn!(
+                        certificate = %cert,
+                        first = %first.map(|s| s.id.as_str()).unwrap_or_default(),
+                        second = %second.1.id,
+                        "certificate matches several servers"
+                    );
+                    return None;
+                }
+                first
+            }
         }
     }
 }
@@ -123,6 +143,10 @@ impl Gateway {
             .iter()
             .filter_map(|s| s.nosec_address.map(|a| (a, s.clone())))
             .collect();
+        let by_certificate = servers
+            .iter()
+            .filter_map(|s| s.cert_rule.clone().map(|r| (r, s.clone())))
+            .collect();
         let keys: HashMap<Vec<u8>, Vec<u8>> = config
             .servers
             .iter()
@@ -132,12 +156,16 @@ impl Gateway {
             service: service.clone(),
             by_psk,
             by_address,
+            by_certificate,
         });
 
         let mut bound = Vec::new();
         let mut dtls: Option<Arc<DtlsServer>> = None;
         for uri in &config.gateway.listen {
             let security = match uri.scheme {
+                Scheme::CoapTcp | Scheme::CoapsTcp => {
+                    return Err(GatewayError::Unsupported(uri.to_string()));
+                }
                 Scheme::Coap => Security::NoSec,
                 Scheme::Coaps => {
                     let server = match &dtls {

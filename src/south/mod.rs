@@ -101,6 +101,12 @@ impl South {
         let mux = self.mux_for(device.uri.addr).await?;
         let pipe = mux.connect(device.uri.addr);
         let session = match device.uri.scheme {
+            Scheme::CoapTcp | Scheme::CoapsTcp => {
+                return Err(ReadFailure::SecureChannel(format!(
+                    "{}:// is not wired yet",
+                    device.uri.scheme.as_str()
+                )));
+            }
             Scheme::Coap => AnySession::Plain(pipe),
             Scheme::Coaps => {
                 let client = self.dtls.get(&device.id).ok_or_else(|| {

@@ -146,6 +146,8 @@ mod tests {
             ssid: 101,
             psk: None,
             nosec_address: None,
+            cert_rule: None,
+            ca: None,
         })
     }
 
@@ -155,6 +157,8 @@ mod tests {
             uri: "coap://127.0.0.1:1".parse::<EndpointUri>().unwrap(),
             profile: Profile::Dm(DmPolicy::Replace),
             psk: None,
+            certs: None,
+            cert_rule: None,
         })
     }
 
