@@ -34,6 +34,7 @@
 pub mod block;
 pub mod client;
 pub mod server;
+pub mod tcp;
 pub mod tuning;
 
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
 pub use server::{Inbound, Responder, ServerExchanges};
+pub use tcp::{FrameError, Signal, decode_frame, encode_frame};
 pub use tuning::TransportTuning;
 
 /// Errors of the CoAP core that are not specific to the client role.
