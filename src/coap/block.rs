@@ -220,6 +220,68 @@ impl Block2Cache {
         out
     }
 
+    /// [`apply`](Self::apply) for a reliable transport (RFC 8323), sized to the peer's
+    /// Max-Message-Size ([`StreamConnection::peer_max_message_size`](super::StreamConnection::peer_max_message_size)).
+    ///
+    /// A server over TCP/TLS uses it like this for each request: a follow-up (Block2
+    /// `num > 0`) is served by [`lookup`](Self::lookup) if cached; otherwise the handler runs
+    /// and its full response goes through `apply_within`, whose result (with the request's
+    /// token) is handed to [`StreamConnection::send`](super::StreamConnection::send).
+    ///
+    /// * No Block2 in the request and the whole response frame fits `max_message_size`: the
+    ///   response is returned unchanged (a 5000-byte body goes whole to a peer that allows
+    ///   1 MiB).
+    /// * Otherwise the body is sliced as by `apply`, with the largest block size (at most
+    ///   SZX 6, 1024 bytes, and at most what the client asked for) whose frame, with the
+    ///   Block2, Size2 and ETag options, fits `max_message_size` — SZX 6 for the default
+    ///   1152. BERT (SZX 7) is not used.
+    pub fn apply_within(
+        &mut self,
+        now: Instant,
+        key: Vec<u8>,
+        requested: Option<BlockOption>,
+        response: Packet,
+        max_message_size: usize,
+    ) -> Packet {
+        if requested.is_none()
+            && super::tcp::encode_frame(&response).is_ok_and(|f| f.len() <= max_message_size)
+        {
+            return response;
+        }
+        let mut head = super::without_option(&response, CoapOption::Block2.into());
+        head = super::without_option(&head, CoapOption::Size2.into());
+        head.payload.clear();
+        // Block2 (≤ 4 bytes), Size2 (≤ 5), ETag (≤ 9), the payload marker, and slack.
+        const BLOCK_OPTIONS_OVERHEAD: usize = 4 + 5 + 9 + 1 + 5;
+        let overhead = super::tcp::encode_frame(&head)
+            .map_or(usize::MAX, |f| f.len())
+            .saturating_add(BLOCK_OPTIONS_OVERHEAD);
+        let fitting = (0..=MAX_SZX)
+            .rev()
+            .find(|szx| (16usize << szx).saturating_add(overhead) <= max_message_size)
+            .unwrap_or(0);
+        let block = requested.map_or(
+            BlockOption {
+                num: 0,
+                more: false,
+                szx: fitting,
+            },
+            |b| BlockOption {
+                szx: b.szx.min(fitting),
+                ..b
+            },
+        );
+        // A smaller szx than the client asked for: serve the block at the client's offset.
+        let block = match requested {
+            Some(r) if r.szx > block.szx => BlockOption {
+                num: r.num.saturating_mul(1 << (r.szx.min(MAX_SZX) - block.szx)),
+                ..block
+            },
+            _ => block,
+        };
+        self.apply(now, key, Some(block), response)
+    }
+
     /// Serves a follow-up request (Block2 `num > 0`) from the cache without re-executing the
     /// handler, refreshing the entry's lifetime. `None` if `requested.num == 0` (the client
     /// starts over and deserves a fresh representation) or nothing live is cached under
@@ -540,6 +602,61 @@ mod tests {
             szx: 6,
         };
         assert!(c.lookup(t0, b"a", one).is_none(), "oldest evicted");
+    }
+
+    #[test]
+    fn apply_within_sends_whole_body_when_it_fits_the_peer() {
+        let mut c = Block2Cache::new(Duration::from_secs(10));
+        let r = big_response(5000);
+        assert_eq!(
+            c.apply_within(Instant::now(), b"k".to_vec(), None, r.clone(), 1 << 20),
+            r
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn apply_within_uses_szx_6_for_the_default_1152() {
+        let mut c = Block2Cache::new(Duration::from_secs(10));
+        let p = c.apply_within(
+            Instant::now(),
+            b"k".to_vec(),
+            None,
+            big_response(5000),
+            1152,
+        );
+        assert_eq!(
+            block2_of(&p),
+            BlockOption {
+                num: 0,
+                more: true,
+                szx: 6
+            }
+        );
+        assert!(crate::coap::tcp::encode_frame(&p).unwrap().len() <= 1152);
+    }
+
+    #[test]
+    fn apply_within_shrinks_blocks_for_a_small_peer_limit() {
+        let mut c = Block2Cache::new(Duration::from_secs(10));
+        let p = c.apply_within(Instant::now(), b"k".to_vec(), None, big_response(5000), 500);
+        assert_eq!(block2_of(&p).szx, 4, "256-byte blocks fit 500, 512 do not");
+        assert!(crate::coap::tcp::encode_frame(&p).unwrap().len() <= 500);
+        // A follow-up for 1024-byte block 1 maps to 256-byte block 4 (same offset).
+        let req = BlockOption {
+            num: 1,
+            more: false,
+            szx: 6,
+        };
+        let p = c.apply_within(
+            Instant::now(),
+            b"k".to_vec(),
+            Some(req),
+            big_response(5000),
+            500,
+        );
+        assert_eq!(block2_of(&p).num, 4);
+        assert_eq!(p.payload, body(5000)[1024..1280]);
     }
 
     #[test]

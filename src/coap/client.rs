@@ -1,5 +1,5 @@
 //! Client role: one outgoing request/response exchange with one peer (RFC 7252 §4.2, §5.2;
-//! RFC 7959 Block2).
+//! RFC 7959 Block2), over UDP/DTLS or, in reliable mode, over TCP/TLS (RFC 8323).
 //!
 //! Owns: the MIDs this exchange sends (starting at the caller's first MID), its token, the
 //! CON retransmission state (exponential back-off from ACK_TIMEOUT·[1, ACK_RANDOM_FACTOR]),
@@ -7,6 +7,18 @@
 //! Does not own: choosing MIDs or tokens (the driver keeps a per-peer MID counter, see
 //! [`ClientExchange::next_mid`], and supplies random tokens), NSTART (the driver runs at most
 //! `nstart` exchanges per peer), or Block1.
+//!
+//! # Two modes, one Block2 reassembly
+//!
+//! [`ClientExchange::new`] is the UDP mode: it speaks datagrams
+//! ([`poll_transmit`](ClientExchange::poll_transmit) /
+//! [`handle_datagram`](ClientExchange::handle_datagram)) and owns MIDs and retransmission.
+//! [`ClientExchange::new_reliable`] is the RFC 8323 mode: no MIDs, ACKs or retransmissions;
+//! it speaks [`Packet`]s ([`poll_request`](ClientExchange::poll_request) /
+//! [`handle_response`](ClientExchange::handle_response)) that the driver passes through a
+//! [`StreamConnection`](super::StreamConnection), which enforces the peer's
+//! Max-Message-Size and does the framing. Both modes share the same Block2 follow-up and
+//! reassembly code (`absorb_response`), so the two stacks cannot drift apart.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,6 +28,7 @@ use super::{
     empty_message, encode, peek_header, set_single, without_option,
 };
 use crate::coap::block::BlockOption;
+use crate::coap::tcp::encode_frame;
 use crate::coap::tuning::deadline;
 
 /// Default limit on a reassembled response body: 1 MiB.
@@ -70,6 +83,15 @@ struct InFlight {
     deadline: Option<Instant>,
     /// An empty ACK arrived; waiting for the separate response.
     acked: bool,
+    /// The request as sent (reliable mode hands this out via `poll_request`).
+    packet: Packet,
+}
+
+/// State of the RFC 8323 (reliable) mode.
+#[derive(Debug)]
+struct Reliable {
+    /// The whole exchange, all blocks included, must finish by then.
+    deadline: Instant,
 }
 
 /// One client exchange: send a request, retransmit, reassemble, report one event.
@@ -101,6 +123,8 @@ pub struct ClientExchange {
     done: bool,
     /// MID of the last separate CON response we ACKed, to re-ACK its retransmissions.
     last_separate_mid: Option<u16>,
+    /// `Some` in RFC 8323 mode.
+    reliable: Option<Reliable>,
 }
 
 impl ClientExchange {
@@ -124,6 +148,53 @@ impl ClientExchange {
         rng_fraction: f64,
     ) -> Self {
         let _ = now;
+        Self::start(tuning, request, mid, token, rng_fraction, None)
+    }
+
+    /// Starts an exchange over a reliable transport (RFC 8323: TCP, TLS). `request` carries
+    /// code, options and payload (type and MID are meaningless and ignored); `token` is at
+    /// most 8 bytes. The whole exchange, every Block2 follow-up included, must finish within
+    /// `response_timeout` from `now`, else it fails with [`ClientError::TimedOut`].
+    ///
+    /// The request is handed out by [`poll_request`](Self::poll_request) (give it to
+    /// [`StreamConnection::send`](super::StreamConnection::send)); responses come in through
+    /// [`handle_response`](Self::handle_response). Each Block2 follow-up uses a fresh token:
+    /// the previous one incremented as a big-endian counter of the same length (a zero-length
+    /// token stays empty, which is only safe with one exchange per connection). Route
+    /// responses by the current [`token`](Self::token), or offer each response to every
+    /// exchange: one whose token does not match ignores it.
+    ///
+    /// An invalid request (token too long, not a request code) reports
+    /// `Failed(InvalidRequest)` at once, as [`new`](Self::new) does.
+    pub fn new_reliable(
+        now: Instant,
+        request: Packet,
+        token: Vec<u8>,
+        response_timeout: Duration,
+    ) -> Self {
+        let reliable = Reliable {
+            deadline: deadline(now, response_timeout),
+        };
+        let mut request = request;
+        request.header.set_type(MessageType::Confirmable);
+        Self::start(
+            TransportTuning::unreliable(),
+            request,
+            0,
+            token,
+            0.0,
+            Some(reliable),
+        )
+    }
+
+    fn start(
+        tuning: TransportTuning,
+        request: Packet,
+        mid: u16,
+        token: Vec<u8>,
+        rng_fraction: f64,
+        reliable: Option<Reliable>,
+    ) -> Self {
         let mut this = Self {
             tuning,
             request: without_option(&request, CoapOption::Block2.into()),
@@ -138,6 +209,7 @@ impl ClientExchange {
             event: None,
             done: false,
             last_separate_mid: None,
+            reliable,
         };
         if this.token.len() > MAX_TOKEN_LEN {
             this.fail(ClientError::InvalidRequest(format!(
@@ -183,7 +255,8 @@ impl ClientExchange {
         self.next_mid
     }
 
-    /// The exchange's token.
+    /// The exchange's token: in reliable mode, the token of the request currently in flight
+    /// (it changes with each Block2 follow-up).
     pub fn token(&self) -> &[u8] {
         &self.token
     }
@@ -193,10 +266,50 @@ impl ClientExchange {
         self.done
     }
 
-    /// The next datagram to send: ACKs/RSTs first, then the (re)transmission of the current
-    /// request. Call until `None`.
+    /// Reliable mode only (always `None` in UDP mode, and [`handle_datagram`](Self::handle_datagram)
+    /// ignores input in reliable mode).
+    pub fn is_reliable(&self) -> bool {
+        self.reliable.is_some()
+    }
+
+    /// Reliable mode: the next request to send (the initial one, then each Block2
+    /// follow-up), once each. Pass it to
+    /// [`StreamConnection::send`](super::StreamConnection::send). Always `None` in UDP mode.
+    #[must_use]
+    pub fn poll_request(&mut self) -> Option<Packet> {
+        self.reliable.as_ref()?;
+        let cur = self.current.as_mut()?;
+        if !cur.send_pending {
+            return None;
+        }
+        cur.send_pending = false;
+        Some(cur.packet.clone())
+    }
+
+    /// Reliable mode: feeds a response from the connection
+    /// ([`StreamEvent::Response`](super::StreamEvent::Response)). Ignored if its token is not
+    /// the current one, if its code is not a response, after the outcome, or in UDP mode.
+    pub fn handle_response(&mut self, now: Instant, response: Packet) {
+        let _ = now;
+        if self.reliable.is_none()
+            || self.done
+            || self.current.is_none()
+            || response.get_token() != self.token.as_slice()
+            || !(2..=5).contains(&(u8::from(response.header.code) >> 5))
+        {
+            return;
+        }
+        self.absorb_response(response);
+    }
+
+    /// UDP mode: the next datagram to send: ACKs/RSTs first, then the (re)transmission of the
+    /// current request. Call until `None`. Always `None` in reliable mode (use
+    /// [`poll_request`](Self::poll_request)).
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.reliable.is_some() {
+            return None;
+        }
         if let Some(b) = self.outbox.pop_front() {
             return Some(b);
         }
@@ -213,16 +326,29 @@ impl ClientExchange {
         Some(cur.bytes.clone())
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next (in reliable
+    /// mode: the overall deadline, until the outcome).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(r) = &self.reliable {
+            return (!self.done).then_some(r.deadline);
+        }
         self.current.as_ref().and_then(|c| c.deadline)
     }
 
     /// Retransmits a CON whose timeout passed (doubling the timeout), or fails with
     /// [`ClientError::TimedOut`] after MAX_RETRANSMIT retransmissions, or when a separate or
     /// NON response does not arrive within MAX_TRANSMIT_WAIT / EXCHANGE_LIFETIME.
+    ///
+    /// Reliable mode: fails with [`ClientError::TimedOut`] once the overall deadline passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = &self.reliable {
+            if !self.done && r.deadline <= now {
+                tracing::info!("exchange timed out");
+                self.fail(ClientError::TimedOut);
+            }
+            return;
+        }
         let max_retransmit = self.tuning.max_retransmit;
         let Some(cur) = self.current.as_mut() else {
             return;
@@ -247,9 +373,12 @@ impl ClientExchange {
         self.fail(ClientError::TimedOut);
     }
 
-    /// Feeds one datagram from the peer. Unrelated messages are ignored (an unrelated CON
-    /// gets an RST); malformed ones never panic.
+    /// UDP mode: feeds one datagram from the peer. Unrelated messages are ignored (an
+    /// unrelated CON gets an RST); malformed ones never panic. Ignored in reliable mode.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        if self.reliable.is_some() {
+            return;
+        }
         let packet = match decode(bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -291,7 +420,7 @@ impl ClientExchange {
             (MessageType::Acknowledgement, MessageClass::Response(_))
                 if matches_mid && matches_token =>
             {
-                self.handle_response(packet);
+                self.absorb_response(packet);
             }
             (MessageType::Confirmable | MessageType::NonConfirmable, MessageClass::Response(_))
                 if matches_token && self.current.is_some() =>
@@ -301,7 +430,7 @@ impl ClientExchange {
                         .push_back(empty_message(MessageType::Acknowledgement, mid));
                     self.last_separate_mid = Some(mid);
                 }
-                self.handle_response(packet);
+                self.absorb_response(packet);
             }
             (MessageType::Confirmable, _) => {
                 // A ping, a request, or a response we are not waiting for.
@@ -325,6 +454,12 @@ impl ClientExchange {
     }
 
     fn send_request(&mut self, block: Option<BlockOption>) {
+        if self.reliable.is_some() {
+            if block.is_some_and(|b| b.num > 0) {
+                increment_token(&mut self.token);
+            }
+            return self.send_reliable_request(block);
+        }
         let mut p = self.request.clone();
         p.header.message_id = self.next_mid;
         p.set_token(self.token.clone());
@@ -353,11 +488,45 @@ impl ClientExchange {
             send_pending: true,
             deadline: None,
             acked: false,
+            packet: p,
         });
         self.next_mid = self.next_mid.wrapping_add(1);
     }
 
-    fn handle_response(&mut self, response: Packet) {
+    /// Reliable mode: the request goes out as a Packet; the connection frames it.
+    fn send_reliable_request(&mut self, block: Option<BlockOption>) {
+        let mut p = self.request.clone();
+        p.set_token(self.token.clone());
+        if let Some(b) = block {
+            match b.encode() {
+                Ok(v) => set_single(&mut p, CoapOption::Block2, v),
+                Err(e) => {
+                    self.fail(ClientError::Malformed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        if let Err(e) = encode_frame(&p) {
+            self.fail(ClientError::InvalidRequest(e.to_string()));
+            return;
+        }
+        self.current = Some(InFlight {
+            mid: 0,
+            bytes: Vec::new(),
+            confirmable: false,
+            retransmits: 0,
+            timeout: Duration::ZERO,
+            send_pending: true,
+            deadline: None,
+            acked: false,
+            packet: p,
+        });
+    }
+
+    /// Block2 reassembly, shared by both modes: validates the block sequence, size and
+    /// ETag, appends the payload, and either requests the next block (via `send_request`,
+    /// which picks MID or token per mode) or finishes.
+    fn absorb_response(&mut self, response: Packet) {
         let block = match BlockOption::block2(&response) {
             None => None,
             Some(Ok(b)) => Some(b),
@@ -446,6 +615,18 @@ impl ClientExchange {
         self.current = None;
         self.done = true;
         self.event = Some(ClientEvent::Response(response));
+    }
+}
+
+/// Adds one to `token` as a big-endian counter of the same length (wrapping; an empty token
+/// stays empty).
+fn increment_token(token: &mut [u8]) {
+    for b in token.iter_mut().rev() {
+        let (v, carry) = b.overflowing_add(1);
+        *b = v;
+        if !carry {
+            return;
+        }
     }
 }
 
@@ -743,6 +924,124 @@ mod tests {
         c.handle_datagram(t0, &response(MessageType::NonConfirmable, 5, &TOKEN, b"ok"));
         assert!(c.poll_transmit(t0).is_none(), "NON response is not ACKed");
         assert!(matches!(c.poll_event(), Some(ClientEvent::Response(_))));
+    }
+
+    fn reliable(t0: Instant) -> ClientExchange {
+        ClientExchange::new_reliable(t0, get(), TOKEN.to_vec(), Duration::from_secs(30))
+    }
+
+    fn stream_block(token: &[u8], num: u32, more: bool, payload: &[u8]) -> Packet {
+        let mut p = decode(&response(MessageType::Acknowledgement, 0, token, payload)).unwrap();
+        let b = BlockOption { num, more, szx: 6 };
+        set_single(&mut p, CoapOption::Block2, b.encode().unwrap());
+        p
+    }
+
+    #[test]
+    fn reliable_mode_hands_out_the_request_as_a_packet_once_and_no_datagrams() {
+        let t0 = Instant::now();
+        let mut c = reliable(t0);
+        assert!(c.is_reliable());
+        assert!(c.poll_transmit(t0).is_none());
+        let p = c.poll_request().unwrap();
+        assert_eq!(p.get_token(), TOKEN);
+        assert_eq!(crate::coap::uri_path(&p).unwrap(), ["big"]);
+        assert!(c.poll_request().is_none());
+        // UDP input is ignored in reliable mode.
+        c.handle_datagram(t0, &response(MessageType::Acknowledgement, 0, &TOKEN, b"x"));
+        assert_eq!(c.poll_event(), None);
+    }
+
+    #[test]
+    fn reliable_response_completes_and_wrong_token_is_ignored() {
+        let t0 = Instant::now();
+        let mut c = reliable(t0);
+        let _ = c.poll_request();
+        let mut other = stream_block(&[9], 0, false, b"no");
+        other = without_option(&other, CoapOption::Block2.into());
+        c.handle_response(t0, other);
+        assert_eq!(c.poll_event(), None);
+        let ok = without_option(&stream_block(&TOKEN, 0, false, b"hi"), 23);
+        c.handle_response(t0, ok);
+        assert!(matches!(c.poll_event(), Some(ClientEvent::Response(p)) if p.payload == b"hi"));
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn reliable_block2_follow_up_uses_a_fresh_token_and_reassembles() {
+        let t0 = Instant::now();
+        let mut c = reliable(t0);
+        let _ = c.poll_request();
+        c.handle_response(t0, stream_block(&TOKEN, 0, true, &[1; 1024]));
+        let next = c.poll_request().unwrap();
+        assert_eq!(next.get_token(), [1, 2, 3, 5], "fresh token");
+        assert_eq!(c.token(), [1, 2, 3, 5]);
+        assert_eq!(
+            BlockOption::block2(&next).unwrap().unwrap(),
+            BlockOption {
+                num: 1,
+                more: false,
+                szx: 6
+            }
+        );
+        // A late answer on the old token is ignored.
+        c.handle_response(t0, stream_block(&TOKEN, 1, false, &[9; 5]));
+        assert_eq!(c.poll_event(), None);
+        c.handle_response(t0, stream_block(&[1, 2, 3, 5], 1, false, &[2; 5]));
+        match c.poll_event() {
+            Some(ClientEvent::Response(p)) => {
+                assert_eq!(p.payload.len(), 1029);
+                assert!(p.get_option(CoapOption::Block2).is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reliable_overall_timeout_fails_timed_out_across_blocks() {
+        let t0 = Instant::now();
+        let mut c = reliable(t0);
+        let _ = c.poll_request();
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        let t1 = t0 + Duration::from_secs(20);
+        c.handle_response(t1, stream_block(&TOKEN, 0, true, &[1; 1024]));
+        let _ = c.poll_request();
+        assert_eq!(
+            c.poll_timeout(),
+            Some(t0 + Duration::from_secs(30)),
+            "not reset"
+        );
+        c.handle_timeout(t0 + Duration::from_secs(29));
+        assert_eq!(c.poll_event(), None);
+        c.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::TimedOut))
+        );
+        assert!(c.poll_request().is_none());
+    }
+
+    #[test]
+    fn reliable_invalid_request_fails_at_once() {
+        let t0 = Instant::now();
+        let mut c = ClientExchange::new_reliable(t0, get(), vec![0; 9], Duration::from_secs(1));
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::InvalidRequest(_)))
+        ));
+        assert!(c.poll_request().is_none());
+    }
+
+    #[test]
+    fn increment_token_carries_and_wraps() {
+        let mut t = [0x01, 0xff];
+        increment_token(&mut t);
+        assert_eq!(t, [0x02, 0x00]);
+        let mut t = [0xff, 0xff];
+        increment_token(&mut t);
+        assert_eq!(t, [0, 0]);
+        let mut t: [u8; 0] = [];
+        increment_token(&mut t);
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Sans-IO CoAP core: message layer (dedup, retransmission), tokens of one exchange, and
-//! block-wise (Block2) transfer, for CoAP over UDP/DTLS (RFC 7252, RFC 7959).
+//! block-wise (Block2) transfer, for CoAP over UDP/DTLS (RFC 7252, RFC 7959) and over TCP/TLS
+//! (RFC 8323).
+//!
+//! The two stack shapes: UDP/DTLS is token ([`ClientExchange`]) → message ([`ServerExchanges`],
+//! MIDs, retransmission) → datagram; TCP/TLS has no message layer and is token
+//! ([`ClientExchange::new_reliable`]) → framing ([`StreamConnection`]). Block2 reassembly is the
+//! same code for both.
 //!
 //! # What this module never does
 //!
@@ -21,6 +27,10 @@
 //!   retransmission, separate responses and Block2 reassembly. Owns its MIDs and token.
 //! * [`block`] — [`BlockOption`] and [`Block2Cache`]: server-side Block2 slicing, keyed by a
 //!   caller-supplied cache key.
+//! * [`tcp`] — RFC 8323 framing ([`encode_frame`], [`decode_frame`]) and typed signaling
+//!   messages ([`Signal`]) for CoAP over TCP and TLS.
+//! * [`stream`] — [`StreamConnection`]: one reliable connection (either role), with the CSM
+//!   exchange, Ping/Pong, Release/Abort and the peer's Max-Message-Size.
 //! * this file — re-exports of the `coap_lite` message types, strict [`decode`], and small
 //!   option helpers every upper layer needs ([`uri_path`], [`set_uri`], [`content_format`]…).
 //!
@@ -34,6 +44,8 @@
 pub mod block;
 pub mod client;
 pub mod server;
+pub mod stream;
+pub mod tcp;
 pub mod tuning;
 
 #[cfg(test)]
@@ -47,6 +59,8 @@ pub use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
 pub use server::{Inbound, Responder, ServerExchanges};
+pub use stream::{StreamConnection, StreamEvent};
+pub use tcp::{FrameError, Signal, decode_frame, encode_frame};
 pub use tuning::TransportTuning;
 
 /// Errors of the CoAP core that are not specific to the client role.
@@ -69,6 +83,18 @@ pub enum CoapError {
     /// (our fault; use [`Block2Cache`] for large bodies).
     #[error("cannot encode CoAP message: {0}")]
     Encode(String),
+    /// The message exceeds the peer's Max-Message-Size (RFC 8323 §5.3.1; our fault: slice
+    /// the body with [`Block2Cache::apply_within`] first).
+    #[error("message of {size} bytes exceeds the peer's Max-Message-Size of {limit}")]
+    TooLarge {
+        /// The encoded frame size.
+        size: usize,
+        /// The peer's Max-Message-Size.
+        limit: usize,
+    },
+    /// The reliable connection is closed (released or aborted); nothing more can be sent.
+    #[error("connection closed")]
+    Closed,
 }
 
 /// Largest encoded message this core emits (coap-lite's `Packet::MAX_SIZE`, 1280 bytes:
