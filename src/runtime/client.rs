@@ -53,7 +53,7 @@ pub enum RequestError {
     Transport(#[from] TransportError),
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     // OpenSSL's CSPRNG; on the (practically impossible) failure, fall back to the clock so
     // tokens still differ between exchanges.

@@ -7,7 +7,10 @@
 
 pub mod client;
 pub mod listener;
+pub mod pipeline;
 pub mod session;
+pub mod stream_client;
+pub mod stream_session;
 
 use std::future::Future;
 
@@ -18,6 +21,8 @@ use crate::transport::PeerInfo;
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
 pub use session::serve_session;
+pub use stream_client::{StreamClient, StreamRequestError};
+pub use stream_session::serve_stream;
 
 /// Answers requests. `peer` carries the identity the transport proved; the returned packet
 /// needs only code, options and payload (the message layer sets type, MID and token).

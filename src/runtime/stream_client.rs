@@ -1,0 +1,108 @@
+//! A CoAP client over one reliable connection (TCP or TLS, RFC 8323): our CSM first, then
+//! one exchange at a time, matched by token, Block2 reassembled by the shared
+//! [`ClientExchange`] logic.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use crate::coap::{ClientError, ClientEvent, ClientExchange, CoapError, Packet, StreamConnection, StreamEvent};
+use crate::runtime::client::random_bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamRequestError {
+    #[error(transparent)]
+    Coap(#[from] ClientError),
+    #[error("cannot send: {0}")]
+    Send(#[from] CoapError),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed: {0}")]
+    Closed(String),
+}
+
+pub struct StreamClient<S> {
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
+    conn: StreamConnection,
+    response_timeout: Duration,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
+    /// Wraps a connected stream; our CSM goes out with the first request.
+    pub fn new(stream: S, our_max_message_size: u32, response_timeout: Duration) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
+        StreamClient {
+            reader,
+            writer,
+            conn: StreamConnection::new(std::time::Instant::now(), our_max_message_size, true),
+            response_timeout,
+            buf: vec![0u8; 16 * 1024],
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Sends `request` and waits for its complete response (Block2 reassembled).
+    pub async fn request(&mut self, request: Packet) -> Result<Packet, StreamRequestError> {
+        let mut exchange = ClientExchange::new_reliable(
+            std::time::Instant::now(),
+            request,
+            random_bytes::<4>().to_vec(),
+            self.response_timeout,
+        );
+        loop {
+            while let Some(p) = exchange.poll_request() {
+                self.conn.send(&p)?;
+            }
+            while let Some(bytes) = self.conn.poll_transmit() {
+                self.writer.write_all(&bytes).await?;
+            }
+            self.writer.flush().await?;
+            if let Some(event) = exchange.poll_event() {
+                return match event {
+                    ClientEvent::Response(p) => Ok(p),
+                    ClientEvent::Failed(e) => Err(e.into()),
+                };
+            }
+            let wake = [exchange.poll_timeout(), self.conn.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .map(Instant::from_std)
+                .min()
+                .unwrap_or_else(|| Instant::now() + self.response_timeout);
+            tokio::select! {
+                read = self.reader.read(&mut self.buf) => {
+                    let n = read?;
+                    if n == 0 {
+                        return Err(StreamRequestError::Closed("peer closed the connection".into()));
+                    }
+                    let now = std::time::Instant::now();
+                    self.conn.handle_bytes(now, self.buf.get(..n).unwrap_or_default());
+                    while let Some(event) = self.conn.poll_event() {
+                        match event {
+                            StreamEvent::Response(p) => exchange.handle_response(now, p),
+                            StreamEvent::Request(_) => tracing::debug!("ignoring a request on a client connection"),
+                            StreamEvent::Closed { reason } => {
+                                // Flush the Abort/Release we may owe, then report.
+                                while let Some(bytes) = self.conn.poll_transmit() {
+                                    let _ = self.writer.write_all(&bytes).await;
+                                }
+                                return Err(StreamRequestError::Closed(reason));
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = std::time::Instant::now();
+                    exchange.handle_timeout(now);
+                    self.conn.handle_timeout(now);
+                }
+            }
+        }
+    }
+}
