@@ -17,6 +17,8 @@
 //!
 //! * [`tcp`] — a TCP listener with a connection cap and accept backoff, and a bounded
 //!   connect (CoAP over TCP, RFC 8323; NoSec identity = source address).
+//! * [`tls`] — TLS 1.2/1.3 with mutual X.509 (rustls) over a TCP stream: bounded handshakes
+//!   yielding a `tokio_rustls` stream and the peer's certificate identity.
 //!
 //! Both [`mux::Pipe`] (NoSec) and [`dtls::DtlsSession`] implement [`DatagramSession`], so the
 //! layer above drives either the same way.
@@ -35,6 +37,7 @@ pub mod cert;
 pub mod dtls;
 pub mod mux;
 pub mod tcp;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -240,5 +243,54 @@ pub enum TransportError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// Our side: a TLS certificate, key or CA file is unusable.
+    #[error("TLS {part} ({origin}): {problem}")]
+    Credentials {
+        /// Which credential.
+        part: tls::CredentialPart,
+        /// The file path, or `in-memory PEM`.
+        origin: String,
+        /// What is wrong with it.
+        #[source]
+        problem: tls::CredentialProblem,
+    },
+    /// Our side: rustls refused the TLS configuration (e.g. the key does not match the
+    /// certificate, or the CA certificate is malformed).
+    #[error("TLS setup failed ({context}): {source}")]
+    TlsConfig {
+        /// What we were configuring.
+        context: &'static str,
+        /// rustls' account.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The peer or the credentials: the TLS handshake failed. The text is rustls': unknown
+    /// issuer, expired certificate, name mismatch, no client certificate, or a fatal alert
+    /// from the peer saying which of these it found in ours.
+    #[error("TLS handshake with {peer} failed: {source}")]
+    TlsHandshake {
+        /// The peer.
+        peer: SocketAddr,
+        /// rustls' error, or the socket's.
+        #[source]
+        source: tls::TlsFailure,
+    },
+    /// The peer: the TLS handshake did not complete in time (a silent or stalled peer).
+    #[error("TLS handshake with {peer} timed out after {after:?}")]
+    TlsHandshakeTimeout {
+        /// The peer.
+        peer: SocketAddr,
+        /// The configured bound.
+        after: Duration,
+    },
+    /// The peer: its certificate passed verification but cannot be read as an identity (or
+    /// none was presented, which verification should already have refused).
+    #[error("TLS peer {peer}: unusable certificate identity: {reason}")]
+    PeerCertificate {
+        /// The peer.
+        peer: SocketAddr,
+        /// What is wrong.
+        reason: String,
     },
 }
