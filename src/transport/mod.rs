@@ -1,7 +1,8 @@
 //! The transport edge: the only module that touches sockets and DTLS.
 //!
-//! It owns moving datagrams between the network and per-peer sessions, and proving who the
-//! peer is. It yields `(PeerInfo, datagrams)` and nothing more: it knows no CoAP, no MIDs, no
+//! It owns moving datagrams (UDP, DTLS) or bytes (TCP, TLS) between the network and per-peer
+//! sessions, and proving who the peer is. It yields `(PeerInfo, datagrams or a byte stream)`
+//! and nothing more: it knows no CoAP, no MIDs, no
 //! tokens, no ACLs. Everything above it (the sans-IO CoAP core, the verifier) reads the peer's
 //! identity from [`PeerInfo`], never from a payload (DESIGN §2, STYLE item 10).
 //!
@@ -13,6 +14,11 @@
 //! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK today, X.509 later.
 //!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
 //!   and yield a [`dtls::DtlsSession`].
+//!
+//! * [`tcp`] — a TCP listener with a connection cap and accept backoff, and a bounded
+//!   connect (CoAP over TCP, RFC 8323; NoSec identity = source address).
+//! * [`tls`] — TLS 1.2/1.3 with mutual X.509 (rustls) over a TCP stream: bounded handshakes
+//!   yielding a `tokio_rustls` stream and the peer's certificate identity.
 //!
 //! Both [`mux::Pipe`] (NoSec) and [`dtls::DtlsSession`] implement [`DatagramSession`], so the
 //! layer above drives either the same way.
@@ -30,6 +36,8 @@ use std::time::Duration;
 pub mod cert;
 pub mod dtls;
 pub mod mux;
+pub mod tcp;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -52,12 +60,16 @@ pub enum TransportKind {
     Udp,
     /// DTLS 1.2 over UDP.
     Dtls,
+    /// Plain TCP (NoSec, RFC 8323).
+    Tcp,
+    /// TLS 1.2 or 1.3 over TCP (RFC 8323).
+    Tls,
 }
 
 /// Transport facts about one peer, attached to everything it sends.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    /// The peer's UDP address.
+    /// The peer's UDP or TCP address.
     pub addr: SocketAddr,
     /// The transport the session runs over.
     pub kind: TransportKind,
@@ -189,5 +201,96 @@ pub enum TransportError {
         /// The error (an OpenSSL error wrapped as I/O, or the socket's).
         #[source]
         source: io::Error,
+    },
+    /// Our side: the TCP listener could not be bound.
+    #[error("cannot bind TCP listener on {addr}: {source}")]
+    TcpBind {
+        /// The address we tried to bind.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Our side: the TCP listener kept failing to accept (after backing off up to 64 s).
+    #[error("TCP accept on {addr} failed: {source}")]
+    TcpAccept {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// The last OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The network or the peer: a TCP connect was refused or failed.
+    #[error("TCP connect to {peer} failed: {source}")]
+    TcpConnect {
+        /// The peer.
+        peer: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The network or the peer: a TCP connect did not complete in time.
+    #[error("TCP connect to {peer} timed out after {after:?}")]
+    ConnectTimeout {
+        /// The peer.
+        peer: SocketAddr,
+        /// The configured bound.
+        after: Duration,
+    },
+    /// The network: an accepted TCP connection is already gone (its address is unreadable).
+    #[error("TCP connection lost before the TLS handshake: {source}")]
+    TcpGone {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Our side: a TLS certificate, key or CA file is unusable.
+    #[error("TLS {part} ({origin}): {problem}")]
+    Credentials {
+        /// Which credential.
+        part: tls::CredentialPart,
+        /// The file path, or `in-memory PEM`.
+        origin: String,
+        /// What is wrong with it.
+        #[source]
+        problem: tls::CredentialProblem,
+    },
+    /// Our side: rustls refused the TLS configuration (e.g. the key does not match the
+    /// certificate, or the CA certificate is malformed).
+    #[error("TLS setup failed ({context}): {source}")]
+    TlsConfig {
+        /// What we were configuring.
+        context: &'static str,
+        /// rustls' account.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The peer or the credentials: the TLS handshake failed. The text is rustls': unknown
+    /// issuer, expired certificate, name mismatch, no client certificate, or a fatal alert
+    /// from the peer saying which of these it found in ours.
+    #[error("TLS handshake with {peer} failed: {source}")]
+    TlsHandshake {
+        /// The peer.
+        peer: SocketAddr,
+        /// rustls' error, or the socket's.
+        #[source]
+        source: tls::TlsFailure,
+    },
+    /// The peer: the TLS handshake did not complete in time (a silent or stalled peer).
+    #[error("TLS handshake with {peer} timed out after {after:?}")]
+    TlsHandshakeTimeout {
+        /// The peer.
+        peer: SocketAddr,
+        /// The configured bound.
+        after: Duration,
+    },
+    /// The peer: its certificate passed verification but cannot be read as an identity (or
+    /// none was presented, which verification should already have refused).
+    #[error("TLS peer {peer}: unusable certificate identity: {reason}")]
+    PeerCertificate {
+        /// The peer.
+        peer: SocketAddr,
+        /// What is wrong.
+        reason: String,
     },
 }
