@@ -10,6 +10,7 @@ pub mod listener;
 pub mod pipeline;
 pub mod session;
 pub mod stream_client;
+pub mod stream_listener;
 pub mod stream_session;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
 pub use session::serve_session;
 pub use stream_client::{StreamClient, StreamRequestError};
+pub use stream_listener::{AnyListener, StreamListener, StreamSecurity};
 pub use stream_session::serve_stream;
 
 /// Answers requests. `peer` carries the identity the transport proved; the returned packet
