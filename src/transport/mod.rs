@@ -40,6 +40,8 @@ pub mod tcp;
 pub mod tls;
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;
 
 /// Who a peer is, as proven by the transport (never as claimed in a payload).
