@@ -155,6 +155,9 @@ impl North {
                 psk_identity: Some("gateway".to_owned()),
                 psk_key: Some(key.clone()),
                 psk_key_hex: None,
+                cert: None,
+                key: None,
+                ca: None,
                 behaviour: Behaviour::Normal,
                 access_control: [(0, 3, SSID_A), (1, 4, owner_4)]
                     .into_iter()

@@ -10,10 +10,11 @@ use crate::coap::{self, CoapOption, MessageClass, Packet, RequestType, Transport
 use crate::config::{EndpointUri, Scheme, decode_hex};
 use crate::lwm2m::content_format;
 use crate::mo::Value;
-use crate::runtime::{AnySession, CoapClient, RequestError};
+use crate::runtime::{AnySession, CoapClient, Io, RequestError, StreamClient, StreamRequestError};
 use crate::transport::TransportError;
 use crate::transport::dtls::{DtlsClient, PskClientConfig};
 use crate::transport::mux::DatagramMux;
+use crate::transport::tls::{TlsClient, TlsCredentials};
 
 /// A decoded answer from the gateway.
 #[derive(Debug, Clone)]
@@ -114,16 +115,53 @@ pub enum ClientSetupError {
     Socket(TransportError),
     #[error("DTLS: {0}")]
     Dtls(TransportError),
-    #[error("coaps:// needs --psk-identity and --psk-key")]
+    #[error("TLS: {0}")]
+    Tls(TransportError),
+    #[error("TCP: {0}")]
+    Tcp(TransportError),
+    #[error("coaps:// needs --psk-identity and --psk-key (or --cert, --key, --ca)")]
     NoCredentials,
-    #[error("{0}:// is not wired into the client yet")]
-    Unsupported(&'static str),
+    #[error("coaps+tcp:// needs --cert, --key and --ca")]
+    NoCertificates,
 }
+
+/// How the client proves who it is.
+#[derive(Debug, Clone, Default)]
+pub enum ClientCredentials {
+    #[default]
+    None,
+    Psk {
+        identity: Vec<u8>,
+        key: Vec<u8>,
+    },
+    /// PEM files: our certificate, our key, the CA that verifies the gateway.
+    Certificates {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        ca: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientRequestError {
+    #[error(transparent)]
+    Datagram(#[from] RequestError),
+    #[error(transparent)]
+    Stream(#[from] StreamRequestError),
+}
+
+enum Channel {
+    Datagram(CoapClient<AnySession>),
+    Stream(StreamClient<Box<dyn Io>>),
+}
+
+/// How long the client waits for an answer over TCP/TLS (verifications take up to the
+/// gateway's device timeout).
+const STREAM_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A DM server's CoAP client for the gateway.
 pub struct GatewayClient {
-    client: CoapClient<AnySession>,
-    _mux: std::sync::Arc<DatagramMux>,
+    channel: Channel,
 }
 
 impl GatewayClient {
@@ -132,31 +170,72 @@ impl GatewayClient {
         uri: EndpointUri,
         psk: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<GatewayClient, ClientSetupError> {
-        let local = if uri.addr.is_ipv6() {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-        } else {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+        let creds = match psk {
+            Some((identity, key)) => ClientCredentials::Psk { identity, key },
+            None => ClientCredentials::None,
         };
-        let (mux, _) = DatagramMux::bind(local, false)
-            .await
-            .map_err(ClientSetupError::Socket)?;
-        let pipe = mux.connect(uri.addr);
-        let session = match (uri.scheme, psk) {
-            (Scheme::Coap, _) => AnySession::Plain(pipe),
-            (Scheme::Coaps, Some((identity, key))) => {
-                let dtls = DtlsClient::new(PskClientConfig::new(identity, key))
-                    .map_err(ClientSetupError::Dtls)?;
-                AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
+        GatewayClient::connect_with(uri, creds).await
+    }
+
+    /// Connects over any of the four transports with the credentials given.
+    pub async fn connect_with(
+        uri: EndpointUri,
+        creds: ClientCredentials,
+    ) -> Result<GatewayClient, ClientSetupError> {
+        let channel = match uri.scheme {
+            Scheme::Coap | Scheme::Coaps => {
+                let local = if uri.addr.is_ipv6() {
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+                } else {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+                };
+                let (mux, _) = DatagramMux::bind(local, false)
+                    .await
+                    .map_err(ClientSetupError::Socket)?;
+                let pipe = mux.connect(uri.addr);
+                let session = match (uri.scheme, creds) {
+                    (Scheme::Coaps, ClientCredentials::Psk { identity, key }) => {
+                        let dtls = DtlsClient::new(PskClientConfig::new(identity, key))
+                            .map_err(ClientSetupError::Dtls)?;
+                        AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
+                    }
+                    (Scheme::Coaps, _) => return Err(ClientSetupError::NoCredentials),
+                    _ => AnySession::Plain(pipe),
+                };
+                Channel::Datagram(CoapClient::new(session, TransportTuning::unreliable()))
             }
-            (Scheme::Coaps, None) => return Err(ClientSetupError::NoCredentials),
-            (Scheme::CoapTcp | Scheme::CoapsTcp, _) => {
-                return Err(ClientSetupError::Unsupported(uri.scheme.as_str()));
+            Scheme::CoapTcp => {
+                let tcp =
+                    crate::transport::tcp::connect(uri.addr, std::time::Duration::from_secs(10))
+                        .await
+                        .map_err(ClientSetupError::Tcp)?;
+                Channel::Stream(StreamClient::new(
+                    Box::new(tcp),
+                    1 << 20,
+                    STREAM_RESPONSE_TIMEOUT,
+                ))
+            }
+            Scheme::CoapsTcp => {
+                let ClientCredentials::Certificates { cert, key, ca } = creds else {
+                    return Err(ClientSetupError::NoCertificates);
+                };
+                let files = TlsCredentials::from_pem_files(&cert, &key, &ca)
+                    .map_err(ClientSetupError::Tls)?;
+                let tls = TlsClient::new(files, std::time::Duration::from_secs(10))
+                    .map_err(ClientSetupError::Tls)?;
+                let name = rustls::pki_types::ServerName::IpAddress(uri.addr.ip().into());
+                let (stream, _) = tls
+                    .connect(uri.addr, name)
+                    .await
+                    .map_err(ClientSetupError::Tls)?;
+                Channel::Stream(StreamClient::new(
+                    Box::new(stream),
+                    1 << 20,
+                    STREAM_RESPONSE_TIMEOUT,
+                ))
             }
         };
-        Ok(GatewayClient {
-            client: CoapClient::new(session, TransportTuning::unreliable()),
-            _mux: mux,
-        })
+        Ok(GatewayClient { channel })
     }
 
     /// Sends one request; `body` is (content format, bytes).
@@ -167,7 +246,7 @@ impl GatewayClient {
         body: Option<(u16, Vec<u8>)>,
         accept: Option<u16>,
         options: &[(CoapOption, Vec<u8>)],
-    ) -> Result<Reply, RequestError> {
+    ) -> Result<Reply, ClientRequestError> {
         let mut p = Packet::new();
         p.header.code = MessageClass::Request(method);
         coap::set_uri(&mut p, path);
@@ -181,7 +260,11 @@ impl GatewayClient {
         for (o, v) in options {
             p.add_option(*o, v.clone());
         }
-        Ok(Reply::from_packet(self.client.request(p).await?))
+        let response = match &mut self.channel {
+            Channel::Datagram(client) => client.request(p).await?,
+            Channel::Stream(client) => client.request(p).await?,
+        };
+        Ok(Reply::from_packet(response))
     }
 
     /// POST a new privilege on the collection (DM Add).
@@ -191,7 +274,7 @@ impl GatewayClient {
         target_type: &str,
         uri: &str,
         acl: &str,
-    ) -> Result<Reply, RequestError> {
+    ) -> Result<Reply, ClientRequestError> {
         let body = privilege_body(target, target_type, uri, acl).to_cbor();
         self.request(
             RequestType::Post,
@@ -225,6 +308,15 @@ pub struct CtlArgs {
     psk_key: Option<String>,
     #[arg(long)]
     psk_key_hex: Option<String>,
+    /// Our certificate (PEM), for coaps+tcp://
+    #[arg(long)]
+    cert: Option<std::path::PathBuf>,
+    /// Our private key (PEM)
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    /// The CA that verifies the gateway (PEM)
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -285,7 +377,16 @@ pub async fn run(args: CtlArgs) -> CliResult<()> {
         (None, None) => None,
         _ => return Err("--psk-identity and --psk-key go together".into()),
     };
-    let mut client = GatewayClient::connect(uri, psk).await?;
+    let creds = match (psk, args.cert, args.key, args.ca) {
+        (Some((identity, key)), None, None, None) => ClientCredentials::Psk { identity, key },
+        (None, Some(cert), Some(key), Some(ca)) => {
+            ClientCredentials::Certificates { cert, key, ca }
+        }
+        (None, None, None, None) => ClientCredentials::None,
+        (Some(_), _, _, _) => return Err("give PSK or certificates, not both".into()),
+        _ => return Err("--cert, --key and --ca go together".into()),
+    };
+    let mut client = GatewayClient::connect_with(uri, creds).await?;
     let accept = args.json.then_some(content_format::JSON);
     let cbor = |v: Value| Some((content_format::CBOR, v.to_cbor()));
     let reply = match args.command {

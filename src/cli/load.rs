@@ -70,6 +70,9 @@ pub async fn run(args: LoadArgs) -> CliResult<()> {
             psk_identity: (!args.nosec).then(|| "gateway".to_owned()),
             psk_key: (!args.nosec).then(|| format!("key{i}")),
             psk_key_hex: None,
+            cert: None,
+            key: None,
+            ca: None,
             behaviour: Behaviour::Normal,
             access_control: vec![AcInstance {
                 instance: 0,

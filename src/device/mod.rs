@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -24,8 +25,11 @@ use crate::acl::lwm2m::{AccessControl, Rights};
 use crate::coap::{self, MessageClass, Packet, RequestType, ResponseType, TransportTuning};
 use crate::config::{EndpointUri, Psk, Scheme, decode_hex};
 use crate::lwm2m::{content_format, encode_access_control, format_name};
-use crate::runtime::{Handler, ListenError, Listener, Security};
+use crate::runtime::{
+    AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
+};
 use crate::transport::dtls::{DtlsServer, PskServerConfig};
+use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{PeerInfo, TransportError};
 
 /// How the simulated device misbehaves, for failure tests.
@@ -53,6 +57,11 @@ pub struct DeviceSimConfig {
     pub psk_identity: Option<String>,
     pub psk_key: Option<String>,
     pub psk_key_hex: Option<String>,
+    /// Certificate mode (coaps+tcp://): our certificate, key, and the CA that verifies the
+    /// gateway.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub ca: Option<std::path::PathBuf>,
     #[serde(default)]
     pub behaviour: Behaviour,
     /// `lwm2m`: the Access Control object instances.
@@ -93,6 +102,8 @@ pub enum DeviceError {
     Listen(#[from] ListenError),
     #[error("DTLS setup: {0}")]
     Dtls(TransportError),
+    #[error("certificates: {0}")]
+    Credentials(TransportError),
 }
 
 impl DeviceSimConfig {
@@ -317,27 +328,41 @@ impl RunningDevice {
                 ));
             }
         };
-        let security = match (uri.scheme, psk) {
-            (Scheme::Coap, _) => Security::NoSec,
+        let tls_creds = match (&config.cert, &config.key, &config.ca) {
+            (Some(c), Some(k), Some(a)) => {
+                Some(TlsCredentials::from_pem_files(c, k, a).map_err(DeviceError::Credentials)?)
+            }
+            (None, None, None) => None,
+            _ => return Err(DeviceError::Invalid("cert, key and ca go together".into())),
+        };
+        let listener = match (uri.scheme, psk) {
+            (Scheme::Coap, _) => AnyListener::Datagram(Listener::bind(uri, Security::NoSec).await?),
             (Scheme::Coaps, Some(psk)) => {
                 let cfg = PskServerConfig::new(Arc::new(move |id: &[u8]| {
                     (id == psk.identity.as_slice()).then(|| psk.key.clone())
                 }));
-                Security::Dtls(Arc::new(DtlsServer::new(cfg).map_err(DeviceError::Dtls)?))
-            }
-            (Scheme::CoapTcp | Scheme::CoapsTcp, _) => {
-                return Err(DeviceError::Invalid(format!(
-                    "{}:// devices are not wired yet",
-                    uri.scheme.as_str()
-                )));
+                let server = Arc::new(DtlsServer::new(cfg).map_err(DeviceError::Dtls)?);
+                AnyListener::Datagram(Listener::bind(uri, Security::Dtls(server)).await?)
             }
             (Scheme::Coaps, None) => {
                 return Err(DeviceError::Invalid(
                     "coaps:// needs psk_identity and psk_key".into(),
                 ));
             }
+            (Scheme::CoapTcp, _) => {
+                AnyListener::Stream(StreamListener::bind(uri, StreamSecurity::NoSec).await?)
+            }
+            (Scheme::CoapsTcp, _) => {
+                let creds = tls_creds.ok_or_else(|| {
+                    DeviceError::Invalid("coaps+tcp:// needs cert, key and ca".into())
+                })?;
+                let server = TlsServer::new(creds, Duration::from_secs(10))
+                    .map_err(DeviceError::Credentials)?;
+                AnyListener::Stream(
+                    StreamListener::bind(uri, StreamSecurity::Tls(Arc::new(server))).await?,
+                )
+            }
         };
-        let listener = Listener::bind(uri, security).await?;
         let uri = listener.uri();
         let handler = Arc::new(DeviceHandler {
             id: config.id.clone(),

@@ -17,11 +17,14 @@ use tracing::Instrument;
 
 use crate::coap::{MessageClass, Packet, ResponseType, TransportTuning};
 use crate::config::{Config, EndpointUri, Scheme, ServerConfig};
-use crate::runtime::{Handler, ListenError, Listener, Security};
+use crate::runtime::{
+    AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
+};
 use crate::south::{South, SouthError};
 use crate::store::{RedbStore, StoreError};
 use crate::transport::cert::CertRule;
 use crate::transport::dtls::{DtlsServer, PskServerConfig};
+use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError};
 
 pub use service::{Answer, Service, WriteReport};
@@ -31,13 +34,13 @@ pub enum GatewayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    South(#[from] SouthError),
+    South(#[from] Box<SouthError>),
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("DTLS server setup: {0}")]
     Dtls(TransportError),
-    #[error("{0}: not wired yet")]
-    Unsupported(String),
+    #[error("certificates: {0}")]
+    Credentials(String),
 }
 
 /// Answers northbound requests: identity from the channel, then the service.
@@ -117,6 +120,28 @@ fn method_name(code: MessageClass) -> &'static str {
     }
 }
 
+/// The TLS server for `coaps+tcp://` listeners: the gateway's certificate, trusting the
+/// gateway's CA and every server's own `ca`.
+fn tls_server(config: &Config) -> Result<TlsServer, GatewayError> {
+    let files = config.gateway.certs.as_ref().ok_or_else(|| {
+        GatewayError::Credentials("coaps+tcp:// needs the gateway's cert, key and ca".into())
+    })?;
+    let mut creds = TlsCredentials::from_pem_files(&files.cert, &files.key, &files.ca)
+        .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+    for server in &config.servers {
+        if let Some(ca) = &server.ca {
+            let extra = TlsCredentials::ca_from_pem_file(ca)
+                .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+            creds.ca.extend(extra);
+        }
+    }
+    TlsServer::new(creds, TLS_HANDSHAKE_TIMEOUT)
+        .map_err(|e| GatewayError::Credentials(e.to_string()))
+}
+
+/// Bound on a northbound TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running gateway.
 pub struct Gateway {
     listeners: Vec<EndpointUri>,
@@ -130,7 +155,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let config = Arc::new(config);
         let store = Arc::new(RedbStore::open(&config.gateway.store)?);
-        let south = Arc::new(South::new(&config)?);
+        let south = Arc::new(South::new(&config).map_err(Box::new)?);
         let service = Arc::new(Service::new(config.clone(), store, south));
 
         let servers: Vec<Arc<ServerConfig>> =
@@ -161,12 +186,10 @@ impl Gateway {
 
         let mut bound = Vec::new();
         let mut dtls: Option<Arc<DtlsServer>> = None;
+        let mut tls: Option<Arc<TlsServer>> = None;
         for uri in &config.gateway.listen {
-            let security = match uri.scheme {
-                Scheme::CoapTcp | Scheme::CoapsTcp => {
-                    return Err(GatewayError::Unsupported(uri.to_string()));
-                }
-                Scheme::Coap => Security::NoSec,
+            let listener = match uri.scheme {
+                Scheme::Coap => AnyListener::Datagram(Listener::bind(*uri, Security::NoSec).await?),
                 Scheme::Coaps => {
                     let server = match &dtls {
                         Some(s) => s.clone(),
@@ -180,15 +203,31 @@ impl Gateway {
                             s
                         }
                     };
-                    Security::Dtls(server)
+                    AnyListener::Datagram(Listener::bind(*uri, Security::Dtls(server)).await?)
+                }
+                Scheme::CoapTcp => {
+                    AnyListener::Stream(StreamListener::bind(*uri, StreamSecurity::NoSec).await?)
+                }
+                Scheme::CoapsTcp => {
+                    let server = match &tls {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = Arc::new(tls_server(&config)?);
+                            tls = Some(s.clone());
+                            s
+                        }
+                    };
+                    AnyListener::Stream(
+                        StreamListener::bind(*uri, StreamSecurity::Tls(server)).await?,
+                    )
                 }
             };
-            bound.push(Listener::bind(*uri, security).await?);
+            bound.push(listener);
         }
 
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let listeners = bound.iter().map(Listener::uri).collect();
+        let listeners = bound.iter().map(AnyListener::uri).collect();
         for listener in bound {
             let north = north.clone();
             let shutdown = shutdown.clone();

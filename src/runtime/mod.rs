@@ -22,7 +22,7 @@ use crate::transport::PeerInfo;
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
 pub use session::serve_session;
-pub use stream_client::{StreamClient, StreamRequestError};
+pub use stream_client::{Io, StreamClient, StreamRequestError};
 pub use stream_listener::{AnyListener, StreamListener, StreamSecurity};
 pub use stream_session::serve_stream;
 

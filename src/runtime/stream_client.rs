@@ -7,8 +7,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
-use crate::coap::{ClientError, ClientEvent, ClientExchange, CoapError, Packet, StreamConnection, StreamEvent};
+use crate::coap::{
+    ClientError, ClientEvent, ClientExchange, CoapError, Packet, StreamConnection, StreamEvent,
+};
 use crate::runtime::client::random_bytes;
+
+/// Any byte stream a client can run over (TCP, TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamRequestError {

@@ -30,7 +30,10 @@ pub struct StreamListener {
 }
 
 impl StreamListener {
-    pub async fn bind(uri: EndpointUri, security: StreamSecurity) -> Result<StreamListener, ListenError> {
+    pub async fn bind(
+        uri: EndpointUri,
+        security: StreamSecurity,
+    ) -> Result<StreamListener, ListenError> {
         let matches = matches!(
             (uri.scheme, &security),
             (Scheme::CoapTcp, StreamSecurity::NoSec) | (Scheme::CoapsTcp, StreamSecurity::Tls(_))
@@ -40,8 +43,15 @@ impl StreamListener {
         }
         let endpoint = TcpEndpoint::bind(uri.addr)
             .await
-            .map_err(|source| ListenError::Bind { uri: uri.to_string(), source })?;
-        Ok(StreamListener { uri, endpoint, security })
+            .map_err(|source| ListenError::Bind {
+                uri: uri.to_string(),
+                source,
+            })?;
+        Ok(StreamListener {
+            uri,
+            endpoint,
+            security,
+        })
     }
 
     /// The bound URI (with the actual port).
@@ -116,7 +126,12 @@ impl AnyListener {
     }
 
     /// Serves until `shutdown`; datagram listeners use `tuning` for their message layer.
-    pub async fn run<H: Handler>(self, handler: Arc<H>, tuning: crate::coap::TransportTuning, shutdown: Shutdown) {
+    pub async fn run<H: Handler>(
+        self,
+        handler: Arc<H>,
+        tuning: crate::coap::TransportTuning,
+        shutdown: Shutdown,
+    ) {
         match self {
             AnyListener::Datagram(l) => l.run(handler, tuning, shutdown).await,
             AnyListener::Stream(l) => l.run(handler, shutdown).await,

@@ -30,7 +30,8 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let now = std::time::Instant::now();
-    let mut conn = StreamConnection::new(now, OUR_MAX_MESSAGE_SIZE, true).with_keepalive(now, KEEPALIVE);
+    let mut conn =
+        StreamConnection::new(now, OUR_MAX_MESSAGE_SIZE, true).with_keepalive(now, KEEPALIVE);
     let mut pipeline: Pipeline<H, ()> = Pipeline::new(handler, peer, BLOCK_LIFETIME);
     let mut buf = vec![0u8; 16 * 1024];
 

@@ -13,24 +13,37 @@ use std::time::Duration;
 
 use crate::coap::{ClientError, Packet, TransportTuning};
 use crate::config::{Config, DeviceConfig, Scheme};
-use crate::runtime::{AnySession, CoapClient, RequestError};
-use crate::transport::TransportError;
+use crate::runtime::{AnySession, CoapClient, Io, RequestError, StreamClient, StreamRequestError};
 use crate::transport::dtls::{DtlsClient, PskClientConfig};
 use crate::transport::mux::DatagramMux;
+use crate::transport::tls::{TlsClient, TlsCredentials};
+use crate::transport::{Identity, TransportError, tcp};
 use crate::verifier::{AclReading, ReadFailure};
+use rustls::pki_types::ServerName;
 
 use fanout::AclReader;
 
+/// A connected device: datagrams (UDP, DTLS) or a stream (TCP, TLS).
+enum DeviceClient {
+    Datagram(CoapClient<AnySession>),
+    Stream(StreamClient<Box<dyn Io>>),
+}
+
 /// One device's link: the client, once connected.
-type Link = Arc<tokio::sync::Mutex<Option<CoapClient<AnySession>>>>;
+type Link = Arc<tokio::sync::Mutex<Option<DeviceClient>>>;
+
+/// The largest message we accept from a device over TCP/TLS (our CSM).
+const STREAM_MAX_MESSAGE_SIZE: u32 = 64 * 1024;
 
 pub struct South {
     /// One socket per address family, created on first use.
     muxes: tokio::sync::Mutex<HashMap<bool, Arc<DatagramMux>>>,
     bind: Option<SocketAddr>,
     dtls: HashMap<String, Arc<DtlsClient>>,
+    tls: HashMap<String, Arc<TlsClient>>,
     links: Mutex<HashMap<String, Link>>,
     tuning: TransportTuning,
+    device_timeout: Duration,
 }
 
 /// The DTLS handshake gets 90 % of the device deadline, so its own timeout (which knows
@@ -47,21 +60,41 @@ pub enum SouthError {
         device: String,
         source: TransportError,
     },
+    #[error("device '{device}': TLS setup: {source}")]
+    Tls {
+        device: String,
+        source: TransportError,
+    },
 }
 
 impl South {
-    /// Prepares DTLS contexts for every `coaps://` device; sockets open on first use.
+    /// Prepares DTLS and TLS contexts for every secured device; sockets open on first use.
     pub fn new(config: &Config) -> Result<South, SouthError> {
+        let budget = handshake_budget(config.gateway.device_timeout);
         let mut dtls = HashMap::new();
+        let mut tls = HashMap::new();
         for d in &config.devices {
-            if let (Scheme::Coaps, Some(psk)) = (d.uri.scheme, &d.psk) {
-                let mut cfg = PskClientConfig::new(psk.identity.clone(), psk.key.clone());
-                cfg.handshake_timeout = handshake_budget(config.gateway.device_timeout);
-                let client = DtlsClient::new(cfg).map_err(|source| SouthError::Dtls {
-                    device: d.id.clone(),
-                    source,
-                })?;
-                dtls.insert(d.id.clone(), Arc::new(client));
+            match (d.uri.scheme, &d.psk, &d.certs) {
+                (Scheme::Coaps, Some(psk), _) => {
+                    let mut cfg = PskClientConfig::new(psk.identity.clone(), psk.key.clone());
+                    cfg.handshake_timeout = budget;
+                    let client = DtlsClient::new(cfg).map_err(|source| SouthError::Dtls {
+                        device: d.id.clone(),
+                        source,
+                    })?;
+                    dtls.insert(d.id.clone(), Arc::new(client));
+                }
+                (Scheme::CoapsTcp, _, Some(files)) => {
+                    let tls_error = |source| SouthError::Tls {
+                        device: d.id.clone(),
+                        source,
+                    };
+                    let creds = TlsCredentials::from_pem_files(&files.cert, &files.key, &files.ca)
+                        .map_err(tls_error)?;
+                    let client = TlsClient::new(creds, budget).map_err(tls_error)?;
+                    tls.insert(d.id.clone(), Arc::new(client));
+                }
+                _ => {}
             }
         }
         let tuning = TransportTuning::unreliable().with_ack_timeout(config.gateway.ack_timeout);
@@ -69,8 +102,10 @@ impl South {
             muxes: tokio::sync::Mutex::new(HashMap::new()),
             bind: config.gateway.south_bind,
             dtls,
+            tls,
             links: Mutex::new(HashMap::new()),
             tuning,
+            device_timeout: config.gateway.device_timeout,
         })
     }
 
@@ -97,26 +132,50 @@ impl South {
         links.entry(device.to_owned()).or_default().clone()
     }
 
-    async fn connect(&self, device: &DeviceConfig) -> Result<CoapClient<AnySession>, ReadFailure> {
-        let mux = self.mux_for(device.uri.addr).await?;
-        let pipe = mux.connect(device.uri.addr);
-        let session = match device.uri.scheme {
-            Scheme::CoapTcp | Scheme::CoapsTcp => {
-                return Err(ReadFailure::SecureChannel(format!(
-                    "{}:// is not wired yet",
-                    device.uri.scheme.as_str()
+    async fn connect(&self, device: &DeviceConfig) -> Result<DeviceClient, ReadFailure> {
+        let addr = device.uri.addr;
+        let stream: Box<dyn Io> = match device.uri.scheme {
+            Scheme::Coap => {
+                let pipe = self.mux_for(addr).await?.connect(addr);
+                return Ok(DeviceClient::Datagram(CoapClient::new(
+                    AnySession::Plain(pipe),
+                    self.tuning.clone(),
                 )));
             }
-            Scheme::Coap => AnySession::Plain(pipe),
             Scheme::Coaps => {
                 let client = self.dtls.get(&device.id).ok_or_else(|| {
                     ReadFailure::SecureChannel("no DTLS credentials for this device".into())
                 })?;
+                let pipe = self.mux_for(addr).await?.connect(addr);
                 let session = client.connect(pipe).await.map_err(handshake_failure)?;
-                AnySession::Dtls(session)
+                return Ok(DeviceClient::Datagram(CoapClient::new(
+                    AnySession::Dtls(session),
+                    self.tuning.clone(),
+                )));
+            }
+            Scheme::CoapTcp => Box::new(
+                tcp::connect(addr, handshake_budget(self.device_timeout))
+                    .await
+                    .map_err(|e| ReadFailure::Unreachable(e.to_string()))?,
+            ),
+            Scheme::CoapsTcp => {
+                let client = self.tls.get(&device.id).ok_or_else(|| {
+                    ReadFailure::SecureChannel("no TLS credentials for this device".into())
+                })?;
+                let name = ServerName::IpAddress(addr.ip().into());
+                let (stream, info) = client
+                    .connect(addr, name)
+                    .await
+                    .map_err(handshake_failure)?;
+                check_identity(device, &info.identity)?;
+                Box::new(stream)
             }
         };
-        Ok(CoapClient::new(session, self.tuning.clone()))
+        Ok(DeviceClient::Stream(StreamClient::new(
+            stream,
+            STREAM_MAX_MESSAGE_SIZE,
+            self.device_timeout,
+        )))
     }
 
     /// One request to a device over its link, connecting (handshaking) if needed. A link that
@@ -131,14 +190,9 @@ impl South {
         if guard.is_none() {
             *guard = Some(self.connect(device).await?);
         }
-        let Some(client) = guard.as_mut() else {
-            return Err(ReadFailure::Unreachable("no link".into()));
-        };
-        match client.request(request).await {
-            Ok(response) => Ok(response),
-            Err(e) => {
-                *guard = None;
-                Err(match e {
+        let result = match guard.as_mut() {
+            Some(DeviceClient::Datagram(client)) => {
+                client.request(request).await.map_err(|e| match e {
                     RequestError::Coap(ClientError::TimedOut) => ReadFailure::Unreachable(
                         "no CoAP response (retransmissions exhausted)".into(),
                     ),
@@ -149,7 +203,44 @@ impl South {
                     RequestError::Transport(t) => ReadFailure::SecureChannel(t.to_string()),
                 })
             }
+            Some(DeviceClient::Stream(client)) => {
+                client.request(request).await.map_err(|e| match e {
+                    StreamRequestError::Coap(ClientError::TimedOut) => {
+                        ReadFailure::Unreachable("no CoAP response in time".into())
+                    }
+                    StreamRequestError::Coap(other) => ReadFailure::BadAnswer(other.to_string()),
+                    StreamRequestError::Send(e) => ReadFailure::BadAnswer(e.to_string()),
+                    StreamRequestError::Io(e) => {
+                        ReadFailure::Unreachable(format!("connection: {e}"))
+                    }
+                    StreamRequestError::Closed(reason) => {
+                        ReadFailure::Unreachable(format!("connection closed: {reason}"))
+                    }
+                })
+            }
+            None => Err(ReadFailure::Unreachable("no link".into())),
+        };
+        if result.is_err() {
+            *guard = None;
         }
+        result
+    }
+}
+
+/// A device's certificate must match its `cert_match` / `spki_sha256`, if configured.
+fn check_identity(device: &DeviceConfig, identity: &Identity) -> Result<(), ReadFailure> {
+    let Some(rule) = &device.cert_rule else {
+        return Ok(());
+    };
+    match identity {
+        Identity::Certificate(cert) if rule.matches(cert) => Ok(()),
+        Identity::Certificate(cert) => Err(ReadFailure::SecureChannel(format!(
+            "device certificate '{cert}' does not match {}",
+            rule.matcher
+        ))),
+        other => Err(ReadFailure::SecureChannel(format!(
+            "expected a certificate, the channel proved {other:?}"
+        ))),
     }
 }
 
@@ -158,7 +249,10 @@ fn handshake_failure(e: TransportError) -> ReadFailure {
         TransportError::HandshakeTimeout {
             peer_answered: false,
             ..
-        } => ReadFailure::Unreachable(e.to_string()),
+        }
+        | TransportError::TlsHandshakeTimeout { .. }
+        | TransportError::TcpConnect { .. }
+        | TransportError::ConnectTimeout { .. } => ReadFailure::Unreachable(e.to_string()),
         other => ReadFailure::SecureChannel(other.to_string()),
     }
 }

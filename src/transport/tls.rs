@@ -142,6 +142,16 @@ impl TlsCredentials {
         })
     }
 
+    /// Reads extra trust anchors (PEM CA certificates) from a file.
+    pub fn ca_from_pem_file(ca: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+        let pem = std::fs::read(ca).map_err(|e| TransportError::Credentials {
+            part: CredentialPart::Ca,
+            origin: ca.display().to_string(),
+            problem: CredentialProblem::Unreadable(e),
+        })?;
+        parse_certs(CredentialPart::Ca, &pem, ca)
+    }
+
     /// Parses PEM bytes: a certificate chain, a private key, CA certificates.
     pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, TransportError> {
         let origin = Path::new("in-memory PEM");
