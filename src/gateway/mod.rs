@@ -81,7 +81,7 @@ impl North {
 impl Handler for North {
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
         let Some(server) = self.server_of(peer) else {
-            tracing::warn!(addr = %peer.addr, identity = ?peer.identity, "unknown server identity: 4.01");
+            tracing::warn!(addr = %peer.addr, identity = %peer.identity, "unknown server identity: 4.01");
             let mut p = Packet::new();
             p.header.code = MessageClass::Response(ResponseType::Unauthorized);
             p.payload = b"unknown server identity".to_vec();

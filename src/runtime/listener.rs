@@ -113,7 +113,7 @@ impl Listener {
                                 match accepted {
                                     Ok(session) => {
                                         let info = session.peer_info();
-                                        tracing::debug!(identity = ?info.identity, "DTLS session up");
+                                        tracing::debug!(identity = %info.identity, "DTLS session up");
                                         serve_session(session, info, handler, tuning, shutdown).await;
                                     }
                                     Err(e) => tracing::warn!("DTLS handshake failed: {e}"),

@@ -94,7 +94,7 @@ impl StreamListener {
                                 };
                                 match accepted {
                                     Ok((stream, info)) => {
-                                        tracing::debug!(identity = ?info.identity, "TLS session up");
+                                        tracing::debug!(identity = %info.identity, "TLS session up");
                                         serve_stream(stream, info, handler, shutdown).await;
                                     }
                                     Err(e) => tracing::warn!("TLS handshake failed: {e}"),

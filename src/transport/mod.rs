@@ -55,6 +55,16 @@ pub enum Identity {
     Certificate(std::sync::Arc<cert::CertIdentity>),
 }
 
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Psk(id) => write!(f, "psk:{}", String::from_utf8_lossy(id)),
+            Identity::Address(ip) => write!(f, "address:{ip}"),
+            Identity::Certificate(cert) => write!(f, "certificate:{cert}"),
+        }
+    }
+}
+
 /// Which transport a session runs over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
