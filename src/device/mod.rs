@@ -112,7 +112,17 @@ impl DeviceSimConfig {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| DeviceError::Invalid(format!("{}: {e}", path.display())))
+        let mut config: DeviceSimConfig = toml::from_str(&text)
+            .map_err(|e| DeviceError::Invalid(format!("{}: {e}", path.display())))?;
+        // Certificate paths are relative to the config file, like the gateway's.
+        if let Some(dir) = path.parent() {
+            for p in [&mut config.cert, &mut config.key, &mut config.ca].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(config)
     }
 
     fn instances(&self) -> Result<Vec<AccessControl>, DeviceError> {
