@@ -327,8 +327,8 @@ async fn every_frame_of_a_large_answer_fits_a_raw_peer_that_advertises_nothing()
             let mut post = Packet::new();
             post.header.code = MessageClass::Request(RequestType::Post);
             post.set_token(vec![0x10, num as u8]);
-            coap::set_uri(&mut get, "/GwConfig/Privileges");
-            coap::set_content_format(&mut get, 60);
+            coap::set_uri(&mut post, "/GwConfig/Privileges");
+            coap::set_content_format(&mut post, 60);
             post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
             if num > 0 {
                 let b = BlockOption {
