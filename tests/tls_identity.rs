@@ -445,9 +445,8 @@ fn a_missing_certificate_file_fails_at_start_naming_the_path() {
     );
     let server =
         "\n[[servers]]\nid = \"ServerA\"\nssid = 101\ncert_match = \"san-dns:serverA.example\"\n";
-    let err = Config::parse(&format!("{gateway}{server}"))
-        .err()
-        .expect("a missing gateway.cert must fail");
+    let err =
+        Config::parse(&format!("{gateway}{server}")).expect_err("a missing gateway.cert must fail");
     let msg = err.to_string();
     assert!(msg.contains("gateway.cert"), "{msg}");
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
@@ -463,8 +462,7 @@ fn a_missing_certificate_file_fails_at_start_naming_the_path() {
         certs.join("ca.pem"),
     );
     let err = Config::parse_in(&format!("{ok_gateway}{server}{device}"), Some(dir.path()))
-        .err()
-        .expect("a missing device key must fail");
+        .expect_err("a missing device key must fail");
     let msg = err.to_string();
     assert!(msg.contains("devices[0].key"), "{msg}");
     assert!(
