@@ -4,10 +4,14 @@
 //! * north: `coap-client-openssl` plays management server A against the in-process gateway
 //!   over DTLS-PSK (and NoSec for a lab server);
 //! * south: `coap-server-openssl` instances play LwM2M devices holding `/2` as TLV, read by
-//!   the gateway over DTLS-PSK and over plain UDP, and refusing a wrong identity or key.
+//!   the gateway over DTLS-PSK and over plain UDP, and refusing a wrong identity or key;
+//! * CoAP over TCP/TLS (RFC 8323): `coap-client-openssl` as server A with certificates over
+//!   `coaps+tcp://`, `coap-server-openssl` devices over TLS, and aiocoap (`aiocoap-client`,
+//!   `pip install aiocoap`) over `coap+tcp://` and `coaps+tcp://` (see
+//!   `interop_support::stream` for the peer behaviours accounted for).
 //!
-//! Run with `cargo test --features interop --test interop`. A missing libcoap binary fails
-//! the test with a message saying what to install; it never skips.
+//! Run with `cargo test --features interop --test interop`. A missing libcoap binary or
+//! aiocoap fails the test with a message saying what to install; it never skips.
 
 mod interop_support;
 
