@@ -27,6 +27,8 @@ use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::gateway::Gateway;
 use privgw::mo::Value;
 
+pub mod stream;
+
 pub const CLIENT: &str = "coap-client-openssl";
 /// The PSK identity the gateway presents to devices.
 pub const DEVICE_IDENTITY: &str = "gateway";

@@ -11,14 +11,16 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use privgw::cli::ctl::{GatewayClient, Reply};
+use privgw::cli::ctl::{ClientCredentials, GatewayClient, Reply};
 use privgw::coap::{CoapOption, RequestType};
 use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use privgw::gateway::{Gateway, GatewayError};
 use privgw::mo::Value;
+use privgw::pki::{Issued, Pki};
 
 /// Server A's and server B's Short Server IDs.
 pub const SSID_A: u16 = 101;
@@ -95,6 +97,70 @@ pub struct FleetBuilder {
     nosec: BTreeMap<&'static str, String>,
     /// Where simulated devices listen (`coaps://127.0.0.1:0` unless changed).
     device_listen: String,
+    /// The gateway's own `cert`, `key`, `ca` (PEM files), if any.
+    gateway_certs: Option<CertPaths>,
+    /// Certificate, key and CA given to the simulated devices added after
+    /// [`device_certs`](Self::device_certs) (for `coaps+tcp://` devices).
+    device_certs: Option<CertPaths>,
+    /// Extra TOML lines per server entry (`ServerA`, `ServerB`).
+    server_lines: BTreeMap<&'static str, Vec<String>>,
+    /// Extra TOML lines per device entry, by DeviceID.
+    device_lines: BTreeMap<String, Vec<String>>,
+}
+
+/// PEM files: certificate, private key, CA.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl CertPaths {
+    /// `certs/<name>.pem`, `certs/<name>.key` and `certs/ca.pem` of the committed test PKI.
+    pub fn committed(name: &str) -> CertPaths {
+        CertPaths {
+            cert: certs_dir().join(format!("{name}.pem")),
+            key: certs_dir().join(format!("{name}.key")),
+            ca: certs_dir().join("ca.pem"),
+        }
+    }
+
+    /// `<dir>/<name>.pem`, `<dir>/<name>.key`, and the CA file given.
+    pub fn in_dir(dir: &Path, name: &str, ca: &Path) -> CertPaths {
+        CertPaths {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+            ca: ca.to_owned(),
+        }
+    }
+
+    /// As `ctl` client credentials.
+    pub fn credentials(&self) -> ClientCredentials {
+        ClientCredentials::Certificates {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+/// The committed test PKI folder (`certs/`).
+pub fn certs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+/// The committed test CA (`certs/ca.pem` + `certs/ca.key`) as a [`Pki`] that can issue more
+/// certificates (expired ones, other keys under a configured name).
+pub fn committed_pki() -> Pki {
+    let cert = std::fs::read(certs_dir().join("ca.pem")).expect("certs/ca.pem");
+    let key = std::fs::read(certs_dir().join("ca.key")).expect("certs/ca.key");
+    Pki {
+        ca: Issued {
+            cert: openssl::x509::X509::from_pem(&cert).expect("ca.pem is PEM"),
+            key: openssl::pkey::PKey::private_key_from_pem(&key).expect("ca.key is PEM"),
+        },
+    }
 }
 
 impl Default for FleetBuilder {
@@ -114,6 +180,10 @@ impl FleetBuilder {
             ack_timeout_ms: None,
             nosec: BTreeMap::new(),
             device_listen: "coaps://127.0.0.1:0".to_owned(),
+            gateway_certs: None,
+            device_certs: None,
+            server_lines: BTreeMap::new(),
+            device_lines: BTreeMap::new(),
         }
     }
 
@@ -125,9 +195,9 @@ impl FleetBuilder {
             psk_identity: Some("gateway".to_owned()),
             psk_key: Some(format!("devkey-{id}")),
             psk_key_hex: None,
-            cert: None,
-            key: None,
-            ca: None,
+            cert: self.device_certs.as_ref().map(|c| c.cert.clone()),
+            key: self.device_certs.as_ref().map(|c| c.key.clone()),
+            ca: self.device_certs.as_ref().map(|c| c.ca.clone()),
             behaviour: Behaviour::Normal,
             access_control: Vec::new(),
             acls: BTreeMap::new(),
@@ -233,6 +303,38 @@ impl FleetBuilder {
         self
     }
 
+    /// The gateway's `cert`, `key` and `ca` (needed for `coaps+tcp://` listeners, server
+    /// certificate rules and `coaps+tcp://` devices without their own files).
+    pub fn gateway_certs(mut self, certs: CertPaths) -> Self {
+        self.gateway_certs = Some(certs);
+        self
+    }
+
+    /// Certificate, key and CA of the simulated devices added after this call (what a
+    /// `coaps+tcp://` device presents, and the CA it verifies the gateway with).
+    pub fn device_certs(mut self, certs: Option<CertPaths>) -> Self {
+        self.device_certs = certs;
+        self
+    }
+
+    /// Adds a raw TOML line (e.g. `cert_match = "san-dns:serverA.example"`) to a server entry.
+    pub fn server_toml(mut self, server: &'static str, line: &str) -> Self {
+        self.server_lines
+            .entry(server)
+            .or_default()
+            .push(line.to_owned());
+        self
+    }
+
+    /// Adds a raw TOML line (e.g. `cert_match = "san-dns:devA.example"`) to a device entry.
+    pub fn device_toml(mut self, device: &str, line: &str) -> Self {
+        self.device_lines
+            .entry(device.to_owned())
+            .or_default()
+            .push(line.to_owned());
+        self
+    }
+
     /// Starts every device, writes the gateway config naming them and starts the gateway.
     pub async fn start(self) -> Fleet {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -284,6 +386,14 @@ impl FleetBuilder {
         if let Some(acl) = &self.privileges_acl {
             writeln!(toml, "privileges_acl = {acl:?}").unwrap();
         }
+        if let Some(c) = &self.gateway_certs {
+            writeln!(
+                toml,
+                "cert = {:?}\nkey = {:?}\nca = {:?}",
+                c.cert, c.key, c.ca
+            )
+            .unwrap();
+        }
         for (id, ssid, identity, key) in [
             ("ServerA", SSID_A, "serverA", "secretA"),
             ("ServerB", SSID_B, "serverB", "secretB"),
@@ -295,6 +405,9 @@ impl FleetBuilder {
             .unwrap();
             if let Some(addr) = self.nosec.get(id) {
                 writeln!(toml, "nosec_address = {addr:?}").unwrap();
+            }
+            for line in self.server_lines.get(id).into_iter().flatten() {
+                writeln!(toml, "{line}").unwrap();
             }
         }
         for (spec, uri) in self.devices.iter().zip(uris) {
@@ -314,6 +427,9 @@ impl FleetBuilder {
                     spec.psk_key
                 )
                 .unwrap();
+            }
+            for line in self.device_lines.get(&spec.id).into_iter().flatten() {
+                writeln!(toml, "{line}").unwrap();
             }
         }
         for (id, members) in &self.groups {
@@ -412,6 +528,38 @@ impl Fleet {
     /// Server B over DTLS-PSK.
     pub async fn server_b(&self) -> GatewayClient {
         connect(self.coaps(), "serverB", "secretB").await
+    }
+
+    /// The gateway's first `coap+tcp://` listener.
+    pub fn coap_tcp(&self) -> EndpointUri {
+        self.uri(Scheme::CoapTcp)
+    }
+
+    /// The gateway's first `coaps+tcp://` listener.
+    pub fn coaps_tcp(&self) -> EndpointUri {
+        self.uri(Scheme::CoapsTcp)
+    }
+
+    /// A client on the gateway's `coaps+tcp://` listener presenting `certs`; panics if the
+    /// connection cannot be set up.
+    pub async fn tls_client(&self, certs: &CertPaths) -> GatewayClient {
+        let uri = self.coaps_tcp();
+        GatewayClient::connect_with(uri, certs.credentials())
+            .await
+            .unwrap_or_else(|e| panic!("{} cannot connect to {uri}: {e}", certs.cert.display()))
+    }
+
+    /// A client on the gateway's `coap+tcp://` listener (NoSec).
+    pub async fn tcp_client(&self) -> GatewayClient {
+        let uri = self.coap_tcp();
+        GatewayClient::connect_with(uri, ClientCredentials::None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {uri}: {e}"))
+    }
+
+    /// The gateway config this fleet started with.
+    pub fn config_text(&self) -> &str {
+        &self.config_text
     }
 
     /// Stops the gateway and starts a new one on the same config and store file.

@@ -1,0 +1,666 @@
+//! CoAP over TCP and TLS (RFC 8323) end to end: the four seed sequences with server A on
+//! `coaps+tcp://` (identified by its certificate) and the devices of one group spread over
+//! `coaps+tcp://` (TLS, certificate rule), `coap+tcp://` and `coaps://` (DTLS-PSK); server A
+//! over `coap+tcp://` (NoSec address); a large answer under the peer's Max-Message-Size; and
+//! malformed frames, Ping/Pong and silent connections on a raw `tokio::net::TcpStream`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use privgw::cli::ctl::privilege_body;
+use privgw::coap::{self, BlockOption, CoapOption, MessageClass, Packet, RequestType};
+use privgw::mo::Value;
+use privgw::runtime::StreamClient;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a raw-socket read may wait before the test calls the gateway stuck.
+const RAW_WAIT: Duration = Duration::from_secs(5);
+
+const CSM: u8 = 0xE1;
+const PING: u8 = 0xE2;
+const PONG: u8 = 0xE3;
+const ABORT: u8 = 0xE5;
+
+// ---------------------------------------------------------------------------------------
+// The mixed fleet: devA over TLS, devB over TCP, devC over DTLS-PSK
+// ---------------------------------------------------------------------------------------
+
+/// Server A and B known by their certificates (SAN DNS), the gateway on `coaps+tcp://` and
+/// `coap+tcp://`. Every device: /3/0 is A's; /4/0 is B's on devB, /5/0 on devA, /6/0 on
+/// devC (one odd device per transport).
+fn mixed_fleet() -> FleetBuilder {
+    let acs = |id: &str| {
+        let owner = |odd: &str| if id == odd { SSID_B } else { SSID_A };
+        vec![
+            ac(0, 3, 0, SSID_A),
+            ac(1, 4, 0, owner("devB")),
+            ac(2, 5, 0, owner("devA")),
+            ac(3, 6, 0, owner("devC")),
+        ]
+    };
+    Fleet::builder()
+        .listen(&["coaps+tcp://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
+        .gateway_certs(CertPaths::committed("gateway"))
+        .server_toml("ServerA", r#"cert_match = "san-dns:serverA.example""#)
+        .server_toml("ServerB", r#"cert_match = "san-dns:serverB.example""#)
+        .device_listen("coaps+tcp://127.0.0.1:0")
+        .device_certs(Some(CertPaths::committed("devA")))
+        .lwm2m("devA", acs("devA"))
+        .device_toml("devA", r#"cert_match = "san-dns:devA.example""#)
+        .device_certs(None)
+        .device_listen("coap+tcp://127.0.0.1:0")
+        .lwm2m("devB", acs("devB"))
+        .device_listen("coaps://127.0.0.1:0")
+        .lwm2m("devC", acs("devC"))
+        .group("G1", &["devA", "devB", "devC"])
+}
+
+async fn server_a_tls(fleet: &Fleet) -> privgw::cli::ctl::GatewayClient {
+    fleet.tls_client(&CertPaths::committed("serverA")).await
+}
+
+#[tokio::test]
+async fn mixed_fleet_really_uses_three_transports() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        assert_eq!(fleet.device_uri("devA").scheme.as_str(), "coaps+tcp");
+        assert_eq!(fleet.device_uri("devB").scheme.as_str(), "coap+tcp");
+        assert_eq!(fleet.device_uri("devC").scheme.as_str(), "coaps");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_device_success_on_each_transport_is_2_01_verified_only_that_device() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let mut a = server_a_tls(&fleet).await;
+        for id in ["devA", "devB", "devC"] {
+            let before = fleet.requests();
+            let reply = add(&mut a, id, "Device", "/3/0", "Get=ServerB").await;
+            assert_eq!(reply.code, "2.01", "{id}: {}", reply.render());
+            assert_eq!(reply.verified_ids(), [id]);
+            assert!(reply.failed_ids().is_empty(), "{}", reply.render());
+            let doc = reply.document.as_ref().expect("CBOR body");
+            assert_eq!(
+                text(doc, "Grantor"),
+                Some("ServerA"),
+                "A proved by its cert"
+            );
+            assert_eq!(text(doc, "TargetID"), Some(id));
+            let location = reply.location.clone().expect("Location-Path");
+            let stored = get(&mut a, &location).await;
+            assert_eq!(stored.code, "2.05", "{}", stored.render());
+            // Only the target was asked.
+            for (other, n) in fleet.requests() {
+                let asked = n - before[&other];
+                if other == id {
+                    assert!(asked >= 1, "{id} was not asked");
+                } else {
+                    assert_eq!(asked, 0, "{other} was asked for {id}'s write");
+                }
+            }
+        }
+        assert_eq!(privilege_names(&mut a).await.len(), 3);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_device_failure_is_4_03_with_the_tls_device_denied() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let mut a = server_a_tls(&fleet).await;
+        let reply = add(&mut a, "devA", "Device", "/5/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.03", "{}", reply.render());
+        assert_eq!(status(&reply), Some(425));
+        assert_eq!(failures(&reply), pairs(&[("devA", "denied")]));
+        assert!(reply.location.is_none());
+        assert!(fleet.device("devA").requests() >= 1);
+        assert_eq!(fleet.device("devB").requests(), 0);
+        assert_eq!(fleet.device("devC").requests(), 0);
+        assert!(privilege_names(&mut a).await.is_empty());
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_group_success_over_tls_tcp_and_dtls_verifies_all_three() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let mut a = server_a_tls(&fleet).await;
+        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB&Replace=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert!(reply.location.is_some());
+        assert_eq!(reply.verified_ids(), ["devA", "devB", "devC"]);
+        for (id, n) in fleet.requests() {
+            assert!(n >= 1, "{id} was not asked");
+        }
+        assert_eq!(privilege_names(&mut a).await.len(), 1);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_group_failure_names_exactly_the_odd_device_whatever_its_transport() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let mut a = server_a_tls(&fleet).await;
+        for (uri, odd) in [("/4/0", "devB"), ("/5/0", "devA"), ("/6/0", "devC")] {
+            let before = fleet.requests();
+            let reply = add(&mut a, "G1", "Group", uri, "Get=ServerB").await;
+            assert_eq!(reply.code, "4.03", "{uri}: {}", reply.render());
+            assert_eq!(status(&reply), Some(425));
+            assert_eq!(failures(&reply), pairs(&[(odd, "denied")]), "{uri}");
+            assert!(reply.verified_ids().is_empty(), "{}", reply.render());
+            // Every member was asked, not just until the first failure.
+            for (id, n) in fleet.requests() {
+                assert!(n > before[&id], "{id} was not asked for {uri}");
+            }
+        }
+        assert!(privilege_names(&mut a).await.is_empty());
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_a_over_plain_tcp_is_known_by_its_nosec_address() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        let mut a = fleet.tcp_client().await;
+        assert!(privilege_names(&mut a).await.is_empty());
+        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert_eq!(reply.verified_ids(), ["devA", "devB", "devC"]);
+        let doc = reply.document.as_ref().expect("body");
+        assert_eq!(text(doc, "Grantor"), Some("ServerA"));
+        let reply = add(&mut a, "G1", "Group", "/4/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.03", "{}", reply.render());
+        assert_eq!(failures(&reply), pairs(&[("devB", "denied")]));
+        assert_eq!(privilege_names(&mut a).await.len(), 1);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plain_tcp_without_a_nosec_address_is_4_01_and_asks_no_device() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let mut anyone = fleet.tcp_client().await;
+        let reply = add(&mut anyone, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        assert_eq!(fleet.total_requests(), 0);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A large answer over TCP
+// ---------------------------------------------------------------------------------------
+
+const MANY: usize = 40;
+
+fn many_ids() -> Vec<String> {
+    (0..MANY).map(|i| format!("dev{i:02}")).collect()
+}
+
+/// 40 devices over `coap+tcp://`, all denying A on /4/0, in group G40. Server A by
+/// certificate on `coaps+tcp://` and by address on `coap+tcp://`.
+async fn many_fleet() -> Fleet {
+    let mut b = Fleet::builder()
+        .listen(&["coaps+tcp://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
+        .gateway_certs(CertPaths::committed("gateway"))
+        .server_toml("ServerA", r#"cert_match = "san-dns:serverA.example""#)
+        .nosec("ServerA", "127.0.0.1")
+        .device_listen("coap+tcp://127.0.0.1:0");
+    let ids = many_ids();
+    for id in &ids {
+        b = b.lwm2m(id, vec![ac(0, 3, 0, SSID_A), ac(1, 4, 0, SSID_B)]);
+    }
+    let members: Vec<&str> = ids.iter().map(String::as_str).collect();
+    b.group("G40", &members).start().await
+}
+
+fn assert_forty_denied(reply: &privgw::cli::ctl::Reply) {
+    assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_eq!(status(reply), Some(425));
+    let expected: Vec<(String, String)> = many_ids()
+        .into_iter()
+        .map(|id| (id, "denied".to_owned()))
+        .collect();
+    assert_eq!(failures(reply), expected, "every device, sorted, once");
+    // Each entry carries its Detail.
+    let list = reply
+        .document
+        .as_ref()
+        .and_then(|d| d.get("Failed"))
+        .and_then(Value::as_array)
+        .expect("Failed");
+    for f in list {
+        let detail = f.get("Detail").and_then(Value::as_str).unwrap_or_default();
+        assert!(detail.contains("/4/0"), "detail {detail:?}");
+    }
+}
+
+#[tokio::test]
+async fn forty_denied_devices_arrive_complete_over_tls() {
+    bounded(async {
+        let fleet = many_fleet().await;
+        let mut a = server_a_tls(&fleet).await;
+        let reply = add(&mut a, "G40", "Group", "/4/0", "Get=ServerB").await;
+        assert!(
+            reply.payload.len() > 1152,
+            "the answer should exceed the default Max-Message-Size ({} bytes)",
+            reply.payload.len()
+        );
+        assert_forty_denied(&reply);
+        assert!(privilege_names(&mut a).await.is_empty());
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forty_denied_devices_arrive_complete_to_a_peer_with_the_default_max_message_size() {
+    bounded(async {
+        let fleet = many_fleet().await;
+        // Our own client advertising 1152 bytes: the gateway must slice (Block2) and the
+        // client reassemble.
+        let tcp = TcpStream::connect(fleet.coap_tcp().addr).await.unwrap();
+        let mut small = StreamClient::new(tcp, 1152, Duration::from_secs(20));
+        let mut post = Packet::new();
+        post.header.code = MessageClass::Request(RequestType::Post);
+        coap::set_uri(&mut post, "/GwConfig/Privileges");
+        coap::set_content_format(&mut post, 60);
+        post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
+        let response = small.request(post).await.expect("answered");
+        let reply = reply_of(response);
+        assert_forty_denied(&reply);
+        // The Block2 follow-ups were served from the cached answer, not by asking again.
+        for (id, n) in fleet.requests() {
+            assert_eq!(n, 1, "{id} asked {n} times for one POST");
+        }
+        fleet.stop().await;
+    })
+    .await;
+}
+
+fn reply_of(p: Packet) -> privgw::cli::ctl::Reply {
+    let cf = coap::content_format(&p);
+    let document = match cf {
+        Some(60) => Value::from_cbor(&p.payload).ok(),
+        Some(50) => Value::from_json(&p.payload).ok(),
+        _ => None,
+    };
+    privgw::cli::ctl::Reply {
+        code: coap::code_string(p.header.code),
+        location: None,
+        content_format: cf,
+        document,
+        payload: p.payload,
+    }
+}
+
+#[tokio::test]
+async fn every_frame_of_a_large_answer_fits_a_raw_peer_that_advertises_nothing() {
+    bounded(async {
+        let fleet = many_fleet().await;
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        // A CSM without Max-Message-Size: the gateway must assume 1152 (RFC 8323 §5.3.1).
+        raw.send(&[0x00, CSM]).await;
+        let mut body = Vec::new();
+        let mut num = 0;
+        let mut frames = 0;
+        loop {
+            // The POST of the 40-device group failure; follow-ups repeat it with Block2.
+            let mut post = Packet::new();
+            post.header.code = MessageClass::Request(RequestType::Post);
+            post.set_token(vec![0x10, num as u8]);
+            coap::set_uri(&mut post, "/GwConfig/Privileges");
+            coap::set_content_format(&mut post, 60);
+            post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
+            if num > 0 {
+                let b = BlockOption {
+                    num,
+                    more: false,
+                    szx: 6,
+                };
+                post.add_option(CoapOption::Block2, b.encode().unwrap());
+            }
+            raw.send_packet(&post).await;
+            let (frame, response) = loop {
+                let frame = raw
+                    .next_frame()
+                    .await
+                    .expect("a frame")
+                    .expect("not closed");
+                if frame.code != CSM {
+                    break (frame.clone(), frame.packet.expect("a response"));
+                }
+            };
+            frames += 1;
+            assert!(
+                frame.size <= 1152,
+                "frame of {} bytes to a 1152-byte peer",
+                frame.size
+            );
+            assert_eq!(coap::code_string(response.header.code), "4.03");
+            assert_eq!(response.get_token(), &[0x10, num as u8]);
+            body.extend_from_slice(&response.payload);
+            match BlockOption::block2(&response) {
+                Some(Ok(b)) if b.more => num = b.num + 1,
+                _ => break,
+            }
+            assert!(frames < 100, "too many blocks");
+        }
+        assert!(frames >= 2, "the answer for {MANY} devices fit one frame?");
+        let reply = reply_of({
+            let mut p = Packet::new();
+            p.header.code = MessageClass::Response(coap::ResponseType::Forbidden);
+            coap::set_content_format(&mut p, 60);
+            p.payload = body;
+            p
+        });
+        assert_forty_denied(&reply);
+        for (id, n) in fleet.requests() {
+            assert_eq!(n, 1, "{id} asked {n} times for one POST");
+        }
+        fleet.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw RFC 8323 frames
+// ---------------------------------------------------------------------------------------
+
+/// One frame read from the gateway.
+#[derive(Clone)]
+struct Frame {
+    code: u8,
+    token: Vec<u8>,
+    size: usize,
+    packet: Option<Packet>,
+}
+
+/// A raw TCP connection speaking bytes, reading frames.
+struct Raw {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Raw {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.expect("write");
+    }
+
+    async fn send_packet(&mut self, p: &Packet) {
+        let bytes = coap::encode_frame(p).expect("encode");
+        self.send(&bytes).await;
+    }
+
+    /// The next frame; `Ok(None)` when the gateway closed (EOF or reset), `Err` when
+    /// nothing came within [`RAW_WAIT`] or the bytes are not a frame.
+    async fn next_frame(&mut self) -> Result<Option<Frame>, String> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(Some(frame));
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(RAW_WAIT, self.tcp.read(&mut chunk)).await {
+                Err(_) => return Err(format!("no frame within {RAW_WAIT:?}")),
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Err(format!("closed inside a frame: {:02x?}", self.buf));
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Result<Option<Frame>, String> {
+        let Some(&b0) = self.buf.first() else {
+            return Ok(None);
+        };
+        let ext = match b0 >> 4 {
+            13 => 1,
+            14 => 2,
+            15 => 4,
+            _ => 0,
+        };
+        let tkl = usize::from(b0 & 0x0f);
+        let decoded =
+            coap::decode_frame(&self.buf, 1 << 20).map_err(|e| format!("bad frame: {e}"))?;
+        let Some((packet, consumed)) = decoded else {
+            return Ok(None);
+        };
+        let code = self.buf[1 + ext];
+        let token = self.buf[2 + ext..2 + ext + tkl].to_vec();
+        self.buf.drain(..consumed);
+        Ok(Some(Frame {
+            code,
+            token,
+            size: consumed,
+            packet: (code < 0xE0).then_some(packet),
+        }))
+    }
+
+    /// Reads frames until the gateway closes; the codes of the frames received. Panics if the
+    /// connection stays open past [`RAW_WAIT`].
+    async fn codes_until_closed(&mut self) -> Vec<u8> {
+        let mut codes = Vec::new();
+        loop {
+            match self.next_frame().await {
+                Ok(Some(f)) => codes.push(f.code),
+                Ok(None) => return codes,
+                Err(e) => panic!("the gateway kept the connection open ({e}); got {codes:02x?}"),
+            }
+        }
+    }
+}
+
+/// Starts a gateway with a `coap+tcp://` listener (and one device, unused).
+async fn tcp_gateway() -> Fleet {
+    Fleet::builder()
+        .listen(&["coap+tcp://127.0.0.1:0"])
+        .nosec("ServerA", "127.0.0.1")
+        .device_listen("coap+tcp://127.0.0.1:0")
+        .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
+        .start()
+        .await
+}
+
+/// A fresh connection still gets 2.05 on GET /.well-known/core.
+async fn assert_gateway_still_serves(fleet: &Fleet) {
+    let mut fresh = fleet.tcp_client().await;
+    let reply = get(&mut fresh, "/.well-known/core").await;
+    assert_eq!(reply.code, "2.05", "{}", reply.render());
+    assert!(
+        String::from_utf8_lossy(&reply.payload).contains("/GwConfig/Privileges"),
+        "{}",
+        reply.render()
+    );
+}
+
+/// Sends a CSM, then `bad`; the gateway must Abort (7.05) and close, or just close.
+async fn bad_frame_is_refused(bad: &[u8]) -> Vec<u8> {
+    let fleet = tcp_gateway().await;
+    let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+    raw.send(&[0x00, CSM]).await;
+    raw.send(bad).await;
+    let codes = raw.codes_until_closed().await;
+    let after_csm: Vec<u8> = codes.iter().copied().filter(|c| *c != CSM).collect();
+    assert!(
+        after_csm.iter().all(|c| *c == ABORT),
+        "only an Abort may answer a bad frame, got {codes:02x?}"
+    );
+    assert_gateway_still_serves(&fleet).await;
+    assert_eq!(fleet.total_requests(), 0);
+    fleet.stop().await;
+    codes
+}
+
+#[tokio::test]
+async fn a_token_length_of_9_to_15_is_aborted_and_the_listener_lives_on() {
+    bounded(async {
+        for tkl in 9u8..=15 {
+            // Len 0, TKL 9..15, code GET, then as many "token" bytes as the TKL claims.
+            let mut bad = vec![tkl, 0x01];
+            bad.extend(std::iter::repeat_n(0xAA, usize::from(tkl)));
+            let codes = bad_frame_is_refused(&bad).await;
+            assert!(
+                codes.contains(&ABORT),
+                "TKL {tkl}: expected an Abort, got {codes:02x?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_frame_beyond_our_max_message_size_is_refused_from_its_header() {
+    bounded(async {
+        // Len nibble 15: a 4-byte extended length; 65805 + 0x00010000 bytes > 64 KiB. Only
+        // the header and the code are sent: the gateway must not wait for the body.
+        let codes = bad_frame_is_refused(&[0xF0, 0x00, 0x01, 0x00, 0x00, 0x02]).await;
+        assert!(
+            codes.contains(&ABORT),
+            "expected an Abort, got {codes:02x?}"
+        );
+        // Just above the limit with a 2-byte length: 3 + 1 + (0xFF00 + 269) > 65536.
+        let codes = bad_frame_is_refused(&[0xE0, 0xFF, 0x00, 0x02]).await;
+        assert!(
+            codes.contains(&ABORT),
+            "expected an Abort, got {codes:02x?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_truncated_frame_then_close_leaves_the_gateway_serving() {
+    bounded(async {
+        let fleet = tcp_gateway().await;
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        raw.send(&[0x00, CSM]).await;
+        // Announces 12 bytes of options+payload and a 4-byte token; sends 3 of them.
+        raw.send(&[0xC4, 0x01, 0x01, 0x02, 0x03]).await;
+        raw.tcp.shutdown().await.expect("half-close");
+        let codes = raw.codes_until_closed().await;
+        assert!(
+            codes.iter().all(|c| [CSM, ABORT, 0xE4].contains(c)),
+            "{codes:02x?}"
+        );
+        assert_gateway_still_serves(&fleet).await;
+        // And a truncated frame with the socket dropped outright.
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        raw.send(&[0x00, CSM, 0xD1]).await;
+        drop(raw);
+        assert_gateway_still_serves(&fleet).await;
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ping_gets_a_pong_with_its_token() {
+    bounded(async {
+        let fleet = tcp_gateway().await;
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        raw.send(&[0x00, CSM]).await;
+        raw.send(&[0x02, PING, 0xAB, 0xCD]).await;
+        let mut seen = Vec::new();
+        let pong = loop {
+            let f = raw
+                .next_frame()
+                .await
+                .unwrap_or_else(|e| panic!("{e}; got {seen:02x?}"))
+                .unwrap_or_else(|| panic!("closed; got {seen:02x?}"));
+            seen.push(f.code);
+            if f.code != CSM {
+                break f;
+            }
+        };
+        assert_eq!(pong.code, PONG, "{seen:02x?}");
+        assert_eq!(pong.token, [0xAB, 0xCD], "RFC 8323 §5.4: same token");
+        // The connection still serves requests afterwards.
+        let mut get = Packet::new();
+        get.header.code = MessageClass::Request(RequestType::Get);
+        get.set_token(vec![7]);
+        coap::set_uri(&mut get, "/.well-known/core");
+        raw.send_packet(&get).await;
+        let f = raw.next_frame().await.unwrap().expect("answer");
+        assert_eq!(f.token, [7]);
+        let p = f.packet.expect("a response");
+        assert_eq!(coap::code_string(p.header.code), "2.05");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_gateway_sends_its_csm_first() {
+    bounded(async {
+        let fleet = tcp_gateway().await;
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        raw.send(&[0x00, CSM]).await;
+        let first = raw.next_frame().await.unwrap().expect("a frame");
+        assert_eq!(first.code, CSM);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_tcp_connection_does_not_block_another_client() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        // Silent on both listeners: no CSM on TCP, no ClientHello on TLS; plus one stuck in
+        // the middle of a frame.
+        let _silent_tcp = TcpStream::connect(fleet.coap_tcp().addr).await.unwrap();
+        let _silent_tls = TcpStream::connect(fleet.coaps_tcp().addr).await.unwrap();
+        let mut half = TcpStream::connect(fleet.coap_tcp().addr).await.unwrap();
+        half.write_all(&[0x00, CSM, 0xD4]).await.unwrap();
+
+        let quick = Duration::from_secs(5);
+        let mut tcp = tokio::time::timeout(quick, fleet.tcp_client())
+            .await
+            .expect("TCP client connects");
+        let reply = tokio::time::timeout(quick, get(&mut tcp, "/.well-known/core"))
+            .await
+            .expect("TCP answer while others are silent");
+        assert_eq!(reply.code, "2.05");
+
+        let mut tls = tokio::time::timeout(quick, server_a_tls(&fleet))
+            .await
+            .expect("TLS handshake while others are silent");
+        let reply =
+            tokio::time::timeout(quick, add(&mut tls, "G1", "Group", "/3/0", "Get=ServerB"))
+                .await
+                .expect("TLS answer while others are silent");
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        fleet.stop().await;
+    })
+    .await;
+}
