@@ -116,7 +116,10 @@ impl DeviceSimConfig {
             .map_err(|e| DeviceError::Invalid(format!("{}: {e}", path.display())))?;
         // Certificate paths are relative to the config file, like the gateway's.
         if let Some(dir) = path.parent() {
-            for p in [&mut config.cert, &mut config.key, &mut config.ca].into_iter().flatten() {
+            for p in [&mut config.cert, &mut config.key, &mut config.ca]
+                .into_iter()
+                .flatten()
+            {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
