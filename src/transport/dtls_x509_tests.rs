@@ -681,3 +681,60 @@ async fn libcoap_pki_client_reaches_our_certificate_server() {
     );
     assert!(printed.contains("4.04"), "coap-client printed: {printed:?}");
 }
+
+/// The positive test above is mutual for real: the same `coap-server-openssl -C ca.pem`
+/// refuses our client when its certificate comes from another CA (no session, and the
+/// error says the peer rejected it).
+#[tokio::test]
+async fn libcoap_pki_server_refuses_our_client_from_unknown_ca() {
+    require_tool("coap-server-openssl");
+    let pki = Pki::new_ca("interop CA").expect("CA");
+    let rogue = Pki::new_ca("rogue CA").expect("CA");
+    let server_cert = leaf(&pki, "libcoap-server", Profile::Both, 30);
+    let client_cert = leaf(&rogue, "gateway", Profile::Both, 30);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_pems(dir.path(), "server", &server_cert, &pki);
+    let path = |f: &str| dir.path().join(f).display().to_string();
+
+    let port = free_port_pair();
+    let _server = KillOnDrop(
+        Command::new("coap-server-openssl")
+            .args(["-A", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-c", &path("server.pem"), "-j", &path("server.key")])
+            .args(["-C", &path("ca.pem")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn coap-server-openssl"),
+    );
+    let dtls_port = SocketAddr::from(([127, 0, 0, 1], port + 1));
+    // We trust the server's CA; only the server has a reason to refuse.
+    let mut cfg = X509ClientConfig::new(X509Credentials::new(
+        vec![client_cert.cert.clone()],
+        client_cert.key.clone(),
+        vec![pki.ca.cert.clone()],
+    ));
+    cfg.handshake_timeout = Duration::from_secs(2);
+    let client = DtlsClient::new(cfg).expect("client");
+    // The server may still be starting (then the handshake times out): retry until it
+    // answers with an alert.
+    let mut outcome = None;
+    for _ in 0..5 {
+        match connect_with(&client, dtls_port).await {
+            Err(TransportError::HandshakeTimeout { .. }) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => {
+                outcome = Some(other);
+                break;
+            }
+        }
+    }
+    let outcome = outcome.expect("coap-server-openssl answered the handshake");
+    let reason = handshake_reason("client", outcome);
+    eprintln!("coap-server-openssl refused us: {reason}");
+    assert!(
+        reason.contains("alert"),
+        "refused by the server's alert: {reason}"
+    );
+}
