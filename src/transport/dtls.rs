@@ -2,8 +2,29 @@
 //!
 //! This module owns the DTLS contexts ([`DtlsServer`], [`DtlsClient`]), one bounded handshake
 //! per peer, and the resulting [`DtlsSession`], which moves one decrypted record per
-//! [`recv`](DatagramSession::recv). It proves the peer's identity (today: the PSK identity,
-//! [`DtlsSession::psk_identity`]); it does not decide what that identity may do.
+//! [`recv`](DatagramSession::recv). It proves the peer's identity — a PSK identity
+//! ([`DtlsSession::psk_identity`]) or a verified X.509 certificate
+//! ([`DtlsSession::peer_certificate_identity`]) — and does not decide what it may do.
+//!
+//! # Credentials
+//!
+//! * PSK: [`PskServerConfig`] / [`PskClientConfig`], suites [`DEFAULT_PSK_CIPHERS`].
+//! * X.509: [`X509Credentials`] (our chain, our key, the CAs we trust for the peer's chain),
+//!   suites [`DEFAULT_X509_CIPHERS`] (`ECDHE-ECDSA-AES128-CCM8` first, LwM2M's mandatory
+//!   certificate suite). The client uses [`X509ClientConfig`]; the server takes a
+//!   [`DtlsServerConfig`], which may enable PSK and certificates at once. Then the client
+//!   picks the mode by the suites it offers; the server's list is the PSK list followed by the
+//!   certificate list, and the client's order decides (no server preference).
+//! * Authentication is mutual. With a certificate suite, the server requests and requires a
+//!   client certificate (`PEER | FAIL_IF_NO_PEER_CERT`) and verifies it against its `ca`; the
+//!   client verifies the server's chain against its `ca`. OpenSSL checks validity dates and the
+//!   extended key usage for the role (serverAuth / clientAuth). Names are *not* checked here:
+//!   the caller matches the exposed [`CertIdentity`] with a `CertRule`. OpenSSL never sends a
+//!   CertificateRequest for a PSK suite, so PSK clients are unaffected on a mixed server.
+//! * A rejected certificate fails the handshake with [`TransportError::Handshake`] whose
+//!   `reason` is OpenSSL's verify error ("certificate has expired", "unable to get local
+//!   issuer certificate", "unsuitable certificate purpose") on the side that rejected it,
+//!   and the alert it received ("tlsv1 alert unknown ca", ...) on the other.
 //!
 //! # OpenSSL over a [`Pipe`]
 //!
@@ -25,7 +46,8 @@
 //!
 //! Cookie exchange (HelloVerifyRequest) is always on: the cookie is HMAC-SHA256 over the peer
 //! address with a random per-server secret. Session resumption and renegotiation are off, so
-//! every session runs the PSK callback exactly once and its identity cannot change later.
+//! every session runs the PSK callback or the certificate verification exactly once and its
+//! identity cannot change later.
 //!
 //! A wrong key does not produce an alert: DTLS silently discards records it cannot
 //! authenticate (RFC 6347 §4.1.2.7), so both sides end in [`TransportError::HandshakeTimeout`].
@@ -34,6 +56,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -46,9 +69,11 @@ use openssl::ssl::{
     Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslSessionCacheMode,
     SslVerifyMode, SslVersion,
 };
+use openssl::x509::{X509, X509VerifyResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_openssl::SslStream;
 
+use super::cert::CertIdentity;
 use super::mux::Pipe;
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
@@ -56,6 +81,12 @@ use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, Tra
 /// CoAP/LwM2M) first, then suites libcoap and other stacks commonly offer.
 pub const DEFAULT_PSK_CIPHERS: &str =
     "PSK-AES128-CCM8:PSK-AES128-CCM:PSK-AES128-GCM-SHA256:PSK-AES128-CBC-SHA256";
+
+/// Default certificate cipher suites: `ECDHE-ECDSA-AES128-CCM8`
+/// (TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, mandatory for LwM2M certificate mode) first, then
+/// suites common stacks offer. They need an ECDSA key (e.g. P-256) on both sides.
+pub const DEFAULT_X509_CIPHERS: &str = "ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-CCM:\
+     ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-SHA256";
 
 /// Default DTLS MTU (bytes of UDP payload): the IPv6 minimum link MTU 1280 minus 40 (IPv6
 /// header) and 8 (UDP header).
@@ -95,6 +126,18 @@ impl PskServerConfig {
             mtu: DEFAULT_MTU,
             ciphers: DEFAULT_PSK_CIPHERS.to_owned(),
         }
+    }
+
+    /// This PSK configuration plus certificates: a mixed-mode server. The cipher list becomes
+    /// the derived default (this list, then [`DEFAULT_X509_CIPHERS`]) unless it was changed
+    /// from [`DEFAULT_PSK_CIPHERS`], in which case it is kept as given.
+    pub fn with_x509(self, x509: X509Credentials) -> DtlsServerConfig {
+        let mut cfg = DtlsServerConfig::from(self);
+        if cfg.ciphers.as_deref() == Some(DEFAULT_PSK_CIPHERS) {
+            cfg.ciphers = None;
+        }
+        cfg.x509 = Some(x509);
+        cfg
     }
 }
 
@@ -146,6 +189,266 @@ impl fmt::Debug for PskClientConfig {
             .field("mtu", &self.mtu)
             .field("ciphers", &self.ciphers)
             .finish()
+    }
+}
+
+/// Our certificate, its key, and the CAs we trust for the peer's chain.
+#[derive(Clone)]
+pub struct X509Credentials {
+    /// Our chain, leaf first (intermediates follow; the root may be omitted).
+    pub cert_chain: Vec<X509>,
+    /// The leaf's private key.
+    pub key: PKey<Private>,
+    /// Trust anchors for the peer's chain (must include the root the peer chains to).
+    pub ca: Vec<X509>,
+}
+
+impl X509Credentials {
+    /// Credentials from in-memory certificates and key (checked when a context is built).
+    pub fn new(cert_chain: Vec<X509>, key: PKey<Private>, ca: Vec<X509>) -> Self {
+        X509Credentials {
+            cert_chain,
+            key,
+            ca,
+        }
+    }
+
+    /// Reads PEM files: `cert` holds our chain (leaf first), `key` the leaf's private key
+    /// (PKCS#8 or traditional, unencrypted), `ca` one or more trust anchors. Each error names
+    /// the file and why it cannot be used (missing or unreadable, no PEM certificate / key in
+    /// it, the key does not match the certificate).
+    pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TransportError> {
+        let cert_chain = read_pem_certs(cert)?;
+        let key_pem = read_file(key)?;
+        let private =
+            PKey::private_key_from_pem(&key_pem).map_err(|e| TransportError::Credentials {
+                path: key.to_path_buf(),
+                reason: format!("not a PEM private key ({})", first_reason(&e)),
+            })?;
+        let anchors = read_pem_certs(ca)?;
+        let creds = X509Credentials::new(cert_chain, private, anchors);
+        if !creds.key_matches_leaf() {
+            return Err(TransportError::Credentials {
+                path: key.to_path_buf(),
+                reason: format!(
+                    "the private key does not match the certificate in {}",
+                    cert.display()
+                ),
+            });
+        }
+        Ok(creds)
+    }
+
+    /// Whether the private key belongs to the leaf certificate.
+    pub fn key_matches_leaf(&self) -> bool {
+        self.cert_chain.first().is_some_and(|leaf| {
+            leaf.public_key()
+                .is_ok_and(|public| public.public_eq(&self.key))
+        })
+    }
+
+    /// Our leaf certificate's identity (CN, SANs, SPKI), e.g. for logs.
+    pub fn identity(&self) -> Option<CertIdentity> {
+        self.cert_chain
+            .first()
+            .and_then(|leaf| CertIdentity::from_x509(leaf).ok())
+    }
+
+    /// Installs chain, key and trust anchors on a context and checks them.
+    fn install(&self, b: &mut SslContextBuilder) -> Result<(), TransportError> {
+        let cfg = |context| move |source| TransportError::Config { context, source };
+        let Some((leaf, intermediates)) = self.cert_chain.split_first() else {
+            return Err(TransportError::InvalidConfig {
+                reason: "X.509 credentials need at least one certificate (the leaf)",
+            });
+        };
+        if self.ca.is_empty() {
+            return Err(TransportError::InvalidConfig {
+                reason: "X.509 credentials need at least one CA certificate to verify peers",
+            });
+        }
+        if !self.key_matches_leaf() {
+            return Err(TransportError::InvalidConfig {
+                reason: "the private key does not match the leaf certificate",
+            });
+        }
+        b.set_certificate(leaf)
+            .map_err(cfg("installing our certificate"))?;
+        for cert in intermediates {
+            b.add_extra_chain_cert(cert.clone())
+                .map_err(cfg("installing an intermediate certificate"))?;
+        }
+        b.set_private_key(&self.key)
+            .map_err(cfg("installing our private key"))?;
+        b.check_private_key()
+            .map_err(cfg("checking the private key against the certificate"))?;
+        for anchor in &self.ca {
+            b.cert_store_mut()
+                .add_cert(anchor.clone())
+                .map_err(cfg("adding a trusted CA certificate"))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for X509Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X509Credentials")
+            .field(
+                "leaf",
+                &self
+                    .identity()
+                    .map(|id| id.display_name())
+                    .unwrap_or_default(),
+            )
+            .field("chain_len", &self.cert_chain.len())
+            .field("key", &"<redacted>")
+            .field("ca_len", &self.ca.len())
+            .finish()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|e| TransportError::Credentials {
+        path: path.to_path_buf(),
+        reason: format!("cannot read the file: {e}"),
+    })
+}
+
+fn read_pem_certs(path: &Path) -> Result<Vec<X509>, TransportError> {
+    let pem = read_file(path)?;
+    let not_pem = |detail: String| TransportError::Credentials {
+        path: path.to_path_buf(),
+        reason: format!("no PEM certificate in the file{detail}"),
+    };
+    let certs =
+        X509::stack_from_pem(&pem).map_err(|e| not_pem(format!(" ({})", first_reason(&e))))?;
+    if certs.is_empty() {
+        return Err(not_pem(String::new()));
+    }
+    Ok(certs)
+}
+
+/// The first reason string on an OpenSSL error stack, or its display.
+fn first_reason(stack: &openssl::error::ErrorStack) -> String {
+    stack
+        .errors()
+        .iter()
+        .find_map(|e| e.reason())
+        .map(str::to_owned)
+        .unwrap_or_else(|| stack.to_string())
+}
+
+/// Server configuration: PSK, certificates, or both at once.
+#[derive(Clone)]
+pub struct DtlsServerConfig {
+    /// PSK identity → key; `None` = no PSK suites.
+    pub psk: Option<PskLookup>,
+    /// Our certificate and the CAs client certificates must chain to; `None` = no
+    /// certificate suites.
+    pub x509: Option<X509Credentials>,
+    /// Bound on one handshake. Default [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// DTLS MTU in bytes of UDP payload. Default [`DEFAULT_MTU`].
+    pub mtu: u32,
+    /// OpenSSL cipher list; `None` = derived from the enabled modes: [`DEFAULT_PSK_CIPHERS`]
+    /// and/or [`DEFAULT_X509_CIPHERS`], PSK first (see [`Self::effective_ciphers`]).
+    pub ciphers: Option<String>,
+}
+
+impl DtlsServerConfig {
+    /// A configuration with the given modes and default timeout, MTU and ciphers.
+    pub fn new(psk: Option<PskLookup>, x509: Option<X509Credentials>) -> Self {
+        DtlsServerConfig {
+            psk,
+            x509,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            mtu: DEFAULT_MTU,
+            ciphers: None,
+        }
+    }
+
+    /// The cipher list the server will use: `ciphers` if set, else the defaults of the
+    /// enabled modes joined PSK first. The client's preference order decides.
+    pub fn effective_ciphers(&self) -> String {
+        if let Some(list) = &self.ciphers {
+            return list.clone();
+        }
+        match (self.psk.is_some(), self.x509.is_some()) {
+            (true, true) => format!("{DEFAULT_PSK_CIPHERS}:{DEFAULT_X509_CIPHERS}"),
+            (false, true) => DEFAULT_X509_CIPHERS.to_owned(),
+            _ => DEFAULT_PSK_CIPHERS.to_owned(),
+        }
+    }
+}
+
+impl From<PskServerConfig> for DtlsServerConfig {
+    fn from(cfg: PskServerConfig) -> Self {
+        DtlsServerConfig {
+            psk: Some(cfg.keys),
+            x509: None,
+            handshake_timeout: cfg.handshake_timeout,
+            mtu: cfg.mtu,
+            ciphers: Some(cfg.ciphers),
+        }
+    }
+}
+
+impl fmt::Debug for DtlsServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DtlsServerConfig")
+            .field("psk", &self.psk.as_ref().map(|_| "<lookup>"))
+            .field("x509", &self.x509)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("mtu", &self.mtu)
+            .field("ciphers", &self.effective_ciphers())
+            .finish()
+    }
+}
+
+/// Client-side certificate configuration.
+#[derive(Clone, Debug)]
+pub struct X509ClientConfig {
+    /// Our chain and key, and the CAs the server's chain must verify against.
+    pub creds: X509Credentials,
+    /// Bound on one handshake. Default [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// DTLS MTU in bytes of UDP payload. Default [`DEFAULT_MTU`].
+    pub mtu: u32,
+    /// OpenSSL cipher list. Default [`DEFAULT_X509_CIPHERS`].
+    pub ciphers: String,
+}
+
+impl X509ClientConfig {
+    /// A configuration with the given credentials and default timeout, MTU and ciphers.
+    pub fn new(creds: X509Credentials) -> Self {
+        X509ClientConfig {
+            creds,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            mtu: DEFAULT_MTU,
+            ciphers: DEFAULT_X509_CIPHERS.to_owned(),
+        }
+    }
+}
+
+/// Client configuration: PSK or certificates.
+#[derive(Clone, Debug)]
+pub enum DtlsClientConfig {
+    /// Pre-shared key.
+    Psk(PskClientConfig),
+    /// X.509 certificates (mutual).
+    X509(X509ClientConfig),
+}
+
+impl From<PskClientConfig> for DtlsClientConfig {
+    fn from(cfg: PskClientConfig) -> Self {
+        DtlsClientConfig::Psk(cfg)
+    }
+}
+
+impl From<X509ClientConfig> for DtlsClientConfig {
+    fn from(cfg: X509ClientConfig) -> Self {
+        DtlsClientConfig::X509(cfg)
     }
 }
 
@@ -241,42 +544,66 @@ impl fmt::Debug for DtlsServer {
 }
 
 impl DtlsServer {
-    /// Build the server context: DTLS 1.2, PSK via `cfg.keys`, cookie exchange on.
-    pub fn new(cfg: PskServerConfig) -> Result<Self, TransportError> {
+    /// Build the server context: DTLS 1.2, cookie exchange on, PSK via `psk` and/or
+    /// certificates via `x509` (then client certificates are required for certificate
+    /// suites). Accepts a [`PskServerConfig`] as before.
+    pub fn new(cfg: impl Into<DtlsServerConfig>) -> Result<Self, TransportError> {
+        let cfg: DtlsServerConfig = cfg.into();
         check_mtu(cfg.mtu)?;
+        if cfg.psk.is_none() && cfg.x509.is_none() {
+            return Err(TransportError::InvalidConfig {
+                reason: "a DTLS server needs PSK keys, X.509 credentials, or both",
+            });
+        }
         let indices = ex_indices()?;
-        let mut b = base_context(&cfg.ciphers)?;
+        let mut b = base_context(&cfg.effective_ciphers())?;
         b.set_options(SslOptions::COOKIE_EXCHANGE);
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
 
-        let keys = cfg.keys.clone();
-        let identity_idx = indices.identity;
-        b.set_psk_server_callback(move |ssl, identity, psk_out| {
-            let Some(identity) = identity else {
-                return Ok(0);
-            };
-            let Some(key) = keys(identity) else {
-                tracing::info!(identity = %String::from_utf8_lossy(identity), "unknown PSK identity");
-                return Ok(0);
-            };
-            let Some(out) = psk_out.get_mut(..key.len()) else {
-                tracing::error!("PSK for identity longer than OpenSSL's buffer");
-                return Ok(0);
-            };
-            if key.is_empty() {
-                return Ok(0);
+        if let Some(keys) = cfg.psk.clone() {
+            let identity_idx = indices.identity;
+            b.set_psk_server_callback(move |ssl, identity, psk_out| {
+                let Some(identity) = identity else {
+                    return Ok(0);
+                };
+                let Some(key) = keys(identity) else {
+                    tracing::info!(identity = %String::from_utf8_lossy(identity), "unknown PSK identity");
+                    return Ok(0);
+                };
+                let Some(out) = psk_out.get_mut(..key.len()) else {
+                    tracing::error!("PSK for identity longer than OpenSSL's buffer");
+                    return Ok(0);
+                };
+                if key.is_empty() {
+                    return Ok(0);
+                }
+                if ssl
+                    .ex_data(identity_idx)
+                    .is_some_and(|known| known.as_slice() != identity)
+                {
+                    tracing::warn!("PSK identity change within a session refused");
+                    return Ok(0);
+                }
+                out.copy_from_slice(&key);
+                ssl.set_ex_data(identity_idx, identity.to_vec());
+                Ok(key.len())
+            });
+        }
+
+        if let Some(x509) = &cfg.x509 {
+            x509.install(&mut b)?;
+            // Tell clients which CAs we accept (CertificateRequest certificate_authorities).
+            for anchor in &x509.ca {
+                b.add_client_ca(anchor)
+                    .map_err(|source| TransportError::Config {
+                        context: "adding a CA name to the certificate request",
+                        source,
+                    })?;
             }
-            if ssl
-                .ex_data(identity_idx)
-                .is_some_and(|known| known.as_slice() != identity)
-            {
-                tracing::warn!("PSK identity change within a session refused");
-                return Ok(0);
-            }
-            out.copy_from_slice(&key);
-            ssl.set_ex_data(identity_idx, identity.to_vec());
-            Ok(key.len())
-        });
+            // Certificate suites: a client certificate is required and verified. OpenSSL sends
+            // no CertificateRequest for PSK suites, so PSK clients are not asked for one.
+            b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        }
 
         let mut secret = [0u8; 32];
         openssl::rand::rand_bytes(&mut secret).map_err(|source| TransportError::Config {
@@ -325,32 +652,71 @@ impl DtlsServer {
             source,
         })?;
         handshake(&mut stream, Role::Server, peer, self.handshake_timeout).await?;
-        let identity = stream
-            .ssl()
-            .ex_data(self.indices.identity)
-            .cloned()
-            .unwrap_or_default();
-        tracing::debug!(peer = %peer, identity = %String::from_utf8_lossy(&identity), "DTLS session accepted");
-        Ok(DtlsSession {
-            stream,
-            peer,
-            identity,
-        })
+        // A certificate suite leaves a verified client certificate; a PSK suite leaves the
+        // identity our callback accepted. Anything else yields no session.
+        let auth = if let Some(id) = peer_cert_identity(stream.ssl(), peer)? {
+            Auth::Certificate(id)
+        } else if let Some(identity) = stream.ssl().ex_data(self.indices.identity) {
+            Auth::Psk(identity.clone())
+        } else {
+            return Err(TransportError::PeerIdentity {
+                peer,
+                reason: "neither a PSK identity nor a client certificate".to_owned(),
+            });
+        };
+        tracing::debug!(peer = %peer, identity = %auth, "DTLS session accepted");
+        Ok(DtlsSession { stream, peer, auth })
     }
+}
+
+/// The verified peer certificate's identity, if the peer presented one.
+fn peer_cert_identity(
+    ssl: &SslRef,
+    peer: SocketAddr,
+) -> Result<Option<Arc<CertIdentity>>, TransportError> {
+    let Some(cert) = ssl.peer_certificate() else {
+        return Ok(None);
+    };
+    // The handshake only completes with PEER verification passed; double-check anyway.
+    let verdict = ssl.verify_result();
+    if verdict != X509VerifyResult::OK {
+        return Err(TransportError::PeerIdentity {
+            peer,
+            reason: format!("certificate not verified: {}", verdict.error_string()),
+        });
+    }
+    CertIdentity::from_x509(&cert)
+        .map(|id| Some(Arc::new(id)))
+        .map_err(|e| TransportError::PeerIdentity {
+            peer,
+            reason: e.to_string(),
+        })
+}
+
+#[derive(Clone)]
+enum ClientMode {
+    /// Our own PSK identity.
+    Psk(Vec<u8>),
+    /// Certificates: the server's identity is read after each handshake.
+    X509,
 }
 
 /// The client role: opens DTLS sessions to peers over pipes from [`super::mux::DatagramMux::connect`].
 pub struct DtlsClient {
     ctx: SslContext,
-    identity: Vec<u8>,
+    mode: ClientMode,
     handshake_timeout: Duration,
     mtu: u32,
 }
 
 impl fmt::Debug for DtlsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match &self.mode {
+            ClientMode::Psk(identity) => format!("psk:{}", String::from_utf8_lossy(identity)),
+            ClientMode::X509 => "x509".to_owned(),
+        };
         f.debug_struct("DtlsClient")
-            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .field("mode", &mode)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("mtu", &self.mtu)
             .finish_non_exhaustive()
@@ -358,8 +724,17 @@ impl fmt::Debug for DtlsClient {
 }
 
 impl DtlsClient {
-    /// Build the client context: DTLS 1.2, PSK with `cfg.identity` / `cfg.key`.
-    pub fn new(cfg: PskClientConfig) -> Result<Self, TransportError> {
+    /// Build the client context: DTLS 1.2 with PSK ([`PskClientConfig`]) or certificates
+    /// ([`X509ClientConfig`]: our chain is sent, the server's chain must verify against
+    /// `creds.ca`; names are left to the caller).
+    pub fn new(cfg: impl Into<DtlsClientConfig>) -> Result<Self, TransportError> {
+        match cfg.into() {
+            DtlsClientConfig::Psk(cfg) => Self::new_psk(cfg),
+            DtlsClientConfig::X509(cfg) => Self::new_x509(cfg),
+        }
+    }
+
+    fn new_psk(cfg: PskClientConfig) -> Result<Self, TransportError> {
         check_mtu(cfg.mtu)?;
         if cfg.identity.contains(&0) {
             return Err(TransportError::InvalidConfig {
@@ -391,7 +766,20 @@ impl DtlsClient {
         });
         Ok(DtlsClient {
             ctx: b.build(),
-            identity: cfg.identity,
+            mode: ClientMode::Psk(cfg.identity),
+            handshake_timeout: cfg.handshake_timeout,
+            mtu: cfg.mtu,
+        })
+    }
+
+    fn new_x509(cfg: X509ClientConfig) -> Result<Self, TransportError> {
+        check_mtu(cfg.mtu)?;
+        let mut b = base_context(&cfg.ciphers)?;
+        cfg.creds.install(&mut b)?;
+        b.set_verify(SslVerifyMode::PEER);
+        Ok(DtlsClient {
+            ctx: b.build(),
+            mode: ClientMode::X509,
             handshake_timeout: cfg.handshake_timeout,
             mtu: cfg.mtu,
         })
@@ -406,12 +794,20 @@ impl DtlsClient {
             source,
         })?;
         handshake(&mut stream, Role::Client, peer, self.handshake_timeout).await?;
-        tracing::debug!(peer = %peer, "DTLS session connected");
-        Ok(DtlsSession {
-            stream,
-            peer,
-            identity: self.identity.clone(),
-        })
+        let auth = match &self.mode {
+            ClientMode::Psk(identity) => Auth::Psk(identity.clone()),
+            ClientMode::X509 => match peer_cert_identity(stream.ssl(), peer)? {
+                Some(id) => Auth::Certificate(id),
+                None => {
+                    return Err(TransportError::PeerIdentity {
+                        peer,
+                        reason: "the server presented no certificate".to_owned(),
+                    });
+                }
+            },
+        };
+        tracing::debug!(peer = %peer, identity = %auth, "DTLS session connected");
+        Ok(DtlsSession { stream, peer, auth })
     }
 }
 
@@ -431,6 +827,24 @@ fn new_ssl(ctx: &SslContext, mtu: u32) -> Result<Ssl, TransportError> {
 enum Role {
     Client,
     Server,
+}
+
+/// One line saying why a handshake failed: our verify error if we rejected the peer's
+/// certificate, else the reasons on OpenSSL's error queue, else the error itself.
+fn handshake_failure_reason(ssl: &SslRef, error: &openssl::ssl::Error) -> String {
+    let verdict = ssl.verify_result();
+    if verdict != X509VerifyResult::OK {
+        return format!("peer certificate rejected: {}", verdict.error_string());
+    }
+    let reasons: Vec<&str> = error
+        .ssl_error()
+        .map(|stack| stack.errors().iter().filter_map(|e| e.reason()).collect())
+        .unwrap_or_default();
+    if reasons.is_empty() {
+        error.to_string()
+    } else {
+        reasons.join("; ")
+    }
 }
 
 /// Drive one handshake to completion, failure, or `timeout`.
@@ -461,8 +875,13 @@ async fn handshake(
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => {
-            tracing::info!(peer = %peer, error = %source, "DTLS handshake failed");
-            Err(TransportError::Handshake { peer, source })
+            let reason = handshake_failure_reason(stream.ssl(), &source);
+            tracing::info!(peer = %peer, %reason, error = %source, "DTLS handshake failed");
+            Err(TransportError::Handshake {
+                peer,
+                reason,
+                source,
+            })
         }
         Err(_) => {
             let peer_answered = stream.get_ref().received() > 0;
@@ -476,18 +895,36 @@ async fn handshake(
     }
 }
 
+/// How a session was authenticated.
+#[derive(Clone)]
+enum Auth {
+    /// PSK: on the server the client's identity, on the client our own.
+    Psk(Vec<u8>),
+    /// Certificates: the peer's verified leaf.
+    Certificate(Arc<CertIdentity>),
+}
+
+impl fmt::Display for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Psk(identity) => write!(f, "psk:{}", String::from_utf8_lossy(identity)),
+            Auth::Certificate(id) => write!(f, "x509:{id}"),
+        }
+    }
+}
+
 /// An established DTLS 1.2 session with one peer.
 pub struct DtlsSession {
     stream: SslStream<Pipe>,
     peer: SocketAddr,
-    identity: Vec<u8>,
+    auth: Auth,
 }
 
 impl fmt::Debug for DtlsSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DtlsSession")
             .field("peer", &self.peer)
-            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .field("identity", &self.auth.to_string())
             .field("cipher", &self.cipher_name())
             .finish()
     }
@@ -495,9 +932,22 @@ impl fmt::Debug for DtlsSession {
 
 impl DtlsSession {
     /// The PSK identity this session was authenticated with: on the server, the identity the
-    /// client presented (and `keys` accepted); on the client, our own identity.
+    /// client presented (and `keys` accepted); on the client, our own identity. `None` for a
+    /// certificate session.
     pub fn psk_identity(&self) -> Option<&[u8]> {
-        Some(self.identity.as_slice())
+        match &self.auth {
+            Auth::Psk(identity) => Some(identity.as_slice()),
+            Auth::Certificate(_) => None,
+        }
+    }
+
+    /// The identity read from the peer's verified certificate (on the server: the client's,
+    /// on the client: the server's). `None` for a PSK session.
+    pub fn peer_certificate_identity(&self) -> Option<Arc<CertIdentity>> {
+        match &self.auth {
+            Auth::Certificate(id) => Some(id.clone()),
+            Auth::Psk(_) => None,
+        }
     }
 
     /// The negotiated cipher suite, in OpenSSL's naming (e.g. `PSK-AES128-CCM8`).
@@ -567,10 +1017,18 @@ impl DatagramSession for DtlsSession {
     }
 
     fn peer_info(&self) -> PeerInfo {
+        let identity = match &self.auth {
+            Auth::Psk(identity) => Identity::Psk(identity.clone()),
+            Auth::Certificate(id) => Identity::Certificate(id.clone()),
+        };
         PeerInfo {
             addr: self.peer,
             kind: TransportKind::Dtls,
-            identity: Identity::Psk(self.identity.clone()),
+            identity,
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dtls_x509_tests.rs"]
+mod x509_tests;

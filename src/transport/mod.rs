@@ -11,7 +11,7 @@
 //! * [`mux`] — one UDP socket, many peers: [`mux::DatagramMux`] routes each datagram by source
 //!   address to a per-peer [`mux::Pipe`]. One receive task per socket, bounded queues, a cap on
 //!   the number of peers; nothing per peer is a thread.
-//! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK today, X.509 later.
+//! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK and X.509 certificates.
 //!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
 //!   and yield a [`dtls::DtlsSession`].
 //!
@@ -183,14 +183,36 @@ pub enum TransportError {
         reason: &'static str,
     },
     /// The peer or the credentials: the DTLS handshake failed (alert, unknown identity,
-    /// no common cipher suite, the peer went away).
-    #[error("DTLS handshake with {peer} failed: {source}")]
+    /// no common cipher suite, a certificate we rejected, the peer went away).
+    #[error("DTLS handshake with {peer} failed: {reason}")]
     Handshake {
         /// The peer.
         peer: SocketAddr,
+        /// Why, in one line: OpenSSL's certificate verify error when we rejected the peer's
+        /// certificate (e.g. "certificate has expired", "unable to get local issuer
+        /// certificate"), else the reasons on OpenSSL's error queue (e.g. "tlsv1 alert
+        /// unknown ca", "peer did not return a certificate", "no shared cipher").
+        reason: String,
         /// OpenSSL's account of the failure.
         #[source]
         source: openssl::ssl::Error,
+    },
+    /// The peer completed the handshake but its proven identity cannot be read (a verified
+    /// certificate we cannot parse, or no identity at all). No session results.
+    #[error("DTLS peer {peer} authenticated, but its identity cannot be read: {reason}")]
+    PeerIdentity {
+        /// The peer.
+        peer: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Our side: a certificate, key or CA file cannot be used.
+    #[error("DTLS credentials {}: {reason}", path.display())]
+    Credentials {
+        /// The file at fault.
+        path: std::path::PathBuf,
+        /// Why (missing file, not PEM, key does not match the certificate).
+        reason: String,
     },
     /// The peer: the handshake did not complete in time (silent peer, lost flights, or a
     /// wrong key: DTLS silently drops records it cannot authenticate).

@@ -16,23 +16,23 @@ use super::dtls::{DtlsClient, DtlsServer, DtlsSession, PskClientConfig, PskServe
 use super::mux::{DatagramMux, MuxConfig, Pipe};
 use super::{CloseCause, DatagramSession, Identity, TransportError, TransportKind};
 
-const LOCAL4: &str = "127.0.0.1:0";
-const LOCAL6: &str = "[::1]:0";
-const STEP: Duration = Duration::from_secs(5);
+pub(crate) const LOCAL4: &str = "127.0.0.1:0";
+pub(crate) const LOCAL6: &str = "[::1]:0";
+pub(crate) const STEP: Duration = Duration::from_secs(5);
 
-fn addr(s: &str) -> SocketAddr {
+pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address literal")
 }
 
 /// Await `fut` or fail the test after `limit`.
-async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(value) => value,
         Err(_) => panic!("a test step did not finish within {limit:?}"),
     }
 }
 
-async fn accepting_mux(local: &str) -> (Arc<DatagramMux>, mpsc::Receiver<Pipe>) {
+pub(crate) async fn accepting_mux(local: &str) -> (Arc<DatagramMux>, mpsc::Receiver<Pipe>) {
     let (mux, accept) = DatagramMux::bind(addr(local), true).await.expect("bind");
     (mux, accept.expect("accepting mux yields a receiver"))
 }
@@ -574,7 +574,7 @@ fn dtls_config_is_validated() {
 // ---------------------------------------------------------------------------------------
 
 /// Kills and reaps the child when dropped, so a failing test leaves no server behind.
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -583,7 +583,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn require_tool(name: &str) {
+pub(crate) fn require_tool(name: &str) {
     let found = Command::new(name)
         .arg("-h")
         .stdout(Stdio::null())
@@ -597,7 +597,7 @@ fn require_tool(name: &str) {
 }
 
 /// A UDP port P on 127.0.0.1 with P+1 also free (libcoap listens DTLS on P+1).
-fn free_port_pair() -> u16 {
+pub(crate) fn free_port_pair() -> u16 {
     for _ in 0..50 {
         let Ok(probe) = std::net::UdpSocket::bind("127.0.0.1:0") else {
             continue;
