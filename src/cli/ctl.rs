@@ -12,7 +12,7 @@ use crate::lwm2m::content_format;
 use crate::mo::Value;
 use crate::runtime::{AnySession, CoapClient, Io, RequestError, StreamClient, StreamRequestError};
 use crate::transport::TransportError;
-use crate::transport::dtls::{DtlsClient, PskClientConfig};
+use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
 
@@ -199,7 +199,16 @@ impl GatewayClient {
                             .map_err(ClientSetupError::Dtls)?;
                         AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
                     }
-                    (Scheme::Coaps, _) => return Err(ClientSetupError::NoCredentials),
+                    (Scheme::Coaps, ClientCredentials::Certificates { cert, key, ca }) => {
+                        let files = X509Credentials::from_pem_files(&cert, &key, &ca)
+                            .map_err(ClientSetupError::Dtls)?;
+                        let dtls = DtlsClient::new(X509ClientConfig::new(files))
+                            .map_err(ClientSetupError::Dtls)?;
+                        AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
+                    }
+                    (Scheme::Coaps, ClientCredentials::None) => {
+                        return Err(ClientSetupError::NoCredentials);
+                    }
                     _ => AnySession::Plain(pipe),
                 };
                 Channel::Datagram(CoapClient::new(session, TransportTuning::unreliable()))

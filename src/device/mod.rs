@@ -28,7 +28,7 @@ use crate::lwm2m::{content_format, encode_access_control, format_name};
 use crate::runtime::{
     AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
 };
-use crate::transport::dtls::{DtlsServer, PskServerConfig};
+use crate::transport::dtls::{DtlsServer, DtlsServerConfig, PskLookup, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{PeerInfo, TransportError};
 
@@ -350,17 +350,27 @@ impl RunningDevice {
         };
         let listener = match (uri.scheme, psk) {
             (Scheme::Coap, _) => AnyListener::Datagram(Listener::bind(uri, Security::NoSec).await?),
-            (Scheme::Coaps, Some(psk)) => {
-                let cfg = PskServerConfig::new(Arc::new(move |id: &[u8]| {
-                    (id == psk.identity.as_slice()).then(|| psk.key.clone())
-                }));
-                let server = Arc::new(DtlsServer::new(cfg).map_err(DeviceError::Dtls)?);
-                AnyListener::Datagram(Listener::bind(uri, Security::Dtls(server)).await?)
-            }
-            (Scheme::Coaps, None) => {
-                return Err(DeviceError::Invalid(
-                    "coaps:// needs psk_identity and psk_key".into(),
-                ));
+            (Scheme::Coaps, psk) => {
+                let lookup: Option<PskLookup> = psk.map(|psk| {
+                    Arc::new(move |id: &[u8]| {
+                        (id == psk.identity.as_slice()).then(|| psk.key.clone())
+                    }) as PskLookup
+                });
+                let x509 = match (&config.cert, &config.key, &config.ca) {
+                    (Some(c), Some(k), Some(a)) => Some(
+                        X509Credentials::from_pem_files(c, k, a)
+                            .map_err(DeviceError::Credentials)?,
+                    ),
+                    _ => None,
+                };
+                if lookup.is_none() && x509.is_none() {
+                    return Err(DeviceError::Invalid(
+                        "coaps:// needs psk_identity/psk_key or cert/key/ca".into(),
+                    ));
+                }
+                let server = DtlsServer::new(DtlsServerConfig::new(lookup, x509))
+                    .map_err(DeviceError::Dtls)?;
+                AnyListener::Datagram(Listener::bind(uri, Security::Dtls(Arc::new(server))).await?)
             }
             (Scheme::CoapTcp, _) => {
                 AnyListener::Stream(StreamListener::bind(uri, StreamSecurity::NoSec).await?)

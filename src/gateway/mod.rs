@@ -23,7 +23,7 @@ use crate::runtime::{
 use crate::south::{South, SouthError};
 use crate::store::{RedbStore, StoreError};
 use crate::transport::cert::CertRule;
-use crate::transport::dtls::{DtlsServer, PskServerConfig};
+use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError};
 
@@ -139,6 +139,24 @@ fn tls_server(config: &Config) -> Result<TlsServer, GatewayError> {
         .map_err(|e| GatewayError::Credentials(e.to_string()))
 }
 
+/// The gateway's certificate for `coaps://` listeners (offered next to PSK), trusting the
+/// gateway's CA and every server's own `ca`; `None` without gateway certificates.
+fn dtls_certificates(config: &Config) -> Result<Option<X509Credentials>, GatewayError> {
+    let Some(files) = &config.gateway.certs else {
+        return Ok(None);
+    };
+    let mut creds = X509Credentials::from_pem_files(&files.cert, &files.key, &files.ca)
+        .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+    for server in &config.servers {
+        if let Some(ca) = &server.ca {
+            let extra = X509Credentials::ca_from_pem_file(ca)
+                .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+            creds.ca.extend(extra);
+        }
+    }
+    Ok(Some(creds))
+}
+
 /// Bound on a northbound TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -195,10 +213,14 @@ impl Gateway {
                         Some(s) => s.clone(),
                         None => {
                             let keys = keys.clone();
-                            let cfg = PskServerConfig::new(Arc::new(move |id: &[u8]| {
+                            let psk = PskServerConfig::new(Arc::new(move |id: &[u8]| {
                                 keys.get(id).cloned()
                             }));
-                            let s = Arc::new(DtlsServer::new(cfg).map_err(GatewayError::Dtls)?);
+                            let s = match dtls_certificates(&config)? {
+                                Some(x509) => DtlsServer::new(psk.with_x509(x509)),
+                                None => DtlsServer::new(psk),
+                            };
+                            let s = Arc::new(s.map_err(GatewayError::Dtls)?);
                             dtls = Some(s.clone());
                             s
                         }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use crate::coap::{ClientError, Packet, TransportTuning};
 use crate::config::{Config, DeviceConfig, Scheme};
 use crate::runtime::{AnySession, CoapClient, Io, RequestError, StreamClient, StreamRequestError};
-use crate::transport::dtls::{DtlsClient, PskClientConfig};
+use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
-use crate::transport::{Identity, TransportError, tcp};
+use crate::transport::{DatagramSession, Identity, TransportError, tcp};
 use crate::verifier::{AclReading, ReadFailure};
 use rustls::pki_types::ServerName;
 
@@ -84,6 +84,18 @@ impl South {
                     })?;
                     dtls.insert(d.id.clone(), Arc::new(client));
                 }
+                (Scheme::Coaps, None, Some(files)) => {
+                    let dtls_error = |source| SouthError::Dtls {
+                        device: d.id.clone(),
+                        source,
+                    };
+                    let creds = X509Credentials::from_pem_files(&files.cert, &files.key, &files.ca)
+                        .map_err(dtls_error)?;
+                    let mut cfg = X509ClientConfig::new(creds);
+                    cfg.handshake_timeout = budget;
+                    let client = DtlsClient::new(cfg).map_err(dtls_error)?;
+                    dtls.insert(d.id.clone(), Arc::new(client));
+                }
                 (Scheme::CoapsTcp, _, Some(files)) => {
                     let tls_error = |source| SouthError::Tls {
                         device: d.id.clone(),
@@ -148,6 +160,9 @@ impl South {
                 })?;
                 let pipe = self.mux_for(addr).await?.connect(addr);
                 let session = client.connect(pipe).await.map_err(handshake_failure)?;
+                if device.psk.is_none() {
+                    check_identity(device, &session.peer_info().identity)?;
+                }
                 return Ok(DeviceClient::Datagram(CoapClient::new(
                     AnySession::Dtls(session),
                     self.tuning.clone(),

@@ -217,18 +217,23 @@ impl X509Credentials {
     /// (PKCS#8 or traditional, unencrypted), `ca` one or more trust anchors. Each error names
     /// the file and why it cannot be used (missing or unreadable, no PEM certificate / key in
     /// it, the key does not match the certificate).
+    /// Reads extra trust anchors (PEM CA certificates) from a file.
+    pub fn ca_from_pem_file(ca: &Path) -> Result<Vec<X509>, TransportError> {
+        read_pem_certs(ca)
+    }
+
     pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TransportError> {
         let cert_chain = read_pem_certs(cert)?;
         let key_pem = read_file(key)?;
         let private =
-            PKey::private_key_from_pem(&key_pem).map_err(|e| TransportError::Credentials {
+            PKey::private_key_from_pem(&key_pem).map_err(|e| TransportError::DtlsCredentials {
                 path: key.to_path_buf(),
                 reason: format!("not a PEM private key ({})", first_reason(&e)),
             })?;
         let anchors = read_pem_certs(ca)?;
         let creds = X509Credentials::new(cert_chain, private, anchors);
         if !creds.key_matches_leaf() {
-            return Err(TransportError::Credentials {
+            return Err(TransportError::DtlsCredentials {
                 path: key.to_path_buf(),
                 reason: format!(
                     "the private key does not match the certificate in {}",
@@ -309,7 +314,7 @@ impl fmt::Debug for X509Credentials {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TransportError> {
-    std::fs::read(path).map_err(|e| TransportError::Credentials {
+    std::fs::read(path).map_err(|e| TransportError::DtlsCredentials {
         path: path.to_path_buf(),
         reason: format!("cannot read the file: {e}"),
     })
@@ -317,7 +322,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TransportError> {
 
 fn read_pem_certs(path: &Path) -> Result<Vec<X509>, TransportError> {
     let pem = read_file(path)?;
-    let not_pem = |detail: String| TransportError::Credentials {
+    let not_pem = |detail: String| TransportError::DtlsCredentials {
         path: path.to_path_buf(),
         reason: format!("no PEM certificate in the file{detail}"),
     };

@@ -419,8 +419,8 @@ fn write(path: &Path, bytes: &[u8]) {
 
 fn credentials_error(result: Result<X509Credentials, TransportError>) -> (String, String) {
     match result {
-        Err(err @ TransportError::Credentials { .. }) => {
-            let TransportError::Credentials { path, .. } = &err else {
+        Err(err @ TransportError::DtlsCredentials { .. }) => {
+            let TransportError::DtlsCredentials { path, .. } = &err else {
                 unreachable!("matched above");
             };
             (path.display().to_string(), err.to_string())

@@ -208,7 +208,7 @@ pub enum TransportError {
     },
     /// Our side: a certificate, key or CA file cannot be used.
     #[error("DTLS credentials {}: {reason}", path.display())]
-    Credentials {
+    DtlsCredentials {
         /// The file at fault.
         path: std::path::PathBuf,
         /// Why (missing file, not PEM, key does not match the certificate).
