@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::tcp::{self, TcpEndpoint};
+use super::tests::{KillOnDrop, free_port_pair, require_tool, within};
 use super::tls::{
     ALPN_COAP, CredentialPart, CredentialProblem, TlsClient, TlsCredentials, TlsFailure, TlsServer,
 };
@@ -29,14 +30,6 @@ const STEP: Duration = Duration::from_secs(5);
 const HANDSHAKE: Duration = Duration::from_secs(5);
 const LOOP4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LOOP6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-
-/// Await `fut` or fail the test after `limit`.
-async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("test step did not finish within {limit:?}"),
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Certificates
@@ -792,53 +785,6 @@ fn mismatched_key_is_a_config_error() {
 // ---------------------------------------------------------------------------------------
 // Interop with libcoap (Debian's libcoap3-bin) over coaps+tcp
 // ---------------------------------------------------------------------------------------
-
-/// Kills and reaps the child when dropped, so a failing test leaves no process behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn require_tool(name: &str) {
-    let found = Command::new(name)
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found,
-        "`{name}` not found: install libcoap3-bin (apt-get install libcoap3-bin) to run the interop tests"
-    );
-}
-
-/// A port P on 127.0.0.1 with P and P+1 free for both UDP and TCP (libcoap binds all four).
-fn free_port_pair() -> u16 {
-    for _ in 0..50 {
-        let Ok(probe) = std::net::TcpListener::bind((LOOP4, 0)) else {
-            continue;
-        };
-        let Ok(port) = probe.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        drop(probe);
-        if port >= 65_000 {
-            continue;
-        }
-        let free = [port, port + 1].iter().all(|&p| {
-            std::net::TcpListener::bind((LOOP4, p)).is_ok()
-                && std::net::UdpSocket::bind((LOOP4, p)).is_ok()
-        });
-        if free {
-            return port;
-        }
-    }
-    panic!("no free port pair on 127.0.0.1");
-}
 
 /// Writes `name.pem` / `name.key` and `ca.pem` into `dir`.
 fn write_pems(dir: &std::path::Path, pki: &Pki, issued: &Issued, name: &str) {

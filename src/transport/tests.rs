@@ -598,18 +598,28 @@ pub(crate) fn require_tool(name: &str) {
 
 /// A UDP port P on 127.0.0.1 with P+1 also free (libcoap listens DTLS on P+1).
 pub(crate) fn free_port_pair() -> u16 {
+    let lo = std::net::Ipv4Addr::LOCALHOST;
     for _ in 0..50 {
-        let Ok(probe) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        let Ok(probe) = std::net::TcpListener::bind((lo, 0)) else {
             continue;
         };
         let Ok(port) = probe.local_addr().map(|a| a.port()) else {
             continue;
         };
-        if port < 65_000 && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+        drop(probe);
+        if port >= 65_000 {
+            continue;
+        }
+        // libcoap binds UDP and TCP on P (coap, coap+tcp) and on P+1 (coaps, coaps+tcp).
+        let free = [port, port + 1].iter().all(|&p| {
+            std::net::TcpListener::bind((lo, p)).is_ok()
+                && std::net::UdpSocket::bind((lo, p)).is_ok()
+        });
+        if free {
             return port;
         }
     }
-    panic!("no free UDP port pair on 127.0.0.1");
+    panic!("no free port pair on 127.0.0.1");
 }
 
 /// Our DtlsClient against `coap-server-openssl`: PSK handshake (any identity with plain `-k`),
