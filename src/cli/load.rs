@@ -15,7 +15,7 @@ use crate::cli::CliResult;
 use crate::cli::ctl::GatewayClient;
 use crate::cli::demo::tempfile_dir;
 use crate::coap::RequestType;
-use crate::config::Config;
+use crate::config::{Config, EndpointUri};
 use crate::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use crate::gateway::Gateway;
 
@@ -36,6 +36,10 @@ pub struct LoadArgs {
     /// Stop measuring after this many seconds, whatever the counts.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
+    /// Also measure GET /.well-known/core over UDP against libcoap's coap-server-openssl and
+    /// our own CoAP server in the same run, and print the ratio.
+    #[arg(long)]
+    vs_libcoap: bool,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -189,5 +193,74 @@ pub async fn run(args: LoadArgs) -> CliResult<()> {
         d.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if args.vs_libcoap {
+        versus_libcoap(args.gets, budget.saturating_sub(started.elapsed())).await?;
+    }
+    Ok(())
+}
+
+/// GETs of `/.well-known/core`, one at a time, from one client: `n` or until `budget`.
+async fn get_rate(uri: EndpointUri, n: usize, budget: Duration) -> CliResult<f64> {
+    let mut client = GatewayClient::connect(uri, None).await?;
+    // Warm up (first exchange, ARP-free loopback, allocator).
+    client
+        .request(RequestType::Get, "/.well-known/core", None, None, &[])
+        .await?;
+    let t = Instant::now();
+    let mut done = 0usize;
+    while done < n && t.elapsed() < budget {
+        let reply = client
+            .request(RequestType::Get, "/.well-known/core", None, None, &[])
+            .await?;
+        if reply.code != "2.05" {
+            return Err(format!("{uri}: GET answered {}", reply.code).into());
+        }
+        done += 1;
+    }
+    Ok(done as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Kills the peer process when the measurement ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Same client, same request, same machine, same run: libcoap's server against ours.
+async fn versus_libcoap(n: usize, budget: Duration) -> CliResult<()> {
+    let port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        probe.local_addr()?.port()
+    };
+    let peer = std::process::Command::new("coap-server-openssl")
+        .args(["-A", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot start coap-server-openssl (apt-get install libcoap3-bin): {e}")
+        })?;
+    let _peer = Child(peer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ours = RunningDevice::start(&DeviceSimConfig {
+        id: "bench".into(),
+        listen: "coap://127.0.0.1:0".into(),
+        profile: "lwm2m".into(),
+        ..DeviceSimConfig::default()
+    })
+    .await?;
+    let libcoap_uri: EndpointUri = format!("coap://127.0.0.1:{port}").parse()?;
+    let half = budget / 2;
+    let theirs = get_rate(libcoap_uri, n, half).await?;
+    let mine = get_rate(ours.uri(), n, half).await?;
+    ours.stop().await;
+    println!(
+        "GET /.well-known/core over UDP, one client, one at a time: libcoap {theirs:.0} req/s, privgw {mine:.0} req/s, ratio privgw/libcoap {:.2}",
+        mine / theirs
+    );
     Ok(())
 }

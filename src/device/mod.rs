@@ -46,7 +46,7 @@ pub enum Behaviour {
 }
 
 /// A simulated device's configuration (TOML, see `examples/devA.toml`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSimConfig {
     pub id: String,
@@ -180,6 +180,20 @@ impl DeviceHandler {
         }
         if !is_get {
             return coap::response_to(request, ResponseType::MethodNotAllowed);
+        }
+        if path == [".well-known", "core"] {
+            let mut response = coap::response_to(request, ResponseType::Content);
+            coap::set_content_format(&mut response, content_format::LINK_FORMAT);
+            response.payload = match &self.model {
+                Model::Lwm2m(_) => b"</2>;ct=\"11542 110 112 11544\"".to_vec(),
+                Model::Dm(acls) => acls
+                    .keys()
+                    .map(|k| format!("<{k}>"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into_bytes(),
+            };
+            return response;
         }
         match &self.model {
             Model::Lwm2m(instances) => self.answer_lwm2m(request, &path, instances),
