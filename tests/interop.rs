@@ -8,7 +8,10 @@
 //! * CoAP over TCP/TLS (RFC 8323): `coap-client-openssl` as server A with certificates over
 //!   `coaps+tcp://`, `coap-server-openssl` devices over TLS, and aiocoap (`aiocoap-client`,
 //!   `pip install aiocoap`) over `coap+tcp://` and `coaps+tcp://` (see
-//!   `interop_support::stream` for the peer behaviours accounted for).
+//!   `interop_support::stream` for the peer behaviours accounted for);
+//! * X.509 over DTLS (`coaps://`, libcoap's PKI mode): `coap-client-openssl -c/-j/-C` as
+//!   server A against the gateway's `coaps://` listener, and `coap-server-openssl -c/-j/-C`
+//!   devices read over DTLS with `cert_match` (see `interop_support::dtls_pki`).
 //!
 //! Run with `cargo test --features interop --test interop`. A missing libcoap binary or
 //! aiocoap fails the test with a message saying what to install; it never skips.
@@ -17,6 +20,7 @@ mod interop_support;
 
 use std::sync::Arc;
 
+use interop_support::dtls_pki::{DtlsPkiGateway, dtls_cns_presented, dtls_pki_handshake_logged};
 use interop_support::stream::{
     self, Aiocoap, StreamDevice, StreamGateway, aiocoap_credentials, cert, libcoap_pki_args,
     require_aiocoap, run_aiocoap,
@@ -1228,4 +1232,283 @@ async fn north_aiocoap_client_without_a_client_certificate_is_refused() {
         reply.render()
     );
     n.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. X.509 certificates over DTLS (libcoap's PKI mode on coaps://)
+// ---------------------------------------------------------------------------------------
+
+/// Simulated devices for the DTLS-PKI north test: devA over DTLS-X.509 only (certs/devA, no
+/// PSK, `cert_match`), devB and devC over DTLS-PSK; /3/0 is A's everywhere, /4/0 is B's on
+/// devB.
+async fn dtls_pki_sim_devices() -> (Vec<RunningDevice>, Vec<StreamDevice>) {
+    let mut devices = Vec::new();
+    let mut entries = Vec::new();
+    for id in GROUP {
+        let key = format!("devkey{}", &id[3..]);
+        let x509 = id == "devA";
+        let config = DeviceSimConfig {
+            id: id.to_owned(),
+            listen: "coaps://127.0.0.1:0".to_owned(),
+            profile: "lwm2m".to_owned(),
+            psk_identity: (!x509).then(|| DEVICE_IDENTITY.to_owned()),
+            psk_key: (!x509).then(|| key.clone()),
+            psk_key_hex: None,
+            cert: x509.then(|| cert(id).into()),
+            key: x509.then(|| stream::key(id).into()),
+            ca: x509.then(|| cert("ca").into()),
+            behaviour: Behaviour::Normal,
+            access_control: [(0, 3, SSID_A), (1, 4, owner_4_of(id))]
+                .into_iter()
+                .map(|(instance, object, owner)| AcInstance {
+                    instance,
+                    object,
+                    object_instance: 0,
+                    owner,
+                    acl: [(owner.to_string(), 31)].into_iter().collect(),
+                })
+                .collect(),
+            acls: Default::default(),
+        };
+        let dev = RunningDevice::start(&config)
+            .await
+            .expect("start a simulated device");
+        let lines = if x509 {
+            vec![format!("cert_match = \"san-dns:{id}.example\"")]
+        } else {
+            vec![format!(
+                "psk_identity = {DEVICE_IDENTITY:?}\npsk_key = {key:?}"
+            )]
+        };
+        entries.push(StreamDevice {
+            id: id.to_owned(),
+            uri: dev.uri().to_string(),
+            lines,
+        });
+        devices.push(dev);
+    }
+    (devices, entries)
+}
+
+/// `coap-client-openssl -c certs/serverA.pem -j certs/serverA.key -C certs/ca.pem` against
+/// the gateway's `coaps://` listener (DTLS with certificates, next to PSK): POST G1 /3/0
+/// (`-t 60 -f body.cbor`) → 2.01 with Location-Path, Verified=[devA, devB, devC] and
+/// Grantor ServerA (from `-o` and the `-v 6` dump alike); G1 /4/0 → 4.03 Status 425
+/// Failed=[devB denied]; GET lists exactly the first; serverC's valid certificate → 4.01
+/// with no device traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn north_libcoap_over_dtls_with_certificates() {
+    require_libcoap();
+    let scratch = Arc::new(Scratch::new());
+    let (devices, entries) = dtls_pki_sim_devices().await;
+    let gw = DtlsPkiGateway::start(&scratch, &entries).await;
+    let requests = || devices.iter().map(RunningDevice::requests).sum::<u64>();
+    let url = gw.coaps_url("/GwConfig/Privileges");
+
+    let run = cli_tls_add(
+        &scratch,
+        &url,
+        "serverA",
+        ("G1", "Group", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    let response = run.expect_code("2.01");
+    assert!(
+        response.options.contains("Location-Path:GwConfig"),
+        "{}",
+        run.transcript()
+    );
+    let body = run.output_cbor();
+    assert_eq!(verified_ids(&body), GROUP, "{body:?}");
+    assert_eq!(body.get("Grantor").and_then(Value::as_str), Some("ServerA"));
+    assert_eq!(run.cbor_body(), body, "-o and the -v 6 dump agree");
+    // coap-client verified the gateway's certificate in a DTLS handshake.
+    let printed = format!("{}\n{}", run.stdout, run.stderr);
+    assert!(
+        dtls_cns_presented(&printed, "server")
+            .iter()
+            .any(|cn| cn == "gateway.example"),
+        "coap-client logged no gateway certificate over DTLS\n{}",
+        run.transcript()
+    );
+    for d in &devices {
+        assert!(d.requests() >= 1, "a device was not asked");
+    }
+
+    let run = cli_tls_add(
+        &scratch,
+        &url,
+        "serverA",
+        ("G1", "Group", "/4/0", "Get=ServerB"),
+    )
+    .await;
+    run.expect_code("4.03");
+    let body = run.cbor_body();
+    assert_eq!(body.get("Status").and_then(Value::as_int), Some(425));
+    assert_eq!(failed_ids(&body), ["devB"], "{body:?}");
+    assert_eq!(failed_reasons(&body), ["denied"], "{body:?}");
+
+    let out = scratch.file("list.out").to_string_lossy().into_owned();
+    let mut args = libcoap_pki_args("serverA");
+    args.extend(["-m".into(), "get".into(), "-o".into(), out, url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_client(&scratch, &args).await;
+    run.expect_code("2.05");
+    let Value::Map(listing) = run.output_cbor() else {
+        panic!("listing is not a map\n{}", run.transcript())
+    };
+    assert_eq!(listing.len(), 1, "{listing:?}");
+    assert_eq!(entry_field(&listing[0].1, "URI"), "/3/0");
+    assert_eq!(entry_field(&listing[0].1, "Grantor"), "ServerA");
+
+    // A certificate the CA issued but no server entry names.
+    let before = requests();
+    let run = cli_tls_add(
+        &scratch,
+        &url,
+        "serverC",
+        ("G1", "Group", "/3/0", "Replace=ServerB"),
+    )
+    .await;
+    run.expect_code("4.01");
+    assert_eq!(requests(), before, "no device traffic for 4.01");
+    gw.stop().await;
+    for d in devices {
+        d.stop().await;
+    }
+}
+
+/// Three `coap-server-openssl -c certs/devX.pem -j certs/devX.key -C certs/ca.pem -d 50`
+/// devices, `/2` provisioned as TLV over plain UDP on P, read by the gateway over DTLS with
+/// certificates on P+1 (no PSK, `cert_match = san-dns:devX.example`): G1 /3/0 → 2.01, each
+/// device logged privgw's GET /2 with Accept 11542 and the gateway certificate; G1 /4/0 →
+/// 4.03 Failed=[devB denied]; the same end to end with coap-client as server A over
+/// DTLS-PKI; a device entered with the wrong `cert_match` fails with `secure-channel` and
+/// sees no GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn south_libcoap_devices_over_dtls_with_certificates() {
+    require_libcoap();
+    let scratch = Arc::new(Scratch::new());
+    let mut devices = Vec::new();
+    for id in GROUP {
+        // -c/-j/-C: DTLS (and TLS) with certs/<id> on P+1, verifying clients with ca.pem.
+        let dev = LibcoapServer::start_tls(&scratch, id, id).await;
+        let file = scratch.write(&format!("{id}-ac.tlv"), &ac_tlv(owner_4_of(id)));
+        let file = file.to_string_lossy().into_owned();
+        let url = format!("{}/2", dev.coap_uri());
+        let run = run_client(&scratch, &["-m", "put", "-t", "11542", "-f", &file, &url]).await;
+        run.expect_code("2.01");
+        devices.push(dev);
+    }
+    let mut entries: Vec<StreamDevice> = devices
+        .iter()
+        .map(|d| StreamDevice {
+            id: d.name.clone(),
+            uri: d.coaps_uri(),
+            lines: vec![format!("cert_match = \"san-dns:{}.example\"", d.name)],
+        })
+        .collect();
+    let server_a = || ClientCredentials::Certificates {
+        cert: cert("serverA").into(),
+        key: stream::key("serverA").into(),
+        ca: cert("ca").into(),
+    };
+    let gw = DtlsPkiGateway::start(&scratch, &entries).await;
+    let mut a = GatewayClient::connect_with(gw.coaps, server_a())
+        .await
+        .expect("server A connects over DTLS with its certificate");
+
+    let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "2.01", "{}", reply.render());
+    assert_eq!(reply.verified_ids(), GROUP, "{}", reply.render());
+    for dev in &devices {
+        let gets = dev.gateway_gets();
+        assert!(
+            gets.iter()
+                .any(|r| r.options.contains("Uri-Path:2") && r.options.contains("Accept:11542")),
+            "{} logged no GET /2 Accept:11542 over DTLS from privgw: {gets:?}\n{}",
+            dev.name,
+            dev.log()
+        );
+        // The gateway presented its certificate in a DTLS handshake with certificate
+        // suites (the TLS readiness probe's certificate does not count).
+        let log = dev.log();
+        assert!(
+            dtls_pki_handshake_logged(&log),
+            "{} logged no DTLS PKI handshake\n{log}",
+            dev.name
+        );
+        let cns = dtls_cns_presented(&log, "client");
+        assert!(
+            cns.iter().any(|cn| cn == "gateway.example"),
+            "{} saw DTLS client certificates {cns:?}\n{log}",
+            dev.name
+        );
+    }
+
+    let reply = add(&mut a, "G1", "Group", "/4/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_eq!(reply.failed_ids(), ["devB"], "{}", reply.render());
+    let doc = reply.document.as_ref().expect("4.03 has a CBOR body");
+    assert_eq!(failed_reasons(doc), ["denied"], "{}", reply.render());
+
+    // End to end: libcoap server A → privgw → libcoap devices, all DTLS with certificates.
+    let url = gw.coaps_url("/GwConfig/Privileges");
+    let run = cli_tls_add(
+        &scratch,
+        &url,
+        "serverA",
+        ("G1", "Group", "/3/0", "Replace=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    assert_eq!(
+        verified_ids(&run.output_cbor()),
+        GROUP,
+        "{}",
+        run.transcript()
+    );
+    let run = cli_tls_add(
+        &scratch,
+        &url,
+        "serverA",
+        ("G1", "Group", "/4/0", "Replace=ServerB"),
+    )
+    .await;
+    run.expect_code("4.03");
+    assert_eq!(
+        failed_ids(&run.cbor_body()),
+        ["devB"],
+        "{}",
+        run.transcript()
+    );
+    gw.stop().await;
+
+    // devC entered as if it were devA.example: its (valid) certificate does not match.
+    entries[2].lines = vec!["cert_match = \"san-dns:devA.example\"".to_owned()];
+    let gets_before = devices[2].gateway_gets().len();
+    let scratch2 = Scratch::new();
+    let gw = DtlsPkiGateway::start(&scratch2, &entries).await;
+    let mut a = GatewayClient::connect_with(gw.coaps, server_a())
+        .await
+        .expect("server A connects over DTLS with its certificate");
+    for target in [("devC", "Device"), ("G1", "Group")] {
+        let reply = add(&mut a, target.0, target.1, "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "5.02", "{}", reply.render());
+        let doc = reply.document.as_ref().expect("failure body");
+        assert_eq!(failed_ids(doc), ["devC"], "{}", reply.render());
+        assert_eq!(
+            failed_reasons(doc),
+            ["secure-channel"],
+            "{}",
+            reply.render()
+        );
+    }
+    assert_eq!(
+        devices[2].gateway_gets().len(),
+        gets_before,
+        "no request to a device that failed its certificate rule"
+    );
+    gw.stop().await;
+    drop(devices);
 }

@@ -159,9 +159,14 @@ impl South {
                     ReadFailure::SecureChannel("no DTLS credentials for this device".into())
                 })?;
                 let pipe = self.mux_for(addr).await?.connect(addr);
-                let session = client.connect(pipe).await.map_err(handshake_failure)?;
+                let mut session = client.connect(pipe).await.map_err(handshake_failure)?;
                 if device.psk.is_none() {
-                    check_identity(device, &session.peer_info().identity)?;
+                    if let Err(e) = check_identity(device, &session.peer_info().identity) {
+                        // Tell the device the session is over (close_notify): it keeps a
+                        // session per address, and the next handshake comes from this port.
+                        let _ = session.close().await;
+                        return Err(e);
+                    }
                 }
                 return Ok(DeviceClient::Datagram(CoapClient::new(
                     AnySession::Dtls(session),

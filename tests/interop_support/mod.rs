@@ -27,6 +27,7 @@ use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::gateway::Gateway;
 use privgw::mo::Value;
 
+pub mod dtls_pki;
 pub mod stream;
 
 pub const CLIENT: &str = "coap-client-openssl";

@@ -81,6 +81,9 @@ struct DeviceSpec {
     profile: &'static str,
     policy: Option<&'static str>,
     psk_key: String,
+    /// Whether the device has DTLS PSK keys (sim and gateway entry); without them a
+    /// `coaps://` device is read over DTLS-X.509.
+    psk: bool,
     kind: Kind,
 }
 
@@ -106,6 +109,8 @@ pub struct FleetBuilder {
     server_lines: BTreeMap<&'static str, Vec<String>>,
     /// Extra TOML lines per device entry, by DeviceID.
     device_lines: BTreeMap<String, Vec<String>>,
+    /// Whether simulated devices added from now on get DTLS PSK keys (default: yes).
+    device_psk: bool,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -184,6 +189,7 @@ impl FleetBuilder {
             device_certs: None,
             server_lines: BTreeMap::new(),
             device_lines: BTreeMap::new(),
+            device_psk: true,
         }
     }
 
@@ -192,8 +198,8 @@ impl FleetBuilder {
             id: id.to_owned(),
             listen: self.device_listen.clone(),
             profile: profile.to_owned(),
-            psk_identity: Some("gateway".to_owned()),
-            psk_key: Some(format!("devkey-{id}")),
+            psk_identity: self.device_psk.then(|| "gateway".to_owned()),
+            psk_key: self.device_psk.then(|| format!("devkey-{id}")),
             psk_key_hex: None,
             cert: self.device_certs.as_ref().map(|c| c.cert.clone()),
             key: self.device_certs.as_ref().map(|c| c.key.clone()),
@@ -210,6 +216,7 @@ impl FleetBuilder {
             profile,
             policy,
             psk_key: format!("devkey-{id}"),
+            psk: self.device_psk,
             kind,
         });
     }
@@ -317,6 +324,15 @@ impl FleetBuilder {
         self
     }
 
+    /// Whether the simulated devices added after this call have DTLS PSK keys (default
+    /// `true`). With `false` (and [`device_certs`](Self::device_certs) set) a `coaps://`
+    /// device serves DTLS-X.509 only, and its gateway entry has no `psk_identity`/`psk_key`,
+    /// so the gateway reads it over DTLS-X.509.
+    pub fn device_psk(mut self, on: bool) -> Self {
+        self.device_psk = on;
+        self
+    }
+
     /// Adds a raw TOML line (e.g. `cert_match = "san-dns:serverA.example"`) to a server entry.
     pub fn server_toml(mut self, server: &'static str, line: &str) -> Self {
         self.server_lines
@@ -420,7 +436,7 @@ impl FleetBuilder {
             if let Some(p) = spec.policy {
                 writeln!(toml, "policy = \"{p}\"").unwrap();
             }
-            if uri.scheme == Scheme::Coaps {
+            if uri.scheme == Scheme::Coaps && spec.psk {
                 writeln!(
                     toml,
                     "psk_identity = \"gateway\"\npsk_key = \"{}\"",
@@ -544,6 +560,15 @@ impl Fleet {
     /// connection cannot be set up.
     pub async fn tls_client(&self, certs: &CertPaths) -> GatewayClient {
         let uri = self.coaps_tcp();
+        GatewayClient::connect_with(uri, certs.credentials())
+            .await
+            .unwrap_or_else(|e| panic!("{} cannot connect to {uri}: {e}", certs.cert.display()))
+    }
+
+    /// A DTLS-X.509 client on the gateway's first `coaps://` listener presenting `certs`;
+    /// panics if the handshake fails.
+    pub async fn dtls_client(&self, certs: &CertPaths) -> GatewayClient {
+        let uri = self.coaps();
         GatewayClient::connect_with(uri, certs.credentials())
             .await
             .unwrap_or_else(|e| panic!("{} cannot connect to {uri}: {e}", certs.cert.display()))
