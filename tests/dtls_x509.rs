@@ -644,4 +644,3 @@ async fn dtls_client_that_closed_its_session_can_handshake_again_from_the_same_p
     })
     .await;
 }
-
