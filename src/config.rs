@@ -758,6 +758,12 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         } else {
             own_certs
         };
+        if psk.is_some() && rule.is_some() {
+            return Err(invalid(
+                format!("{key}.cert_match"),
+                "cert_match / spki_sha256 check a device certificate; this device uses PSK",
+            ));
+        }
         if uri.scheme == Scheme::CoapsTcp && psk.is_some() {
             return Err(invalid(
                 format!("{key}.psk_key"),

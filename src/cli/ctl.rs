@@ -10,11 +10,12 @@ use crate::coap::{self, CoapOption, MessageClass, Packet, RequestType, Transport
 use crate::config::{EndpointUri, Scheme, decode_hex};
 use crate::lwm2m::content_format;
 use crate::mo::Value;
-use crate::runtime::{AnySession, CoapClient, Io, RequestError, StreamClient, StreamRequestError};
+use crate::runtime::{Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError};
 use crate::transport::TransportError;
 use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
+use std::sync::Arc;
 
 /// A decoded answer from the gateway.
 #[derive(Debug, Clone)]
@@ -123,6 +124,8 @@ pub enum ClientSetupError {
     NoCredentials,
     #[error("coaps+tcp:// needs --cert, --key and --ca")]
     NoCertificates,
+    #[error("{0}")]
+    Open(OpenError),
 }
 
 /// How the client proves who it is.
@@ -142,22 +145,11 @@ pub enum ClientCredentials {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientRequestError {
-    #[error(transparent)]
-    Datagram(#[from] RequestError),
-    #[error(transparent)]
-    Stream(#[from] StreamRequestError),
-}
-
-enum Channel {
-    Datagram(CoapClient<AnySession>),
-    Stream(StreamClient<Box<dyn Io>>),
-}
-
 /// How long the client waits for an answer over TCP/TLS (verifications take up to the
 /// gateway's device timeout).
 const STREAM_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Bound on connecting and on a DTLS/TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A DM server's CoAP client for the gateway.
 pub struct GatewayClient {
@@ -182,68 +174,53 @@ impl GatewayClient {
         uri: EndpointUri,
         creds: ClientCredentials,
     ) -> Result<GatewayClient, ClientSetupError> {
-        let channel = match uri.scheme {
-            Scheme::Coap | Scheme::Coaps => {
-                let local = if uri.addr.is_ipv6() {
-                    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-                } else {
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-                };
-                let (mux, _) = DatagramMux::bind(local, false)
-                    .await
-                    .map_err(ClientSetupError::Socket)?;
-                let pipe = mux.connect(uri.addr);
-                let session = match (uri.scheme, creds) {
-                    (Scheme::Coaps, ClientCredentials::Psk { identity, key }) => {
-                        let dtls = DtlsClient::new(PskClientConfig::new(identity, key))
-                            .map_err(ClientSetupError::Dtls)?;
-                        AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
-                    }
-                    (Scheme::Coaps, ClientCredentials::Certificates { cert, key, ca }) => {
-                        let files = X509Credentials::from_pem_files(&cert, &key, &ca)
-                            .map_err(ClientSetupError::Dtls)?;
-                        let dtls = DtlsClient::new(X509ClientConfig::new(files))
-                            .map_err(ClientSetupError::Dtls)?;
-                        AnySession::Dtls(dtls.connect(pipe).await.map_err(ClientSetupError::Dtls)?)
-                    }
-                    (Scheme::Coaps, ClientCredentials::None) => {
-                        return Err(ClientSetupError::NoCredentials);
-                    }
-                    _ => AnySession::Plain(pipe),
-                };
-                Channel::Datagram(CoapClient::new(session, TransportTuning::unreliable()))
-            }
-            Scheme::CoapTcp => {
-                let tcp =
-                    crate::transport::tcp::connect(uri.addr, std::time::Duration::from_secs(10))
-                        .await
-                        .map_err(ClientSetupError::Tcp)?;
-                Channel::Stream(StreamClient::new(
-                    Box::new(tcp),
-                    1 << 20,
-                    STREAM_RESPONSE_TIMEOUT,
+        let security = match (uri.scheme, creds) {
+            (Scheme::Coap | Scheme::CoapTcp, _) => ChannelSecurity::None,
+            (Scheme::Coaps, ClientCredentials::Psk { identity, key }) => {
+                let mut cfg = PskClientConfig::new(identity, key);
+                cfg.handshake_timeout = HANDSHAKE_TIMEOUT;
+                ChannelSecurity::Dtls(Arc::new(
+                    DtlsClient::new(cfg).map_err(ClientSetupError::Dtls)?,
                 ))
             }
-            Scheme::CoapsTcp => {
-                let ClientCredentials::Certificates { cert, key, ca } = creds else {
-                    return Err(ClientSetupError::NoCertificates);
-                };
+            (Scheme::Coaps, ClientCredentials::Certificates { cert, key, ca }) => {
+                let files = X509Credentials::from_pem_files(&cert, &key, &ca)
+                    .map_err(ClientSetupError::Dtls)?;
+                let mut cfg = X509ClientConfig::new(files);
+                cfg.handshake_timeout = HANDSHAKE_TIMEOUT;
+                ChannelSecurity::Dtls(Arc::new(
+                    DtlsClient::new(cfg).map_err(ClientSetupError::Dtls)?,
+                ))
+            }
+            (Scheme::Coaps, ClientCredentials::None) => {
+                return Err(ClientSetupError::NoCredentials);
+            }
+            (Scheme::CoapsTcp, ClientCredentials::Certificates { cert, key, ca }) => {
                 let files = TlsCredentials::from_pem_files(&cert, &key, &ca)
                     .map_err(ClientSetupError::Tls)?;
-                let tls = TlsClient::new(files, std::time::Duration::from_secs(10))
-                    .map_err(ClientSetupError::Tls)?;
-                let name = rustls::pki_types::ServerName::IpAddress(uri.addr.ip().into());
-                let (stream, _) = tls
-                    .connect(uri.addr, name)
-                    .await
-                    .map_err(ClientSetupError::Tls)?;
-                Channel::Stream(StreamClient::new(
-                    Box::new(stream),
-                    1 << 20,
-                    STREAM_RESPONSE_TIMEOUT,
+                ChannelSecurity::Tls(Arc::new(
+                    TlsClient::new(files, HANDSHAKE_TIMEOUT).map_err(ClientSetupError::Tls)?,
                 ))
             }
+            (Scheme::CoapsTcp, _) => return Err(ClientSetupError::NoCertificates),
         };
+        let local = if uri.addr.is_ipv6() {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+        } else {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+        };
+        let (mux, _) = DatagramMux::bind(local, false)
+            .await
+            .map_err(ClientSetupError::Socket)?;
+        let tuning = ChannelTuning {
+            datagram: TransportTuning::unreliable(),
+            connect_timeout: HANDSHAKE_TIMEOUT,
+            stream_response_timeout: STREAM_RESPONSE_TIMEOUT,
+            stream_max_message_size: 1 << 20,
+        };
+        let (channel, _) = Channel::open(uri, &mux, &security, &tuning)
+            .await
+            .map_err(ClientSetupError::Open)?;
         Ok(GatewayClient { channel })
     }
 
@@ -255,7 +232,7 @@ impl GatewayClient {
         body: Option<(u16, Vec<u8>)>,
         accept: Option<u16>,
         options: &[(CoapOption, Vec<u8>)],
-    ) -> Result<Reply, ClientRequestError> {
+    ) -> Result<Reply, ChannelError> {
         let mut p = Packet::new();
         p.header.code = MessageClass::Request(method);
         coap::set_uri(&mut p, path);
@@ -269,11 +246,7 @@ impl GatewayClient {
         for (o, v) in options {
             p.add_option(*o, v.clone());
         }
-        let response = match &mut self.channel {
-            Channel::Datagram(client) => client.request(p).await?,
-            Channel::Stream(client) => client.request(p).await?,
-        };
-        Ok(Reply::from_packet(response))
+        Ok(Reply::from_packet(self.channel.request(p).await?))
     }
 
     /// POST a new privilege on the collection (DM Add).
@@ -283,7 +256,7 @@ impl GatewayClient {
         target_type: &str,
         uri: &str,
         acl: &str,
-    ) -> Result<Reply, ClientRequestError> {
+    ) -> Result<Reply, ChannelError> {
         let body = privilege_body(target, target_type, uri, acl).to_cbor();
         self.request(
             RequestType::Post,

@@ -5,6 +5,7 @@
 //! The same runtime serves the gateway (north) and the simulated devices, and carries the
 //! gateway's requests to devices (south) and the `ctl` client's to the gateway.
 
+pub mod channel;
 pub mod client;
 pub mod listener;
 pub mod pipeline;
@@ -19,6 +20,7 @@ use coap_lite::Packet;
 
 use crate::transport::PeerInfo;
 
+pub use channel::{Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError};
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
 pub use session::serve_session;

@@ -13,24 +13,20 @@ use std::time::Duration;
 
 use crate::coap::{ClientError, Packet, TransportTuning};
 use crate::config::{Config, DeviceConfig, Scheme};
-use crate::runtime::{AnySession, CoapClient, Io, RequestError, StreamClient, StreamRequestError};
+use crate::runtime::{
+    Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError,
+    StreamRequestError,
+};
 use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
-use crate::transport::{DatagramSession, Identity, TransportError, tcp};
+use crate::transport::{Identity, TransportError};
 use crate::verifier::{AclReading, ReadFailure};
-use rustls::pki_types::ServerName;
 
 use fanout::AclReader;
 
-/// A connected device: datagrams (UDP, DTLS) or a stream (TCP, TLS).
-enum DeviceClient {
-    Datagram(CoapClient<AnySession>),
-    Stream(StreamClient<Box<dyn Io>>),
-}
-
-/// One device's link: the client, once connected.
-type Link = Arc<tokio::sync::Mutex<Option<DeviceClient>>>;
+/// One device's link: the channel, once open.
+type Link = Arc<tokio::sync::Mutex<Option<Channel>>>;
 
 /// The largest message we accept from a device over TCP/TLS (our CSM).
 const STREAM_MAX_MESSAGE_SIZE: u32 = 64 * 1024;
@@ -39,11 +35,9 @@ pub struct South {
     /// One socket per address family, created on first use.
     muxes: tokio::sync::Mutex<HashMap<bool, Arc<DatagramMux>>>,
     bind: Option<SocketAddr>,
-    dtls: HashMap<String, Arc<DtlsClient>>,
-    tls: HashMap<String, Arc<TlsClient>>,
+    security: HashMap<String, ChannelSecurity>,
     links: Mutex<HashMap<String, Link>>,
-    tuning: TransportTuning,
-    device_timeout: Duration,
+    tuning: ChannelTuning,
 }
 
 /// The DTLS handshake gets 90 % of the device deadline, so its own timeout (which knows
@@ -71,8 +65,7 @@ impl South {
     /// Prepares DTLS and TLS contexts for every secured device; sockets open on first use.
     pub fn new(config: &Config) -> Result<South, SouthError> {
         let budget = handshake_budget(config.gateway.device_timeout);
-        let mut dtls = HashMap::new();
-        let mut tls = HashMap::new();
+        let mut security = HashMap::new();
         for d in &config.devices {
             match (d.uri.scheme, &d.psk, &d.certs) {
                 (Scheme::Coaps, Some(psk), _) => {
@@ -82,7 +75,7 @@ impl South {
                         device: d.id.clone(),
                         source,
                     })?;
-                    dtls.insert(d.id.clone(), Arc::new(client));
+                    security.insert(d.id.clone(), ChannelSecurity::Dtls(Arc::new(client)));
                 }
                 (Scheme::Coaps, None, Some(files)) => {
                     let dtls_error = |source| SouthError::Dtls {
@@ -94,7 +87,7 @@ impl South {
                     let mut cfg = X509ClientConfig::new(creds);
                     cfg.handshake_timeout = budget;
                     let client = DtlsClient::new(cfg).map_err(dtls_error)?;
-                    dtls.insert(d.id.clone(), Arc::new(client));
+                    security.insert(d.id.clone(), ChannelSecurity::Dtls(Arc::new(client)));
                 }
                 (Scheme::CoapsTcp, _, Some(files)) => {
                     let tls_error = |source| SouthError::Tls {
@@ -104,20 +97,23 @@ impl South {
                     let creds = TlsCredentials::from_pem_files(&files.cert, &files.key, &files.ca)
                         .map_err(tls_error)?;
                     let client = TlsClient::new(creds, budget).map_err(tls_error)?;
-                    tls.insert(d.id.clone(), Arc::new(client));
+                    security.insert(d.id.clone(), ChannelSecurity::Tls(Arc::new(client)));
                 }
                 _ => {}
             }
         }
-        let tuning = TransportTuning::unreliable().with_ack_timeout(config.gateway.ack_timeout);
+        let tuning = ChannelTuning {
+            datagram: TransportTuning::unreliable().with_ack_timeout(config.gateway.ack_timeout),
+            connect_timeout: budget,
+            stream_response_timeout: config.gateway.device_timeout,
+            stream_max_message_size: STREAM_MAX_MESSAGE_SIZE,
+        };
         Ok(South {
             muxes: tokio::sync::Mutex::new(HashMap::new()),
             bind: config.gateway.south_bind,
-            dtls,
-            tls,
+            security,
             links: Mutex::new(HashMap::new()),
             tuning,
-            device_timeout: config.gateway.device_timeout,
         })
     }
 
@@ -144,58 +140,26 @@ impl South {
         links.entry(device.to_owned()).or_default().clone()
     }
 
-    async fn connect(&self, device: &DeviceConfig) -> Result<DeviceClient, ReadFailure> {
-        let addr = device.uri.addr;
-        let stream: Box<dyn Io> = match device.uri.scheme {
-            Scheme::Coap => {
-                let pipe = self.mux_for(addr).await?.connect(addr);
-                return Ok(DeviceClient::Datagram(CoapClient::new(
-                    AnySession::Plain(pipe),
-                    self.tuning.clone(),
-                )));
-            }
-            Scheme::Coaps => {
-                let client = self.dtls.get(&device.id).ok_or_else(|| {
-                    ReadFailure::SecureChannel("no DTLS credentials for this device".into())
-                })?;
-                let pipe = self.mux_for(addr).await?.connect(addr);
-                let mut session = client.connect(pipe).await.map_err(handshake_failure)?;
-                if device.psk.is_none() {
-                    if let Err(e) = check_identity(device, &session.peer_info().identity) {
-                        // Tell the device the session is over (close_notify): it keeps a
-                        // session per address, and the next handshake comes from this port.
-                        let _ = session.close().await;
-                        return Err(e);
-                    }
-                }
-                return Ok(DeviceClient::Datagram(CoapClient::new(
-                    AnySession::Dtls(session),
-                    self.tuning.clone(),
-                )));
-            }
-            Scheme::CoapTcp => Box::new(
-                tcp::connect(addr, handshake_budget(self.device_timeout))
-                    .await
-                    .map_err(|e| ReadFailure::Unreachable(e.to_string()))?,
-            ),
-            Scheme::CoapsTcp => {
-                let client = self.tls.get(&device.id).ok_or_else(|| {
-                    ReadFailure::SecureChannel("no TLS credentials for this device".into())
-                })?;
-                let name = ServerName::IpAddress(addr.ip().into());
-                let (stream, info) = client
-                    .connect(addr, name)
-                    .await
-                    .map_err(handshake_failure)?;
-                check_identity(device, &info.identity)?;
-                Box::new(stream)
-            }
-        };
-        Ok(DeviceClient::Stream(StreamClient::new(
-            stream,
-            STREAM_MAX_MESSAGE_SIZE,
-            self.device_timeout,
-        )))
+    async fn connect(&self, device: &DeviceConfig) -> Result<Channel, ReadFailure> {
+        let mux = self.mux_for(device.uri.addr).await?;
+        let security = self
+            .security
+            .get(&device.id)
+            .cloned()
+            .unwrap_or(ChannelSecurity::None);
+        let (channel, peer) = Channel::open(device.uri, &mux, &security, &self.tuning)
+            .await
+            .map_err(|e| match e {
+                OpenError::Transport(t) => handshake_failure(t),
+                other => ReadFailure::SecureChannel(other.to_string()),
+            })?;
+        if let Err(e) = check_identity(device, &peer.identity) {
+            // Tell the device the session is over (close_notify): it keeps a session per
+            // address, and our next handshake comes from this same port.
+            channel.close(CLOSE_NOTIFY_BUDGET).await;
+            return Err(e);
+        }
+        Ok(channel)
     }
 
     /// One request to a device over its link, connecting (handshaking) if needed. A link that
@@ -210,46 +174,48 @@ impl South {
         if guard.is_none() {
             *guard = Some(self.connect(device).await?);
         }
-        let result = match guard.as_mut() {
-            Some(DeviceClient::Datagram(client)) => {
-                client.request(request).await.map_err(|e| match e {
-                    RequestError::Coap(ClientError::TimedOut) => ReadFailure::Unreachable(
-                        "no CoAP response (retransmissions exhausted)".into(),
-                    ),
-                    RequestError::Coap(ClientError::Reset) => {
-                        ReadFailure::DeviceError { code: "RST".into() }
-                    }
-                    RequestError::Coap(other) => ReadFailure::BadAnswer(other.to_string()),
-                    RequestError::Transport(t) => ReadFailure::SecureChannel(t.to_string()),
-                })
-            }
-            Some(DeviceClient::Stream(client)) => {
-                client.request(request).await.map_err(|e| match e {
-                    StreamRequestError::Coap(ClientError::TimedOut) => {
-                        ReadFailure::Unreachable("no CoAP response in time".into())
-                    }
-                    StreamRequestError::Coap(other) => ReadFailure::BadAnswer(other.to_string()),
-                    StreamRequestError::Send(e) => ReadFailure::BadAnswer(e.to_string()),
-                    StreamRequestError::Io(e) => {
-                        ReadFailure::Unreachable(format!("connection: {e}"))
-                    }
-                    StreamRequestError::Closed(reason) => {
-                        ReadFailure::Unreachable(format!("connection closed: {reason}"))
-                    }
-                })
-            }
-            None => Err(ReadFailure::Unreachable("no link".into())),
+        let Some(channel) = guard.as_mut() else {
+            return Err(ReadFailure::Unreachable("no link".into()));
         };
+        let result = channel.request(request).await.map_err(request_failure);
         if result.is_err() {
-            if let Some(DeviceClient::Datagram(client)) = guard.take() {
-                // Say goodbye so the device drops its side too: a device that keeps a stale
-                // session for our address ignores our next ClientHello (RFC 6347 §4.2.8).
-                if let AnySession::Dtls(mut session) = client.into_session() {
-                    let _ = tokio::time::timeout(CLOSE_NOTIFY_BUDGET, session.close()).await;
-                }
+            // Say goodbye so the device drops its side too; the next read starts afresh.
+            if let Some(channel) = guard.take() {
+                channel.close(CLOSE_NOTIFY_BUDGET).await;
             }
         }
         result
+    }
+}
+
+/// Classifies a failed exchange on an open link.
+fn request_failure(e: ChannelError) -> ReadFailure {
+    match e {
+        ChannelError::Datagram(RequestError::Coap(ClientError::TimedOut)) => {
+            ReadFailure::Unreachable("no CoAP response (retransmissions exhausted)".into())
+        }
+        ChannelError::Datagram(RequestError::Coap(ClientError::Reset)) => {
+            ReadFailure::DeviceError { code: "RST".into() }
+        }
+        ChannelError::Datagram(RequestError::Coap(other)) => {
+            ReadFailure::BadAnswer(other.to_string())
+        }
+        ChannelError::Datagram(RequestError::Transport(t)) => {
+            ReadFailure::SecureChannel(t.to_string())
+        }
+        ChannelError::Stream(StreamRequestError::Coap(ClientError::TimedOut)) => {
+            ReadFailure::Unreachable("no CoAP response in time".into())
+        }
+        ChannelError::Stream(StreamRequestError::Coap(other)) => {
+            ReadFailure::BadAnswer(other.to_string())
+        }
+        ChannelError::Stream(StreamRequestError::Send(e)) => ReadFailure::BadAnswer(e.to_string()),
+        ChannelError::Stream(StreamRequestError::Io(e)) => {
+            ReadFailure::Unreachable(format!("connection: {e}"))
+        }
+        ChannelError::Stream(StreamRequestError::Closed(reason)) => {
+            ReadFailure::Unreachable(format!("connection closed: {reason}"))
+        }
     }
 }
 
