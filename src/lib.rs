@@ -14,17 +14,23 @@
 //! * [`lwm2m`] — LwM2M content formats (TLV, SenML-JSON, SenML-CBOR, LwM2M-CBOR) for `/2`.
 //! * [`mo`] — the Gateway Config MO: privileges, groups, devices, and DM commands on them.
 //! * [`verifier`] — the one verifier: plan → replies → decision, for devices and groups.
-//! * [`coap`] — sans-IO CoAP message layer: dedup, retransmission, tokens, block-wise.
+//! * [`coap`] — sans-IO CoAP: message layer (dedup, retransmission), tokens, block-wise,
+//!   RFC 8323 framing and signals.
 //!
 //! Sockets and crypto live at the edges:
 //!
-//! * [`transport`] — one UDP socket per endpoint demultiplexed by peer; DTLS 1.2 (OpenSSL).
+//! * [`transport`] — one UDP socket per endpoint demultiplexed by peer; DTLS 1.2 (OpenSSL,
+//!   PSK and X.509); TCP; TLS 1.2/1.3 (rustls); identities proven by each.
+//! * [`runtime`] — tokio drivers: listeners, sessions, the shared request pipeline, client
+//!   channels over every transport.
 //! * [`south`] — secured ACL reads from end devices, per device profile.
 //! * [`store`] — redb, one file, atomic and durable commits.
 //! * [`front`] — CoAP routes → DM commands on the MO → answers.
 //! * [`gateway`] — wires listeners, front, verifier, south and store together.
 //! * [`config`] — the TOML configuration, validated at start.
-//! * [`cli`] — `serve`, `device`, `ctl`, `demo`.
+//! * [`device`] — the simulated end device (demo, tests, interop tables).
+//! * [`pki`] — the test PKI behind `privgw certs`.
+//! * [`cli`] — `serve`, `device`, `ctl`, `demo`, `load`, `certs`.
 
 pub mod acl;
 pub mod cli;

@@ -11,7 +11,7 @@
 //! Decoding accepts any base-name split (`bn` `/2/0/` + `n` `2/999`, or a full
 //! `n` with no `bn`), `bv`, integral floats, and ignores `bt`, `t`, `bu`, `u`,
 //! `ut`, `bver` and unknown labels (except labels ending in `_`). Resolution is in
-//! [`super::senml`]. JSON nesting depth is bounded by `serde_json`'s recursion
+//! `super::senml`. JSON nesting depth is bounded by `serde_json`'s recursion
 //! limit, so hostile input cannot overflow the stack.
 
 use serde_json::{Map, Value as Json};
