@@ -22,23 +22,15 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 use std::time::Duration;
 
 use privgw::cli::ctl::{ClientCredentials, GatewayClient};
 use privgw::coap::RequestType;
 use privgw::config::Scheme;
-use privgw::pki::{Issued, Pki, Profile};
-use privgw::transport::cert::{CertIdentity, hex};
+use privgw::pki::{Pki, Profile};
 use privgw::transport::dtls::{DtlsClient, PskClientConfig};
 use privgw::transport::mux::DatagramMux;
 use support::*;
-
-const LOOPBACK: [IpAddr; 2] = [
-    IpAddr::V4(Ipv4Addr::LOCALHOST),
-    IpAddr::V6(Ipv6Addr::LOCALHOST),
-];
 
 /// How long a refused DTLS handshake may take before the test calls it hung. Certificate
 /// refusals come by alert, well within this.
@@ -53,15 +45,7 @@ const REFUSAL_WAIT: Duration = Duration::from_secs(10);
 /// server, by PSK identity serverA). Every device: /3/0 is A's; /4/0 is B's on devA (the
 /// DTLS-X.509 one), /5/0 on devB (DTLS-PSK), /6/0 on devC (TLS).
 fn mixed_fleet() -> FleetBuilder {
-    let acs = |id: &str| {
-        let owner = |odd: &str| if id == odd { SSID_B } else { SSID_A };
-        vec![
-            ac(0, 3, 0, SSID_A),
-            ac(1, 4, 0, owner("devA")),
-            ac(2, 5, 0, owner("devB")),
-            ac(3, 6, 0, owner("devC")),
-        ]
-    };
+    let acs = |id: &str| one_odd_device_per_object(id, ["devA", "devB", "devC"]);
     Fleet::builder()
         .gateway_certs(CertPaths::committed("gateway"))
         .server_toml("ServerA", r#"cert_match = "san-dns:serverA.example""#)
@@ -123,31 +107,12 @@ async fn x509_device_success_on_each_transport_is_2_01_verified_only_that_device
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_x509(&fleet).await;
-        for id in ["devA", "devB", "devC"] {
-            let before = fleet.requests();
-            let reply = add(&mut a, id, "Device", "/3/0", "Get=ServerB").await;
-            assert_eq!(reply.code, "2.01", "{id}: {}", reply.render());
-            assert_eq!(reply.verified_ids(), [id]);
-            assert!(reply.failed_ids().is_empty(), "{}", reply.render());
-            let doc = reply.document.as_ref().expect("CBOR body");
-            assert_eq!(
-                text(doc, "Grantor"),
-                Some("ServerA"),
-                "A proved by its cert"
-            );
-            assert_eq!(text(doc, "TargetID"), Some(id));
-            let location = reply.location.clone().expect("Location-Path");
-            let stored = get(&mut a, &location).await;
-            assert_eq!(stored.code, "2.05", "{}", stored.render());
-            for (other, n) in fleet.requests() {
-                let asked = n - before[&other];
-                if other == id {
-                    assert!(asked >= 1, "{id} was not asked");
-                } else {
-                    assert_eq!(asked, 0, "{other} was asked for {id}'s write");
-                }
-            }
-        }
+        each_device_add_is_2_01_verified_only_that_device(
+            &fleet,
+            &mut a,
+            &["devA", "devB", "devC"],
+        )
+        .await;
         assert_eq!(privilege_names(&mut a).await.len(), 3);
         fleet.stop().await;
     })
@@ -159,15 +124,7 @@ async fn x509_device_failure_is_4_03_with_the_dtls_x509_device_denied() {
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_x509(&fleet).await;
-        let reply = add(&mut a, "devA", "Device", "/4/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.03", "{}", reply.render());
-        assert_eq!(status(&reply), Some(425));
-        assert_eq!(failures(&reply), pairs(&[("devA", "denied")]));
-        assert!(reply.location.is_none());
-        assert!(fleet.device("devA").requests() >= 1);
-        assert_eq!(fleet.device("devB").requests(), 0);
-        assert_eq!(fleet.device("devC").requests(), 0);
-        assert!(privilege_names(&mut a).await.is_empty());
+        device_add_is_4_03_denied(&fleet, &mut a, "devA", "/4/0").await;
         fleet.stop().await;
     })
     .await;
@@ -178,16 +135,9 @@ async fn x509_group_success_over_dtls_x509_dtls_psk_and_tls_verifies_all_three()
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_x509(&fleet).await;
-        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB&Replace=ServerB").await;
-        assert_eq!(reply.code, "2.01", "{}", reply.render());
-        assert!(reply.location.is_some());
-        assert_eq!(reply.verified_ids(), ["devA", "devB", "devC"]);
+        let reply = group_add_verifies_all_three(&fleet, &mut a).await;
         let doc = reply.document.as_ref().expect("CBOR body");
         assert_eq!(text(doc, "Grantor"), Some("ServerA"));
-        for (id, n) in fleet.requests() {
-            assert!(n >= 1, "{id} was not asked");
-        }
-        assert_eq!(privilege_names(&mut a).await.len(), 1);
         fleet.stop().await;
     })
     .await;
@@ -199,16 +149,8 @@ async fn x509_group_failure_names_exactly_the_odd_device_whatever_its_channel() 
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_x509(&fleet).await;
         for (uri, odd) in [("/4/0", "devA"), ("/5/0", "devB"), ("/6/0", "devC")] {
-            let before = fleet.requests();
-            let reply = add(&mut a, "G1", "Group", uri, "Get=ServerB").await;
-            assert_eq!(reply.code, "4.03", "{uri}: {}", reply.render());
-            assert_eq!(status(&reply), Some(425));
-            assert_eq!(failures(&reply), pairs(&[(odd, "denied")]), "{uri}");
-            assert!(reply.verified_ids().is_empty(), "{}", reply.render());
+            let reply = group_add_is_4_03_naming_only(&fleet, &mut a, uri, odd).await;
             assert!(reply.location.is_none());
-            for (id, n) in fleet.requests() {
-                assert!(n > before[&id], "{id} was not asked for {uri}");
-            }
         }
         assert!(privilege_names(&mut a).await.is_empty());
         fleet.stop().await;
@@ -275,13 +217,6 @@ async fn server_a_over_psk_and_over_x509_on_one_listener_is_one_server_id() {
 // ---------------------------------------------------------------------------------------
 // North negatives on the coaps:// listener
 // ---------------------------------------------------------------------------------------
-
-/// Writes `issued` as `<dir>/<name>.pem/.key` and returns the paths with `certs/ca.pem` as
-/// the CA that verifies the gateway (or, for a device, the gateway's client certificate).
-fn mint(dir: &Path, name: &str, issued: &Issued) -> CertPaths {
-    issued.write(dir, name).expect("write minted certificate");
-    CertPaths::in_dir(dir, name, &certs_dir().join("ca.pem"))
-}
 
 /// A DTLS-X.509 handshake with `creds` must fail (DTLS 1.2: the client waits for the
 /// server's Finished, so a refused certificate fails the client's handshake); returns why.
@@ -402,12 +337,6 @@ async fn dtls_valid_certificate_of_no_configured_server_is_4_01() {
     .await;
 }
 
-fn spki_of(pem_file: &Path) -> String {
-    let pem = std::fs::read(pem_file).unwrap();
-    let cert = openssl::x509::X509::from_pem(&pem).unwrap();
-    hex(&CertIdentity::from_x509(&cert).unwrap().spki_sha256)
-}
-
 #[tokio::test]
 async fn dtls_pinned_server_with_another_key_under_the_same_name_is_4_01() {
     bounded(async {
@@ -462,25 +391,12 @@ async fn x509_device_fleet(certs: CertPaths, lines: &[&str]) -> Fleet {
     fleet
 }
 
-/// devT fails with `secure-channel` (5.02, Status 500) alone and answered nothing; in the
-/// group, the healthy member was read but nothing was committed.
-async fn device_is_secure_channel_failure(fleet: &Fleet) {
+/// devT fails with `secure-channel` for server A over PSK (see the shared check), and the
+/// group answer verifies no device.
+async fn x509_device_is_secure_channel_failure(fleet: &Fleet) {
     let mut a = fleet.server_a().await;
-    let reply = add(&mut a, "devT", "Device", "/3/0", "Get=ServerB").await;
-    assert_eq!(reply.code, "5.02", "{}", reply.render());
-    assert_eq!(status(&reply), Some(500));
-    assert_eq!(failures(&reply), pairs(&[("devT", "secure-channel")]));
-    let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
-    assert_eq!(reply.code, "5.02", "{}", reply.render());
-    assert_eq!(failures(&reply), pairs(&[("devT", "secure-channel")]));
+    let reply = device_is_secure_channel_failure(fleet, &mut a).await;
     assert!(reply.verified_ids().is_empty(), "{}", reply.render());
-    assert_eq!(
-        fleet.device("devT").requests(),
-        0,
-        "no request on a bad channel"
-    );
-    assert!(fleet.device("devB").requests() >= 1);
-    assert!(privilege_names(&mut a).await.is_empty());
 }
 
 #[tokio::test]
@@ -514,7 +430,7 @@ async fn dtls_x509_device_not_matching_its_cert_match_is_secure_channel() {
             &[r#"cert_match = "san-dns:devB.example""#],
         )
         .await;
-        device_is_secure_channel_failure(&fleet).await;
+        x509_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })
     .await;
@@ -532,7 +448,7 @@ async fn dtls_x509_device_key_not_matching_its_pin_is_secure_channel() {
             ],
         )
         .await;
-        device_is_secure_channel_failure(&fleet).await;
+        x509_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })
     .await;
@@ -557,7 +473,7 @@ async fn dtls_x509_device_with_an_expired_certificate_is_secure_channel() {
             &[r#"cert_match = "san-dns:devT.example""#],
         )
         .await;
-        device_is_secure_channel_failure(&fleet).await;
+        x509_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })
     .await;
@@ -577,7 +493,7 @@ async fn dtls_x509_device_from_a_foreign_ca_is_secure_channel() {
             &[r#"cert_match = "san-dns:devT.example""#],
         )
         .await;
-        device_is_secure_channel_failure(&fleet).await;
+        x509_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })
     .await;

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use privgw::cli::ctl::GatewayClient;
 use privgw::config::Scheme;
 use privgw::device::Behaviour;
 use support::*;
@@ -13,11 +14,29 @@ const DEVICE_TIMEOUT_MS: u64 = 800;
 /// Scheduling and handshake slack on top of the device deadline.
 const SLACK: Duration = Duration::from_millis(1200);
 
+/// The device deadline (DEVICE_TIMEOUT_MS) and a short CoAP ACK timeout, for fleets with
+/// unreachable devices.
+fn short_deadlines(b: FleetBuilder) -> FleetBuilder {
+    b.device_timeout_ms(DEVICE_TIMEOUT_MS).ack_timeout_ms(200)
+}
+
+/// Server A's Add of `uri` on `target` (a `kind`, "Get=ServerB") is answered `code` with
+/// Status `status_code` and exactly the `failed` (DeviceID, reason) pairs.
+async fn add_fails(
+    a: &mut GatewayClient,
+    (target, kind, uri): (&str, &str, &str),
+    code: &str,
+    status_code: i64,
+    failed: &[(&str, &str)],
+) {
+    let reply = add(a, target, kind, uri, "Get=ServerB").await;
+    assert_eq!(reply.code, code, "{}", reply.render());
+    assert_eq!(status(&reply), Some(status_code));
+    assert_eq!(failures(&reply), pairs(failed));
+}
+
 async fn unreachable_device(scheme: Scheme) {
-    let fleet = Fleet::builder()
-        .dead("devX", scheme)
-        .device_timeout_ms(DEVICE_TIMEOUT_MS)
-        .ack_timeout_ms(200)
+    let fleet = short_deadlines(Fleet::builder().dead("devX", scheme))
         .start()
         .await;
     assert_eq!(fleet.device_uri("devX").scheme, scheme);
@@ -54,10 +73,8 @@ async fn garbage_lwm2m_device_is_5_02_bad_acl() {
             .start()
             .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "devG", "Device", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "5.02", "{}", reply.render());
-        assert_eq!(status(&reply), Some(500));
-        assert_eq!(failures(&reply), pairs(&[("devG", "bad-acl")]));
+        let target = ("devG", "Device", "/3/0");
+        add_fails(&mut a, target, "5.02", 500, &[("devG", "bad-acl")]).await;
         assert!(privilege_names(&mut a).await.is_empty());
         fleet.stop().await;
     })
@@ -77,10 +94,8 @@ async fn garbage_dm_device_is_5_02_bad_acl() {
             .start()
             .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "devG", "Device", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "5.02", "{}", reply.render());
-        assert_eq!(status(&reply), Some(500));
-        assert_eq!(failures(&reply), pairs(&[("devG", "bad-acl")]));
+        let target = ("devG", "Device", "/3/0");
+        add_fails(&mut a, target, "5.02", 500, &[("devG", "bad-acl")]).await;
         fleet.stop().await;
     })
     .await;
@@ -106,10 +121,8 @@ async fn server_error_device_is_5_02_device_error() {
             .start()
             .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "devE", "Device", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "5.02", "{}", reply.render());
-        assert_eq!(status(&reply), Some(500));
-        assert_eq!(failures(&reply), pairs(&[("devE", "device-error")]));
+        let target = ("devE", "Device", "/3/0");
+        add_fails(&mut a, target, "5.02", 500, &[("devE", "device-error")]).await;
         let reply = add(&mut a, "G", "Group", "/3/0", "Get=ServerB").await;
         assert_eq!(reply.code, "5.02", "{}", reply.render());
         assert_eq!(
@@ -126,23 +139,18 @@ async fn server_error_device_is_5_02_device_error() {
 async fn mixed_group_denied_and_unreachable_is_4_03_listing_both_sorted() {
     bounded(async {
         // Members listed out of order: the answer must sort by DeviceID.
-        let fleet = Fleet::builder()
-            .lwm2m("devZ", vec![ac(0, 3, 0, SSID_B)])
-            .lwm2m("devM", vec![ac(0, 3, 0, SSID_A)])
-            .dead("devA", Scheme::Coaps)
-            .group("G", &["devZ", "devM", "devA"])
-            .device_timeout_ms(DEVICE_TIMEOUT_MS)
-            .ack_timeout_ms(200)
-            .start()
-            .await;
+        let fleet = short_deadlines(
+            Fleet::builder()
+                .lwm2m("devZ", vec![ac(0, 3, 0, SSID_B)])
+                .lwm2m("devM", vec![ac(0, 3, 0, SSID_A)])
+                .dead("devA", Scheme::Coaps)
+                .group("G", &["devZ", "devM", "devA"]),
+        )
+        .start()
+        .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "G", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.03", "{}", reply.render());
-        assert_eq!(status(&reply), Some(425));
-        assert_eq!(
-            failures(&reply),
-            pairs(&[("devA", "unreachable"), ("devZ", "denied")])
-        );
+        let failed = [("devA", "unreachable"), ("devZ", "denied")];
+        add_fails(&mut a, ("G", "Group", "/3/0"), "4.03", 425, &failed).await;
         assert!(privilege_names(&mut a).await.is_empty());
         fleet.stop().await;
     })
@@ -224,10 +232,8 @@ async fn missing_ac_instance_is_4_03_no_acl() {
             .start()
             .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "devA", "Device", "/6/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.03", "{}", reply.render());
-        assert_eq!(status(&reply), Some(425));
-        assert_eq!(failures(&reply), pairs(&[("devA", "no-acl")]));
+        let target = ("devA", "Device", "/6/0");
+        add_fails(&mut a, target, "4.03", 425, &[("devA", "no-acl")]).await;
         fleet.stop().await;
     })
     .await;
@@ -236,22 +242,17 @@ async fn missing_ac_instance_is_4_03_no_acl() {
 #[tokio::test]
 async fn unreachable_and_bad_acl_together_are_5_02_status_500() {
     bounded(async {
-        let fleet = Fleet::builder()
-            .dead("devX", Scheme::Coaps)
-            .lwm2m_with("devG", None, Behaviour::Garbage, vec![ac(0, 3, 0, SSID_A)])
-            .group("G", &["devX", "devG"])
-            .device_timeout_ms(DEVICE_TIMEOUT_MS)
-            .ack_timeout_ms(200)
-            .start()
-            .await;
+        let fleet = short_deadlines(
+            Fleet::builder()
+                .dead("devX", Scheme::Coaps)
+                .lwm2m_with("devG", None, Behaviour::Garbage, vec![ac(0, 3, 0, SSID_A)])
+                .group("G", &["devX", "devG"]),
+        )
+        .start()
+        .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "G", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "5.02", "{}", reply.render());
-        assert_eq!(status(&reply), Some(500));
-        assert_eq!(
-            failures(&reply),
-            pairs(&[("devG", "bad-acl"), ("devX", "unreachable")])
-        );
+        let failed = [("devG", "bad-acl"), ("devX", "unreachable")];
+        add_fails(&mut a, ("G", "Group", "/3/0"), "5.02", 500, &failed).await;
         fleet.stop().await;
     })
     .await;

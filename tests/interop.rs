@@ -790,6 +790,83 @@ async fn cli_tls_add(
     run_client(scratch, &args).await
 }
 
+/// Server A's committed certificate (`certs/serverA`, gateway verified by `certs/ca.pem`).
+fn server_a_certificates() -> ClientCredentials {
+    ClientCredentials::Certificates {
+        cert: cert("serverA").into(),
+        key: stream::key("serverA").into(),
+        ca: cert("ca").into(),
+    }
+}
+
+/// `coap-client-openssl` as server A (its certificate) at `url`: G1 /3/0 → 2.01 Verified
+/// all of GROUP; G1 /4/0 → 4.03 Failed=[devB].
+async fn cli_server_a_verifies_g1_then_is_denied_on_dev_b(scratch: &Arc<Scratch>, url: &str) {
+    let run = cli_tls_add(
+        scratch,
+        url,
+        "serverA",
+        ("G1", "Group", "/3/0", "Replace=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    assert_eq!(
+        verified_ids(&run.output_cbor()),
+        GROUP,
+        "{}",
+        run.transcript()
+    );
+    let run = cli_tls_add(
+        scratch,
+        url,
+        "serverA",
+        ("G1", "Group", "/4/0", "Replace=ServerB"),
+    )
+    .await;
+    run.expect_code("4.03");
+    assert_eq!(
+        failed_ids(&run.cbor_body()),
+        ["devB"],
+        "{}",
+        run.transcript()
+    );
+}
+
+/// One `coap-server-openssl` device per GROUP member presenting `certs/<id>` (TLS and DTLS
+/// on P+1, clients verified against `certs/ca.pem`), its `/2` provisioned as TLV
+/// (`owner_4_of`) over the plain `<plain_uri>/2` (2.01).
+async fn start_provisioned_cert_devices(
+    scratch: &Arc<Scratch>,
+    plain_uri: fn(&LibcoapServer) -> String,
+) -> Vec<LibcoapServer> {
+    let mut devices = Vec::new();
+    for id in GROUP {
+        let dev = LibcoapServer::start_tls(scratch, id, id).await;
+        let file = scratch.write(&format!("{id}-ac.tlv"), &ac_tlv(owner_4_of(id)));
+        let file = file.to_string_lossy().into_owned();
+        let url = format!("{}/2", plain_uri(&dev));
+        let run = run_client(scratch, &["-m", "put", "-t", "11542", "-f", &file, &url]).await;
+        run.expect_code("2.01");
+        devices.push(dev);
+    }
+    devices
+}
+
+/// Gateway entries for `devices` at `uri`, each with `cert_match = "san-dns:<id>.example"`.
+fn cert_match_entries(
+    devices: &[LibcoapServer],
+    uri: fn(&LibcoapServer) -> String,
+) -> Vec<StreamDevice> {
+    devices
+        .iter()
+        .map(|d| StreamDevice {
+            id: d.name.clone(),
+            uri: uri(d),
+            lines: vec![format!("cert_match = \"san-dns:{}.example\"", d.name)],
+        })
+        .collect()
+}
+
 /// libcoap as server A over TLS (certs/serverA, gateway verified against certs/ca.pem):
 /// G1 /3/0 → 2.01 Verified all three (TLS, TCP and DTLS devices); G1 /4/0 → 4.03 Status 425
 /// Failed=[devB denied]; GET lists exactly the first; serverC's valid certificate → 4.01.
@@ -866,36 +943,13 @@ async fn north_libcoap_over_tls_with_certificates() {
 async fn south_libcoap_devices_over_tls() {
     require_libcoap();
     let scratch = Arc::new(Scratch::new());
-    let mut devices = Vec::new();
-    for id in GROUP {
-        let dev = LibcoapServer::start_tls(&scratch, id, id).await;
-        // Provision over TCP (coap+tcp://127.0.0.1:P/2).
-        let file = scratch.write(&format!("{id}-ac.tlv"), &ac_tlv(owner_4_of(id)));
-        let file = file.to_string_lossy().into_owned();
-        let url = format!("{}/2", dev.coap_tcp_uri());
-        let run = run_client(&scratch, &["-m", "put", "-t", "11542", "-f", &file, &url]).await;
-        run.expect_code("2.01");
-        devices.push(dev);
-    }
-    let mut entries: Vec<StreamDevice> = devices
-        .iter()
-        .map(|d| StreamDevice {
-            id: d.name.clone(),
-            uri: d.coaps_tcp_uri(),
-            lines: vec![format!("cert_match = \"san-dns:{}.example\"", d.name)],
-        })
-        .collect();
+    // Provisioned over TCP (coap+tcp://127.0.0.1:P/2).
+    let devices = start_provisioned_cert_devices(&scratch, LibcoapServer::coap_tcp_uri).await;
+    let mut entries = cert_match_entries(&devices, LibcoapServer::coaps_tcp_uri);
     let gw = StreamGateway::start(&scratch, &entries).await;
-    let mut a = GatewayClient::connect_with(
-        gw.tls,
-        ClientCredentials::Certificates {
-            cert: cert("serverA").into(),
-            key: stream::key("serverA").into(),
-            ca: cert("ca").into(),
-        },
-    )
-    .await
-    .expect("server A connects over TLS");
+    let mut a = GatewayClient::connect_with(gw.tls, server_a_certificates())
+        .await
+        .expect("server A connects over TLS");
 
     let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
     assert_eq!(reply.code, "2.01", "{}", reply.render());
@@ -924,34 +978,7 @@ async fn south_libcoap_devices_over_tls() {
 
     // End to end: libcoap server A → privgw → libcoap devices, all over TLS.
     let url = gw.tls_url("/GwConfig/Privileges");
-    let run = cli_tls_add(
-        &scratch,
-        &url,
-        "serverA",
-        ("G1", "Group", "/3/0", "Replace=ServerB"),
-    )
-    .await;
-    run.expect_code("2.01");
-    assert_eq!(
-        verified_ids(&run.output_cbor()),
-        GROUP,
-        "{}",
-        run.transcript()
-    );
-    let run = cli_tls_add(
-        &scratch,
-        &url,
-        "serverA",
-        ("G1", "Group", "/4/0", "Replace=ServerB"),
-    )
-    .await;
-    run.expect_code("4.03");
-    assert_eq!(
-        failed_ids(&run.cbor_body()),
-        ["devB"],
-        "{}",
-        run.transcript()
-    );
+    cli_server_a_verifies_g1_then_is_denied_on_dev_b(&scratch, &url).await;
     gw.stop().await;
 
     // devC entered as if it were devA.example: its (valid) certificate does not match.
@@ -959,16 +986,9 @@ async fn south_libcoap_devices_over_tls() {
     let gets_before = devices[2].gateway_gets().len();
     let scratch2 = Scratch::new();
     let gw = StreamGateway::start(&scratch2, &entries).await;
-    let mut a = GatewayClient::connect_with(
-        gw.tls,
-        ClientCredentials::Certificates {
-            cert: cert("serverA").into(),
-            key: stream::key("serverA").into(),
-            ca: cert("ca").into(),
-        },
-    )
-    .await
-    .expect("server A connects over TLS");
+    let mut a = GatewayClient::connect_with(gw.tls, server_a_certificates())
+        .await
+        .expect("server A connects over TLS");
     let reply = add(&mut a, "devC", "Device", "/3/0", "Get=ServerB").await;
     assert_eq!(reply.code, "5.02", "{}", reply.render());
     let doc = reply.document.as_ref().expect("failure body");
@@ -1204,16 +1224,9 @@ async fn north_aiocoap_client_without_a_client_certificate_is_refused() {
     }
     assert_eq!(n.device_requests(), 0, "no device traffic");
     // The gateway still serves a client that has a certificate, and committed nothing.
-    let mut a = GatewayClient::connect_with(
-        n.gw.tls,
-        ClientCredentials::Certificates {
-            cert: cert("serverA").into(),
-            key: stream::key("serverA").into(),
-            ca: cert("ca").into(),
-        },
-    )
-    .await
-    .expect("server A connects");
+    let mut a = GatewayClient::connect_with(n.gw.tls, server_a_certificates())
+        .await
+        .expect("server A connects");
     let reply = a
         .request(
             privgw::coap::RequestType::Get,
@@ -1389,32 +1402,12 @@ async fn north_libcoap_over_dtls_with_certificates() {
 async fn south_libcoap_devices_over_dtls_with_certificates() {
     require_libcoap();
     let scratch = Arc::new(Scratch::new());
-    let mut devices = Vec::new();
-    for id in GROUP {
-        // -c/-j/-C: DTLS (and TLS) with certs/<id> on P+1, verifying clients with ca.pem.
-        let dev = LibcoapServer::start_tls(&scratch, id, id).await;
-        let file = scratch.write(&format!("{id}-ac.tlv"), &ac_tlv(owner_4_of(id)));
-        let file = file.to_string_lossy().into_owned();
-        let url = format!("{}/2", dev.coap_uri());
-        let run = run_client(&scratch, &["-m", "put", "-t", "11542", "-f", &file, &url]).await;
-        run.expect_code("2.01");
-        devices.push(dev);
-    }
-    let mut entries: Vec<StreamDevice> = devices
-        .iter()
-        .map(|d| StreamDevice {
-            id: d.name.clone(),
-            uri: d.coaps_uri(),
-            lines: vec![format!("cert_match = \"san-dns:{}.example\"", d.name)],
-        })
-        .collect();
-    let server_a = || ClientCredentials::Certificates {
-        cert: cert("serverA").into(),
-        key: stream::key("serverA").into(),
-        ca: cert("ca").into(),
-    };
+    // -c/-j/-C: DTLS (and TLS) with certs/<id> on P+1, verifying clients with ca.pem;
+    // provisioned over UDP (coap://127.0.0.1:P/2).
+    let devices = start_provisioned_cert_devices(&scratch, LibcoapServer::coap_uri).await;
+    let mut entries = cert_match_entries(&devices, LibcoapServer::coaps_uri);
     let gw = DtlsPkiGateway::start(&scratch, &entries).await;
-    let mut a = GatewayClient::connect_with(gw.coaps, server_a())
+    let mut a = GatewayClient::connect_with(gw.coaps, server_a_certificates())
         .await
         .expect("server A connects over DTLS with its certificate");
 
@@ -1454,34 +1447,7 @@ async fn south_libcoap_devices_over_dtls_with_certificates() {
 
     // End to end: libcoap server A → privgw → libcoap devices, all DTLS with certificates.
     let url = gw.coaps_url("/GwConfig/Privileges");
-    let run = cli_tls_add(
-        &scratch,
-        &url,
-        "serverA",
-        ("G1", "Group", "/3/0", "Replace=ServerB"),
-    )
-    .await;
-    run.expect_code("2.01");
-    assert_eq!(
-        verified_ids(&run.output_cbor()),
-        GROUP,
-        "{}",
-        run.transcript()
-    );
-    let run = cli_tls_add(
-        &scratch,
-        &url,
-        "serverA",
-        ("G1", "Group", "/4/0", "Replace=ServerB"),
-    )
-    .await;
-    run.expect_code("4.03");
-    assert_eq!(
-        failed_ids(&run.cbor_body()),
-        ["devB"],
-        "{}",
-        run.transcript()
-    );
+    cli_server_a_verifies_g1_then_is_denied_on_dev_b(&scratch, &url).await;
     gw.stop().await;
 
     // devC entered as if it were devA.example: its (valid) certificate does not match.
@@ -1489,7 +1455,7 @@ async fn south_libcoap_devices_over_dtls_with_certificates() {
     let gets_before = devices[2].gateway_gets().len();
     let scratch2 = Scratch::new();
     let gw = DtlsPkiGateway::start(&scratch2, &entries).await;
-    let mut a = GatewayClient::connect_with(gw.coaps, server_a())
+    let mut a = GatewayClient::connect_with(gw.coaps, server_a_certificates())
         .await
         .expect("server A connects over DTLS with its certificate");
     for target in [("devC", "Device"), ("G1", "Group")] {

@@ -33,15 +33,7 @@ const ABORT: u8 = 0xE5;
 /// `coap+tcp://`. Every device: /3/0 is A's; /4/0 is B's on devB, /5/0 on devA, /6/0 on
 /// devC (one odd device per transport).
 fn mixed_fleet() -> FleetBuilder {
-    let acs = |id: &str| {
-        let owner = |odd: &str| if id == odd { SSID_B } else { SSID_A };
-        vec![
-            ac(0, 3, 0, SSID_A),
-            ac(1, 4, 0, owner("devB")),
-            ac(2, 5, 0, owner("devA")),
-            ac(3, 6, 0, owner("devC")),
-        ]
-    };
+    let acs = |id: &str| one_odd_device_per_object(id, ["devB", "devA", "devC"]);
     Fleet::builder()
         .listen(&["coaps+tcp://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
         .gateway_certs(CertPaths::committed("gateway"))
@@ -80,32 +72,12 @@ async fn tls_device_success_on_each_transport_is_2_01_verified_only_that_device(
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_tls(&fleet).await;
-        for id in ["devA", "devB", "devC"] {
-            let before = fleet.requests();
-            let reply = add(&mut a, id, "Device", "/3/0", "Get=ServerB").await;
-            assert_eq!(reply.code, "2.01", "{id}: {}", reply.render());
-            assert_eq!(reply.verified_ids(), [id]);
-            assert!(reply.failed_ids().is_empty(), "{}", reply.render());
-            let doc = reply.document.as_ref().expect("CBOR body");
-            assert_eq!(
-                text(doc, "Grantor"),
-                Some("ServerA"),
-                "A proved by its cert"
-            );
-            assert_eq!(text(doc, "TargetID"), Some(id));
-            let location = reply.location.clone().expect("Location-Path");
-            let stored = get(&mut a, &location).await;
-            assert_eq!(stored.code, "2.05", "{}", stored.render());
-            // Only the target was asked.
-            for (other, n) in fleet.requests() {
-                let asked = n - before[&other];
-                if other == id {
-                    assert!(asked >= 1, "{id} was not asked");
-                } else {
-                    assert_eq!(asked, 0, "{other} was asked for {id}'s write");
-                }
-            }
-        }
+        each_device_add_is_2_01_verified_only_that_device(
+            &fleet,
+            &mut a,
+            &["devA", "devB", "devC"],
+        )
+        .await;
         assert_eq!(privilege_names(&mut a).await.len(), 3);
         fleet.stop().await;
     })
@@ -117,15 +89,7 @@ async fn tls_device_failure_is_4_03_with_the_tls_device_denied() {
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_tls(&fleet).await;
-        let reply = add(&mut a, "devA", "Device", "/5/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.03", "{}", reply.render());
-        assert_eq!(status(&reply), Some(425));
-        assert_eq!(failures(&reply), pairs(&[("devA", "denied")]));
-        assert!(reply.location.is_none());
-        assert!(fleet.device("devA").requests() >= 1);
-        assert_eq!(fleet.device("devB").requests(), 0);
-        assert_eq!(fleet.device("devC").requests(), 0);
-        assert!(privilege_names(&mut a).await.is_empty());
+        device_add_is_4_03_denied(&fleet, &mut a, "devA", "/5/0").await;
         fleet.stop().await;
     })
     .await;
@@ -136,14 +100,7 @@ async fn tls_group_success_over_tls_tcp_and_dtls_verifies_all_three() {
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_tls(&fleet).await;
-        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB&Replace=ServerB").await;
-        assert_eq!(reply.code, "2.01", "{}", reply.render());
-        assert!(reply.location.is_some());
-        assert_eq!(reply.verified_ids(), ["devA", "devB", "devC"]);
-        for (id, n) in fleet.requests() {
-            assert!(n >= 1, "{id} was not asked");
-        }
-        assert_eq!(privilege_names(&mut a).await.len(), 1);
+        group_add_verifies_all_three(&fleet, &mut a).await;
         fleet.stop().await;
     })
     .await;
@@ -155,16 +112,7 @@ async fn tls_group_failure_names_exactly_the_odd_device_whatever_its_transport()
         let fleet = mixed_fleet().start().await;
         let mut a = server_a_tls(&fleet).await;
         for (uri, odd) in [("/4/0", "devB"), ("/5/0", "devA"), ("/6/0", "devC")] {
-            let before = fleet.requests();
-            let reply = add(&mut a, "G1", "Group", uri, "Get=ServerB").await;
-            assert_eq!(reply.code, "4.03", "{uri}: {}", reply.render());
-            assert_eq!(status(&reply), Some(425));
-            assert_eq!(failures(&reply), pairs(&[(odd, "denied")]), "{uri}");
-            assert!(reply.verified_ids().is_empty(), "{}", reply.render());
-            // Every member was asked, not just until the first failure.
-            for (id, n) in fleet.requests() {
-                assert!(n > before[&id], "{id} was not asked for {uri}");
-            }
+            group_add_is_4_03_naming_only(&fleet, &mut a, uri, odd).await;
         }
         assert!(privilege_names(&mut a).await.is_empty());
         fleet.stop().await;

@@ -10,13 +10,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::*;
 use crate::pki::{Issued, Pki, Profile};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tests::{
-    KillOnDrop, LOCAL4, STEP, accepting_mux, addr, free_port_pair, require_tool, within,
+    KillOnDrop, LOCAL4, STEP, TestServer, addr, free_port_pair, require_tool, spawn_dtls_server,
+    spawn_libcoap_pki_server, within,
 };
 
 /// Handshake bound for tests: failures must come by alert, long before this.
@@ -38,36 +37,11 @@ fn leaf(pki: &Pki, cn: &str, profile: Profile, days: i64) -> Issued {
         .expect("issue certificate")
 }
 
-/// A server mux + DtlsServer accepting every pipe in its own task, reporting each result.
-struct TestServer {
-    mux: Arc<DatagramMux>,
-    results: mpsc::UnboundedReceiver<Result<DtlsSession, TransportError>>,
-}
-
-impl TestServer {
-    async fn next(&mut self) -> Result<DtlsSession, TransportError> {
-        within(STEP, self.results.recv())
-            .await
-            .expect("the accept loop reports every handshake")
-    }
-}
-
+/// The shared DTLS test server on 127.0.0.1 with the [`SHORT`] handshake bound.
 async fn spawn_server(cfg: impl Into<DtlsServerConfig>) -> TestServer {
     let mut cfg: DtlsServerConfig = cfg.into();
     cfg.handshake_timeout = SHORT;
-    let (mux, mut accept) = accepting_mux(LOCAL4).await;
-    let server = Arc::new(DtlsServer::new(cfg).expect("server config"));
-    let (tx, results) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(pipe) = accept.recv().await {
-            let server = server.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(server.accept(pipe).await);
-            });
-        }
-    });
-    TestServer { mux, results }
+    spawn_dtls_server(LOCAL4, cfg).await
 }
 
 async fn connect_with(
@@ -549,19 +523,9 @@ async fn libcoap_pki_server_accepts_our_certificate_client() {
     let client_cert = leaf(&pki, "gateway", Profile::Both, 30);
     let dir = tempfile::tempdir().expect("tempdir");
     write_pems(dir.path(), "server", &server_cert, &pki);
-    let path = |f: &str| dir.path().join(f).display().to_string();
 
     let port = free_port_pair();
-    let _server = KillOnDrop(
-        Command::new("coap-server-openssl")
-            .args(["-A", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-c", &path("server.pem"), "-j", &path("server.key")])
-            .args(["-C", &path("ca.pem")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn coap-server-openssl"),
-    );
+    let _server = spawn_libcoap_pki_server(dir.path(), port);
     let dtls_port = SocketAddr::from(([127, 0, 0, 1], port + 1));
     let mut cfg = X509ClientConfig::new(creds(&client_cert, &pki));
     cfg.handshake_timeout = Duration::from_secs(2);
@@ -694,19 +658,9 @@ async fn libcoap_pki_server_refuses_our_client_from_unknown_ca() {
     let client_cert = leaf(&rogue, "gateway", Profile::Both, 30);
     let dir = tempfile::tempdir().expect("tempdir");
     write_pems(dir.path(), "server", &server_cert, &pki);
-    let path = |f: &str| dir.path().join(f).display().to_string();
 
     let port = free_port_pair();
-    let _server = KillOnDrop(
-        Command::new("coap-server-openssl")
-            .args(["-A", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-c", &path("server.pem"), "-j", &path("server.key")])
-            .args(["-C", &path("ca.pem")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn coap-server-openssl"),
-    );
+    let _server = spawn_libcoap_pki_server(dir.path(), port);
     let dtls_port = SocketAddr::from(([127, 0, 0, 1], port + 1));
     // We trust the server's CA; only the server has a reason to refuse.
     let mut cfg = X509ClientConfig::new(X509Credentials::new(

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::tcp::{self, TcpEndpoint};
-use super::tests::{KillOnDrop, free_port_pair, require_tool, within};
+use super::tests::{KillOnDrop, free_port_pair, require_tool, spawn_libcoap_pki_server, within};
 use super::tls::{
     ALPN_COAP, CredentialPart, CredentialProblem, TlsClient, TlsCredentials, TlsFailure, TlsServer,
 };
@@ -802,17 +802,7 @@ async fn libcoap_tls_server_accepts_our_client() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_pems(dir.path(), &certs.pki, &certs.server, "server");
     let port = free_port_pair();
-    let path = |f: &str| dir.path().join(f).display().to_string();
-    let _server = KillOnDrop(
-        Command::new("coap-server-openssl")
-            .args(["-A", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-c", &path("server.pem"), "-j", &path("server.key")])
-            .args(["-C", &path("ca.pem")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn coap-server-openssl"),
-    );
+    let _server = spawn_libcoap_pki_server(dir.path(), port);
     let tls_addr = SocketAddr::new(LOOP4, port + 1);
     let client = TlsClient::new(certs.client_creds(), Duration::from_secs(3)).expect("client");
     // The server may still be starting: retry a few times.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::dtls::{DtlsClient, DtlsServer, DtlsSession, PskClientConfig, PskServerConfig};
+use super::dtls::{
+    DtlsClient, DtlsServer, DtlsServerConfig, DtlsSession, PskClientConfig, PskServerConfig,
+};
 use super::mux::{DatagramMux, MuxConfig, Pipe};
 use super::{CloseCause, DatagramSession, Identity, TransportError, TransportKind};
 
@@ -256,12 +258,21 @@ async fn mux_shutdown_and_replace_close_pipes() {
 // ---------------------------------------------------------------------------------------
 
 /// A server mux + DtlsServer accepting every pipe in its own task, reporting each result.
-struct TestServer {
-    mux: Arc<DatagramMux>,
-    results: mpsc::UnboundedReceiver<Result<DtlsSession, TransportError>>,
+pub(crate) struct TestServer {
+    pub(crate) mux: Arc<DatagramMux>,
+    pub(crate) results: mpsc::UnboundedReceiver<Result<DtlsSession, TransportError>>,
 }
 
-async fn spawn_dtls_server(local: &str, cfg: PskServerConfig) -> TestServer {
+impl TestServer {
+    /// The next handshake result, within [`STEP`].
+    pub(crate) async fn next(&mut self) -> Result<DtlsSession, TransportError> {
+        within(STEP, self.results.recv())
+            .await
+            .expect("the accept loop reports every handshake")
+    }
+}
+
+pub(crate) async fn spawn_dtls_server(local: &str, cfg: impl Into<DtlsServerConfig>) -> TestServer {
     let (mux, mut accept) = accepting_mux(local).await;
     let server = Arc::new(DtlsServer::new(cfg).expect("server config"));
     let (tx, results) = mpsc::unbounded_channel();
@@ -594,6 +605,22 @@ pub(crate) fn require_tool(name: &str) {
         found,
         "`{name}` not found: install libcoap3-bin (apt-get install libcoap3-bin) to run the interop tests"
     );
+}
+
+/// `coap-server-openssl` on 127.0.0.1:`port` (DTLS and TLS on `port`+1) presenting
+/// `dir/server.pem` + `dir/server.key` and verifying clients against `dir/ca.pem`.
+pub(crate) fn spawn_libcoap_pki_server(dir: &std::path::Path, port: u16) -> KillOnDrop {
+    let path = |f: &str| dir.join(f).display().to_string();
+    KillOnDrop(
+        Command::new("coap-server-openssl")
+            .args(["-A", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-c", &path("server.pem"), "-j", &path("server.key")])
+            .args(["-C", &path("ca.pem")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn coap-server-openssl"),
+    )
 }
 
 /// A UDP port P on 127.0.0.1 with P+1 also free (libcoap listens DTLS on P+1).

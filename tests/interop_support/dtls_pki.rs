@@ -21,7 +21,7 @@ use std::path::Path;
 use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::gateway::Gateway;
 
-use super::stream::{StreamDevice, cert, key};
+use super::stream::{StreamDevice, cert, key, push_stream_devices};
 use super::{SSID_A, SSID_B, Scratch};
 
 /// Gateway config: `coaps://` and `coap://` listeners, the committed gateway certificate;
@@ -54,21 +54,7 @@ psk_key = "secretB"
         key("gateway"),
         cert("ca"),
     );
-    for d in devices {
-        toml.push_str(&format!(
-            "\n[[devices]]\nid = \"{}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\n",
-            d.id, d.uri
-        ));
-        for line in &d.lines {
-            toml.push_str(line);
-            toml.push('\n');
-        }
-    }
-    let members: Vec<String> = devices.iter().map(|d| format!("{:?}", d.id)).collect();
-    toml.push_str(&format!(
-        "\n[[groups]]\nid = \"G1\"\nmembers = [{}]\n",
-        members.join(", ")
-    ));
+    push_stream_devices(&mut toml, devices);
     toml
 }
 

@@ -374,10 +374,7 @@ impl LibcoapServer {
     /// Starts one and waits until it answers GET /.well-known/core (over DTLS too, when it
     /// has a key). Retries on fresh ports if it dies or never answers.
     pub fn start_blocking(scratch: &Scratch, name: &str, key: Option<&str>) -> LibcoapServer {
-        let mut failures = Vec::new();
-        for attempt in 0..5 {
-            let port = free_port_pair();
-            let log = scratch.file(&format!("{name}-server.log"));
+        let args = |port: u16| {
             let mut args = vec![
                 "-A".to_owned(),
                 "127.0.0.1".to_owned(),
@@ -406,6 +403,34 @@ impl LibcoapServer {
                     ids.to_string_lossy().into_owned(),
                 ]);
             }
+            args
+        };
+        LibcoapServer::spawn_until_ready(
+            scratch,
+            (name, &format!("{SERVER} ({name})")),
+            &format!("{name}-server.log"),
+            key,
+            args,
+            LibcoapServer::wait_ready,
+        )
+    }
+
+    /// Starts [`SERVER`] with `args(port)` on a fresh port pair, logging to `log_name` in
+    /// the scratch folder, until `ready` accepts it; up to 5 attempts, then panics with
+    /// every attempt's reason and server log. `label` names the server in messages.
+    pub(crate) fn spawn_until_ready(
+        scratch: &Scratch,
+        (name, label): (&str, &str),
+        log_name: &str,
+        key: Option<&str>,
+        args: impl Fn(u16) -> Vec<String>,
+        ready: impl Fn(&mut LibcoapServer, &Scratch) -> Result<(), String>,
+    ) -> LibcoapServer {
+        let mut failures = Vec::new();
+        for attempt in 0..5 {
+            let port = free_port_pair();
+            let log = scratch.file(log_name);
+            let args = args(port);
             let logfile = File::create(&log).expect("server log file");
             let child = Command::new(SERVER)
                 .args(&args)
@@ -419,9 +444,9 @@ impl LibcoapServer {
                 port,
                 key: key.map(str::to_owned),
                 log,
-                guard: ChildGuard::new(format!("{SERVER} ({name})"), child),
+                guard: ChildGuard::new(label.to_owned(), child),
             };
-            match server.wait_ready(scratch) {
+            match ready(&mut server, scratch) {
                 Ok(()) => return server,
                 Err(why) => failures.push(format!(
                     "attempt {attempt} on port {port}: {why}\nserver log:\n{}",
@@ -429,10 +454,7 @@ impl LibcoapServer {
                 )),
             }
         }
-        panic!(
-            "{SERVER} ({name}) never became ready:\n{}",
-            failures.join("\n")
-        );
+        panic!("{label} never became ready:\n{}", failures.join("\n"));
     }
 
     pub async fn start(
@@ -451,11 +473,40 @@ impl LibcoapServer {
     }
 
     fn wait_ready(&mut self, scratch: &Scratch) -> Result<(), String> {
-        let deadline = Instant::now() + SERVER_READY_LIMIT;
-        let mut probes = vec![format!("{}/.well-known/core", self.coap_uri())];
+        let mut uris = vec![format!("{}/.well-known/core", self.coap_uri())];
         if self.key.is_some() {
-            probes.push(format!("{}/.well-known/core", self.coaps_uri()));
+            uris.push(format!("{}/.well-known/core", self.coaps_uri()));
         }
+        let probes = uris
+            .into_iter()
+            .map(|uri| {
+                let mut args = Vec::new();
+                if let Some(k) = &self.key {
+                    args.extend([
+                        "-u".to_owned(),
+                        DEVICE_IDENTITY.to_owned(),
+                        "-k".to_owned(),
+                        k.clone(),
+                    ]);
+                }
+                args.push(uri);
+                args
+            })
+            .collect();
+        self.wait_for_probes(scratch, SERVER_READY_LIMIT, "1", probes)
+    }
+
+    /// Runs each probe (`coap-client` arguments after `-B block`) until it is answered 2.05
+    /// with a link-format body, within `limit` for all of them; then checks the server is
+    /// still ours (not a stranger that happened to hold the port).
+    pub(crate) fn wait_for_probes(
+        &mut self,
+        scratch: &Scratch,
+        limit: Duration,
+        block: &str,
+        probes: Vec<Vec<String>>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
         let mut last = String::new();
         for probe in probes {
             loop {
@@ -463,13 +514,10 @@ impl LibcoapServer {
                     return Err(format!("exited with {status}"));
                 }
                 if Instant::now() >= deadline {
-                    return Err(format!("no answer to {probe}; last try:\n{last}"));
+                    return Err(format!("no answer to {probe:?}; last try:\n{last}"));
                 }
-                let mut args: Vec<String> = vec!["-B".into(), "1".into()];
-                if let Some(k) = &self.key {
-                    args.extend(["-u".into(), DEVICE_IDENTITY.into(), "-k".into(), k.clone()]);
-                }
-                args.push(probe.clone());
+                let mut args: Vec<String> = vec!["-B".into(), block.into()];
+                args.extend(probe.iter().cloned());
                 let run = run_client_blocking(scratch, &args);
                 let ok = run
                     .responses()
@@ -587,20 +635,35 @@ nosec_address = "127.0.0.1"
         listen.join(", ")
     );
     for d in devices {
-        toml.push_str(&format!(
-            "\n[[devices]]\nid = \"{}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\n",
-            d.id, d.uri
-        ));
-        if let Some((identity, key)) = &d.psk {
-            toml.push_str(&format!("psk_identity = {identity:?}\npsk_key = {key:?}\n"));
-        }
+        let psk = d
+            .psk
+            .iter()
+            .map(|(identity, key)| format!("psk_identity = {identity:?}\npsk_key = {key:?}"));
+        push_lwm2m_device(&mut toml, &d.id, &d.uri, &psk.collect::<Vec<_>>());
     }
-    let members: Vec<String> = devices.iter().map(|d| format!("{:?}", d.id)).collect();
+    push_group_g1(&mut toml, devices.iter().map(|d| d.id.as_str()));
+    toml
+}
+
+/// Appends a `[[devices]]` entry for lwm2m device `id` at `uri`, followed by `lines`
+/// (extra TOML, one a line).
+pub fn push_lwm2m_device(toml: &mut String, id: &str, uri: &str, lines: &[String]) {
+    toml.push_str(&format!(
+        "\n[[devices]]\nid = \"{id}\"\nuri = \"{uri}\"\nprofile = \"lwm2m\"\n"
+    ));
+    for line in lines {
+        toml.push_str(line);
+        toml.push('\n');
+    }
+}
+
+/// Appends group G1 of `members`.
+pub fn push_group_g1<'a>(toml: &mut String, members: impl Iterator<Item = &'a str>) {
+    let members: Vec<String> = members.map(|id| format!("{id:?}")).collect();
     toml.push_str(&format!(
         "\n[[groups]]\nid = \"G1\"\nmembers = [{}]\n",
         members.join(", ")
     ));
-    toml
 }
 
 /// The in-process gateway with a DTLS and a NoSec listener on ephemeral loopback ports.

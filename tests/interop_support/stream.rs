@@ -27,8 +27,8 @@ use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::gateway::Gateway;
 
 use super::{
-    ChildGuard, LibcoapServer, SERVER, SSID_A, SSID_B, Scratch, free_port_pair, read_lossy,
-    run_client_blocking,
+    ChildGuard, LibcoapServer, SERVER, SSID_A, SSID_B, Scratch, push_group_g1, push_lwm2m_device,
+    read_lossy,
 };
 
 /// The committed test PKI.
@@ -71,6 +71,15 @@ pub struct StreamDevice {
     pub lines: Vec<String>,
 }
 
+/// Appends the `[[devices]]` entries of `devices` (with their extra lines) and group G1 of
+/// them all.
+pub fn push_stream_devices(toml: &mut String, devices: &[StreamDevice]) {
+    for d in devices {
+        push_lwm2m_device(toml, &d.id, &d.uri, &d.lines);
+    }
+    push_group_g1(toml, devices.iter().map(|d| d.id.as_str()));
+}
+
 /// Gateway config: the committed gateway certificate; server A known by
 /// `san-dns:serverA.example` on TLS and by `127.0.0.1` on NoSec listeners; server B by PSK;
 /// the given lwm2m devices in group G1.
@@ -100,21 +109,7 @@ psk_key = "secretB"
         key("gateway"),
         cert("ca"),
     );
-    for d in devices {
-        toml.push_str(&format!(
-            "\n[[devices]]\nid = \"{}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\n",
-            d.id, d.uri
-        ));
-        for line in &d.lines {
-            toml.push_str(line);
-            toml.push('\n');
-        }
-    }
-    let members: Vec<String> = devices.iter().map(|d| format!("{:?}", d.id)).collect();
-    toml.push_str(&format!(
-        "\n[[groups]]\nid = \"G1\"\nmembers = [{}]\n",
-        members.join(", ")
-    ));
+    push_stream_devices(&mut toml, devices);
     toml
 }
 
@@ -163,11 +158,8 @@ impl LibcoapServer {
     /// DTLS), verifying clients against `certs/ca.pem`; TCP and UDP on P. Waits until it
     /// answers GET /.well-known/core over TCP and over TLS (as the gateway's certificate).
     pub fn start_tls_blocking(scratch: &Scratch, name: &str, cert_name: &str) -> LibcoapServer {
-        let mut failures = Vec::new();
-        for attempt in 0..5 {
-            let port = free_port_pair();
-            let log = scratch.file(&format!("{name}-tls-server.log"));
-            let args: Vec<String> = vec![
+        let args = |port: u16| -> Vec<String> {
+            vec![
                 "-A".into(),
                 "127.0.0.1".into(),
                 "-p".into(),
@@ -182,34 +174,16 @@ impl LibcoapServer {
                 key(cert_name),
                 "-C".into(),
                 cert("ca"),
-            ];
-            let logfile = File::create(&log).expect("server log file");
-            let child = Command::new(SERVER)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(logfile.try_clone().expect("dup log file"))
-                .stderr(logfile)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {SERVER}: {e} (install libcoap3-bin)"));
-            let mut server = LibcoapServer {
-                name: name.to_owned(),
-                port,
-                key: None,
-                log,
-                guard: ChildGuard::new(format!("{SERVER} ({name}, TLS)"), child),
-            };
-            match server.wait_ready_tls(scratch) {
-                Ok(()) => return server,
-                Err(why) => failures.push(format!(
-                    "attempt {attempt} on port {port}: {why}\nserver log:\n{}",
-                    server.log()
-                )),
-            }
-        }
-        panic!(
-            "{SERVER} ({name}, TLS) never became ready:\n{}",
-            failures.join("\n")
-        );
+            ]
+        };
+        LibcoapServer::spawn_until_ready(
+            scratch,
+            (name, &format!("{SERVER} ({name}, TLS)")),
+            &format!("{name}-tls-server.log"),
+            None,
+            args,
+            LibcoapServer::wait_ready_tls,
+        )
     }
 
     pub async fn start_tls(
@@ -228,8 +202,7 @@ impl LibcoapServer {
     }
 
     fn wait_ready_tls(&mut self, scratch: &Scratch) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let probes = [
+        let probes = vec![
             vec![format!("{}/.well-known/core", self.coap_tcp_uri())],
             [
                 libcoap_pki_args("gateway"),
@@ -237,33 +210,7 @@ impl LibcoapServer {
             ]
             .concat(),
         ];
-        let mut last = String::new();
-        for probe in probes {
-            loop {
-                if let Some(status) = self.guard.exited() {
-                    return Err(format!("exited with {status}"));
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!("no answer to {probe:?}; last try:\n{last}"));
-                }
-                let mut args: Vec<String> = vec!["-B".into(), "2".into()];
-                args.extend(probe.iter().cloned());
-                let run = run_client_blocking(scratch, &args);
-                let ok = run
-                    .responses()
-                    .last()
-                    .is_some_and(|r| r.code == "2.05" && r.options.contains("link-format"));
-                if ok {
-                    break;
-                }
-                last = run.transcript();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        match self.guard.exited() {
-            Some(status) => Err(format!("exited with {status} after answering")),
-            None => Ok(()),
-        }
+        self.wait_for_probes(scratch, Duration::from_secs(10), "2", probes)
     }
 
     /// `coap+tcp://127.0.0.1:P`

@@ -717,3 +717,151 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// Certificates minted per test, and assertions shared by the mixed-transport fleets
+// ---------------------------------------------------------------------------------------
+
+/// Both loopback addresses, as IP SANs of minted device certificates.
+pub const LOOPBACK: [std::net::IpAddr; 2] = [
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+];
+
+/// Writes `issued` as `<dir>/<name>.pem/.key` and returns the paths with `certs/ca.pem` as
+/// the CA that verifies the gateway (or, for a device, the gateway's client certificate).
+pub fn mint(dir: &Path, name: &str, issued: &Issued) -> CertPaths {
+    issued.write(dir, name).expect("write minted certificate");
+    CertPaths::in_dir(dir, name, &certs_dir().join("ca.pem"))
+}
+
+/// The hex SHA-256 of the SubjectPublicKeyInfo of the PEM certificate `pem_file`.
+pub fn spki_of(pem_file: &Path) -> String {
+    let pem = std::fs::read(pem_file).unwrap();
+    let cert = openssl::x509::X509::from_pem(&pem).unwrap();
+    privgw::transport::cert::hex(
+        &privgw::transport::cert::CertIdentity::from_x509(&cert)
+            .unwrap()
+            .spki_sha256,
+    )
+}
+
+/// The access control of device `id` in a mixed fleet: /3/0 is A's; /4/0, /5/0 and /6/0
+/// are B's on `odd[0]`, `odd[1]` and `odd[2]` respectively (A's elsewhere).
+pub fn one_odd_device_per_object(id: &str, odd: [&str; 3]) -> Vec<AcInstance> {
+    let owner = |odd: &str| if id == odd { SSID_B } else { SSID_A };
+    vec![
+        ac(0, 3, 0, SSID_A),
+        ac(1, 4, 0, owner(odd[0])),
+        ac(2, 5, 0, owner(odd[1])),
+        ac(3, 6, 0, owner(odd[2])),
+    ]
+}
+
+/// For each of `ids`: a Device Add of /3/0 by `a` is 2.01 with only that device Verified,
+/// Grantor ServerA, TargetID the device, readable back (2.05); only that device was asked.
+pub async fn each_device_add_is_2_01_verified_only_that_device(
+    fleet: &Fleet,
+    a: &mut GatewayClient,
+    ids: &[&str],
+) {
+    for &id in ids {
+        let before = fleet.requests();
+        let reply = add(a, id, "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{id}: {}", reply.render());
+        assert_eq!(reply.verified_ids(), [id]);
+        assert!(reply.failed_ids().is_empty(), "{}", reply.render());
+        let doc = reply.document.as_ref().expect("CBOR body");
+        assert_eq!(
+            text(doc, "Grantor"),
+            Some("ServerA"),
+            "A proved by its cert"
+        );
+        assert_eq!(text(doc, "TargetID"), Some(id));
+        let location = reply.location.clone().expect("Location-Path");
+        let stored = get(a, &location).await;
+        assert_eq!(stored.code, "2.05", "{}", stored.render());
+        // Only the target was asked.
+        for (other, n) in fleet.requests() {
+            let asked = n - before[&other];
+            if other == id {
+                assert!(asked >= 1, "{id} was not asked");
+            } else {
+                assert_eq!(asked, 0, "{other} was asked for {id}'s write");
+            }
+        }
+    }
+}
+
+/// A Device Add of `uri` on `id` by `a` is 4.03 (Status 425) with `id` denied and no
+/// Location; `id` was asked, devA/devB/devC other than `id` were not; nothing is stored.
+pub async fn device_add_is_4_03_denied(fleet: &Fleet, a: &mut GatewayClient, id: &str, uri: &str) {
+    let reply = add(a, id, "Device", uri, "Get=ServerB").await;
+    assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_eq!(status(&reply), Some(425));
+    assert_eq!(failures(&reply), pairs(&[(id, "denied")]));
+    assert!(reply.location.is_none());
+    assert!(fleet.device(id).requests() >= 1);
+    for other in ["devA", "devB", "devC"] {
+        if other != id {
+            assert_eq!(fleet.device(other).requests(), 0);
+        }
+    }
+    assert!(privilege_names(a).await.is_empty());
+}
+
+/// A Group Add of G1 `uri` by `a` is 4.03 (Status 425) naming exactly `odd` denied and no
+/// device Verified; every member was asked, not just until the first failure. Returns the
+/// reply for further checks.
+pub async fn group_add_is_4_03_naming_only(
+    fleet: &Fleet,
+    a: &mut GatewayClient,
+    uri: &str,
+    odd: &str,
+) -> Reply {
+    let before = fleet.requests();
+    let reply = add(a, "G1", "Group", uri, "Get=ServerB").await;
+    assert_eq!(reply.code, "4.03", "{uri}: {}", reply.render());
+    assert_eq!(status(&reply), Some(425));
+    assert_eq!(failures(&reply), pairs(&[(odd, "denied")]), "{uri}");
+    assert!(reply.verified_ids().is_empty(), "{}", reply.render());
+    for (id, n) in fleet.requests() {
+        assert!(n > before[&id], "{id} was not asked for {uri}");
+    }
+    reply
+}
+
+/// A Group Add of G1 /3/0 by `a` is 2.01 with devA, devB and devC Verified and a Location;
+/// every device was asked; one privilege is stored. Returns the reply.
+pub async fn group_add_verifies_all_three(fleet: &Fleet, a: &mut GatewayClient) -> Reply {
+    let reply = add(a, "G1", "Group", "/3/0", "Get=ServerB&Replace=ServerB").await;
+    assert_eq!(reply.code, "2.01", "{}", reply.render());
+    assert!(reply.location.is_some());
+    assert_eq!(reply.verified_ids(), ["devA", "devB", "devC"]);
+    for (id, n) in fleet.requests() {
+        assert!(n >= 1, "{id} was not asked");
+    }
+    assert_eq!(privilege_names(a).await.len(), 1);
+    reply
+}
+
+/// devT fails with `secure-channel` (5.02, Status 500) alone and answered nothing; in the
+/// group (G1 of devT and the healthy devB), devB was read but nothing was committed.
+/// Returns the group reply.
+pub async fn device_is_secure_channel_failure(fleet: &Fleet, a: &mut GatewayClient) -> Reply {
+    let reply = add(a, "devT", "Device", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "5.02", "{}", reply.render());
+    assert_eq!(status(&reply), Some(500));
+    assert_eq!(failures(&reply), pairs(&[("devT", "secure-channel")]));
+    let group = add(a, "G1", "Group", "/3/0", "Get=ServerB").await;
+    assert_eq!(group.code, "5.02", "{}", group.render());
+    assert_eq!(failures(&group), pairs(&[("devT", "secure-channel")]));
+    assert_eq!(
+        fleet.device("devT").requests(),
+        0,
+        "no request on a bad channel"
+    );
+    assert!(fleet.device("devB").requests() >= 1);
+    assert!(privilege_names(a).await.is_empty());
+    group
+}
