@@ -28,6 +28,7 @@ use privgw::cli::ctl::{ClientCredentials, GatewayClient};
 use privgw::coap::RequestType;
 use privgw::config::Scheme;
 use privgw::pki::{Pki, Profile};
+use privgw::transport::DatagramSession;
 use privgw::transport::dtls::{DtlsClient, PskClientConfig};
 use privgw::transport::mux::DatagramMux;
 use support::*;
@@ -541,14 +542,42 @@ async fn handshake_twice_from_one_port(fleet: &Fleet, notify: bool) -> Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mux = rebound.expect("rebind the same port");
-    client
+    let mut second = client
         .connect(mux.connect(fleet.coaps().addr))
         .await
-        .map(|_| ())
-        .map_err(|e| format!("a new handshake from {local} was not answered: {e}"))
+        .map_err(|e| format!("a new handshake from {local} was not answered: {e}"))?;
+    // The new session carries CoAP: a CON GET /.well-known/core (retransmitted once, as a
+    // CoAP client would, in case it raced the gateway's switch to the new session).
+    let get = b"\x40\x01\x12\x34\xbb.well-known\x04core";
+    for _ in 0..3 {
+        second.send(get).await.map_err(|e| format!("send: {e}"))?;
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), second.recv()).await {
+            return if reply.get(1) == Some(&0x45) {
+                Ok(())
+            } else {
+                Err(format!("GET over the new session answered {reply:02x?}"))
+            };
+        }
+    }
+    Err("no CoAP answer over the new session".into())
 }
 
-/// Control for the next test: after a close_notify the same port handshakes again.
+/// RFC 6347 §4.2.8: a ClientHello (epoch 0) from an address that still has a session is a
+/// new association: the gateway runs it as a candidate session and, once its handshake
+/// completes, the new session replaces the old one and carries CoAP.
+#[tokio::test]
+async fn dtls_client_that_lost_its_session_can_handshake_again_from_the_same_port() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        handshake_twice_from_one_port(&fleet, false)
+            .await
+            .expect("second handshake");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Control for the previous test: after a close_notify the same port handshakes again.
 #[tokio::test]
 async fn dtls_client_that_closed_its_session_can_handshake_again_from_the_same_port() {
     bounded(async {

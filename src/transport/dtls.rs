@@ -670,6 +670,8 @@ impl DtlsServer {
             });
         };
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session accepted");
+        let pipe = stream.get_ref();
+        pipe.mux().mark_established(pipe);
         Ok(DtlsSession { stream, peer, auth })
     }
 }

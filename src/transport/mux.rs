@@ -8,7 +8,12 @@
 //! so a flood of spoofed source addresses cannot exhaust memory.
 //!
 //! This module owns addresses and queues only. It does not own DTLS (see
-//! [`super::dtls`]), CoAP, or any notion of a session beyond "datagrams from this address".
+//! [`super::dtls`]), CoAP, or any notion of a session beyond "datagrams from this address" —
+//! with one exception, RFC 6347 §4.2.8: once the DTLS server marks a pipe established, a new
+//! ClientHello from the same address opens a *candidate* pipe (handed out like a new peer)
+//! that receives the handshake records (content types 20, 22) while the old pipe keeps the
+//! rest; when the candidate's handshake completes it takes the address over. Only the record
+//! header's content type, epoch and handshake type are read to decide this.
 
 use std::collections::HashMap;
 use std::io;
@@ -100,6 +105,37 @@ struct PeerSlot {
     /// new slot alone.
     id: u64,
     tx: mpsc::Sender<Vec<u8>>,
+    /// Set once a DTLS server session is established on this pipe: a new ClientHello from
+    /// the same address then starts a candidate session instead of reaching the old one.
+    established: bool,
+    /// A handshake in progress from the same address (RFC 6347 §4.2.8). It receives the
+    /// handshake records (content types 20 and 22); the old session keeps the rest until the
+    /// candidate completes and is promoted, so a spoofed ClientHello cannot end a session.
+    candidate: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+}
+
+impl PeerSlot {
+    fn new(id: u64, tx: mpsc::Sender<Vec<u8>>) -> Self {
+        PeerSlot {
+            id,
+            tx,
+            established: false,
+            candidate: None,
+        }
+    }
+}
+
+/// DTLS record content types that belong to a handshake (ChangeCipherSpec, Handshake).
+fn is_handshake_record(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(20 | 22))
+}
+
+/// An epoch-0 DTLS ClientHello: the start of a new association.
+fn is_client_hello(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&22)
+        && datagram.get(1) == Some(&0xFE)
+        && datagram.get(3..5) == Some(&[0, 0][..])
+        && datagram.get(13) == Some(&1)
 }
 
 impl Shared {
@@ -184,13 +220,36 @@ impl DatagramMux {
     pub fn connect(self: &Arc<Self>, peer: SocketAddr) -> Pipe {
         let (tx, rx) = mpsc::channel(self.shared.config.queue_len);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.shared.peers().insert(peer, PeerSlot { id, tx });
+        self.shared.peers().insert(peer, PeerSlot::new(id, tx));
         Pipe {
             mux: self.clone(),
             peer,
             id,
             rx,
             received: 0,
+        }
+    }
+
+    /// Marks `pipe`'s peer as having an established DTLS server session: from now on a new
+    /// ClientHello from that address starts a candidate session (RFC 6347 §4.2.8).
+    pub(crate) fn mark_established(&self, pipe: &Pipe) {
+        let mut peers = self.shared.peers();
+        if let Some(slot) = peers.get_mut(&pipe.peer) {
+            if slot.id == pipe.id {
+                slot.established = true;
+            } else if slot
+                .candidate
+                .as_ref()
+                .is_some_and(|(id, _)| *id == pipe.id)
+            {
+                // The candidate completed its handshake: it becomes the peer's session and
+                // the old one's queue closes (its session ends).
+                if let Some((id, tx)) = slot.candidate.take() {
+                    *slot = PeerSlot::new(id, tx);
+                    slot.established = true;
+                    tracing::info!(peer = %pipe.peer, "new DTLS session replaces the old one");
+                }
+            }
         }
     }
 
@@ -254,7 +313,15 @@ fn route(
     datagram: Vec<u8>,
 ) {
     let mut peers = shared.peers();
-    if let Some(slot) = peers.get(&from) {
+    if let Some(slot) = peers.get_mut(&from) {
+        let datagram = if slot.established && is_handshake_record(&datagram) {
+            match route_to_candidate(shared, mux, accept_tx, from, slot, datagram) {
+                Some(datagram) => datagram,
+                None => return,
+            }
+        } else {
+            datagram
+        };
         match slot.tx.try_send(datagram) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -294,7 +361,7 @@ fn route(
     // Cannot fail: a fresh channel with capacity >= 1.
     let _ = tx.try_send(datagram);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    peers.insert(from, PeerSlot { id, tx });
+    peers.insert(from, PeerSlot::new(id, tx));
     drop(peers);
     tracing::debug!(peer = %from, "new peer");
     permit.send(Pipe {
@@ -304,6 +371,53 @@ fn route(
         rx,
         received: 0,
     });
+}
+
+/// A handshake record from a peer that has an established session: it feeds the candidate
+/// session if one is pending, or a ClientHello starts one (handed to the server like a new
+/// peer). Anything else goes back to the caller for the established session (a
+/// retransmitted last flight of its own handshake).
+fn route_to_candidate(
+    shared: &Shared,
+    mux: &Weak<DatagramMux>,
+    accept_tx: Option<&mpsc::Sender<Pipe>>,
+    from: SocketAddr,
+    slot: &mut PeerSlot,
+    datagram: Vec<u8>,
+) -> Option<Vec<u8>> {
+    if let Some((_, tx)) = &slot.candidate {
+        if !tx.is_closed() {
+            if tx.try_send(datagram).is_err() {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
+        slot.candidate = None;
+    }
+    if !is_client_hello(&datagram) {
+        return Some(datagram);
+    }
+    let (Some(accept_tx), Some(mux)) = (accept_tx, mux.upgrade()) else {
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let Ok(permit) = accept_tx.try_reserve() else {
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let (tx, rx) = mpsc::channel(shared.config.queue_len);
+    let _ = tx.try_send(datagram);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    slot.candidate = Some((id, tx));
+    tracing::debug!(peer = %from, "ClientHello on an established session: candidate session");
+    permit.send(Pipe {
+        mux,
+        peer: from,
+        id,
+        rx,
+        received: 0,
+    });
+    None
 }
 
 /// The datagrams of one peer on a shared [`DatagramMux`] socket.
@@ -352,8 +466,23 @@ impl Pipe {
 impl Drop for Pipe {
     fn drop(&mut self) {
         let mut peers = self.mux.shared.peers();
-        if peers.get(&self.peer).is_some_and(|slot| slot.id == self.id) {
-            peers.remove(&self.peer);
+        let Some(slot) = peers.get_mut(&self.peer) else {
+            return;
+        };
+        if slot.id == self.id {
+            // A pending candidate takes over the address (its handshake may still complete).
+            match slot.candidate.take() {
+                Some((id, tx)) => *slot = PeerSlot::new(id, tx),
+                None => {
+                    peers.remove(&self.peer);
+                }
+            }
+        } else if slot
+            .candidate
+            .as_ref()
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            slot.candidate = None;
         }
     }
 }
