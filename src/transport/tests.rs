@@ -777,3 +777,84 @@ async fn libcoap_client_reaches_our_server() {
     eprintln!("coap-client-openssl printed: {printed:?}; cipher {cipher:?}");
     assert!(printed.contains("4.04"), "coap-client printed: {printed:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// RFC 6347 §4.2.8: a new ClientHello from an address with an established session
+// ---------------------------------------------------------------------------------------
+
+/// A DTLS 1.2 record header + handshake header of an epoch-0 ClientHello (body irrelevant).
+fn client_hello_record() -> Vec<u8> {
+    let mut d = vec![22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 1, 0, 12];
+    d.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    d
+}
+
+async fn next_datagram(pipe: &mut Pipe) -> Vec<u8> {
+    within(STEP, pipe.recv()).await.expect("datagram")
+}
+
+async fn nothing_for(pipe: &mut Pipe) {
+    let got = tokio::time::timeout(Duration::from_millis(150), pipe.recv()).await;
+    assert!(got.is_err(), "unexpected datagram: {got:?}");
+}
+
+/// The mux half of §4.2.8, without DTLS: a ClientHello on an established pipe opens a
+/// candidate; handshake records go to the candidate and the rest to the old pipe; an
+/// abandoned candidate (a spoofed ClientHello) leaves the old pipe untouched; a candidate
+/// marked established takes the address over and the old pipe's queue closes.
+#[tokio::test]
+async fn client_hello_on_an_established_pipe_opens_a_candidate_that_replaces_it_only_when_established()
+ {
+    let (mux, mut accept) = accepting_mux(LOCAL4).await;
+    let client = UdpSocket::bind(LOCAL4).await.expect("client socket");
+    let server = mux.local_addr();
+    let app = |n: u8| vec![23, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, n, 0, 1, n];
+
+    client.send_to(&app(1), server).await.expect("send");
+    let mut old = within(STEP, accept.recv()).await.expect("first pipe");
+    assert_eq!(next_datagram(&mut old).await, app(1));
+    mux.mark_established(&old);
+
+    // A ClientHello: a candidate pipe, nothing for the old one.
+    client
+        .send_to(&client_hello_record(), server)
+        .await
+        .expect("send");
+    let mut candidate = within(STEP, accept.recv()).await.expect("candidate pipe");
+    assert_eq!(next_datagram(&mut candidate).await, client_hello_record());
+    nothing_for(&mut old).await;
+
+    // Application data still reaches the old session; handshake records the candidate.
+    client.send_to(&app(2), server).await.expect("send");
+    assert_eq!(next_datagram(&mut old).await, app(2));
+    let finished = vec![22, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 20];
+    client.send_to(&finished, server).await.expect("send");
+    assert_eq!(next_datagram(&mut candidate).await, finished);
+
+    // The candidate never completes (a spoofed ClientHello): the old session is unharmed.
+    drop(candidate);
+    client.send_to(&app(3), server).await.expect("send");
+    assert_eq!(next_datagram(&mut old).await, app(3));
+
+    // A real restart: the new candidate completes and takes the address over.
+    client
+        .send_to(&client_hello_record(), server)
+        .await
+        .expect("send");
+    let mut renewed = within(STEP, accept.recv()).await.expect("second candidate");
+    assert_eq!(next_datagram(&mut renewed).await, client_hello_record());
+    mux.mark_established(&renewed);
+    client.send_to(&app(4), server).await.expect("send");
+    assert_eq!(next_datagram(&mut renewed).await, app(4));
+    let ended = within(STEP, old.recv()).await;
+    assert!(
+        matches!(
+            ended,
+            Err(TransportError::Closed {
+                cause: CloseCause::Shutdown,
+                ..
+            })
+        ),
+        "the replaced session's queue closes: {ended:?}"
+    );
+}
