@@ -82,6 +82,20 @@ impl ChildGuard {
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+
+    /// Waits (blocking, polling every 20 ms) for the child to exit until `deadline`; `None`
+    /// if it is still running then (the guard kills it when dropped).
+    pub fn wait_until(&mut self, deadline: Instant) -> Option<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for ChildGuard {
@@ -323,18 +337,8 @@ pub fn run_client_blocking(scratch: &Scratch, args: &[String]) -> ClientRun {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {CLIENT}: {e} (install libcoap3-bin)"));
     let mut guard = ChildGuard::new(CLIENT, child);
-    let deadline = Instant::now() + CLIENT_HARD_LIMIT;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = guard.exited() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = guard.wait_until(Instant::now() + CLIENT_HARD_LIMIT);
+    let timed_out = status.is_none();
     drop(guard);
     let output_file = full
         .iter()

@@ -385,18 +385,8 @@ pub fn run_aiocoap_blocking(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start aiocoap ({how:?}): {e} (pip install aiocoap)"));
     let mut guard = ChildGuard::new(AIOCOAP_CLIENT, child);
-    let deadline = Instant::now() + AIOCOAP_HARD_LIMIT;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = guard.exited() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = guard.wait_until(Instant::now() + AIOCOAP_HARD_LIMIT);
+    let timed_out = status.is_none();
     drop(guard);
     let program = match how {
         Aiocoap::Client => AIOCOAP_CLIENT.to_owned(),
