@@ -27,7 +27,7 @@ use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError};
 
-pub use service::{Answer, Service, WriteReport};
+pub use service::{Answer, Service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

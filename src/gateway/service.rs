@@ -115,14 +115,6 @@ impl Drop for NodeGuard<'_> {
     }
 }
 
-/// What a verified write came to, for callers that want more than the CoAP answer (the demo).
-#[derive(Debug, Clone)]
-pub struct WriteReport {
-    pub decision: Decision,
-    /// (device, uri, allowed?, reason, detail) per read, in DeviceID order.
-    pub reads: Vec<(String, String, String)>,
-}
-
 pub struct Service<R: AclReader> {
     config: Arc<Config>,
     inventory: Inventory,
@@ -256,9 +248,7 @@ impl<R: AclReader> Service<R> {
             }
             Command::Write(write) => {
                 let format = format()?;
-                self.write(server, write, format)
-                    .await
-                    .map(|(answer, _)| answer)
+                self.write(server, write, format).await
             }
         }
     }
@@ -328,13 +318,13 @@ impl<R: AclReader> Service<R> {
         Ok(())
     }
 
-    /// Runs a verified write and also reports what each device said (for the demo).
+    /// Runs a verified write: gate, validate, verify on every target device, commit, answer.
     pub async fn write(
         &self,
         server: &Arc<ServerConfig>,
         write: Write,
         format: Format,
-    ) -> Result<(Answer, Option<WriteReport>), FrontError> {
+    ) -> Result<Answer, FrontError> {
         let node = match &write {
             Write::Post { .. } => None,
             Write::Put { name, .. } | Write::PutLeaf { name, .. } | Write::Delete { name } => {
@@ -450,24 +440,6 @@ impl<R: AclReader> Service<R> {
         let decision = verification
             .poll_decision()
             .ok_or_else(|| FrontError::Internal("verification did not finish".into()))?;
-        let reads = verification
-            .outcomes()
-            .map(|(d, u, o)| {
-                let said = match o {
-                    Some(crate::verifier::Outcome::Allowed) => "allowed".to_owned(),
-                    Some(crate::verifier::Outcome::Failed { reason, detail }) => {
-                        format!("{reason}: {detail}")
-                    }
-                    None => "no outcome".to_owned(),
-                };
-                (d.to_owned(), u.to_owned(), said)
-            })
-            .collect();
-        let report = WriteReport {
-            decision: decision.clone(),
-            reads,
-        };
-
         let answer = match decision {
             Decision::Reject { kind, failed } => {
                 let ids: Vec<&str> = failed.iter().map(|f| f.device_id.as_str()).collect();
@@ -561,7 +533,7 @@ impl<R: AclReader> Service<R> {
                 }
             }
         };
-        Ok((answer, Some(report)))
+        Ok(answer)
     }
 }
 
