@@ -366,6 +366,40 @@ async fn dtls_pinned_server_with_another_key_under_the_same_name_is_4_01() {
     .await;
 }
 
+/// Issue 6 item 1 over DTLS: a certificate from ServerB's own CA named `serverA.example`
+/// is not ServerA (4.01, no device asked); that CA still vouches for ServerB, and the
+/// gateway's CA for ServerA (PSK too).
+#[tokio::test]
+async fn dtls_a_servers_own_ca_vouches_for_that_server_only() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (builder, b_ca) = server_b_with_own_ca(mixed_fleet(), dir.path());
+        let fleet = builder.start().await;
+        let impostor = b_ca
+            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
+            .unwrap();
+        let mut fake_a = fleet
+            .dtls_client(&mint(dir.path(), "fake-serverA", &impostor))
+            .await;
+        let reply = add(&mut fake_a, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        let reply = get(&mut fake_a, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+
+        let real_b = b_ca
+            .issue("serverB", &["serverB.example"], &[], &[], Profile::Both, 30)
+            .unwrap();
+        let mut b = fleet
+            .dtls_client(&mint(dir.path(), "serverB", &real_b))
+            .await;
+        let reply = get(&mut b, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        gateway_unharmed(&fleet).await;
+        fleet.stop().await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // South: devices over DTLS-X.509
 // ---------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ use openssl::x509::{X509, X509VerifyResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_openssl::SslStream;
 
-use super::cert::CertIdentity;
+use super::cert::{CertIdentity, chain_anchor};
 use super::mux::Pipe;
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
@@ -692,8 +692,10 @@ fn peer_cert_identity(
             reason: format!("certificate not verified: {}", verdict.error_string()),
         });
     }
+    // The verified chain ends in the trust anchor OpenSSL chose (leaf first).
+    let anchor = ssl.verified_chain().and_then(chain_anchor);
     CertIdentity::from_x509(&cert)
-        .map(|id| Some(Arc::new(id)))
+        .map(|id| Some(Arc::new(id.with_trust_anchor(anchor))))
         .map_err(|e| TransportError::PeerIdentity {
             peer,
             reason: e.to_string(),
