@@ -498,6 +498,33 @@ fn cert_files(
     }
 }
 
+/// A device's `cert`, `key` and `ca` go together, except that `ca` alone is the device's
+/// own trust anchor used with the gateway's cert and key.
+fn device_cert_files(
+    key: &str,
+    cert: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    gateway: &Option<CertFiles>,
+    base: Option<&Path>,
+) -> Result<Option<CertFiles>, ConfigError> {
+    let (None, None, Some(ca)) = (&cert, &private_key, &ca) else {
+        return cert_files(key, cert, private_key, ca, base);
+    };
+    let ca = file(&format!("{key}.ca"), ca.clone(), base)?;
+    let gateway = gateway.as_ref().ok_or_else(|| {
+        invalid(
+            format!("{key}.ca"),
+            "a ca alone is used with the gateway's cert and key: give them in [gateway] (or cert and key here)",
+        )
+    })?;
+    Ok(Some(CertFiles {
+        cert: gateway.cert.clone(),
+        key: gateway.key.clone(),
+        ca,
+    }))
+}
+
 fn cert_rule(
     key: &str,
     cert_match: Option<String>,
@@ -738,7 +765,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             }
         };
         let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
-        let own_certs = cert_files(&key, d.cert, d.key, d.ca, base)?;
+        let own_certs = device_cert_files(&key, d.cert, d.key, d.ca, &gateway_certs, base)?;
         let rule = cert_rule(&key, d.cert_match, d.spki_sha256)?;
         // Certificates are used towards a device on coaps+tcp://, and on coaps:// when no
         // PSK is given; the device's own files win over the gateway's.
@@ -986,6 +1013,35 @@ cert_match = "cn:devA"
             "devices default to the gateway's files"
         );
         assert_eq!(c.devices[0].uri.scheme, Scheme::CoapsTcp);
+    }
+
+    #[test]
+    fn a_device_ca_alone_is_its_anchor_with_the_gateways_cert_and_key() {
+        let c = Config::parse(&CERTS.replace(
+            "cert_match = \"cn:devA\"",
+            "cert_match = \"cn:devA\"\nca = \"certs/devB.pem\"",
+        ))
+        .expect("a ca alone is valid");
+        let gateway = c.gateway.certs.as_ref().unwrap();
+        let device = c.devices[0].certs.as_ref().unwrap();
+        assert_eq!((&device.cert, &device.key), (&gateway.cert, &gateway.key));
+        assert_eq!(device.ca, Path::new("certs/devB.pem"));
+
+        // Without the gateway's cert and key there is nothing to present.
+        let e = error_of(&GOOD.replace(
+            "psk_key = \"devkeyA\"",
+            "psk_key = \"devkeyA\"\nca = \"certs/ca.pem\"",
+        ));
+        assert!(
+            e.contains("devices[0].ca") && e.contains("[gateway]"),
+            "{e}"
+        );
+        // A cert without its key still fails.
+        let e = error_of(&CERTS.replace(
+            "cert_match = \"cn:devA\"",
+            "cert = \"certs/devA.pem\"\nca = \"certs/ca.pem\"",
+        ));
+        assert!(e.contains("go together"), "{e}");
     }
 
     #[test]
