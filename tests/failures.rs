@@ -418,6 +418,84 @@ async fn a_failure_list_that_fits_the_peers_message_size_goes_whole_over_tcp() {
     .await;
 }
 
+/// One request over `coap+tcp://` from a raw RFC 8323 connection whose CSM advertises
+/// `max_message_size`; the answer and its frame size.
+async fn raw_tcp_add(addr: std::net::SocketAddr, max_message_size: u32) -> (Packet, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut conn = coap::StreamConnection::new(Instant::now(), max_message_size, true);
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.set_token(vec![7, 0, 0, 2]);
+    coap::set_uri(&mut p, "/GwConfig/Privileges");
+    coap::set_content_format(&mut p, 60);
+    p.payload = privgw::cli::ctl::privilege_body("G", "Group", "/3/0", "Get=ServerB").to_cbor();
+    conn.send(&p).expect("encode the request");
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bounded: the CSM, the answer, and a few reads of them.
+    for _ in 0..64 {
+        while let Some(bytes) = conn.poll_transmit() {
+            tcp.write_all(&bytes).await.expect("write");
+        }
+        while let Some(event) = conn.poll_event() {
+            if let coap::StreamEvent::Response(answer) = event {
+                let size = coap::encode_frame(&answer).expect("re-encode").len();
+                return (answer, size);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+            .await
+            .expect("bytes within 20 s")
+            .expect("read");
+        assert!(n > 0, "the gateway closed the connection");
+        conn.handle_bytes(Instant::now(), &buf[..n]);
+    }
+    panic!("no answer");
+}
+
+#[tokio::test]
+async fn over_tcp_a_failure_list_is_fitted_to_the_peers_max_message_size() {
+    bounded(async {
+        let ids = forty_ids();
+        let mut b = Fleet::builder()
+            .listen(&["coaps://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
+            .nosec("ServerA", "127.0.0.1");
+        for id in &ids {
+            b = b.lwm2m(id, vec![ac(0, 3, 0, SSID_B)]);
+        }
+        let fleet = b
+            .group("G", &ids.iter().map(String::as_str).collect::<Vec<_>>())
+            .start()
+            .await;
+        for max in [600u32, 1152] {
+            let (answer, size) = raw_tcp_add(fleet.coap_tcp().addr, max).await;
+            assert_eq!(
+                answer.header.code,
+                MessageClass::Response(coap::ResponseType::Forbidden),
+                "Max-Message-Size {max}"
+            );
+            assert!(
+                answer.get_first_option(CoapOption::Block2).is_none(),
+                "{max}"
+            );
+            assert!(answer.get_first_option(CoapOption::ETag).is_none(), "{max}");
+            assert!(
+                size <= max as usize,
+                "a {size}-byte frame for Max-Message-Size {max}"
+            );
+            let doc = raw_document(&answer);
+            assert_eq!(doc.get("Truncated").and_then(Value::as_bool), Some(true));
+            assert_eq!(
+                doc.get("FailedCount").and_then(Value::as_int),
+                Some(N as i64)
+            );
+            assert!(text(&doc, "Report").is_some());
+        }
+        fleet.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn missing_ac_instance_is_4_03_no_acl() {
     bounded(async {
