@@ -252,6 +252,8 @@ pub struct GatewayConfig {
     pub certs: Option<CertFiles>,
     /// Failure reports of refused writes kept in memory at most. Default 256.
     pub max_reports: usize,
+    /// Their CBOR size together at most (a single larger report is kept alone). Default 16 MiB.
+    pub report_max_bytes: usize,
     /// How long a failure report is kept. Default 600 s.
     pub report_max_age: Duration,
 }
@@ -296,12 +298,17 @@ struct RawGateway {
     ca: Option<PathBuf>,
     #[serde(default = "default_max_reports")]
     max_reports: usize,
+    #[serde(default = "default_report_max_bytes")]
+    report_max_bytes: usize,
     #[serde(default = "default_report_max_age_s")]
     report_max_age_s: u64,
 }
 
 fn default_max_reports() -> usize {
     256
+}
+fn default_report_max_bytes() -> usize {
+    16 << 20
 }
 fn default_report_max_age_s() -> u64 {
     600
@@ -580,6 +587,12 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     }
     if !(1..=65_536).contains(&g.max_reports) {
         return Err(invalid("gateway.max_reports", "must be 1 to 65536"));
+    }
+    if !(1024..=1 << 30).contains(&g.report_max_bytes) {
+        return Err(invalid(
+            "gateway.report_max_bytes",
+            "must be 1024 to 1073741824",
+        ));
     }
     if !(1..=86_400).contains(&g.report_max_age_s) {
         return Err(invalid("gateway.report_max_age_s", "must be 1 to 86400 s"));
@@ -860,6 +873,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             certs: gateway_certs.clone(),
             max_reports: g.max_reports,
+            report_max_bytes: g.report_max_bytes,
             report_max_age: Duration::from_secs(g.report_max_age_s),
         },
         servers,
@@ -915,6 +929,7 @@ members = ["devA", "devB"]
         assert_eq!(c.gateway.device_timeout, Duration::from_millis(3000));
         assert_eq!(c.gateway.max_in_flight, 256);
         assert_eq!(c.gateway.max_reports, 256);
+        assert_eq!(c.gateway.report_max_bytes, 16 << 20);
         assert_eq!(c.gateway.report_max_age, Duration::from_secs(600));
         assert_eq!(c.servers[1].psk.as_ref().unwrap().key, vec![0x0a, 0x0b]);
         assert_eq!(c.devices[1].profile, Profile::Dm(DmPolicy::Replace));
@@ -953,11 +968,14 @@ members = ["devA", "devB"]
     fn report_bounds_are_read_and_checked() {
         let text = GOOD.replace(
             "store = \"privgw.redb\"",
-            "store = \"privgw.redb\"\nmax_reports = 8\nreport_max_age_s = 30",
+            "store = \"privgw.redb\"\nmax_reports = 8\nreport_max_bytes = 4096\nreport_max_age_s = 30",
         );
         let c = Config::parse(&text).expect("valid");
         assert_eq!(c.gateway.max_reports, 8);
         assert_eq!(c.gateway.report_max_age, Duration::from_secs(30));
+        assert_eq!(c.gateway.report_max_bytes, 4096);
+        let e = error_of(&text.replace("report_max_bytes = 4096", "report_max_bytes = 10"));
+        assert!(e.contains("gateway.report_max_bytes"), "{e}");
         let e = error_of(&text.replace("max_reports = 8", "max_reports = 0"));
         assert!(e.contains("gateway.max_reports"), "{e}");
         let e = error_of(&text.replace("report_max_age_s = 30", "report_max_age_s = 0"));

@@ -2,9 +2,10 @@
 //! truncated to fit one message (DESIGN.md §5), served at `/GwConfig/Reports/<id>`.
 //!
 //! Pure and in memory: time is an argument (`now`), ids come from the caller (random hex,
-//! unguessable). Bounded in count and in age: inserting beyond `max_count` drops the oldest
-//! report; a report older than `max_age` is gone (pruned on every call, so no timer is
-//! needed). Reports do not survive a restart.
+//! unguessable). Bounded in count, bytes and age: inserting beyond `max_count` reports or
+//! `max_bytes` (their CBOR size together) drops the oldest reports; a report older than
+//! `max_age` is gone (pruned on every call, so no timer is needed). A single report larger
+//! than `max_bytes` is still kept, alone. Reports do not survive a restart.
 //!
 //! Only the server whose write was refused may read its report. Any other server gets the
 //! same answer as for an unknown or expired id (4.04), so a report's existence leaks nothing.
@@ -17,11 +18,13 @@ use crate::mo::Value;
 /// The URI path under which reports are served.
 pub const REPORTS_PATH: &str = "/GwConfig/Reports";
 
-/// How many reports are kept and for how long (config `gateway.max_reports`, default 256,
-/// and `gateway.report_max_age_s`, default 600).
+/// How many reports are kept, how large together, and for how long (config
+/// `gateway.max_reports`, default 256; `gateway.report_max_bytes`, default 16 MiB;
+/// `gateway.report_max_age_s`, default 600).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportLimits {
     pub max_count: usize,
+    pub max_bytes: usize,
     pub max_age: Duration,
 }
 
@@ -30,6 +33,8 @@ struct Report {
     owner: String,
     created: Instant,
     body: Value,
+    /// The body's CBOR size, counted against `max_bytes`.
+    bytes: usize,
 }
 
 /// The reports of refused writes, by id.
@@ -39,6 +44,8 @@ pub struct ReportStore {
     by_id: HashMap<String, Report>,
     /// Ids oldest first (insertion order is age order: `now` never goes back).
     order: VecDeque<String>,
+    /// The `bytes` of every report kept.
+    bytes: usize,
 }
 
 impl ReportStore {
@@ -50,7 +57,14 @@ impl ReportStore {
             },
             by_id: HashMap::new(),
             order: VecDeque::new(),
+            bytes: 0,
         }
+    }
+
+    /// The CBOR size of every report kept now (after pruning at `now`).
+    pub fn bytes(&mut self, now: Instant) -> usize {
+        self.prune(now);
+        self.bytes
     }
 
     /// Reports kept now (after pruning at `now`).
@@ -64,27 +78,39 @@ impl ReportStore {
     }
 
     /// Keeps `body` under `id` for `owner` (a ServerID), dropping the oldest reports beyond
-    /// the count bound. An id already present is replaced.
+    /// the count and byte bounds. An id already present is replaced.
     pub fn insert(&mut self, now: Instant, id: String, owner: &str, body: Value) {
         self.prune(now);
-        if self.by_id.remove(&id).is_some() {
+        if let Some(old) = self.by_id.remove(&id) {
+            self.bytes = self.bytes.saturating_sub(old.bytes);
             self.order.retain(|k| *k != id);
         }
-        while self.by_id.len() >= self.limits.max_count {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            self.by_id.remove(&oldest);
+        let bytes = body.to_cbor().len();
+        while !self.by_id.is_empty()
+            && (self.by_id.len() >= self.limits.max_count
+                || self.bytes.saturating_add(bytes) > self.limits.max_bytes)
+        {
+            self.drop_oldest();
         }
         self.order.push_back(id.clone());
+        self.bytes = self.bytes.saturating_add(bytes);
         self.by_id.insert(
             id,
             Report {
                 owner: owner.to_owned(),
                 created: now,
                 body,
+                bytes,
             },
         );
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(id) = self.order.pop_front() {
+            if let Some(r) = self.by_id.remove(&id) {
+                self.bytes = self.bytes.saturating_sub(r.bytes);
+            }
+        }
     }
 
     /// The report `id` if it is still kept and `server` owns it; `None` otherwise, whether it
@@ -106,9 +132,7 @@ impl ReportStore {
             if !expired {
                 break;
             }
-            if let Some(id) = self.order.pop_front() {
-                self.by_id.remove(&id);
-            }
+            self.drop_oldest();
         }
     }
 }
@@ -127,6 +151,7 @@ mod tests {
     fn store(max_count: usize, max_age_s: u64) -> ReportStore {
         ReportStore::new(ReportLimits {
             max_count,
+            max_bytes: 1 << 20,
             max_age: Duration::from_secs(max_age_s),
         })
     }
@@ -182,6 +207,31 @@ mod tests {
         assert!(s.get(now, "r0", "ServerA").is_none());
         assert!(s.get(now, "r1", "ServerA").is_none());
         assert!(s.get(now, "r4", "ServerA").is_some());
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_but_keeps_the_newest() {
+        let t0 = Instant::now();
+        let big = |tag: &str| Value::map([("Failed", Value::text(tag.repeat(100)))]);
+        let size = big("a").to_cbor().len();
+        let mut s = ReportStore::new(ReportLimits {
+            max_count: 100,
+            max_bytes: 2 * size,
+            max_age: Duration::from_secs(600),
+        });
+        s.insert(t0, "r1".into(), "ServerA", big("a"));
+        s.insert(t0, "r2".into(), "ServerA", big("b"));
+        assert_eq!(s.bytes(t0), 2 * size);
+        s.insert(t0, "r3".into(), "ServerA", big("c"));
+        assert_eq!(s.len(t0), 2);
+        assert!(s.get(t0, "r1", "ServerA").is_none());
+        assert_eq!(s.bytes(t0), 2 * size);
+        // One report above the whole budget is kept, alone.
+        s.insert(t0, "huge".into(), "ServerA", big(&"x".repeat(10)));
+        assert_eq!(s.len(t0), 1);
+        assert!(s.get(t0, "huge", "ServerA").is_some());
+        // Expiry gives the bytes back.
+        assert_eq!(s.bytes(t0 + Duration::from_secs(600)), 0);
     }
 
     #[test]

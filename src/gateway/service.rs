@@ -139,6 +139,7 @@ impl<R: AclReader> Service<R> {
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
         let reports = Mutex::new(ReportStore::new(ReportLimits {
             max_count: config.gateway.max_reports,
+            max_bytes: config.gateway.report_max_bytes,
             max_age: config.gateway.report_max_age,
         }));
         Service {
