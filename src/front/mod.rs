@@ -8,6 +8,7 @@
 //! | `/GwConfig/Privileges/<x>` | GET, PUT (Add/Replace; If-None-Match, If-Match), DELETE |
 //! | `/GwConfig/Privileges/<x>/<leaf>` | GET; PUT on `TargetID`, `TargetType`, `URI`, `ACL` |
 //! | `/GwConfig/Groups[/<id>]`, `/GwConfig/Devices[/<id>]` | GET |
+//! | `/GwConfig/Reports/<id>` | GET (the requesting server only; see [`refusal`]) |
 //! | `/.well-known/core` | GET |
 
 pub mod answer;

@@ -7,7 +7,7 @@
 //! entity to reassemble). So:
 //!
 //! * **whole** — `{Status, Failed}` with every entry and its `Detail`, as before, when that
-//!   fits [`fit`]'s budget;
+//!   fits the budget ([`whole`]);
 //! * **truncated** — otherwise `{Status, FailedCount, Failed, Truncated: true, Report}`:
 //!   first every entry without `Detail`, else the longest prefix (the list is sorted by
 //!   DeviceID) that fits, possibly none; `Report` is the path of `/GwConfig/Reports/<id>`,

@@ -355,7 +355,7 @@ impl<R: AclReader> Service<R> {
     }
 
     /// Runs a verified write: gate, validate, verify on every target device, commit, answer.
-    /// A refusal's answer fits `max_payload` (see [`Service::refusal`]).
+    /// A refusal's answer fits `max_payload` (truncated, with a report, if need be).
     pub async fn write(
         &self,
         server: &Arc<ServerConfig>,
