@@ -250,6 +250,12 @@ pub struct GatewayConfig {
     pub ack_timeout: Duration,
     /// The gateway's own certificate, key and trust anchor for X.509 on DTLS and TLS.
     pub certs: Option<CertFiles>,
+    /// Failure reports of refused writes kept in memory at most. Default 256.
+    pub max_reports: usize,
+    /// Their CBOR size together at most (a single larger report is kept alone). Default 16 MiB.
+    pub report_max_bytes: usize,
+    /// How long a failure report is kept. Default 600 s.
+    pub report_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -290,8 +296,23 @@ struct RawGateway {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    #[serde(default = "default_max_reports")]
+    max_reports: usize,
+    #[serde(default = "default_report_max_bytes")]
+    report_max_bytes: usize,
+    #[serde(default = "default_report_max_age_s")]
+    report_max_age_s: u64,
 }
 
+fn default_max_reports() -> usize {
+    256
+}
+fn default_report_max_bytes() -> usize {
+    16 << 20
+}
+fn default_report_max_age_s() -> u64 {
+    600
+}
 fn default_store() -> PathBuf {
     PathBuf::from("privgw.redb")
 }
@@ -591,6 +612,18 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     if !(10..=60_000).contains(&g.ack_timeout_ms) {
         return Err(invalid("gateway.ack_timeout_ms", "must be 10 to 60000 ms"));
     }
+    if !(1..=65_536).contains(&g.max_reports) {
+        return Err(invalid("gateway.max_reports", "must be 1 to 65536"));
+    }
+    if !(1024..=1 << 30).contains(&g.report_max_bytes) {
+        return Err(invalid(
+            "gateway.report_max_bytes",
+            "must be 1024 to 1073741824",
+        ));
+    }
+    if !(1..=86_400).contains(&g.report_max_age_s) {
+        return Err(invalid("gateway.report_max_age_s", "must be 1 to 86400 s"));
+    }
     let south_bind = g
         .south_bind
         .as_deref()
@@ -866,6 +899,9 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             south_bind,
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             certs: gateway_certs.clone(),
+            max_reports: g.max_reports,
+            report_max_bytes: g.report_max_bytes,
+            report_max_age: Duration::from_secs(g.report_max_age_s),
         },
         servers,
         devices,
@@ -919,6 +955,9 @@ members = ["devA", "devB"]
         assert_eq!(c.gateway.listen[1].addr, "[::1]:5683".parse().unwrap());
         assert_eq!(c.gateway.device_timeout, Duration::from_millis(3000));
         assert_eq!(c.gateway.max_in_flight, 256);
+        assert_eq!(c.gateway.max_reports, 256);
+        assert_eq!(c.gateway.report_max_bytes, 16 << 20);
+        assert_eq!(c.gateway.report_max_age, Duration::from_secs(600));
         assert_eq!(c.servers[1].psk.as_ref().unwrap().key, vec![0x0a, 0x0b]);
         assert_eq!(c.devices[1].profile, Profile::Dm(DmPolicy::Replace));
         assert_eq!(c.groups[0].members, vec!["devA", "devB"]);
@@ -950,6 +989,24 @@ members = ["devA", "devB"]
     fn unknown_key_is_refused() {
         let e = error_of(&GOOD.replace("store =", "stroe ="));
         assert!(e.contains("stroe"), "{e}");
+    }
+
+    #[test]
+    fn report_bounds_are_read_and_checked() {
+        let text = GOOD.replace(
+            "store = \"privgw.redb\"",
+            "store = \"privgw.redb\"\nmax_reports = 8\nreport_max_bytes = 4096\nreport_max_age_s = 30",
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(c.gateway.max_reports, 8);
+        assert_eq!(c.gateway.report_max_age, Duration::from_secs(30));
+        assert_eq!(c.gateway.report_max_bytes, 4096);
+        let e = error_of(&text.replace("report_max_bytes = 4096", "report_max_bytes = 10"));
+        assert!(e.contains("gateway.report_max_bytes"), "{e}");
+        let e = error_of(&text.replace("max_reports = 8", "max_reports = 0"));
+        assert!(e.contains("gateway.max_reports"), "{e}");
+        let e = error_of(&text.replace("report_max_age_s = 30", "report_max_age_s = 0"));
+        assert!(e.contains("gateway.report_max_age_s"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! ports), spawns the tasks and returns a handle; [`Gateway::stop`] flips the shutdown signal
 //! and waits for every task.
 
+pub mod reports;
 pub mod service;
 
 use std::collections::HashMap;
@@ -81,6 +82,11 @@ impl North {
 
 impl Handler for North {
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
+        self.handle_within(peer, request, service::DEFAULT_MAX_PAYLOAD)
+            .await
+    }
+
+    async fn handle_within(&self, peer: &PeerInfo, request: Packet, max_payload: usize) -> Packet {
         let Some(server) = self.server_of(peer) else {
             tracing::warn!(addr = %peer.addr, identity = %peer.identity, "unknown server identity: 4.01");
             let mut p = Packet::new();
@@ -98,7 +104,10 @@ impl Handler for North {
             %path
         );
         async {
-            let answer = self.service.handle(server, &request).await;
+            let answer = self
+                .service
+                .handle_within(server, &request, max_payload)
+                .await;
             tracing::info!(code = %service::code_str(answer.code), "answered");
             answer.into_packet()
         }
