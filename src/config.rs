@@ -962,10 +962,13 @@ members = ["devA", "devB"]
     #[test]
     fn tcp_limits_load_and_are_checked() {
         let with = |lines: &str| GOOD.replace("[gateway]\n", &format!("[gateway]\n{lines}\n"));
-        let c = Config::parse(&with(
-            "tcp_max_connections = 100\ntcp_max_per_ip = 4\ntcp_max_pre_auth = 20\ntcp_auth_timeout_ms = 1500",
-        ))
-        .expect("valid");
+        let keys = [
+            "tcp_max_connections = 100",
+            "tcp_max_per_ip = 4",
+            "tcp_max_pre_auth = 20",
+            "tcp_auth_timeout_ms = 1500",
+        ];
+        let c = Config::parse(&with(&keys.join("\n"))).expect("valid");
         let l = c.gateway.tcp_limits;
         assert_eq!(l.max_connections, 100);
         assert_eq!(l.admission.max_per_source, 4);

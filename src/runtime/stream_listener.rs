@@ -101,7 +101,8 @@ impl StreamListener {
                         continue;
                     };
                     let span = tracing::info_span!("peer", %addr, via = uri.scheme.as_str());
-                    let conn = serve(tcp, addr, pre_auth, self.security.clone(), handler.clone(), shutdown.clone());
+                    let (security, handler) = (self.security.clone(), handler.clone());
+                    let conn = serve(tcp, addr, pre_auth, security, handler, shutdown.clone());
                     connections.spawn(async move {
                         let _slot = slot;
                         conn.await;
