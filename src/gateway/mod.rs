@@ -248,6 +248,7 @@ impl Gateway {
         let mut bound = Vec::new();
         let mut dtls: Option<Arc<DtlsServer>> = None;
         let mut tls: Option<Arc<TlsServer>> = None;
+        let tcp_limits = config.gateway.tcp_limits;
         for uri in &config.gateway.listen {
             let listener = match uri.scheme {
                 Scheme::Coap => AnyListener::Datagram(Listener::bind(*uri, Security::NoSec).await?),
@@ -270,9 +271,10 @@ impl Gateway {
                     };
                     AnyListener::Datagram(Listener::bind(*uri, Security::Dtls(server)).await?)
                 }
-                Scheme::CoapTcp => {
-                    AnyListener::Stream(StreamListener::bind(*uri, StreamSecurity::NoSec).await?)
-                }
+                Scheme::CoapTcp => AnyListener::Stream(
+                    StreamListener::bind_with_limits(*uri, StreamSecurity::NoSec, tcp_limits)
+                        .await?,
+                ),
                 Scheme::CoapsTcp => {
                     let server = match &tls {
                         Some(s) => s.clone(),
@@ -282,8 +284,9 @@ impl Gateway {
                             s
                         }
                     };
+                    let security = StreamSecurity::Tls(server);
                     AnyListener::Stream(
-                        StreamListener::bind(*uri, StreamSecurity::Tls(server)).await?,
+                        StreamListener::bind_with_limits(*uri, security, tcp_limits).await?,
                     )
                 }
             };
