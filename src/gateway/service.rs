@@ -255,20 +255,23 @@ impl<R: AclReader> Service<R> {
 
     /// The gateway gate: the Privileges node's own ACL, checked before anything else.
     fn gate(&self, server: &ServerConfig, command: DmCommand) -> Result<(), FrontError> {
-        if self
-            .config
-            .gateway
-            .privileges_acl
-            .grants(command, &server.id)
-        {
-            Ok(())
-        } else {
-            Err(FrontError::Forbidden(format!(
-                "{} may not {} on /GwConfig/Privileges",
-                server.id,
-                command.as_str()
-            )))
+        self.gate_any(server, &[command])
+    }
+
+    /// The gate for a request that may turn out to be any of `commands` (a plain PUT is an
+    /// Add or a Replace): passes if the server holds one of them. Checked before the store
+    /// is read, so a server without rights learns nothing about which names exist.
+    fn gate_any(&self, server: &ServerConfig, commands: &[DmCommand]) -> Result<(), FrontError> {
+        let acl = &self.config.gateway.privileges_acl;
+        if commands.iter().any(|c| acl.grants(*c, &server.id)) {
+            return Ok(());
         }
+        let names: Vec<&str> = commands.iter().map(|c| c.as_str()).collect();
+        Err(FrontError::Forbidden(format!(
+            "{} may not {} on /GwConfig/Privileges",
+            server.id,
+            names.join(" or ")
+        )))
     }
 
     async fn blocking_store<T: Send + 'static>(
@@ -325,6 +328,8 @@ impl<R: AclReader> Service<R> {
         write: Write,
         format: Format,
     ) -> Result<Answer, FrontError> {
+        // Gate first: existence (4.04) and preconditions (4.12) only for a server with rights.
+        self.gate_any(server, write_commands(&write))?;
         let node = match &write {
             Write::Post { .. } => None,
             Write::Put { name, .. } | Write::PutLeaf { name, .. } | Write::Delete { name } => {
@@ -534,6 +539,20 @@ impl<R: AclReader> Service<R> {
             }
         };
         Ok(answer)
+    }
+}
+
+/// The DM commands a write can turn out to be, before the store says whether its node exists.
+fn write_commands(write: &Write) -> &'static [DmCommand] {
+    match write {
+        Write::Post { .. } => &[DmCommand::Add],
+        Write::Put { precondition, .. } => match precondition {
+            Precondition::None => &[DmCommand::Add, DmCommand::Replace],
+            Precondition::IfNoneMatch => &[DmCommand::Add],
+            Precondition::IfMatch => &[DmCommand::Replace],
+        },
+        Write::PutLeaf { .. } => &[DmCommand::Replace],
+        Write::Delete { .. } => &[DmCommand::Delete],
     }
 }
 
