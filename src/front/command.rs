@@ -240,6 +240,29 @@ mod tests {
         assert!(matches!(parse_request(&r), Err(FrontError::TooLarge(_))));
     }
 
+    /// `{"TargetID":…, "ACL": "Get=ServerB", "ACL": "Get=*"}` in either format is a 4.00.
+    #[test]
+    fn duplicate_keys_in_the_body_are_4_00() {
+        let mut r = request(RequestType::Post, "/GwConfig/Privileges");
+        let mut cbor = body();
+        cbor[0] += 1; // one more map entry …
+        cbor.extend_from_slice(b"\x63ACL\x65Get=*"); // … naming ACL again
+        r.payload = cbor;
+        assert!(
+            matches!(parse_request(&r), Err(FrontError::BadRequest(ref m)) if m.contains("duplicate")),
+            "{:?}",
+            parse_request(&r)
+        );
+        let mut r = request(RequestType::Put, "/GwConfig/Privileges/p1");
+        r.payload = br#"{"TargetID":"devA","TargetType":"Device","URI":"/3/0","ACL":"Get=ServerB","ACL":"Get=*"}"#.to_vec();
+        r.add_option(CoapOption::ContentFormat, vec![50]);
+        assert!(
+            matches!(parse_request(&r), Err(FrontError::BadRequest(ref m)) if m.contains("duplicate")),
+            "{:?}",
+            parse_request(&r)
+        );
+    }
+
     #[test]
     fn unknown_paths_and_methods() {
         assert!(matches!(
