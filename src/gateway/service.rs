@@ -442,9 +442,10 @@ impl<R: AclReader> Service<R> {
             self.config.gateway.device_timeout,
         )
         .await;
+        // Fails closed: a read still without an outcome counts as unreachable.
         let decision = verification
-            .poll_decision()
-            .ok_or_else(|| FrontError::Internal("verification did not finish".into()))?;
+            .conclude()
+            .ok_or_else(|| FrontError::Internal("nothing to verify".into()))?;
         let answer = match decision {
             Decision::Reject { kind, failed } => {
                 let ids: Vec<&str> = failed.iter().map(|f| f.device_id.as_str()).collect();
