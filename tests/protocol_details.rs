@@ -182,3 +182,117 @@ async fn non_response_mids_start_at_a_random_value_per_session() {
     })
     .await;
 }
+
+/// The Location-Path of a raw answer, joined.
+fn location_of(p: &Packet) -> String {
+    p.get_option(CoapOption::LocationPath)
+        .map(|segs| {
+            segs.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
+/// A POST and a plain PUT on the name the POST will be given run concurrently. Every
+/// outcome must be one some serial order explains: POST first (POST 2.01 at that name, PUT
+/// 2.04 replacing it) or PUT first (PUT 2.01 there, POST 2.01 at the next name). Before,
+/// the PUT got a 4.12 (it saw no entry, and the POST committed that name meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_post_and_put_on_the_next_generated_name_serialise() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A), ac(1, 4, 0, SSID_A)])
+            .lwm2m("devB", vec![ac(0, 3, 0, SSID_A), ac(1, 4, 0, SSID_A)])
+            .group("G1", &["devA", "devB"])
+            .start()
+            .await;
+        let mut poster = fleet.server_a().await;
+        let mut putter = fleet.server_a().await;
+        let mut next = 1u32;
+        for round in 0..20 {
+            let name = format!("p{next}");
+            let body = privgw::cli::ctl::privilege_body("G1", "Group", "/4/0", "Get=ServerB");
+            let (posted, put_reply) = tokio::join!(
+                add(&mut poster, "G1", "Group", "/3/0", "Get=ServerB"),
+                put(&mut putter, &name, &body, &[]),
+            );
+            assert_eq!(posted.code, "2.01", "round {round}: {}", posted.render());
+            let posted_at = posted.location.clone().unwrap_or_default();
+            let post_first = posted_at == format!("/GwConfig/Privileges/{name}");
+            if post_first {
+                assert_eq!(
+                    put_reply.code,
+                    "2.04",
+                    "round {round}: {}",
+                    put_reply.render()
+                );
+                next += 1;
+            } else {
+                assert_eq!(
+                    put_reply.code,
+                    "2.01",
+                    "round {round}: {}",
+                    put_reply.render()
+                );
+                assert_eq!(
+                    posted_at,
+                    format!("/GwConfig/Privileges/p{}", next + 1),
+                    "round {round}"
+                );
+                next += 2;
+            }
+        }
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Duplicate suppression survives a restart: a CON POST committed before the gateway went
+/// down, retransmitted (same MID, token and payload) to the gateway restarted on the same
+/// store, gets the same 2.01 and Location-Path and creates no second entry. Before, the
+/// retransmission was executed again (a second entry, p2).
+#[tokio::test]
+async fn a_retransmitted_add_after_a_restart_is_answered_from_the_store() {
+    bounded(async {
+        let mut fleet = nosec_fleet().await;
+        let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
+        let mut post = request(
+            MessageType::Confirmable,
+            RequestType::Post,
+            0x7777,
+            &[7, 7, 7, 7],
+            "/GwConfig/Privileges",
+        );
+        coap::set_content_format(&mut post, 60);
+        post.payload =
+            privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerB").to_cbor();
+        let first = exchange(&socket, &post).await;
+        assert_eq!(coap::code_string(first.header.code), "2.01");
+        assert_eq!(location_of(&first), "GwConfig/Privileges/p1");
+        let asked = fleet.total_requests();
+
+        fleet.restart_gateway().await;
+        // The same client socket, retransmitting to the restarted gateway.
+        socket.connect(fleet.uri(Scheme::Coap).addr).await.unwrap();
+        let again = exchange(&socket, &post).await;
+        assert_eq!(coap::code_string(again.header.code), "2.01");
+        assert_eq!(location_of(&again), "GwConfig/Privileges/p1");
+        assert_eq!(again.header.message_id, 0x7777);
+        assert_eq!(again.get_token(), [7, 7, 7, 7]);
+        assert_eq!(again.payload, first.payload, "the recorded answer");
+        assert_eq!(fleet.total_requests(), asked, "not verified again");
+
+        // A new request (new MID) with the same body is a new Add.
+        let mut fresh = post.clone();
+        fresh.header.message_id = 0x7778;
+        let answer = exchange(&socket, &fresh).await;
+        assert_eq!(coap::code_string(answer.header.code), "2.01");
+        assert_eq!(location_of(&answer), "GwConfig/Privileges/p2");
+        let mut a = fleet.server_a().await;
+        assert_eq!(privilege_names(&mut a).await, ["p1", "p2"]);
+        fleet.stop().await;
+    })
+    .await;
+}

@@ -21,11 +21,11 @@ use crate::runtime::{
     AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
 };
 use crate::south::{South, SouthError};
-use crate::store::{RedbStore, StoreError};
+use crate::store::{Fingerprint, RedbStore, StoreError};
 use crate::transport::cert::CertRule;
 use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
-use crate::transport::{Identity, PeerInfo, TransportError};
+use crate::transport::{Identity, PeerInfo, TransportError, TransportKind};
 
 pub use service::{Answer, Service};
 
@@ -96,8 +96,15 @@ impl Handler for North {
             method = method_name(request.header.code),
             %path
         );
+        // Over UDP/DTLS a client retransmits with the same MID and token: the fingerprint
+        // lets a committed write be answered again after a restart (RFC 8323 has no MIDs).
+        let fingerprint = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls)
+            .then(|| Fingerprint::of_request(&server.id, &request));
         async {
-            let answer = self.service.handle(server, &request).await;
+            let answer = self
+                .service
+                .handle_exchange(server, &request, fingerprint)
+                .await;
             tracing::info!(code = %service::code_str(answer.code), "answered");
             answer.into_packet()
         }
