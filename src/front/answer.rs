@@ -65,6 +65,9 @@ pub enum FrontError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Proxy-Uri or Proxy-Scheme: the forward proxy does not exist (yet).
+    #[error("proxying is not supported")]
+    ProxyingNotSupported,
 }
 
 impl FrontError {
@@ -81,6 +84,7 @@ impl FrontError {
             FrontError::TooLarge(_) => ResponseType::RequestEntityTooLarge,
             FrontError::Internal(_) => ResponseType::InternalServerError,
             FrontError::Unavailable(_) => ResponseType::ServiceUnavailable,
+            FrontError::ProxyingNotSupported => ResponseType::ProxyingNotSupported,
         }
     }
 }

@@ -22,11 +22,11 @@ use crate::runtime::{
     AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
 };
 use crate::south::{South, SouthError};
-use crate::store::{RedbStore, StoreError};
+use crate::store::{Fingerprint, RedbStore, StoreError};
 use crate::transport::cert::{Anchors, ScopedRule};
 use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
-use crate::transport::{Identity, PeerInfo, TransportError};
+use crate::transport::{Identity, PeerInfo, TransportError, TransportKind};
 
 pub use service::{Answer, Service};
 
@@ -103,10 +103,14 @@ impl Handler for North {
             method = method_name(request.header.code),
             %path
         );
+        // Over UDP/DTLS a client retransmits with the same MID and token: the fingerprint
+        // lets a committed write be answered again after a restart (RFC 8323 has no MIDs).
+        let fingerprint = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls)
+            .then(|| Fingerprint::of_request(&server.id, &request));
         async {
             let answer = self
                 .service
-                .handle_within(server, &request, max_payload)
+                .handle_exchange(server, &request, fingerprint, max_payload)
                 .await;
             tracing::info!(code = %service::code_str(answer.code), "answered");
             answer.into_packet()
