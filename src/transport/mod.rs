@@ -34,6 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub mod cert;
+pub mod cookie;
 pub mod dtls;
 pub mod mux;
 pub mod tcp;
@@ -226,6 +227,13 @@ pub enum TransportError {
         /// then fell silent most likely dropped records it could not authenticate (wrong
         /// PSK); one that never answered is unreachable.
         peer_answered: bool,
+    },
+    /// The peer: its ClientHello carried a cookie that OpenSSL's `DTLSv1_listen` did not
+    /// accept (or none at all), so no handshake started.
+    #[error("DTLS ClientHello from {peer} refused: no valid cookie")]
+    CookieRejected {
+        /// The peer.
+        peer: SocketAddr,
     },
     /// Sending a DTLS record failed.
     #[error("DTLS send to {peer} failed: {source}")]
