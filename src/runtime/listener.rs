@@ -85,6 +85,12 @@ impl Listener {
         self.mux.local_addr()
     }
 
+    /// The listener's mux, to watch its counters (sessions, pending handshakes, stateless
+    /// replies, refusals).
+    pub fn mux(&self) -> Arc<DatagramMux> {
+        self.mux.clone()
+    }
+
     /// The bound URI (with the actual port).
     pub fn uri(&self) -> EndpointUri {
         EndpointUri {
