@@ -100,7 +100,7 @@ def probe_loop(cmd, stop, out, interval):
         t0 = time.monotonic()
         try:
             r = subprocess.run(shlex.split(cmd), capture_output=True, timeout=15)
-            ok = r.returncode == 0 and b"4.01" not in r.stderr + r.stdout
+            ok = r.returncode == 0 and r.stdout.strip() != b""
         except subprocess.TimeoutExpired:
             ok = False
         out.append((time.monotonic() - t0, ok))

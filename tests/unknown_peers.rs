@@ -208,6 +208,17 @@ async fn a_real_dtls_client_still_connects_and_is_served() {
         "established, not pending"
     );
     assert_eq!(mux.replied(), 1, "one HelloVerifyRequest, sent statelessly");
+
+    // RFC 6347 §4.2.8 behind the gate: a cookieless ClientHello from the established
+    // address is answered statelessly too, and opens no candidate session.
+    let mut raw = client_mux.connect(addr);
+    raw.send(&client_hello(5, 0, [3; 32], b"")).await.unwrap();
+    let hvr = tokio::time::timeout(WAIT, raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hvr_cookie(&hvr, 5).len(), 32);
+    assert_eq!((mux.sessions(), mux.pending()), (1, 0));
 }
 
 /// A handshake mux with the DTLS gate and small caps; the accept queue is held, not served,
