@@ -483,8 +483,18 @@ async fn receive_loop(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut report = Report::new(&shared, Instant::now());
+    let mut ticker = tokio::time::interval(REPORT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (len, from) = match shared.socket.recv_from(&mut buf).await {
+        // `recv_from` is cancel-safe: a tick loses no datagram.
+        let received = tokio::select! {
+            received = shared.socket.recv_from(&mut buf) => received,
+            _ = ticker.tick() => {
+                report.tick(&shared, Instant::now());
+                continue;
+            }
+        };
+        let (len, from) = match received {
             Ok(received) => received,
             Err(err) => {
                 // Unconnected UDP sockets can report ICMP errors of earlier sends here
@@ -496,7 +506,6 @@ async fn receive_loop(
         };
         let datagram = buf.get(..len).unwrap_or_default();
         route(&shared, &mux, accept_tx.as_ref(), from, datagram);
-        report.tick(&shared, Instant::now());
     }
 }
 
@@ -851,5 +860,77 @@ impl AsyncWrite for Pipe {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod peers_tests {
+    use super::*;
+
+    fn slot(id: u64) -> (PeerSlot, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(1);
+        (PeerSlot::new(id, tx), rx)
+    }
+
+    #[test]
+    fn counts_follow_every_change_and_return_to_zero() {
+        let config = MuxConfig {
+            handshakes: true,
+            max_pending_per_ip: 2,
+            max_sessions_per_ip: 3,
+            ..MuxConfig::default()
+        };
+        let mut peers = Peers::new(true);
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:2".parse().unwrap();
+        let (sa, _ra) = slot(1);
+        let (sb, _rb) = slot(2);
+        peers.update(a, |s| *s = Some(sa));
+        assert_eq!(peers.refusal(&config, a.ip(), false), None);
+        peers.update(b, |s| *s = Some(sb));
+        assert_eq!(peers.pending, 2);
+        assert_eq!(
+            peers.refusal(&config, a.ip(), false),
+            Some("per-IP handshake cap")
+        );
+        assert_eq!(
+            peers.refusal(&config, "10.0.0.2".parse().unwrap(), false),
+            None
+        );
+        peers.update(a, |s| s.as_mut().unwrap().established = true);
+        assert_eq!(peers.pending, 1);
+        let (candidate_tx, _rc) = mpsc::channel(1);
+        peers.update(a, |s| {
+            s.as_mut().unwrap().candidate = Some((3, candidate_tx))
+        });
+        assert_eq!(peers.pending, 2, "a candidate is a pending handshake");
+        assert_eq!(
+            peers.per_ip[&a.ip()],
+            Load {
+                sessions: 2,
+                pending: 2
+            }
+        );
+        peers.update(a, |s| *s = None);
+        peers.update(b, |s| *s = None);
+        assert_eq!(peers.pending, 0);
+        assert!(peers.per_ip.is_empty() && peers.map.is_empty());
+    }
+
+    #[test]
+    fn without_handshakes_nothing_is_pending_and_sessions_are_capped_per_ip() {
+        let config = MuxConfig {
+            max_sessions_per_ip: 1,
+            ..MuxConfig::default()
+        };
+        let mut peers = Peers::new(false);
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let (sa, _ra) = slot(1);
+        peers.update(a, |s| *s = Some(sa));
+        assert_eq!(peers.pending, 0);
+        assert_eq!(
+            peers.refusal(&config, a.ip(), false),
+            Some("per-IP session cap")
+        );
     }
 }
