@@ -11,6 +11,10 @@
 //! * [`mux`] — one UDP socket, many peers: [`mux::DatagramMux`] routes each datagram by source
 //!   address to a per-peer [`mux::Pipe`]. One receive task per socket, bounded queues, a cap on
 //!   the number of peers; nothing per peer is a thread.
+//!   A server mux asks a stateless [`mux::Gate`] about datagrams from addresses without a
+//!   pipe, and caps pipes per source IP and handshakes in progress.
+//! * [`cookie`] — stateless DTLS cookies (sans-IO): ClientHello parsing, the cookie MAC
+//!   under a rotating secret, the HelloVerifyRequest.
 //! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK and X.509 certificates.
 //!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
 //!   and yield a [`dtls::DtlsSession`].
