@@ -1,7 +1,8 @@
 //! CoAP over TCP and TLS (RFC 8323) end to end: the four seed sequences with server A on
 //! `coaps+tcp://` (identified by its certificate) and the devices of one group spread over
 //! `coaps+tcp://` (TLS, certificate rule), `coap+tcp://` and `coaps://` (DTLS-PSK); server A
-//! over `coap+tcp://` (NoSec address); a large answer under the peer's Max-Message-Size; and
+//! over `coap+tcp://` (NoSec address); a long failure list under the peer's Max-Message-Size
+//! (truncated into one frame, its report block-wise); and
 //! malformed frames, Ping/Pong and silent connections on a raw `tokio::net::TcpStream`.
 
 mod support;
@@ -182,6 +183,12 @@ async fn many_fleet() -> Fleet {
 
 fn assert_forty_denied(reply: &privgw::cli::ctl::Reply) {
     assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_forty_denied_in(reply);
+}
+
+/// `Status` 425 and every device denied, sorted, each with its Detail (the whole 4.03, or
+/// the report's 2.05).
+fn assert_forty_denied_in(reply: &privgw::cli::ctl::Reply) {
     assert_eq!(status(reply), Some(425));
     let expected: Vec<(String, String)> = many_ids()
         .into_iter()
@@ -219,12 +226,29 @@ async fn forty_denied_devices_arrive_complete_over_tls() {
     .await;
 }
 
+/// The `Report` path of a truncated 4.03 for the 40 devices (FailedCount 40, Truncated, a
+/// sorted prefix of the entries without Detail).
+fn truncated_forty(reply: &privgw::cli::ctl::Reply) -> String {
+    assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_eq!(status(reply), Some(425));
+    let doc = reply.document.as_ref().expect("a document");
+    assert_eq!(
+        doc.get("FailedCount").and_then(Value::as_int),
+        Some(MANY as i64)
+    );
+    assert_eq!(doc.get("Truncated").and_then(Value::as_bool), Some(true));
+    let kept = reply.failed_ids();
+    assert_eq!(kept, many_ids()[..kept.len()], "a sorted prefix");
+    text(doc, "Report").expect("a Report path").to_owned()
+}
+
 #[tokio::test]
-async fn forty_denied_devices_arrive_complete_to_a_peer_with_the_default_max_message_size() {
+async fn forty_denied_devices_to_a_peer_with_the_default_max_message_size_get_a_report() {
     bounded(async {
         let fleet = many_fleet().await;
-        // Our own client advertising 1152 bytes: the gateway must slice (Block2) and the
-        // client reassemble.
+        // Our own client advertising 1152 bytes: the error answer is fitted to one frame
+        // (never Block2); the complete list is the report, which is sliced (Block2) and
+        // reassembled as any 2.05.
         let tcp = TcpStream::connect(fleet.coap_tcp().addr).await.unwrap();
         let mut small = StreamClient::new(tcp, 1152, Duration::from_secs(20));
         let mut post = Packet::new();
@@ -233,9 +257,19 @@ async fn forty_denied_devices_arrive_complete_to_a_peer_with_the_default_max_mes
         coap::set_content_format(&mut post, 60);
         post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
         let response = small.request(post).await.expect("answered");
-        let reply = reply_of(response);
-        assert_forty_denied(&reply);
-        // The Block2 follow-ups were served from the cached answer, not by asking again.
+        assert!(
+            response.payload.len() <= 1152,
+            "{} bytes",
+            response.payload.len()
+        );
+        let report = truncated_forty(&reply_of(response));
+        let mut get = Packet::new();
+        get.header.code = MessageClass::Request(RequestType::Get);
+        coap::set_uri(&mut get, &report);
+        let full = reply_of(small.request(get).await.expect("answered"));
+        assert_eq!(full.code, "2.05", "{}", full.render());
+        assert!(full.payload.len() > 1152, "{} bytes", full.payload.len());
+        assert_forty_denied_in(&full);
         for (id, n) in fleet.requests() {
             assert_eq!(n, 1, "{id} asked {n} times for one POST");
         }
@@ -267,43 +301,46 @@ async fn every_frame_of_a_large_answer_fits_a_raw_peer_that_advertises_nothing()
         let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
         // A CSM without Max-Message-Size: the gateway must assume 1152 (RFC 8323 §5.3.1).
         raw.send(&[0x00, CSM]).await;
+        // The POST of the 40-device group failure: one frame, no Block2, no ETag.
+        let mut post = Packet::new();
+        post.header.code = MessageClass::Request(RequestType::Post);
+        post.set_token(vec![0x0f]);
+        coap::set_uri(&mut post, "/GwConfig/Privileges");
+        coap::set_content_format(&mut post, 60);
+        post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
+        raw.send_packet(&post).await;
+        let (frame, response) = next_response(&mut raw).await;
+        assert!(frame.size <= 1152, "frame of {} bytes", frame.size);
+        assert!(response.get_first_option(CoapOption::Block2).is_none());
+        assert!(response.get_first_option(CoapOption::ETag).is_none());
+        let report = truncated_forty(&reply_of(response));
+
+        // The report, block by block, each frame within 1152 bytes.
         let mut body = Vec::new();
         let mut num = 0;
         let mut frames = 0;
         loop {
-            // The POST of the 40-device group failure; follow-ups repeat it with Block2.
-            let mut post = Packet::new();
-            post.header.code = MessageClass::Request(RequestType::Post);
-            post.set_token(vec![0x10, num as u8]);
-            coap::set_uri(&mut post, "/GwConfig/Privileges");
-            coap::set_content_format(&mut post, 60);
-            post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
+            let mut get = Packet::new();
+            get.header.code = MessageClass::Request(RequestType::Get);
+            get.set_token(vec![0x10, num as u8]);
+            coap::set_uri(&mut get, &report);
             if num > 0 {
                 let b = BlockOption {
                     num,
                     more: false,
                     szx: 6,
                 };
-                post.add_option(CoapOption::Block2, b.encode().unwrap());
+                get.add_option(CoapOption::Block2, b.encode().unwrap());
             }
-            raw.send_packet(&post).await;
-            let (frame, response) = loop {
-                let frame = raw
-                    .next_frame()
-                    .await
-                    .expect("a frame")
-                    .expect("not closed");
-                if frame.code != CSM {
-                    break (frame.clone(), frame.packet.expect("a response"));
-                }
-            };
+            raw.send_packet(&get).await;
+            let (frame, response) = next_response(&mut raw).await;
             frames += 1;
             assert!(
                 frame.size <= 1152,
                 "frame of {} bytes to a 1152-byte peer",
                 frame.size
             );
-            assert_eq!(coap::code_string(response.header.code), "4.03");
+            assert_eq!(coap::code_string(response.header.code), "2.05");
             assert_eq!(response.get_token(), &[0x10, num as u8]);
             body.extend_from_slice(&response.payload);
             match BlockOption::block2(&response) {
@@ -312,21 +349,35 @@ async fn every_frame_of_a_large_answer_fits_a_raw_peer_that_advertises_nothing()
             }
             assert!(frames < 100, "too many blocks");
         }
-        assert!(frames >= 2, "the answer for {MANY} devices fit one frame?");
+        assert!(frames >= 2, "the report for {MANY} devices fit one frame?");
         let reply = reply_of({
             let mut p = Packet::new();
-            p.header.code = MessageClass::Response(coap::ResponseType::Forbidden);
+            p.header.code = MessageClass::Response(coap::ResponseType::Content);
             coap::set_content_format(&mut p, 60);
             p.payload = body;
             p
         });
-        assert_forty_denied(&reply);
+        assert_forty_denied_in(&reply);
         for (id, n) in fleet.requests() {
             assert_eq!(n, 1, "{id} asked {n} times for one POST");
         }
         fleet.stop().await;
     })
     .await;
+}
+
+/// The next response frame (CSMs skipped) and its packet.
+async fn next_response(raw: &mut Raw) -> (Frame, Packet) {
+    loop {
+        let frame = raw
+            .next_frame()
+            .await
+            .expect("a frame")
+            .expect("not closed");
+        if frame.code != CSM {
+            return (frame.clone(), frame.packet.expect("a response"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -608,6 +659,199 @@ async fn a_silent_tcp_connection_does_not_block_another_client() {
                 .await
                 .expect("TLS answer while others are silent");
         assert_eq!(reply.code, "2.01", "{}", reply.render());
+        fleet.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection slots before authentication (issue 6, item 5): per-source cap, pre-auth
+// deadline (2 s by default), eviction of the oldest unauthenticated connection
+// ---------------------------------------------------------------------------------------
+
+/// The default caps these tests rely on (README, `tcp_*` keys).
+const PER_IP: usize = 16;
+const PRE_AUTH: usize = 64;
+const AUTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// 127.0.0.`last`: Linux routes all of 127/8 to loopback, so each is a distinct source.
+fn loopback(last: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// A TCP connection from `source` to `to` that never sends a byte.
+async fn idle_from(source: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .expect("bind a loopback source");
+    tokio::time::timeout(RAW_WAIT, socket.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Reads until the gateway closes `s`: the bytes it sent first, or `None` if it is still
+/// open after `wait`.
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<usize> {
+    let mut got = 0;
+    let mut chunk = [0u8; 1024];
+    let reads = async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(wait, reads).await.ok()
+}
+
+/// Waits for the gateway's first bytes (its CSM): proof the connection was admitted.
+async fn admitted(s: &mut TcpStream) {
+    let mut b = [0u8; 2];
+    let n = tokio::time::timeout(RAW_WAIT, s.read(&mut b))
+        .await
+        .expect("the gateway's CSM in time")
+        .expect("read");
+    assert!(n > 0, "closed instead of admitted");
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_connections_are_closed_after_the_deadline() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        let started = std::time::Instant::now();
+        let mut tcp = idle_from(loopback(2), fleet.coap_tcp().addr).await;
+        let mut tls = idle_from(loopback(2), fleet.coaps_tcp().addr).await;
+        // A connection that sends its CSM at once is authenticated and stays.
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        raw.send(&[0x00, CSM]).await;
+
+        let limit = AUTH_DEADLINE + Duration::from_secs(3);
+        assert!(
+            closed_within(&mut tcp, limit).await.is_some(),
+            "TCP kept open"
+        );
+        assert!(
+            closed_within(&mut tls, limit).await.is_some(),
+            "TLS kept open"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= AUTH_DEADLINE - Duration::from_millis(200),
+            "closed before its deadline: {took:?}"
+        );
+
+        raw.send(&[0x01, PING, 0x42]).await;
+        let pong = loop {
+            let f = raw.next_frame().await.unwrap().expect("still open");
+            if f.code != CSM {
+                break f;
+            }
+        };
+        assert_eq!(pong.code, PONG, "the authenticated connection lives on");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_are_refused_at_once_while_another_ip_is_served() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        let to = fleet.coap_tcp().addr;
+        let mut held = Vec::new();
+        for _ in 0..PER_IP {
+            let mut s = idle_from(loopback(2), to).await;
+            admitted(&mut s).await;
+            held.push(s);
+        }
+        let started = std::time::Instant::now();
+        let mut over = idle_from(loopback(2), to).await;
+        let sent = closed_within(&mut over, Duration::from_millis(1000))
+            .await
+            .expect("the 17th connection from one IP is closed at once");
+        assert_eq!(sent, 0, "refused without a CSM (no state, no handshake)");
+        assert!(started.elapsed() < Duration::from_millis(1000));
+
+        // Another IP is admitted, and a client from a third one is served.
+        let mut other = idle_from(loopback(3), to).await;
+        admitted(&mut other).await;
+        let mut client = tokio::time::timeout(Duration::from_secs(1), fleet.tcp_client())
+            .await
+            .expect("a client from 127.0.0.1 connects at once");
+        let reply = get(&mut client, "/.well-known/core").await;
+        assert_eq!(reply.code, "2.05");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Old code: the 250 slots fill with one host's idle sockets and the client waits for the
+/// 10 s handshake timeout to free one.
+#[tokio::test]
+async fn a_tls_client_is_served_promptly_while_one_ip_holds_its_max_idle_sockets() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let to = fleet.coaps_tcp().addr;
+        let mut idle = Vec::new();
+        for _ in 0..260 {
+            idle.push(idle_from(loopback(2), to).await);
+        }
+        let quick = Duration::from_millis(1500);
+        let started = std::time::Instant::now();
+        let mut tls = tokio::time::timeout(quick, server_a_tls(&fleet))
+            .await
+            .expect("TLS handshake while 127.0.0.2 holds idle sockets");
+        let reply =
+            tokio::time::timeout(quick, add(&mut tls, "G1", "Group", "/3/0", "Get=ServerB"))
+                .await
+                .expect("TLS answer while 127.0.0.2 holds idle sockets");
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert!(started.elapsed() < AUTH_DEADLINE, "{:?}", started.elapsed());
+        drop(idle);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Idle sockets from many sources: a full pre-auth table evicts its oldest entries, so a
+/// real client still gets in before any deadline has passed.
+#[tokio::test]
+async fn a_flood_from_many_ips_evicts_the_oldest_unauthenticated_and_a_client_gets_in() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let to = fleet.coaps_tcp().addr;
+        let sources = 6u8;
+        let started = std::time::Instant::now();
+        let mut idle = Vec::new();
+        for i in 0..usize::from(sources) * PER_IP {
+            let source = loopback(2 + u8::try_from(i).unwrap() % sources);
+            idle.push(idle_from(source, to).await);
+        }
+        let mut tls = tokio::time::timeout(Duration::from_millis(1500), server_a_tls(&fleet))
+            .await
+            .expect("TLS handshake during the flood");
+        let reply = get(&mut tls, "/.well-known/core").await;
+        assert_eq!(reply.code, "2.05");
+        let mut closed = 0;
+        for s in &mut idle {
+            if closed_within(s, Duration::from_millis(2)).await.is_some() {
+                closed += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < AUTH_DEADLINE,
+            "too slow to tell eviction from the deadline: {:?}",
+            started.elapsed()
+        );
+        // 96 idle + our client against 64 pre-auth entries: at least 33 evicted.
+        assert!(
+            closed > idle.len() - PRE_AUTH,
+            "{closed} of {} idle closed",
+            idle.len()
+        );
         fleet.stop().await;
     })
     .await;
