@@ -364,3 +364,75 @@ async fn nosec_sessions_per_source_ip_are_capped() {
         mux.sessions()
     );
 }
+
+#[tokio::test]
+async fn nosec_a_full_ip_makes_room_by_evicting_its_least_recently_heard_port() {
+    let config = MuxConfig {
+        accept: true,
+        gate: Some(Gate::new(|_, _, _| Verdict::Admit)),
+        max_sessions_per_ip: 3,
+        evict_per_ip: true,
+        ..MuxConfig::default()
+    };
+    let (mux, accepted) = DatagramMux::bind_with("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let mut accepted = accepted.unwrap();
+    let mut sockets = Vec::new();
+    let mut pipes = Vec::new();
+    for i in 0..3u16 {
+        let socket = connected_socket("127.0.0.1:0", mux.local_addr()).await;
+        socket
+            .send(&get(MessageType::Confirmable, i, b""))
+            .await
+            .unwrap();
+        pipes.push(
+            tokio::time::timeout(WAIT, accepted.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        sockets.push(socket);
+    }
+    // The first port speaks again: the second is now the least recently heard.
+    sockets[0]
+        .send(&get(MessageType::Confirmable, 10, b""))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, pipes[0].recv())
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        tokio::time::timeout(WAIT, pipes[0].recv())
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let newcomer = connected_socket("127.0.0.1:0", mux.local_addr()).await;
+    newcomer
+        .send(&get(MessageType::Confirmable, 20, b""))
+        .await
+        .unwrap();
+    let _new = tokio::time::timeout(WAIT, accepted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((mux.sessions(), mux.evicted(), mux.refused()), (3, 1, 0));
+    // The evicted pipe drains its datagram, then ends; the others stay open.
+    let evicted = &mut pipes[1];
+    assert!(evicted.recv().await.is_ok());
+    assert!(
+        tokio::time::timeout(WAIT, evicted.recv())
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let still_open = tokio::time::timeout(Duration::from_millis(200), pipes[0].recv()).await;
+    assert!(
+        still_open.is_err(),
+        "the recently heard port keeps its pipe (no datagram, no end)"
+    );
+}

@@ -159,8 +159,13 @@ fn mux_config(security: &Security) -> MuxConfig {
         accept: true,
         ..MuxConfig::default()
     };
+    // NoSec peers cost no handshake: a new port of a full IP replaces its quietest one.
+    let nosec = MuxConfig {
+        evict_per_ip: true,
+        ..base.clone()
+    };
     match security {
-        Security::NoSec => base,
+        Security::NoSec => nosec,
         Security::NoSecKnown(allow) => {
             let allow = allow.clone();
             MuxConfig {
@@ -171,7 +176,7 @@ fn mux_config(security: &Security) -> MuxConfig {
                         unauthorized_reply(datagram).map_or(Verdict::Drop, Verdict::Reply)
                     }
                 })),
-                ..base
+                ..nosec
             }
         }
         Security::Dtls(server) => MuxConfig {

@@ -15,8 +15,9 @@
 //! keep nothing: a DTLS HelloVerifyRequest, a NoSec 4.01) or [`Verdict::Drop`]. Admitted
 //! peers are further capped: live pipes in total and per source IP, and — on a handshake
 //! mux ([`MuxConfig::handshakes`]) — pipes whose handshake is still in progress, in total and
-//! per source IP. Refusals are counted and summarised in one log line per second at most, so
-//! a flood never writes a line per datagram.
+//! per source IP (with [`MuxConfig::evict_per_ip`] a full IP's least recently heard pipe
+//! makes room instead). Refusals are counted and summarised in one log line per second at
+//! most, so a flood never writes a line per datagram.
 //!
 //! This module owns addresses and queues only. It does not own DTLS (see
 //! [`super::dtls`]), CoAP, or any notion of a session beyond "datagrams from this address" —
@@ -77,6 +78,11 @@ pub struct MuxConfig {
     pub max_pending: usize,
     /// Most pending handshakes from one source IP (with `handshakes`). Default 8.
     pub max_pending_per_ip: usize,
+    /// When a source IP is at `max_sessions_per_ip`, a new peer from it replaces that IP's
+    /// least recently heard pipe instead of being refused, so a burst of spoofed ports
+    /// cannot lock the IP's real client out until the idle timeout. Meant for NoSec, where
+    /// a peer costs no handshake. Default `false`.
+    pub evict_per_ip: bool,
 }
 
 /// What to do with a datagram from a peer the mux keeps no state for.
@@ -127,6 +133,7 @@ impl Default for MuxConfig {
             handshakes: false,
             max_pending: 256,
             max_pending_per_ip: 8,
+            evict_per_ip: false,
         }
     }
 }
@@ -164,6 +171,7 @@ struct Shared {
     dropped: AtomicU64,
     replied: AtomicU64,
     refused: AtomicU64,
+    evicted: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -179,6 +187,8 @@ struct PeerSlot {
     /// handshake records (content types 20 and 22); the old session keeps the rest until the
     /// candidate completes and is promoted, so a spoofed ClientHello cannot end a session.
     candidate: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+    /// The [`Peers::clock`] value when this peer was last heard (for per-IP eviction).
+    heard: u64,
 }
 
 impl PeerSlot {
@@ -188,6 +198,7 @@ impl PeerSlot {
             tx,
             established: false,
             candidate: None,
+            heard: 0,
         }
     }
 
@@ -212,17 +223,26 @@ struct Load {
 struct Peers {
     map: HashMap<SocketAddr, PeerSlot>,
     per_ip: HashMap<IpAddr, Load>,
+    /// The addresses (ports) of each source IP, for per-IP eviction.
+    addrs: HashMap<IpAddr, Vec<SocketAddr>>,
     pending: usize,
     handshakes: bool,
+    /// Counts deliveries: a logical clock for "least recently heard".
+    clock: u64,
 }
+
+/// The refusal of [`Peers::refusal`] that per-IP eviction can lift.
+const PER_IP_SESSION_CAP: &str = "per-IP session cap";
 
 impl Peers {
     fn new(handshakes: bool) -> Self {
         Peers {
             map: HashMap::new(),
             per_ip: HashMap::new(),
+            addrs: HashMap::new(),
             pending: 0,
             handshakes,
+            clock: 0,
         }
     }
 
@@ -247,8 +267,15 @@ impl Peers {
         let before = self.load_of(slot.as_ref());
         let result = f(&mut slot);
         let after = self.load_of(slot.as_ref());
-        if let Some(slot) = slot {
+        if let Some(mut slot) = slot {
+            if before.sessions == 0 {
+                self.clock += 1;
+                slot.heard = self.clock;
+                self.addrs.entry(addr.ip()).or_default().push(addr);
+            }
             self.map.insert(addr, slot);
+        } else if before.sessions == 1 {
+            self.forget_addr(addr);
         }
         self.pending = (self.pending + after.pending).saturating_sub(before.pending);
         let ip = self.per_ip.entry(addr.ip()).or_default();
@@ -260,9 +287,37 @@ impl Peers {
         result
     }
 
+    fn forget_addr(&mut self, addr: SocketAddr) {
+        if let Some(list) = self.addrs.get_mut(&addr.ip()) {
+            list.retain(|a| *a != addr);
+            if list.is_empty() {
+                self.addrs.remove(&addr.ip());
+            }
+        }
+    }
+
+    /// Marks `addr` as just heard.
+    fn heard(&mut self, addr: SocketAddr) {
+        self.clock += 1;
+        if let Some(slot) = self.map.get_mut(&addr) {
+            slot.heard = self.clock;
+        }
+    }
+
+    /// The least recently heard address of `ip`.
+    fn least_recent(&self, ip: IpAddr) -> Option<SocketAddr> {
+        self.addrs
+            .get(&ip)?
+            .iter()
+            .filter_map(|a| self.map.get(a).map(|slot| (slot.heard, *a)))
+            .min()
+            .map(|(_, a)| a)
+    }
+
     fn clear(&mut self) {
         self.map.clear();
         self.per_ip.clear();
+        self.addrs.clear();
         self.pending = 0;
     }
 
@@ -274,7 +329,7 @@ impl Peers {
             return Some("session cap");
         }
         if !candidate && load.sessions >= config.max_sessions_per_ip {
-            return Some("per-IP session cap");
+            return Some(PER_IP_SESSION_CAP);
         }
         if self.handshakes && self.pending >= config.max_pending {
             return Some("handshake cap");
@@ -362,6 +417,7 @@ impl DatagramMux {
             dropped: AtomicU64::new(0),
             replied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         });
         let mux = Arc::new_cyclic(|weak: &Weak<DatagramMux>| {
             let task = tokio::spawn(receive_loop(shared.clone(), weak.clone(), accept_tx));
@@ -444,6 +500,12 @@ impl DatagramMux {
         self.shared.replied.load(Ordering::Relaxed)
     }
 
+    /// Pipes closed to make room for a new peer from the same source IP
+    /// ([`MuxConfig::evict_per_ip`]).
+    pub fn evicted(&self) -> u64 {
+        self.shared.evicted.load(Ordering::Relaxed)
+    }
+
     /// Datagrams from peers without state that were refused: the gate dropped them, or a
     /// cap refused a new pipe.
     pub fn refused(&self) -> u64 {
@@ -514,6 +576,7 @@ async fn receive_loop(
 struct Counts {
     replied: u64,
     refused: u64,
+    evicted: u64,
     dropped: u64,
 }
 
@@ -522,6 +585,7 @@ impl Counts {
         Counts {
             replied: shared.replied.load(Ordering::Relaxed),
             refused: shared.refused.load(Ordering::Relaxed),
+            evicted: shared.evicted.load(Ordering::Relaxed),
             dropped: shared.dropped.load(Ordering::Relaxed),
         }
     }
@@ -552,6 +616,7 @@ impl Report {
                 local = %shared.local,
                 stateless_replies = counts.replied - self.last.replied,
                 refused = counts.refused - self.last.refused,
+                evicted = counts.evicted - self.last.evicted,
                 dropped = counts.dropped - self.last.dropped,
                 sessions = shared.peers().map.len(),
                 "datagrams from peers without state in the last {:?}",
@@ -582,7 +647,7 @@ fn route(
     from: SocketAddr,
     datagram: &[u8],
 ) {
-    let candidate = match deliver_known(shared, &shared.peers(), from, datagram) {
+    let candidate = match deliver_known(shared, &mut shared.peers(), from, datagram) {
         Known::Done => return,
         Known::ClientHello => true,
         Known::Unknown => false,
@@ -604,7 +669,11 @@ fn route(
     }
 }
 
-fn deliver_known(shared: &Shared, peers: &Peers, from: SocketAddr, datagram: &[u8]) -> Known {
+fn deliver_known(shared: &Shared, peers: &mut Peers, from: SocketAddr, datagram: &[u8]) -> Known {
+    if !peers.map.contains_key(&from) {
+        return Known::Unknown;
+    }
+    peers.heard(from);
     let Some(slot) = peers.map.get(&from) else {
         return Known::Unknown;
     };
@@ -679,7 +748,17 @@ fn admit(
         Some(_) => true,
         None => false,
     };
-    if let Some(why) = peers.refusal(&shared.config, from.ip(), candidate) {
+    let mut refusal = peers.refusal(&shared.config, from.ip(), candidate);
+    if refusal == Some(PER_IP_SESSION_CAP) && shared.config.evict_per_ip {
+        if let Some(victim) = peers.least_recent(from.ip()) {
+            // Its queue closes, so its session ends (as on a mux shutdown).
+            peers.update(victim, |slot| *slot = None);
+            shared.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %victim, "least recently heard pipe of its IP evicted");
+            refusal = peers.refusal(&shared.config, from.ip(), candidate);
+        }
+    }
+    if let Some(why) = refusal {
         drop(peers);
         refuse(shared, from, why);
         return;
@@ -914,7 +993,7 @@ mod peers_tests {
         peers.update(a, |s| *s = None);
         peers.update(b, |s| *s = None);
         assert_eq!(peers.pending, 0);
-        assert!(peers.per_ip.is_empty() && peers.map.is_empty());
+        assert!(peers.per_ip.is_empty() && peers.map.is_empty() && peers.addrs.is_empty());
     }
 
     #[test]
@@ -932,5 +1011,25 @@ mod peers_tests {
             peers.refusal(&config, a.ip(), false),
             Some("per-IP session cap")
         );
+    }
+
+    #[test]
+    fn least_recently_heard_address_of_an_ip() {
+        let mut peers = Peers::new(false);
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|port| SocketAddr::from(([10, 0, 0, 1], port)))
+            .collect();
+        let mut keep = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let (s, rx) = slot(i as u64);
+            keep.push(rx);
+            peers.update(*addr, |slot| *slot = Some(s));
+        }
+        assert_eq!(peers.least_recent(addrs[0].ip()), Some(addrs[0]));
+        peers.heard(addrs[0]);
+        assert_eq!(peers.least_recent(addrs[0].ip()), Some(addrs[1]));
+        peers.update(addrs[1], |slot| *slot = None);
+        assert_eq!(peers.least_recent(addrs[0].ip()), Some(addrs[2]));
+        assert_eq!(peers.least_recent("10.0.0.9".parse().unwrap()), None);
     }
 }
