@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--rate", type=int, default=2_000, help="datagrams per second")
     ap.add_argument("--target", default=None, help="host:port (default 127.0.0.1:5684, nosec 5683)")
+    ap.add_argument("--source", default=None,
+                    help="spoof this one source IP (random ports) instead of random 127.x.y.z")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds before the last RSS reading")
     ap.add_argument("--probe", default=None, help="a command timed repeatedly during the flood")
     ap.add_argument("--probe-interval", type=float, default=0.2)
@@ -139,7 +141,10 @@ def main():
     sent, t0, batch = 0, time.monotonic(), max(1, rate // 100)
     while sent < count and time.monotonic() < deadline:
         for _ in range(min(batch, count - sent)):
-            src, sport = spoofed_source({"127.0.0.1", host})
+            if a.source:
+                src, sport = a.source, random.randint(1024, 65535)
+            else:
+                src, sport = spoofed_source({"127.0.0.1", host})
             raw.sendto(ip_udp(src, sport, host, port, make()), (host, 0))
             sent += 1
         ahead = sent / rate - (time.monotonic() - t0)
