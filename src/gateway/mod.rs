@@ -255,7 +255,12 @@ impl Gateway {
         let tcp_limits = config.gateway.tcp_limits;
         for uri in &config.gateway.listen {
             let listener = match uri.scheme {
-                Scheme::Coap => AnyListener::Datagram(Listener::bind(*uri, Security::NoSec).await?),
+                Scheme::Coap => {
+                    // Only configured servers' addresses get a session (issue 6 item 4).
+                    let north = north.clone();
+                    let known = Arc::new(move |ip| north.by_address.contains_key(&ip));
+                    AnyListener::Datagram(Listener::bind(*uri, Security::NoSecKnown(known)).await?)
+                }
                 Scheme::Coaps => {
                     let server = match &dtls {
                         Some(s) => s.clone(),

@@ -1,19 +1,26 @@
 //! A listener: one UDP socket for one `coap://` or `coaps://` URI, every peer demultiplexed
 //! onto its own session task. A DTLS handshake runs in the peer's own task under a deadline,
 //! so a silent or failing handshake never delays anyone else.
+//!
+//! No peer gets a task or a session before it is worth one: on `coaps://` the mux answers
+//! cookieless ClientHellos statelessly ([`DtlsServer::gate`]); on `coap://` with
+//! [`Security::NoSecKnown`] only configured servers' addresses get a session and any other
+//! source is answered 4.01 by [`unauthorized_reply`] without state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use coap_lite::{MessageClass, MessageType, Packet, ResponseType};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::coap::TransportTuning;
+use crate::coap::{self, TransportTuning};
 use crate::config::{EndpointUri, Scheme};
 use crate::runtime::{Handler, Shutdown, serve_session, stopped};
 use crate::transport::dtls::DtlsServer;
-use crate::transport::mux::{DatagramMux, Pipe};
+use crate::transport::mux::{DatagramMux, Gate, MuxConfig, Pipe, Verdict};
 use crate::transport::{DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +31,19 @@ pub enum ListenError {
     Mismatch(String),
 }
 
+/// Which source IPs may hold a NoSec session (a configured server's `nosec_address`).
+pub type AddressFilter = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 /// How a listener authenticates peers.
 #[derive(Clone)]
 pub enum Security {
-    /// `coap://`: no channel security; the peer is known by its source address.
+    /// `coap://`: no channel security; every peer gets a session, known by its source
+    /// address (a simulated device's port, where the gateway is the only client).
     NoSec,
+    /// `coap://` for known peers: only a source IP the filter admits gets a session. Any
+    /// other source is answered 4.01 Unauthorized (piggybacked on the ACK of a CON, NON for
+    /// a NON) and leaves nothing behind.
+    NoSecKnown(AddressFilter),
     /// `coaps://`: DTLS 1.2.
     Dtls(Arc<DtlsServer>),
 }
@@ -46,17 +61,17 @@ impl Listener {
     pub async fn bind(uri: EndpointUri, security: Security) -> Result<Listener, ListenError> {
         if matches!(
             (uri.scheme, &security),
-            (Scheme::Coaps, Security::NoSec) | (Scheme::Coap, Security::Dtls(_))
+            (Scheme::Coaps, Security::NoSec | Security::NoSecKnown(_))
+                | (Scheme::Coap, Security::Dtls(_))
         ) {
             return Err(ListenError::Mismatch(uri.to_string()));
         }
-        let (mux, accepted) =
-            DatagramMux::bind(uri.addr, true)
-                .await
-                .map_err(|source| ListenError::Bind {
-                    uri: uri.to_string(),
-                    source,
-                })?;
+        let (mux, accepted) = DatagramMux::bind_with(uri.addr, mux_config(&security))
+            .await
+            .map_err(|source| ListenError::Bind {
+                uri: uri.to_string(),
+                source,
+            })?;
         let accepted = accepted.ok_or_else(|| ListenError::Mismatch(uri.to_string()))?;
         Ok(Listener {
             uri,
@@ -68,6 +83,12 @@ impl Listener {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.mux.local_addr()
+    }
+
+    /// The listener's mux, to watch its counters (sessions, pending handshakes, stateless
+    /// replies, refusals).
+    pub fn mux(&self) -> Arc<DatagramMux> {
+        self.mux.clone()
     }
 
     /// The bound URI (with the actual port).
@@ -101,7 +122,7 @@ impl Listener {
                     let mut shutdown = shutdown.clone();
                     peers.spawn(async move {
                         match security {
-                            Security::NoSec => {
+                            Security::NoSec | Security::NoSecKnown(_) => {
                                 let info = PeerInfo { addr, kind: TransportKind::Udp, identity: Identity::Address(addr.ip()) };
                                 serve_session(pipe, info, handler, tuning, shutdown).await;
                             }
@@ -129,5 +150,120 @@ impl Listener {
         }
         while peers.join_next().await.is_some() {}
         self.mux.shutdown();
+    }
+}
+
+/// The mux settings for `security`: who gets state, and who is answered without it.
+fn mux_config(security: &Security) -> MuxConfig {
+    let base = MuxConfig {
+        accept: true,
+        ..MuxConfig::default()
+    };
+    // NoSec peers cost no handshake: a new port of a full IP replaces its quietest one.
+    let nosec = MuxConfig {
+        evict_per_ip: true,
+        ..base.clone()
+    };
+    match security {
+        Security::NoSec => nosec,
+        Security::NoSecKnown(allow) => {
+            let allow = allow.clone();
+            MuxConfig {
+                gate: Some(Gate::new(move |_now, from, datagram| {
+                    if allow(from.ip()) {
+                        Verdict::Admit
+                    } else {
+                        unauthorized_reply(datagram).map_or(Verdict::Drop, Verdict::Reply)
+                    }
+                })),
+                ..nosec
+            }
+        }
+        Security::Dtls(server) => MuxConfig {
+            gate: Some(server.gate()),
+            handshakes: true,
+            ..base
+        },
+    }
+}
+
+/// The stateless answer to a datagram from a NoSec source that is not a configured server: a
+/// request gets 4.01 Unauthorized with its token (an ACK with its Message ID for a CON, a NON
+/// otherwise), a CoAP ping (Empty CON) gets a Reset. Anything else, malformed bytes
+/// included, gets nothing. Sans-IO.
+pub fn unauthorized_reply(datagram: &[u8]) -> Option<Vec<u8>> {
+    let request = coap::decode(datagram).ok()?;
+    let kind = request.header.get_type();
+    match request.header.code {
+        MessageClass::Empty if kind == MessageType::Confirmable => {
+            let mut reset = Packet::new();
+            reset.header.set_type(MessageType::Reset);
+            reset.header.message_id = request.header.message_id;
+            coap::encode(&reset).ok()
+        }
+        MessageClass::Request(_)
+            if kind != MessageType::Acknowledgement && kind != MessageType::Reset =>
+        {
+            let mut answer = coap::response_to(&request, ResponseType::Unauthorized);
+            // A NON answer needs a Message ID of its own; the request's is as good as any
+            // for a source we keep no state for.
+            answer.header.message_id = request.header.message_id;
+            coap::encode(&answer).ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: MessageType, mid: u16, token: &[u8]) -> Vec<u8> {
+        let mut p = Packet::new();
+        p.header.set_type(kind);
+        p.header.code = MessageClass::Request(coap_lite::RequestType::Get);
+        p.header.message_id = mid;
+        p.set_token(token.to_vec());
+        coap::set_uri(&mut p, "/GwConfig");
+        coap::encode(&p).unwrap()
+    }
+
+    #[test]
+    fn con_request_gets_a_piggybacked_4_01() {
+        let reply = unauthorized_reply(&request(MessageType::Confirmable, 0x1234, b"tok")).unwrap();
+        let p = coap::decode(&reply).unwrap();
+        assert_eq!(p.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(p.header.message_id, 0x1234);
+        assert_eq!(p.get_token(), b"tok");
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn non_request_gets_a_non_4_01() {
+        let reply = unauthorized_reply(&request(MessageType::NonConfirmable, 7, b"t")).unwrap();
+        let p = coap::decode(&reply).unwrap();
+        assert_eq!(p.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(p.get_token(), b"t");
+        assert_eq!(
+            p.header.code,
+            MessageClass::Response(ResponseType::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn ping_gets_reset_and_junk_nothing() {
+        let reply = unauthorized_reply(&[0x40, 0, 0x12, 0x34]).unwrap();
+        let p = coap::decode(&reply).unwrap();
+        assert_eq!(p.header.get_type(), MessageType::Reset);
+        assert_eq!(p.header.message_id, 0x1234);
+        assert_eq!(unauthorized_reply(&[0x60, 0, 0, 1]), None, "an ACK");
+        assert_eq!(unauthorized_reply(&[1]), None);
+        assert_eq!(unauthorized_reply(&[0xFF; 20]), None);
+        let mut response = request(MessageType::Confirmable, 1, b"");
+        response[1] = 0x45; // 2.05
+        assert_eq!(unauthorized_reply(&response), None, "a response");
     }
 }

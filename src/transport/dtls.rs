@@ -48,8 +48,14 @@
 //!
 //! # Server hardening
 //!
-//! Cookie exchange (HelloVerifyRequest) is always on: the cookie is HMAC-SHA256 over the peer
-//! address with a random per-server secret. Session resumption and renegotiation are off, so
+//! Cookie exchange (HelloVerifyRequest) is always on and stateless ([`super::cookie`]): the
+//! listener's mux answers a cookieless ClientHello itself through [`DtlsServer::gate`] and
+//! creates a pipe only for a ClientHello with a valid cookie. [`DtlsServer::accept`] checks
+//! that cookie again and hands the ClientHello to OpenSSL's `DTLSv1_listen` on a memory BIO,
+//! which verifies it through the cookie callback and sets the handshake and record sequence
+//! numbers so `SSL_accept` continues at message_seq 1 (RFC 6347 §4.2.1, §4.2.2). On a pipe
+//! from a mux without the gate, `accept` sends the HelloVerifyRequest itself. Session
+//! resumption and renegotiation are off, so
 //! every session runs the PSK callback or the certificate verification exactly once and its
 //! identity cannot change later.
 //!
@@ -63,12 +69,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use foreign_types::ForeignType;
 use openssl::ex_data::Index;
-use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
-use openssl::sign::Signer;
 use openssl::ssl::{
     Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslSessionCacheMode,
     SslVerifyMode, SslVersion,
@@ -78,7 +83,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_openssl::SslStream;
 
 use super::cert::{CertIdentity, chain_anchor};
-use super::mux::Pipe;
+use super::cookie::{CookieJar, HelloVerdict};
+use super::mux::{Gate, Pipe, Verdict};
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 /// Default cipher suites: `PSK-AES128-CCM8` (TLS_PSK_WITH_AES_128_CCM_8, mandatory for
@@ -468,6 +474,8 @@ struct ExIndices {
     peer: Index<Ssl, SocketAddr>,
     /// The PSK identity accepted by the server callback.
     identity: Index<Ssl, Vec<u8>>,
+    /// The cookie of the ClientHello [`DtlsServer::accept`] verified, for the verify callback.
+    cookie: Index<Ssl, Vec<u8>>,
 }
 
 fn ex_indices() -> Result<ExIndices, TransportError> {
@@ -482,8 +490,9 @@ fn ex_indices() -> Result<ExIndices, TransportError> {
     let fresh = ExIndices {
         peer: Ssl::new_ex_index().map_err(err)?,
         identity: Ssl::new_ex_index().map_err(err)?,
+        cookie: Ssl::new_ex_index().map_err(err)?,
     };
-    // A lost race only wastes two index slots.
+    // A lost race only wastes three index slots.
     Ok(*INDICES.get_or_init(|| fresh))
 }
 
@@ -513,31 +522,10 @@ fn check_mtu(mtu: u32) -> Result<(), TransportError> {
     Ok(())
 }
 
-/// The peer address as bytes, for the cookie MAC.
-fn addr_bytes(addr: &SocketAddr) -> Vec<u8> {
-    let mut out = match addr.ip() {
-        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
-        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
-    };
-    out.extend_from_slice(&addr.port().to_be_bytes());
-    out
-}
-
-/// HMAC-SHA256 over the peer address stored in the `Ssl`.
-fn cookie_for(
-    key: &PKey<Private>,
-    ssl: &SslRef,
-    peer_idx: Index<Ssl, SocketAddr>,
-) -> Option<Vec<u8>> {
-    let peer = ssl.ex_data(peer_idx)?;
-    let mut signer = Signer::new(MessageDigest::sha256(), key).ok()?;
-    signer.update(&addr_bytes(peer)).ok()?;
-    signer.sign_to_vec().ok()
-}
-
 /// The server role: accepts DTLS sessions on pipes handed out by an accepting mux.
 pub struct DtlsServer {
     ctx: SslContext,
+    cookies: Arc<CookieJar>,
     indices: ExIndices,
     handshake_timeout: Duration,
     mtu: u32,
@@ -614,34 +602,23 @@ impl DtlsServer {
             b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         }
 
-        let mut secret = [0u8; 32];
-        openssl::rand::rand_bytes(&mut secret).map_err(|source| TransportError::Config {
+        let cookies = Arc::new(CookieJar::new().map_err(|source| TransportError::Config {
             context: "generating the cookie secret",
             source,
-        })?;
-        let hmac_key = PKey::hmac(&secret).map_err(|source| TransportError::Config {
-            context: "creating the cookie HMAC key",
-            source,
-        })?;
-        let peer_idx = indices.peer;
-        let gen_key = hmac_key.clone();
-        b.set_cookie_generate_cb(move |ssl, out| {
-            let cookie =
-                cookie_for(&gen_key, ssl, peer_idx).ok_or_else(openssl::error::ErrorStack::get)?;
-            let Some(dst) = out.get_mut(..cookie.len()) else {
-                return Err(openssl::error::ErrorStack::get());
-            };
-            dst.copy_from_slice(&cookie);
-            Ok(cookie.len())
-        });
+        })?);
+        // Cookies are issued statelessly before OpenSSL sees the peer (see the module doc);
+        // OpenSSL only ever verifies the one `accept` already checked.
+        b.set_cookie_generate_cb(|_ssl, _out| Err(openssl::error::ErrorStack::get()));
+        let cookie_idx = indices.cookie;
         b.set_cookie_verify_cb(move |ssl, cookie| {
-            cookie_for(&hmac_key, ssl, peer_idx).is_some_and(|expected| {
-                expected.len() == cookie.len() && openssl::memcmp::eq(&expected, cookie)
+            ssl.ex_data(cookie_idx).is_some_and(|expected| {
+                expected.len() == cookie.len() && openssl::memcmp::eq(expected, cookie)
             })
         });
 
         Ok(DtlsServer {
             ctx: b.build(),
+            cookies,
             indices,
             handshake_timeout: cfg.handshake_timeout,
             mtu: cfg.mtu,
@@ -652,15 +629,25 @@ impl DtlsServer {
     ///
     /// Run each accept in its own task (one per pipe from the mux's accept queue): a handshake
     /// waits on its peer for up to the timeout, and must not hold up anyone else's.
-    pub async fn accept(&self, pipe: Pipe) -> Result<DtlsSession, TransportError> {
+    pub async fn accept(&self, mut pipe: Pipe) -> Result<DtlsSession, TransportError> {
         let peer = pipe.peer();
+        let started = tokio::time::Instant::now();
+        let hello = tokio::time::timeout(self.handshake_timeout, self.await_cookie(&mut pipe))
+            .await
+            .map_err(|_| TransportError::HandshakeTimeout {
+                peer,
+                after: self.handshake_timeout,
+                peer_answered: false,
+            })??;
         let mut ssl = new_ssl(&self.ctx, self.mtu)?;
         ssl.set_ex_data(self.indices.peer, peer);
+        listen(&mut ssl, &hello, self.indices.cookie, peer)?;
         let mut stream = SslStream::new(ssl, pipe).map_err(|source| TransportError::Config {
             context: "attaching the pipe",
             source,
         })?;
-        handshake(&mut stream, Role::Server, peer, self.handshake_timeout).await?;
+        let left = self.handshake_timeout.saturating_sub(started.elapsed());
+        handshake(&mut stream, Role::Server, peer, left).await?;
         // A certificate suite leaves a verified client certificate; a PSK suite leaves the
         // identity our callback accepted. Anything else yields no session.
         let auth = if let Some(id) = peer_cert_identity(stream.ssl(), peer)? {
@@ -677,6 +664,102 @@ impl DtlsServer {
         let pipe = stream.get_ref();
         pipe.mux().mark_established(pipe);
         Ok(DtlsSession { stream, peer, auth })
+    }
+}
+
+impl DtlsServer {
+    /// The stateless admission decision for the listener's mux: a ClientHello with a valid
+    /// cookie is admitted, a cookieless one is answered with a HelloVerifyRequest, everything
+    /// else from a peer without state is dropped.
+    pub fn gate(&self) -> Gate {
+        let cookies = self.cookies.clone();
+        Gate::new(
+            move |now, peer, datagram| match cookies.check(now, peer, datagram) {
+                HelloVerdict::Admit => Verdict::Admit,
+                HelloVerdict::Verify(hvr) => Verdict::Reply(hvr),
+                HelloVerdict::BadCookie | HelloVerdict::Invalid(_) => Verdict::Drop,
+            },
+        )
+    }
+
+    /// Reads the pipe until a ClientHello with a valid cookie (the first datagram, behind
+    /// [`gate`](Self::gate)); answers cookieless ones with a HelloVerifyRequest and ignores
+    /// anything else.
+    async fn await_cookie(&self, pipe: &mut Pipe) -> Result<Vec<u8>, TransportError> {
+        let peer = pipe.peer();
+        loop {
+            let datagram = pipe.recv().await?;
+            match self.cookies.check(Instant::now(), peer, &datagram) {
+                HelloVerdict::Admit => return Ok(datagram),
+                HelloVerdict::Verify(hvr) => pipe.send(&hvr).await?,
+                HelloVerdict::BadCookie | HelloVerdict::Invalid(_) => {
+                    tracing::debug!(peer = %peer, "datagram before a valid cookie ignored");
+                }
+            }
+        }
+    }
+}
+
+/// `DTLSv1_listen` and `BIO_ADDR`, which openssl-sys does not bind (libssl/libcrypto 1.1+).
+mod listen_ffi {
+    use std::ffi::{c_int, c_void};
+
+    unsafe extern "C" {
+        pub fn DTLSv1_listen(ssl: *mut openssl_sys::SSL, client: *mut c_void) -> c_int;
+        pub fn BIO_ADDR_new() -> *mut c_void;
+        pub fn BIO_ADDR_free(addr: *mut c_void);
+    }
+}
+
+/// Hands the verified second ClientHello to OpenSSL: `DTLSv1_listen` reads it from a memory
+/// BIO, checks its cookie through the verify callback (against `cookie_idx`), buffers it and
+/// sets the sequence numbers so the following `SSL_accept` continues the handshake. The
+/// memory BIOs are replaced (and freed) when the `Ssl` is attached to the pipe.
+fn listen(
+    ssl: &mut Ssl,
+    hello: &[u8],
+    cookie_idx: Index<Ssl, Vec<u8>>,
+    peer: SocketAddr,
+) -> Result<(), TransportError> {
+    let cookie = super::cookie::parse_client_hello(hello)
+        .map(|h| h.cookie.to_vec())
+        .map_err(|_| TransportError::CookieRejected { peer })?;
+    ssl.set_ex_data(cookie_idx, cookie);
+    let len = std::ffi::c_int::try_from(hello.len())
+        .map_err(|_| TransportError::CookieRejected { peer })?;
+    let setup = |source| TransportError::Config {
+        context: "preparing DTLSv1_listen",
+        source,
+    };
+    // SAFETY: the BIOs are checked for NULL and owned by the SSL after SSL_set_bio; `hello`
+    // outlives the BIO_write that copies it; the BIO_ADDR is freed on every path.
+    let rc = unsafe {
+        let rbio = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        let wbio = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        if rbio.is_null() || wbio.is_null() {
+            openssl_sys::BIO_free_all(rbio);
+            openssl_sys::BIO_free_all(wbio);
+            return Err(setup(openssl::error::ErrorStack::get()));
+        }
+        openssl_sys::SSL_set_bio(ssl.as_ptr(), rbio, wbio);
+        if openssl_sys::BIO_write(rbio, hello.as_ptr().cast(), len) != len {
+            return Err(setup(openssl::error::ErrorStack::get()));
+        }
+        let addr = listen_ffi::BIO_ADDR_new();
+        if addr.is_null() {
+            return Err(setup(openssl::error::ErrorStack::get()));
+        }
+        let rc = listen_ffi::DTLSv1_listen(ssl.as_ptr(), addr);
+        listen_ffi::BIO_ADDR_free(addr);
+        rc
+    };
+    if rc == 1 {
+        Ok(())
+    } else {
+        // Clear OpenSSL's error queue for the next user of this thread.
+        let errors = openssl::error::ErrorStack::get();
+        tracing::debug!(peer = %peer, rc, %errors, "DTLSv1_listen refused the ClientHello");
+        Err(TransportError::CookieRejected { peer })
     }
 }
 

@@ -11,6 +11,10 @@
 //! * [`mux`] — one UDP socket, many peers: [`mux::DatagramMux`] routes each datagram by source
 //!   address to a per-peer [`mux::Pipe`]. One receive task per socket, bounded queues, a cap on
 //!   the number of peers; nothing per peer is a thread.
+//!   A server mux asks a stateless [`mux::Gate`] about datagrams from addresses without a
+//!   pipe, and caps pipes per source IP and handshakes in progress.
+//! * [`cookie`] — stateless DTLS cookies (sans-IO): ClientHello parsing, the cookie MAC
+//!   under a rotating secret, the HelloVerifyRequest.
 //! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK and X.509 certificates.
 //!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
 //!   and yield a [`dtls::DtlsSession`].
@@ -34,6 +38,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub mod cert;
+pub mod cookie;
 pub mod dtls;
 pub mod mux;
 pub mod tcp;
@@ -226,6 +231,13 @@ pub enum TransportError {
         /// then fell silent most likely dropped records it could not authenticate (wrong
         /// PSK); one that never answered is unreachable.
         peer_answered: bool,
+    },
+    /// The peer: its ClientHello carried a cookie that OpenSSL's `DTLSv1_listen` did not
+    /// accept (or none at all), so no handshake started.
+    #[error("DTLS ClientHello from {peer} refused: no valid cookie")]
+    CookieRejected {
+        /// The peer.
+        peer: SocketAddr,
     },
     /// Sending a DTLS record failed.
     #[error("DTLS send to {peer} failed: {source}")]

@@ -7,6 +7,18 @@
 //! new [`Pipe`], handed out through a bounded accept queue; the number of live pipes is capped
 //! so a flood of spoofed source addresses cannot exhaust memory.
 //!
+//! # Admission: no state for unknown peers
+//!
+//! A server mux may have a [`Gate`]: a stateless function asked about every datagram from an
+//! address without a pipe (and about every ClientHello on an established one). It answers
+//! [`Verdict::Admit`] (create the pipe), [`Verdict::Reply`] (send these bytes from the socket,
+//! keep nothing: a DTLS HelloVerifyRequest, a NoSec 4.01) or [`Verdict::Drop`]. Admitted
+//! peers are further capped: live pipes in total and per source IP, and — on a handshake
+//! mux ([`MuxConfig::handshakes`]) — pipes whose handshake is still in progress, in total and
+//! per source IP (with [`MuxConfig::evict_per_ip`] a full IP's least recently heard pipe
+//! makes room instead). Refusals are counted and summarised in one log line per second at
+//! most, so a flood never writes a line per datagram.
+//!
 //! This module owns addresses and queues only. It does not own DTLS (see
 //! [`super::dtls`]), CoAP, or any notion of a session beyond "datagrams from this address" —
 //! with one exception, RFC 6347 §4.2.8: once the DTLS server marks a pipe established, a new
@@ -17,11 +29,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
@@ -52,6 +65,59 @@ pub struct MuxConfig {
     /// answers, so a burst from a large group must fit; the kernel caps it at
     /// `net.core.rmem_max`. Default 4 MiB.
     pub recv_buffer: usize,
+    /// Decides statelessly about datagrams from addresses without a pipe. `None` admits
+    /// every new peer (subject to the caps). Default `None`.
+    pub gate: Option<Gate>,
+    /// Most live pipes from one source IP (all ports). Default 256.
+    pub max_sessions_per_ip: usize,
+    /// Whether pipes carry a handshake (DTLS): a pipe counts as *pending* from its creation
+    /// until [`DatagramMux::mark_established`], and pending pipes have their own caps.
+    /// Default `false`.
+    pub handshakes: bool,
+    /// Most pending handshakes at once (with `handshakes`). Default 256.
+    pub max_pending: usize,
+    /// Most pending handshakes from one source IP (with `handshakes`). Default 8.
+    pub max_pending_per_ip: usize,
+    /// When a source IP is at `max_sessions_per_ip`, a new peer from it replaces that IP's
+    /// least recently heard pipe instead of being refused, so a burst of spoofed ports
+    /// cannot lock the IP's real client out until the idle timeout. Meant for NoSec, where
+    /// a peer costs no handshake. Default `false`.
+    pub evict_per_ip: bool,
+}
+
+/// What to do with a datagram from a peer the mux keeps no state for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Create a pipe for the peer (if the caps allow) and deliver the datagram to it.
+    Admit,
+    /// Send these bytes back to the source from the socket; keep nothing.
+    Reply(Vec<u8>),
+    /// Drop the datagram; keep nothing.
+    Drop,
+}
+
+/// The decision function inside a [`Gate`].
+type Decide = dyn Fn(Instant, SocketAddr, &[u8]) -> Verdict + Send + Sync;
+
+/// A stateless admission decision over `(now, source, datagram)`; see the module doc.
+#[derive(Clone)]
+pub struct Gate(Arc<Decide>);
+
+impl Gate {
+    /// Wraps a decision function.
+    pub fn new(f: impl Fn(Instant, SocketAddr, &[u8]) -> Verdict + Send + Sync + 'static) -> Self {
+        Gate(Arc::new(f))
+    }
+
+    fn decide(&self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Verdict {
+        (self.0)(now, from, datagram)
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
 }
 
 impl Default for MuxConfig {
@@ -62,6 +128,12 @@ impl Default for MuxConfig {
             queue_len: 64,
             accept_backlog: 1024,
             recv_buffer: 4 << 20,
+            gate: None,
+            max_sessions_per_ip: 256,
+            handshakes: false,
+            max_pending: 256,
+            max_pending_per_ip: 8,
+            evict_per_ip: false,
         }
     }
 }
@@ -94,9 +166,12 @@ struct Shared {
     socket: UdpSocket,
     local: SocketAddr,
     config: MuxConfig,
-    peers: Mutex<HashMap<SocketAddr, PeerSlot>>,
+    peers: Mutex<Peers>,
     next_id: AtomicU64,
     dropped: AtomicU64,
+    replied: AtomicU64,
+    refused: AtomicU64,
+    evicted: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -112,6 +187,8 @@ struct PeerSlot {
     /// handshake records (content types 20 and 22); the old session keeps the rest until the
     /// candidate completes and is promoted, so a spoofed ClientHello cannot end a session.
     candidate: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+    /// The [`Peers::clock`] value when this peer was last heard (for per-IP eviction).
+    heard: u64,
 }
 
 impl PeerSlot {
@@ -121,7 +198,146 @@ impl PeerSlot {
             tx,
             established: false,
             candidate: None,
+            heard: 0,
         }
+    }
+
+    /// The candidate's queue, if one is pending and still open.
+    fn live_candidate(&self) -> Option<&mpsc::Sender<Vec<u8>>> {
+        self.candidate
+            .as_ref()
+            .map(|(_, tx)| tx)
+            .filter(|tx| !tx.is_closed())
+    }
+}
+
+/// What one source IP holds: live pipes and, of those (plus candidates), pending handshakes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Load {
+    sessions: usize,
+    pending: usize,
+}
+
+/// The peer map with the counts the caps need, kept consistent by [`Peers::update`].
+#[derive(Debug)]
+struct Peers {
+    map: HashMap<SocketAddr, PeerSlot>,
+    per_ip: HashMap<IpAddr, Load>,
+    /// The addresses (ports) of each source IP, for per-IP eviction.
+    addrs: HashMap<IpAddr, Vec<SocketAddr>>,
+    pending: usize,
+    handshakes: bool,
+    /// Counts deliveries: a logical clock for "least recently heard".
+    clock: u64,
+}
+
+/// The refusal of [`Peers::refusal`] that per-IP eviction can lift.
+const PER_IP_SESSION_CAP: &str = "per-IP session cap";
+
+impl Peers {
+    fn new(handshakes: bool) -> Self {
+        Peers {
+            map: HashMap::new(),
+            per_ip: HashMap::new(),
+            addrs: HashMap::new(),
+            pending: 0,
+            handshakes,
+            clock: 0,
+        }
+    }
+
+    fn load_of(&self, slot: Option<&PeerSlot>) -> Load {
+        let Some(slot) = slot else {
+            return Load::default();
+        };
+        let pending = if self.handshakes {
+            usize::from(!slot.established) + usize::from(slot.candidate.is_some())
+        } else {
+            0
+        };
+        Load {
+            sessions: 1,
+            pending,
+        }
+    }
+
+    /// The only way to change, insert or remove a slot: the counts follow.
+    fn update<R>(&mut self, addr: SocketAddr, f: impl FnOnce(&mut Option<PeerSlot>) -> R) -> R {
+        let mut slot = self.map.remove(&addr);
+        let before = self.load_of(slot.as_ref());
+        let result = f(&mut slot);
+        let after = self.load_of(slot.as_ref());
+        if let Some(mut slot) = slot {
+            if before.sessions == 0 {
+                self.clock += 1;
+                slot.heard = self.clock;
+                self.addrs.entry(addr.ip()).or_default().push(addr);
+            }
+            self.map.insert(addr, slot);
+        } else if before.sessions == 1 {
+            self.forget_addr(addr);
+        }
+        self.pending = (self.pending + after.pending).saturating_sub(before.pending);
+        let ip = self.per_ip.entry(addr.ip()).or_default();
+        ip.sessions = (ip.sessions + after.sessions).saturating_sub(before.sessions);
+        ip.pending = (ip.pending + after.pending).saturating_sub(before.pending);
+        if *ip == Load::default() {
+            self.per_ip.remove(&addr.ip());
+        }
+        result
+    }
+
+    fn forget_addr(&mut self, addr: SocketAddr) {
+        if let Some(list) = self.addrs.get_mut(&addr.ip()) {
+            list.retain(|a| *a != addr);
+            if list.is_empty() {
+                self.addrs.remove(&addr.ip());
+            }
+        }
+    }
+
+    /// Marks `addr` as just heard.
+    fn heard(&mut self, addr: SocketAddr) {
+        self.clock += 1;
+        if let Some(slot) = self.map.get_mut(&addr) {
+            slot.heard = self.clock;
+        }
+    }
+
+    /// The least recently heard address of `ip`.
+    fn least_recent(&self, ip: IpAddr) -> Option<SocketAddr> {
+        self.addrs
+            .get(&ip)?
+            .iter()
+            .filter_map(|a| self.map.get(a).map(|slot| (slot.heard, *a)))
+            .min()
+            .map(|(_, a)| a)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.per_ip.clear();
+        self.addrs.clear();
+        self.pending = 0;
+    }
+
+    /// Which cap, if any, refuses one more pipe (`candidate`: a second handshake on an
+    /// existing address, which adds a pending handshake but no pipe slot).
+    fn refusal(&self, config: &MuxConfig, ip: IpAddr, candidate: bool) -> Option<&'static str> {
+        let load = self.per_ip.get(&ip).copied().unwrap_or_default();
+        if !candidate && self.map.len() >= config.max_sessions {
+            return Some("session cap");
+        }
+        if !candidate && load.sessions >= config.max_sessions_per_ip {
+            return Some(PER_IP_SESSION_CAP);
+        }
+        if self.handshakes && self.pending >= config.max_pending {
+            return Some("handshake cap");
+        }
+        if self.handshakes && load.pending >= config.max_pending_per_ip {
+            return Some("per-IP handshake cap");
+        }
+        None
     }
 }
 
@@ -141,10 +357,14 @@ fn is_client_hello(datagram: &[u8]) -> bool {
 impl Shared {
     /// The peer map. A poisoned lock only means another thread panicked while holding it;
     /// the map itself is always consistent (single inserts/removes), so keep going.
-    fn peers(&self) -> MutexGuard<'_, HashMap<SocketAddr, PeerSlot>> {
+    fn peers(&self) -> MutexGuard<'_, Peers> {
         self.peers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -191,10 +411,13 @@ impl DatagramMux {
         let shared = Arc::new(Shared {
             socket,
             local,
+            peers: Mutex::new(Peers::new(config.handshakes)),
             config,
-            peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            replied: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         });
         let mux = Arc::new_cyclic(|weak: &Weak<DatagramMux>| {
             let task = tokio::spawn(receive_loop(shared.clone(), weak.clone(), accept_tx));
@@ -220,7 +443,12 @@ impl DatagramMux {
     pub fn connect(self: &Arc<Self>, peer: SocketAddr) -> Pipe {
         let (tx, rx) = mpsc::channel(self.shared.config.queue_len);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.shared.peers().insert(peer, PeerSlot::new(id, tx));
+        self.shared.peers().update(peer, |slot| {
+            let mut fresh = PeerSlot::new(id, tx);
+            // Our own outgoing association: nothing pending to cap.
+            fresh.established = true;
+            *slot = Some(fresh);
+        });
         Pipe {
             mux: self.clone(),
             peer,
@@ -233,33 +461,59 @@ impl DatagramMux {
     /// Marks `pipe`'s peer as having an established DTLS server session: from now on a new
     /// ClientHello from that address starts a candidate session (RFC 6347 §4.2.8).
     pub(crate) fn mark_established(&self, pipe: &Pipe) {
-        let mut peers = self.shared.peers();
-        if let Some(slot) = peers.get_mut(&pipe.peer) {
-            if slot.id == pipe.id {
-                slot.established = true;
-            } else if slot
+        self.shared.peers().update(pipe.peer, |slot| {
+            let Some(current) = slot.as_mut() else {
+                return;
+            };
+            if current.id == pipe.id {
+                current.established = true;
+            } else if current
                 .candidate
                 .as_ref()
                 .is_some_and(|(id, _)| *id == pipe.id)
             {
                 // The candidate completed its handshake: it becomes the peer's session and
                 // the old one's queue closes (its session ends).
-                if let Some((id, tx)) = slot.candidate.take() {
-                    *slot = PeerSlot::new(id, tx);
-                    slot.established = true;
+                if let Some((id, tx)) = current.candidate.take() {
+                    let mut promoted = PeerSlot::new(id, tx);
+                    promoted.established = true;
+                    *current = promoted;
                     tracing::info!(peer = %pipe.peer, "new DTLS session replaces the old one");
                 }
             }
-        }
+        });
     }
 
     /// Number of live pipes.
     pub fn sessions(&self) -> usize {
-        self.shared.peers().len()
+        self.shared.peers().map.len()
     }
 
-    /// Datagrams dropped so far: full per-peer or accept queues, the session cap, unknown
-    /// peers when not accepting.
+    /// Handshakes in progress (pipes not yet marked established, and candidates). Always 0
+    /// unless [`MuxConfig::handshakes`].
+    pub fn pending(&self) -> usize {
+        self.shared.peers().pending
+    }
+
+    /// Stateless replies sent so far ([`Verdict::Reply`]: HelloVerifyRequests, NoSec 4.01s).
+    pub fn replied(&self) -> u64 {
+        self.shared.replied.load(Ordering::Relaxed)
+    }
+
+    /// Pipes closed to make room for a new peer from the same source IP
+    /// ([`MuxConfig::evict_per_ip`]).
+    pub fn evicted(&self) -> u64 {
+        self.shared.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams from peers without state that were refused: the gate dropped them, or a
+    /// cap refused a new pipe.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams dropped so far: full per-peer or accept queues, unknown peers when not
+    /// accepting, and everything counted in [`refused`](Self::refused).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -279,6 +533,9 @@ impl Drop for DatagramMux {
     }
 }
 
+/// Refusals of unknown-peer traffic are summarised in the log at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// The one receive task of a mux. Holds the socket, never the mux itself (only a [`Weak`] to
 /// hand new pipes a strong reference), so dropping the mux ends it.
 async fn receive_loop(
@@ -287,8 +544,19 @@ async fn receive_loop(
     accept_tx: Option<mpsc::Sender<Pipe>>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut report = Report::new(&shared, Instant::now());
+    let mut ticker = tokio::time::interval(REPORT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (len, from) = match shared.socket.recv_from(&mut buf).await {
+        // `recv_from` is cancel-safe: a tick loses no datagram.
+        let received = tokio::select! {
+            received = shared.socket.recv_from(&mut buf) => received,
+            _ = ticker.tick() => {
+                report.tick(&shared, Instant::now());
+                continue;
+            }
+        };
+        let (len, from) = match received {
             Ok(received) => received,
             Err(err) => {
                 // Unconnected UDP sockets can report ICMP errors of earlier sends here
@@ -298,72 +566,226 @@ async fn receive_loop(
                 continue;
             }
         };
-        let datagram = buf.get(..len).unwrap_or_default().to_vec();
+        let datagram = buf.get(..len).unwrap_or_default();
         route(&shared, &mux, accept_tx.as_ref(), from, datagram);
     }
 }
 
-/// Deliver one datagram: known peer → its queue; unknown → a new pipe if accepting and under
-/// the cap; otherwise drop. Never blocks.
+/// The counters a [`Report`] summarises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    replied: u64,
+    refused: u64,
+    evicted: u64,
+    dropped: u64,
+}
+
+impl Counts {
+    fn of(shared: &Shared) -> Self {
+        Counts {
+            replied: shared.replied.load(Ordering::Relaxed),
+            refused: shared.refused.load(Ordering::Relaxed),
+            evicted: shared.evicted.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Rate-limited logging: one line per [`REPORT_EVERY`] with what changed, never one per
+/// datagram.
+struct Report {
+    last: Counts,
+    at: Instant,
+}
+
+impl Report {
+    fn new(shared: &Shared, now: Instant) -> Self {
+        Report {
+            last: Counts::of(shared),
+            at: now,
+        }
+    }
+
+    fn tick(&mut self, shared: &Shared, now: Instant) {
+        if now.saturating_duration_since(self.at) < REPORT_EVERY {
+            return;
+        }
+        let counts = Counts::of(shared);
+        if counts != self.last {
+            tracing::info!(
+                local = %shared.local,
+                stateless_replies = counts.replied - self.last.replied,
+                refused = counts.refused - self.last.refused,
+                evicted = counts.evicted - self.last.evicted,
+                dropped = counts.dropped - self.last.dropped,
+                sessions = shared.peers().map.len(),
+                "datagrams from peers without state in the last {:?}",
+                now.saturating_duration_since(self.at),
+            );
+        }
+        self.last = counts;
+        self.at = now;
+    }
+}
+
+/// Where a datagram went on the first, locked look at the peer map.
+enum Known {
+    /// Delivered to (or dropped at) a known pipe.
+    Done,
+    /// A ClientHello from an address with an established session: ask the gate.
+    ClientHello,
+    /// No state for this address.
+    Unknown,
+}
+
+/// Deliver one datagram: known peer → its queue; otherwise the gate decides (admit, reply or
+/// drop) and admitted peers are subject to the caps. Never blocks.
 fn route(
     shared: &Shared,
     mux: &Weak<DatagramMux>,
     accept_tx: Option<&mpsc::Sender<Pipe>>,
     from: SocketAddr,
-    datagram: Vec<u8>,
+    datagram: &[u8],
 ) {
-    let mut peers = shared.peers();
-    if let Some(slot) = peers.get_mut(&from) {
-        let datagram = if slot.established && is_handshake_record(&datagram) {
-            match route_to_candidate(shared, mux, accept_tx, from, slot, datagram) {
-                Some(datagram) => datagram,
-                None => return,
-            }
-        } else {
-            datagram
-        };
-        match slot.tx.try_send(datagram) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(peer = %from, "peer queue full, datagram dropped");
-            }
-            Err(TrySendError::Closed(_)) => {
-                // The pipe is being dropped; its Drop removes the slot.
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        return;
-    }
+    let candidate = match deliver_known(shared, &mut shared.peers(), from, datagram) {
+        Known::Done => return,
+        Known::ClientHello => true,
+        Known::Unknown => false,
+    };
     let Some(accept_tx) = accept_tx else {
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        shared.drop_one();
         tracing::debug!(peer = %from, "datagram from unknown peer dropped (not accepting)");
         return;
     };
-    if peers.len() >= shared.config.max_sessions {
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(peer = %from, cap = shared.config.max_sessions, "session cap reached, new peer dropped");
+    // The gate runs without the lock: it may compute a MAC.
+    let verdict = match &shared.config.gate {
+        Some(gate) => gate.decide(Instant::now(), from, datagram),
+        None => Verdict::Admit,
+    };
+    match verdict {
+        Verdict::Admit => admit(shared, mux, accept_tx, from, datagram, candidate),
+        Verdict::Reply(bytes) => reply(shared, from, &bytes),
+        Verdict::Drop => refuse(shared, from, "gate"),
+    }
+}
+
+fn deliver_known(shared: &Shared, peers: &mut Peers, from: SocketAddr, datagram: &[u8]) -> Known {
+    if !peers.map.contains_key(&from) {
+        return Known::Unknown;
+    }
+    peers.heard(from);
+    let Some(slot) = peers.map.get(&from) else {
+        return Known::Unknown;
+    };
+    if slot.established && is_handshake_record(datagram) {
+        if is_client_hello(datagram) {
+            return Known::ClientHello;
+        }
+        // The rest of a candidate's handshake; without one, a retransmitted last flight of
+        // the established session's own handshake.
+        if let Some(tx) = slot.live_candidate() {
+            deliver(shared, tx, from, datagram);
+            return Known::Done;
+        }
+    }
+    deliver(shared, &slot.tx, from, datagram);
+    Known::Done
+}
+
+fn deliver(shared: &Shared, tx: &mpsc::Sender<Vec<u8>>, from: SocketAddr, datagram: &[u8]) {
+    match tx.try_send(datagram.to_vec()) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            shared.drop_one();
+            tracing::debug!(peer = %from, "peer queue full, datagram dropped");
+        }
+        // The pipe is being dropped; its Drop removes the slot.
+        Err(TrySendError::Closed(_)) => shared.drop_one(),
+    }
+}
+
+fn reply(shared: &Shared, to: SocketAddr, bytes: &[u8]) {
+    match shared.socket.try_send_to(bytes, to) {
+        Ok(_) => {
+            shared.replied.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            shared.drop_one();
+            tracing::debug!(peer = %to, error = %e, "stateless reply not sent");
+        }
+    }
+}
+
+fn refuse(shared: &Shared, from: SocketAddr, why: &'static str) {
+    shared.refused.fetch_add(1, Ordering::Relaxed);
+    shared.drop_one();
+    tracing::debug!(peer = %from, why, "datagram from a peer without state refused");
+}
+
+/// The gate admitted `from`: a new pipe (or, for an established address, a candidate pipe
+/// per RFC 6347 §4.2.8) unless a cap refuses it.
+fn admit(
+    shared: &Shared,
+    mux: &Weak<DatagramMux>,
+    accept_tx: &mpsc::Sender<Pipe>,
+    from: SocketAddr,
+    datagram: &[u8],
+    candidate: bool,
+) {
+    let mut peers = shared.peers();
+    let candidate = match peers.map.get(&from) {
+        // A retransmitted ClientHello of a candidate already under way.
+        Some(slot) if candidate && slot.live_candidate().is_some() => {
+            if let Some(tx) = slot.live_candidate() {
+                deliver(shared, tx, from, datagram);
+            }
+            return;
+        }
+        Some(slot) if !slot.established => {
+            deliver(shared, &slot.tx, from, datagram);
+            return;
+        }
+        Some(_) => true,
+        None => false,
+    };
+    let mut refusal = peers.refusal(&shared.config, from.ip(), candidate);
+    if refusal == Some(PER_IP_SESSION_CAP) && shared.config.evict_per_ip {
+        if let Some(victim) = peers.least_recent(from.ip()) {
+            // Its queue closes, so its session ends (as on a mux shutdown).
+            peers.update(victim, |slot| *slot = None);
+            shared.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %victim, "least recently heard pipe of its IP evicted");
+            refusal = peers.refusal(&shared.config, from.ip(), candidate);
+        }
+    }
+    if let Some(why) = refusal {
+        drop(peers);
+        refuse(shared, from, why);
         return;
     }
     let Some(mux) = mux.upgrade() else {
         // The mux is going away; its Drop aborts this task.
         return;
     };
-    let permit = match accept_tx.try_reserve() {
-        Ok(permit) => permit,
-        Err(_) => {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(peer = %from, "accept queue full or closed, new peer dropped");
-            return;
-        }
+    let Ok(permit) = accept_tx.try_reserve() else {
+        drop(peers);
+        refuse(shared, from, "accept queue full");
+        return;
     };
     let (tx, rx) = mpsc::channel(shared.config.queue_len);
     // Cannot fail: a fresh channel with capacity >= 1.
-    let _ = tx.try_send(datagram);
+    let _ = tx.try_send(datagram.to_vec());
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    peers.insert(from, PeerSlot::new(id, tx));
+    peers.update(from, |slot| match slot {
+        Some(existing) if candidate => existing.candidate = Some((id, tx)),
+        _ => *slot = Some(PeerSlot::new(id, tx)),
+    });
     drop(peers);
-    tracing::debug!(peer = %from, "new peer");
+    if candidate {
+        tracing::debug!(peer = %from, "ClientHello on an established session: candidate session");
+    } else {
+        tracing::debug!(peer = %from, "new peer");
+    }
     permit.send(Pipe {
         mux,
         peer: from,
@@ -371,53 +793,6 @@ fn route(
         rx,
         received: 0,
     });
-}
-
-/// A handshake record from a peer that has an established session: it feeds the candidate
-/// session if one is pending, or a ClientHello starts one (handed to the server like a new
-/// peer). Anything else goes back to the caller for the established session (a
-/// retransmitted last flight of its own handshake).
-fn route_to_candidate(
-    shared: &Shared,
-    mux: &Weak<DatagramMux>,
-    accept_tx: Option<&mpsc::Sender<Pipe>>,
-    from: SocketAddr,
-    slot: &mut PeerSlot,
-    datagram: Vec<u8>,
-) -> Option<Vec<u8>> {
-    if let Some((_, tx)) = &slot.candidate {
-        if !tx.is_closed() {
-            if tx.try_send(datagram).is_err() {
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            return None;
-        }
-        slot.candidate = None;
-    }
-    if !is_client_hello(&datagram) {
-        return Some(datagram);
-    }
-    let (Some(accept_tx), Some(mux)) = (accept_tx, mux.upgrade()) else {
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
-    let Ok(permit) = accept_tx.try_reserve() else {
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
-    let (tx, rx) = mpsc::channel(shared.config.queue_len);
-    let _ = tx.try_send(datagram);
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    slot.candidate = Some((id, tx));
-    tracing::debug!(peer = %from, "ClientHello on an established session: candidate session");
-    permit.send(Pipe {
-        mux,
-        peer: from,
-        id,
-        rx,
-        received: 0,
-    });
-    None
 }
 
 /// The datagrams of one peer on a shared [`DatagramMux`] socket.
@@ -465,25 +840,22 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        let mut peers = self.mux.shared.peers();
-        let Some(slot) = peers.get_mut(&self.peer) else {
-            return;
-        };
-        if slot.id == self.id {
-            // A pending candidate takes over the address (its handshake may still complete).
-            match slot.candidate.take() {
-                Some((id, tx)) => *slot = PeerSlot::new(id, tx),
-                None => {
-                    peers.remove(&self.peer);
-                }
+        let id = self.id;
+        self.mux.shared.peers().update(self.peer, |slot| {
+            let Some(current) = slot.as_mut() else {
+                return;
+            };
+            if current.id == id {
+                // A pending candidate takes over the address (its handshake may still
+                // complete).
+                *slot = current
+                    .candidate
+                    .take()
+                    .map(|(id, tx)| PeerSlot::new(id, tx));
+            } else if current.candidate.as_ref().is_some_and(|(c, _)| *c == id) {
+                current.candidate = None;
             }
-        } else if slot
-            .candidate
-            .as_ref()
-            .is_some_and(|(id, _)| *id == self.id)
-        {
-            slot.candidate = None;
-        }
+        });
     }
 }
 
@@ -567,5 +939,97 @@ impl AsyncWrite for Pipe {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod peers_tests {
+    use super::*;
+
+    fn slot(id: u64) -> (PeerSlot, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(1);
+        (PeerSlot::new(id, tx), rx)
+    }
+
+    #[test]
+    fn counts_follow_every_change_and_return_to_zero() {
+        let config = MuxConfig {
+            handshakes: true,
+            max_pending_per_ip: 2,
+            max_sessions_per_ip: 3,
+            ..MuxConfig::default()
+        };
+        let mut peers = Peers::new(true);
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:2".parse().unwrap();
+        let (sa, _ra) = slot(1);
+        let (sb, _rb) = slot(2);
+        peers.update(a, |s| *s = Some(sa));
+        assert_eq!(peers.refusal(&config, a.ip(), false), None);
+        peers.update(b, |s| *s = Some(sb));
+        assert_eq!(peers.pending, 2);
+        assert_eq!(
+            peers.refusal(&config, a.ip(), false),
+            Some("per-IP handshake cap")
+        );
+        assert_eq!(
+            peers.refusal(&config, "10.0.0.2".parse().unwrap(), false),
+            None
+        );
+        peers.update(a, |s| s.as_mut().unwrap().established = true);
+        assert_eq!(peers.pending, 1);
+        let (candidate_tx, _rc) = mpsc::channel(1);
+        peers.update(a, |s| {
+            s.as_mut().unwrap().candidate = Some((3, candidate_tx))
+        });
+        assert_eq!(peers.pending, 2, "a candidate is a pending handshake");
+        assert_eq!(
+            peers.per_ip[&a.ip()],
+            Load {
+                sessions: 2,
+                pending: 2
+            }
+        );
+        peers.update(a, |s| *s = None);
+        peers.update(b, |s| *s = None);
+        assert_eq!(peers.pending, 0);
+        assert!(peers.per_ip.is_empty() && peers.map.is_empty() && peers.addrs.is_empty());
+    }
+
+    #[test]
+    fn without_handshakes_nothing_is_pending_and_sessions_are_capped_per_ip() {
+        let config = MuxConfig {
+            max_sessions_per_ip: 1,
+            ..MuxConfig::default()
+        };
+        let mut peers = Peers::new(false);
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let (sa, _ra) = slot(1);
+        peers.update(a, |s| *s = Some(sa));
+        assert_eq!(peers.pending, 0);
+        assert_eq!(
+            peers.refusal(&config, a.ip(), false),
+            Some("per-IP session cap")
+        );
+    }
+
+    #[test]
+    fn least_recently_heard_address_of_an_ip() {
+        let mut peers = Peers::new(false);
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|port| SocketAddr::from(([10, 0, 0, 1], port)))
+            .collect();
+        let mut keep = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let (s, rx) = slot(i as u64);
+            keep.push(rx);
+            peers.update(*addr, |slot| *slot = Some(s));
+        }
+        assert_eq!(peers.least_recent(addrs[0].ip()), Some(addrs[0]));
+        peers.heard(addrs[0]);
+        assert_eq!(peers.least_recent(addrs[0].ip()), Some(addrs[1]));
+        peers.update(addrs[1], |slot| *slot = None);
+        assert_eq!(peers.least_recent(addrs[0].ip()), Some(addrs[2]));
+        assert_eq!(peers.least_recent("10.0.0.9".parse().unwrap()), None);
     }
 }
