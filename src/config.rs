@@ -17,6 +17,9 @@ use crate::acl::dm::{DmAcl, DmPolicy};
 use crate::acl::lwm2m::Lwm2mPolicy;
 use crate::transport::cert::{CertMatch, CertRule};
 
+mod limits;
+pub use limits::Limits;
+
 /// A configuration that failed to load; the message names the key and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -258,12 +261,16 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub devices: Vec<DeviceConfig>,
     pub groups: Vec<GroupConfig>,
+    /// `[limits]`: bounds on privileges, listing pages and per-peer caches.
+    pub limits: Limits,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     gateway: RawGateway,
+    #[serde(default)]
+    limits: limits::RawLimits,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -533,6 +540,7 @@ fn cert_rule(
 
 fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> {
     let g = raw.gateway;
+    let raw_limits = raw.limits;
     let gateway_certs = cert_files("gateway", g.cert, g.key, g.ca, base)?;
     let store = match base {
         Some(dir) if g.store.is_relative() => dir.join(&g.store),
@@ -843,6 +851,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         servers,
         devices,
         groups,
+        limits: raw_limits.validate()?,
     })
 }
 

@@ -46,6 +46,8 @@ pub enum GatewayError {
 /// Answers northbound requests: identity from the channel, then the service.
 pub struct North {
     service: Arc<Service<South>>,
+    /// `[limits]` cache bounds, with budgets shared by every northbound session.
+    cache_limits: crate::coap::CacheLimits,
     by_psk: HashMap<Vec<u8>, Arc<ServerConfig>>,
     by_address: HashMap<IpAddr, Arc<ServerConfig>>,
     by_certificate: Vec<(CertRule, Arc<ServerConfig>)>,
@@ -79,6 +81,10 @@ impl North {
 }
 
 impl Handler for North {
+    fn cache_limits(&self) -> crate::coap::CacheLimits {
+        self.cache_limits.clone()
+    }
+
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
         let Some(server) = self.server_of(peer) else {
             tracing::warn!(addr = %peer.addr, identity = %peer.identity, "unknown server identity: 4.01");
@@ -197,6 +203,7 @@ impl Gateway {
             .collect();
         let north = Arc::new(North {
             service: service.clone(),
+            cache_limits: config.limits.cache_limits(),
             by_psk,
             by_address,
             by_certificate,

@@ -32,6 +32,12 @@ pub use stream_session::serve_stream;
 /// needs only code, options and payload (the message layer sets type, MID and token).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: &PeerInfo, request: Packet) -> impl Future<Output = Packet> + Send;
+
+    /// The bounds of each session's duplicate table and Block2 cache, with the budgets
+    /// shared by all sessions of this handler. Default: one process-wide set of defaults.
+    fn cache_limits(&self) -> crate::coap::CacheLimits {
+        crate::coap::CacheLimits::process_default()
+    }
 }
 
 /// A stop signal shared by every task of an endpoint (mini-redis style: the owner flips it,

@@ -48,10 +48,12 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     /// `lifetime`: how long a sliced body stays cached for its follow-up blocks.
     pub fn new(handler: Arc<H>, peer: PeerInfo, lifetime: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::channel(MAX_REQUESTS_IN_HANDLER);
+        let blocks =
+            Block2Cache::new(lifetime).with_account(handler.cache_limits().block2_account());
         Pipeline {
             handler,
             peer: Arc::new(peer),
-            blocks: Block2Cache::new(lifetime),
+            blocks,
             done_tx,
             done_rx,
             in_handler: 0,

@@ -23,7 +23,8 @@ pub async fn serve_session<S: DatagramSession, H: Handler>(
     tuning: TransportTuning,
     mut shutdown: Shutdown,
 ) {
-    let mut exchanges = ServerExchanges::new(tuning.clone());
+    let mut exchanges =
+        ServerExchanges::new(tuning.clone()).with_account(handler.cache_limits().dedup_account());
     let mut pipeline: Pipeline<H, Responder> =
         Pipeline::new(handler, peer, tuning.exchange_lifetime());
     let mut last_heard = Instant::now();
