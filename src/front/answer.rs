@@ -65,6 +65,10 @@ pub enum FrontError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A `[limits]` cap on stored privileges is reached (4.03: refused by policy, and
+    /// retrying will not help until entries are deleted; the diagnostic names the cap).
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 impl FrontError {
@@ -81,6 +85,7 @@ impl FrontError {
             FrontError::TooLarge(_) => ResponseType::RequestEntityTooLarge,
             FrontError::Internal(_) => ResponseType::InternalServerError,
             FrontError::Unavailable(_) => ResponseType::ServiceUnavailable,
+            FrontError::LimitReached(_) => ResponseType::Forbidden,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod answer;
 pub mod command;
+pub mod page;
 
 pub use answer::{Format, FrontError, render_value};
 pub use command::{Command, Precondition, Write, parse_request};

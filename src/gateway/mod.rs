@@ -5,6 +5,7 @@
 //! ports), spawns the tasks and returns a handle; [`Gateway::stop`] flips the shutdown signal
 //! and waits for every task.
 
+pub mod quota;
 pub mod service;
 
 use std::collections::HashMap;

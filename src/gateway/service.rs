@@ -20,6 +20,9 @@ use crate::south::fanout::{self, AclReader};
 use crate::store::{Commit, PrivilegeStore, StoreError};
 use crate::verifier::{Decision, Verification};
 
+use super::quota::{Quota, QuotaError};
+use crate::front::page::{ListQuery, Listing};
+
 /// An answer before it becomes a CoAP response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -122,12 +125,14 @@ pub struct Service<R: AclReader> {
     reader: Arc<R>,
     in_flight: Arc<Semaphore>,
     locks: NodeLocks,
+    quota: Quota,
 }
 
 impl<R: AclReader> Service<R> {
     pub fn new(config: Arc<Config>, store: Arc<dyn PrivilegeStore>, reader: Arc<R>) -> Self {
         let inventory = Inventory::from_config(&config);
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
+        let quota = Quota::new(&config.limits, initial_counts(store.as_ref()));
         Service {
             config,
             inventory,
@@ -135,6 +140,7 @@ impl<R: AclReader> Service<R> {
             reader,
             in_flight,
             locks: NodeLocks::default(),
+            quota,
         }
     }
 
@@ -177,12 +183,7 @@ impl<R: AclReader> Service<R> {
             Command::ListPrivileges => {
                 let format = format()?;
                 self.gate(server, DmCommand::Get)?;
-                let all = self.blocking_store(|s| s.list()).await?;
-                let value = Value::Map(
-                    all.into_iter()
-                        .map(|(n, p)| (n.as_str().to_owned(), p.to_value()))
-                        .collect(),
-                );
+                let value = self.list_privileges(request).await?;
                 Ok(Answer::document(ResponseType::Content, &value, format))
             }
             Command::GetPrivilege(name) => {
@@ -251,6 +252,28 @@ impl<R: AclReader> Service<R> {
                 self.write(server, write, format).await
             }
         }
+    }
+
+    /// The listing, paged by `?after=&limit=` (`front::page`), read from the store one page
+    /// at a time.
+    async fn list_privileges(&self, request: &Packet) -> Result<Value, FrontError> {
+        let query =
+            crate::coap::uri_query(request).map_err(|e| FrontError::BadRequest(e.to_string()))?;
+        let limits = &self.config.limits;
+        let plan = Listing::decide(
+            ListQuery::parse(&query)?,
+            limits.list_default_limit,
+            limits.list_max_limit,
+        );
+        let (after, limit) = (plan.after.clone(), plan.limit);
+        let (entries, more) = self
+            .blocking_store(move |s| s.list_page(after.as_ref(), limit))
+            .await?;
+        let entries = entries
+            .into_iter()
+            .map(|(n, p)| (n, p.to_value()))
+            .collect();
+        Ok(plan.document(entries, more))
     }
 
     /// The gateway gate: the Privileges node's own ACL, checked before anything else.
@@ -416,6 +439,12 @@ impl<R: AclReader> Service<R> {
         if let Some(new) = &change.new {
             self.validate(new)?;
         }
+        // The caps, before any device traffic; the slot is given back unless committed.
+        let reservation = self.quota.reserve(
+            &server.id,
+            change.kind,
+            change.old.as_ref().map(|o| o.grantor.as_str()),
+        )?;
         let checks = change
             .checks(&self.inventory)
             .map_err(|e| FrontError::NotFound(e.to_string()))?;
@@ -498,6 +527,7 @@ impl<R: AclReader> Service<R> {
                     Commit::Delete { .. } => None,
                 };
                 let name = self.blocking_store(move |s| s.commit(commit)).await?;
+                reservation.commit();
                 tracing::info!(
                     server = %server.id, %target, %uri, verdict = "committed",
                     privilege = %name, verified = verified.len(),
@@ -534,6 +564,21 @@ impl<R: AclReader> Service<R> {
             }
         };
         Ok(answer)
+    }
+}
+
+/// What the store holds per Grantor at start. A store that cannot be listed counts as
+/// empty (logged): its entries cannot be served either, and the caps still bound new ones.
+fn initial_counts(store: &dyn PrivilegeStore) -> HashMap<String, usize> {
+    store.grantor_counts().unwrap_or_else(|e| {
+        tracing::error!("cannot count stored privileges for the caps: {e}");
+        HashMap::new()
+    })
+}
+
+impl From<QuotaError> for FrontError {
+    fn from(e: QuotaError) -> Self {
+        FrontError::LimitReached(e.to_string())
     }
 }
 
