@@ -167,3 +167,27 @@ async fn paged_listing_walks_every_entry_once_and_small_lists_keep_their_shape()
     })
     .await;
 }
+
+#[tokio::test]
+async fn paged_listing_with_the_default_limits() {
+    bounded(async {
+        let fleet = fleet().start().await;
+        let mut a = fleet.server_a().await;
+        for uri in ["/3/0", "/4/0", "/3/0"] {
+            let r = add(&mut a, "devA", "Device", uri, "Get=ServerB").await;
+            assert_eq!(r.code, "2.01", "{}", r.render());
+        }
+        let first = get(&mut a, "/GwConfig/Privileges?limit=2").await;
+        assert_eq!(first.code, "2.05", "{}", first.render());
+        let (names, next) = page_of(first.document.as_ref().unwrap());
+        assert_eq!(names.len(), 2);
+        let next = next.expect("Next on a page that is not the last");
+        let rest = get(&mut a, &format!("/GwConfig/Privileges?after={next}")).await;
+        let (more, end) = page_of(rest.document.as_ref().unwrap());
+        assert_eq!(more.len(), 1);
+        assert!(end.is_none());
+        assert!(!names.contains(&more[0]));
+        fleet.stop().await;
+    })
+    .await;
+}

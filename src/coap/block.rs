@@ -845,6 +845,20 @@ mod tests {
         assert_eq!((c.len(), c.bytes(), shared.used_bytes()), (0, 0, 0));
     }
 
+    /// Issue 6 item 6: 16 listings of 200 KB per session used to stay cached whole (3.2 MB per
+    /// session). With the default bounds a session keeps at most 1 MiB.
+    #[test]
+    fn default_bounds_keep_at_most_one_mib_per_session() {
+        let t0 = Instant::now();
+        let mut c = Block2Cache::new(Duration::from_secs(10));
+        for i in 0..16u64 {
+            let now = t0 + Duration::from_millis(i);
+            c.apply(now, i.to_be_bytes().to_vec(), None, big_response(200_000));
+        }
+        assert!(c.len() <= 5, "{} bodies of 200 KB kept", c.len());
+        assert!(!c.is_empty(), "recent bodies are still kept");
+    }
+
     #[test]
     fn cache_key_ignores_block2_but_not_path() {
         let mut a = Packet::new();

@@ -788,6 +788,25 @@ mod tests {
         assert!(s.bytes() <= 128 << 10);
     }
 
+    /// Issue 6 item 6: every response stayed for EXCHANGE_LIFETIME, so a fast client filled
+    /// the whole MID space (65 536 stored responses per peer). The default bound is 512.
+    #[test]
+    fn default_bounds_keep_a_flooding_peer_to_512_entries() {
+        let t0 = Instant::now();
+        let mut s = server();
+        for i in 0..70_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 20);
+            let dg = bytes(&request(MessageType::Confirmable, i as u16));
+            if let Inbound::Request { request, responder } = s.handle_datagram(now, &dg) {
+                let mut resp = response_to(&request, ResponseType::Content);
+                resp.payload = vec![1; 100];
+                let _ = s.respond(now, responder, resp);
+            }
+            s.handle_timeout(now);
+        }
+        assert!(s.len() <= 512, "{} entries kept", s.len());
+    }
+
     /// xorshift64*, so the fuzz loop is deterministic.
     fn next(state: &mut u64) -> u64 {
         *state ^= *state >> 12;
