@@ -253,6 +253,12 @@ pub struct GatewayConfig {
     pub ack_timeout: Duration,
     /// The gateway's own certificate, key and trust anchor for X.509 on DTLS and TLS.
     pub certs: Option<CertFiles>,
+    /// Failure reports of refused writes kept in memory at most. Default 256.
+    pub max_reports: usize,
+    /// Their CBOR size together at most (a single larger report is kept alone). Default 16 MiB.
+    pub report_max_bytes: usize,
+    /// How long a failure report is kept. Default 600 s.
+    pub report_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -297,8 +303,23 @@ struct RawGateway {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    #[serde(default = "default_max_reports")]
+    max_reports: usize,
+    #[serde(default = "default_report_max_bytes")]
+    report_max_bytes: usize,
+    #[serde(default = "default_report_max_age_s")]
+    report_max_age_s: u64,
 }
 
+fn default_max_reports() -> usize {
+    256
+}
+fn default_report_max_bytes() -> usize {
+    16 << 20
+}
+fn default_report_max_age_s() -> u64 {
+    600
+}
 fn default_store() -> PathBuf {
     PathBuf::from("privgw.redb")
 }
@@ -505,6 +526,33 @@ fn cert_files(
     }
 }
 
+/// A device's `cert`, `key` and `ca` go together, except that `ca` alone is the device's
+/// own trust anchor used with the gateway's cert and key.
+fn device_cert_files(
+    key: &str,
+    cert: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    gateway: &Option<CertFiles>,
+    base: Option<&Path>,
+) -> Result<Option<CertFiles>, ConfigError> {
+    let (None, None, Some(ca)) = (&cert, &private_key, &ca) else {
+        return cert_files(key, cert, private_key, ca, base);
+    };
+    let ca = file(&format!("{key}.ca"), ca.clone(), base)?;
+    let gateway = gateway.as_ref().ok_or_else(|| {
+        invalid(
+            format!("{key}.ca"),
+            "a ca alone is used with the gateway's cert and key: give them in [gateway] (or cert and key here)",
+        )
+    })?;
+    Ok(Some(CertFiles {
+        cert: gateway.cert.clone(),
+        key: gateway.key.clone(),
+        ca,
+    }))
+}
+
 fn cert_rule(
     key: &str,
     cert_match: Option<String>,
@@ -571,6 +619,18 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     }
     if !(10..=60_000).contains(&g.ack_timeout_ms) {
         return Err(invalid("gateway.ack_timeout_ms", "must be 10 to 60000 ms"));
+    }
+    if !(1..=65_536).contains(&g.max_reports) {
+        return Err(invalid("gateway.max_reports", "must be 1 to 65536"));
+    }
+    if !(1024..=1 << 30).contains(&g.report_max_bytes) {
+        return Err(invalid(
+            "gateway.report_max_bytes",
+            "must be 1024 to 1073741824",
+        ));
+    }
+    if !(1..=86_400).contains(&g.report_max_age_s) {
+        return Err(invalid("gateway.report_max_age_s", "must be 1 to 86400 s"));
     }
     let south_bind = g
         .south_bind
@@ -746,7 +806,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             }
         };
         let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
-        let own_certs = cert_files(&key, d.cert, d.key, d.ca, base)?;
+        let own_certs = device_cert_files(&key, d.cert, d.key, d.ca, &gateway_certs, base)?;
         let rule = cert_rule(&key, d.cert_match, d.spki_sha256)?;
         // Certificates are used towards a device on coaps+tcp://, and on coaps:// when no
         // PSK is given; the device's own files win over the gateway's.
@@ -847,6 +907,9 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             south_bind,
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             certs: gateway_certs.clone(),
+            max_reports: g.max_reports,
+            report_max_bytes: g.report_max_bytes,
+            report_max_age: Duration::from_secs(g.report_max_age_s),
         },
         servers,
         devices,
@@ -901,6 +964,9 @@ members = ["devA", "devB"]
         assert_eq!(c.gateway.listen[1].addr, "[::1]:5683".parse().unwrap());
         assert_eq!(c.gateway.device_timeout, Duration::from_millis(3000));
         assert_eq!(c.gateway.max_in_flight, 256);
+        assert_eq!(c.gateway.max_reports, 256);
+        assert_eq!(c.gateway.report_max_bytes, 16 << 20);
+        assert_eq!(c.gateway.report_max_age, Duration::from_secs(600));
         assert_eq!(c.servers[1].psk.as_ref().unwrap().key, vec![0x0a, 0x0b]);
         assert_eq!(c.devices[1].profile, Profile::Dm(DmPolicy::Replace));
         assert_eq!(c.groups[0].members, vec!["devA", "devB"]);
@@ -932,6 +998,24 @@ members = ["devA", "devB"]
     fn unknown_key_is_refused() {
         let e = error_of(&GOOD.replace("store =", "stroe ="));
         assert!(e.contains("stroe"), "{e}");
+    }
+
+    #[test]
+    fn report_bounds_are_read_and_checked() {
+        let text = GOOD.replace(
+            "store = \"privgw.redb\"",
+            "store = \"privgw.redb\"\nmax_reports = 8\nreport_max_bytes = 4096\nreport_max_age_s = 30",
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(c.gateway.max_reports, 8);
+        assert_eq!(c.gateway.report_max_age, Duration::from_secs(30));
+        assert_eq!(c.gateway.report_max_bytes, 4096);
+        let e = error_of(&text.replace("report_max_bytes = 4096", "report_max_bytes = 10"));
+        assert!(e.contains("gateway.report_max_bytes"), "{e}");
+        let e = error_of(&text.replace("max_reports = 8", "max_reports = 0"));
+        assert!(e.contains("gateway.max_reports"), "{e}");
+        let e = error_of(&text.replace("report_max_age_s = 30", "report_max_age_s = 0"));
+        assert!(e.contains("gateway.report_max_age_s"), "{e}");
     }
 
     #[test]
@@ -995,6 +1079,35 @@ cert_match = "cn:devA"
             "devices default to the gateway's files"
         );
         assert_eq!(c.devices[0].uri.scheme, Scheme::CoapsTcp);
+    }
+
+    #[test]
+    fn a_device_ca_alone_is_its_anchor_with_the_gateways_cert_and_key() {
+        let c = Config::parse(&CERTS.replace(
+            "cert_match = \"cn:devA\"",
+            "cert_match = \"cn:devA\"\nca = \"certs/devB.pem\"",
+        ))
+        .expect("a ca alone is valid");
+        let gateway = c.gateway.certs.as_ref().unwrap();
+        let device = c.devices[0].certs.as_ref().unwrap();
+        assert_eq!((&device.cert, &device.key), (&gateway.cert, &gateway.key));
+        assert_eq!(device.ca, Path::new("certs/devB.pem"));
+
+        // Without the gateway's cert and key there is nothing to present.
+        let e = error_of(&GOOD.replace(
+            "psk_key = \"devkeyA\"",
+            "psk_key = \"devkeyA\"\nca = \"certs/ca.pem\"",
+        ));
+        assert!(
+            e.contains("devices[0].ca") && e.contains("[gateway]"),
+            "{e}"
+        );
+        // A cert without its key still fails.
+        let e = error_of(&CERTS.replace(
+            "cert_match = \"cn:devA\"",
+            "cert = \"certs/devA.pem\"\nca = \"certs/ca.pem\"",
+        ));
+        assert!(e.contains("go together"), "{e}");
     }
 
     #[test]

@@ -366,6 +366,40 @@ async fn dtls_pinned_server_with_another_key_under_the_same_name_is_4_01() {
     .await;
 }
 
+/// Issue 6 item 1 over DTLS: a certificate from ServerB's own CA named `serverA.example`
+/// is not ServerA (4.01, no device asked); that CA still vouches for ServerB, and the
+/// gateway's CA for ServerA (PSK too).
+#[tokio::test]
+async fn dtls_a_servers_own_ca_vouches_for_that_server_only() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (builder, b_ca) = server_b_with_own_ca(mixed_fleet(), dir.path());
+        let fleet = builder.start().await;
+        let impostor = b_ca
+            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
+            .unwrap();
+        let mut fake_a = fleet
+            .dtls_client(&mint(dir.path(), "fake-serverA", &impostor))
+            .await;
+        let reply = add(&mut fake_a, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        let reply = get(&mut fake_a, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+
+        let real_b = b_ca
+            .issue("serverB", &["serverB.example"], &[], &[], Profile::Both, 30)
+            .unwrap();
+        let mut b = fleet
+            .dtls_client(&mint(dir.path(), "serverB", &real_b))
+            .await;
+        let reply = get(&mut b, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        gateway_unharmed(&fleet).await;
+        fleet.stop().await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // South: devices over DTLS-X.509
 // ---------------------------------------------------------------------------------------
@@ -494,6 +528,106 @@ async fn dtls_x509_device_from_a_foreign_ca_is_secure_channel() {
             &[r#"cert_match = "san-dns:devT.example""#],
         )
         .await;
+        x509_device_is_secure_channel_failure(&fleet).await;
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// 127.0.0.2: the address of "another device" on loopback.
+const OTHER_DEVICE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// Issue 6 item 2: without `cert_match`, a device certificate from the trusted CA that is
+/// valid only for another device's address (IP SAN 127.0.0.2) is refused at devT's
+/// address (127.0.0.1) over DTLS, as TLS refuses it: `secure-channel`, no request, and the
+/// detail says why.
+#[tokio::test]
+async fn dtls_x509_device_certificate_for_another_address_is_secure_channel() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = committed_pki()
+            .issue(
+                "devB",
+                &["devB.example"],
+                &[],
+                &[OTHER_DEVICE],
+                Profile::Both,
+                30,
+            )
+            .unwrap();
+        let fleet = x509_device_fleet(mint(dir.path(), "devB-elsewhere", &elsewhere), &[]).await;
+        let mut a = fleet.server_a().await;
+        let reply = device_is_secure_channel_failure(&fleet, &mut a).await;
+        let shown = reply.render();
+        assert!(shown.contains("IP address mismatch"), "{shown}");
+        assert!(shown.contains("127.0.0.1"), "{shown}");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// The same device at the other device's address: its certificate (IP SAN 127.0.0.1 only,
+/// the committed devA) is not valid for 127.0.0.2.
+#[tokio::test]
+async fn dtls_x509_device_at_an_address_its_certificate_does_not_name_is_secure_channel() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .gateway_certs(CertPaths::committed("gateway"))
+            .device_listen("coaps://127.0.0.2:0")
+            .device_certs(Some(CertPaths::committed("devA")))
+            .device_psk(false)
+            .lwm2m("devT", vec![ac(0, 3, 0, SSID_A)])
+            .device_listen("coaps://127.0.0.1:0")
+            .device_certs(None)
+            .device_psk(true)
+            .lwm2m("devB", vec![ac(0, 3, 0, SSID_A)])
+            .group("G1", &["devT", "devB"])
+            .start()
+            .await;
+        assert_eq!(fleet.device_uri("devT").addr.ip(), OTHER_DEVICE);
+        x509_device_is_secure_channel_failure(&fleet).await;
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Control: with no `cert_match`, a certificate valid for the device's address is enough.
+#[tokio::test]
+async fn dtls_x509_device_certificate_for_its_own_address_is_verified() {
+    bounded(async {
+        let fleet = x509_device_fleet(CertPaths::committed("devA"), &[]).await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// A device entry may give `ca` alone: its own trust anchor, with the gateway's cert and
+/// key. A device certified by another CA is then verified (over DTLS-X.509), and the
+/// gateway's CA no longer vouches for that device.
+#[tokio::test]
+async fn dtls_x509_device_with_its_own_ca_alone_is_verified_against_that_ca_only() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let own = Pki::new_ca("devT's own CA").unwrap();
+        let own_ca = dir.path().join("devT-ca.pem");
+        std::fs::write(&own_ca, own.ca.cert_pem().unwrap()).unwrap();
+        let ca_line = format!("ca = {own_ca:?}");
+        let cert = own
+            .issue("devT", &["devT.example"], &[], &LOOPBACK, Profile::Both, 30)
+            .unwrap();
+        let fleet = x509_device_fleet(mint(dir.path(), "devT", &cert), &[&ca_line]).await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+        fleet.stop().await;
+
+        // The committed devA certificate (the gateway's CA) where devT's own CA is expected.
+        let fleet = x509_device_fleet(CertPaths::committed("devA"), &[&ca_line]).await;
         x509_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })

@@ -398,6 +398,144 @@ async fn north_libcoap_nosec_get_from_configured_address() {
     n.stop().await;
 }
 
+/// 30 simulated devices `dev00`..`dev29` over plain UDP, each denying server A /3/0 (owner
+/// SSID 102), and the gateway with group G1 of all of them.
+async fn thirty_denying_devices(scratch: &Scratch) -> (Vec<RunningDevice>, GatewayFixture) {
+    let mut devices = Vec::new();
+    let mut entries = Vec::new();
+    for i in 0..30 {
+        let id = format!("dev{i:02}");
+        let config = DeviceSimConfig {
+            id: id.clone(),
+            listen: "coap://127.0.0.1:0".to_owned(),
+            profile: "lwm2m".to_owned(),
+            psk_identity: None,
+            psk_key: None,
+            psk_key_hex: None,
+            cert: None,
+            key: None,
+            ca: None,
+            behaviour: Behaviour::Normal,
+            access_control: vec![AcInstance {
+                instance: 0,
+                object: 3,
+                object_instance: 0,
+                owner: SSID_B,
+                acl: [(SSID_B.to_string(), 31)].into_iter().collect(),
+            }],
+            acls: Default::default(),
+        };
+        let dev = RunningDevice::start(&config)
+            .await
+            .expect("start a simulated device");
+        entries.push(DeviceEntry {
+            id,
+            uri: dev.uri().to_string(),
+            psk: None,
+        });
+        devices.push(dev);
+    }
+    let gw = GatewayFixture::start(scratch, &entries).await;
+    (devices, gw)
+}
+
+/// Issue 6 item 7, end to end: `coap-client-openssl` as server A adds G1 /3/0 on 30 denying
+/// devices. The 4.03 comes in one PDU (no Block2, no ETag, so libcoap shows all of it) with
+/// FailedCount 30, `Truncated: true` and a `Report` path; coap-client then GETs the report
+/// (2.05, Block2 as usual) and gets all 30 DeviceIDs with details. Server B's coap-client gets
+/// 4.04 on the same path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn north_libcoap_reads_a_truncated_failure_answer_and_its_report() {
+    require_libcoap();
+    let scratch = Arc::new(Scratch::new());
+    let (devices, gw) = thirty_denying_devices(&scratch).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("dev{i:02}")).collect();
+
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("G1", "Group", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    let response = run.expect_code("4.03");
+    assert_eq!(run.responses().len(), 1, "one PDU\n{}", run.transcript());
+    for option in ["Block2", "ETag", "Size2"] {
+        assert!(
+            !response.options.contains(option),
+            "no {option} on an error\n{}",
+            run.transcript()
+        );
+    }
+    let body = run.cbor_body();
+    assert_eq!(
+        body.get("Status").and_then(Value::as_int),
+        Some(425),
+        "{body:?}"
+    );
+    assert_eq!(
+        body.get("FailedCount").and_then(Value::as_int),
+        Some(30),
+        "{body:?}"
+    );
+    assert_eq!(
+        body.get("Truncated").and_then(Value::as_bool),
+        Some(true),
+        "{body:?}"
+    );
+    // 30 entries fit 1024 bytes once their Detail is dropped (Detail goes first).
+    let kept = failed_ids(&body);
+    assert!(!kept.is_empty(), "{body:?}");
+    assert_eq!(kept, ids[..kept.len()], "a sorted prefix: {body:?}");
+    let has_detail = |doc: &Value| {
+        doc.get("Failed")
+            .and_then(Value::as_array)
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.get("Detail").is_some())
+            .collect::<Vec<bool>>()
+    };
+    assert!(has_detail(&body).iter().all(|d| !d), "{body:?}");
+    let report = body
+        .get("Report")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no Report: {body:?}"))
+        .to_owned();
+    assert!(report.starts_with("/GwConfig/Reports/"), "{report}");
+
+    let out = scratch.file("report.out").to_string_lossy().into_owned();
+    let url = gw.coaps_url(&report);
+    let run = run_client(
+        &scratch,
+        &[
+            "-m", "get", "-u", "serverA", "-k", "secretA", "-o", &out, &url,
+        ],
+    )
+    .await;
+    run.expect_code("2.05");
+    assert!(
+        run.responses().len() > 1,
+        "the report came in several blocks\n{}",
+        run.transcript()
+    );
+    let full = run.output_cbor();
+    assert_eq!(failed_ids(&full), ids, "{full:?}");
+    assert_eq!(failed_reasons(&full), vec!["denied"; 30], "{full:?}");
+    assert_eq!(full.get("FailedCount").and_then(Value::as_int), Some(30));
+    assert_eq!(has_detail(&full), vec![true; 30], "{full:?}");
+
+    let run = run_client(
+        &scratch,
+        &["-m", "get", "-u", "serverB", "-k", "secretB", &url],
+    )
+    .await;
+    run.expect_code("4.04");
+    gw.stop().await;
+    for d in devices {
+        d.stop().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. libcoap as devices (south) over DTLS-PSK
 // ---------------------------------------------------------------------------------------

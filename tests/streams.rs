@@ -1,7 +1,8 @@
 //! CoAP over TCP and TLS (RFC 8323) end to end: the four seed sequences with server A on
 //! `coaps+tcp://` (identified by its certificate) and the devices of one group spread over
 //! `coaps+tcp://` (TLS, certificate rule), `coap+tcp://` and `coaps://` (DTLS-PSK); server A
-//! over `coap+tcp://` (NoSec address); a large answer under the peer's Max-Message-Size; and
+//! over `coap+tcp://` (NoSec address); a long failure list under the peer's Max-Message-Size
+//! (truncated into one frame, its report block-wise); and
 //! malformed frames, Ping/Pong and silent connections on a raw `tokio::net::TcpStream`.
 
 mod support;
@@ -182,6 +183,12 @@ async fn many_fleet() -> Fleet {
 
 fn assert_forty_denied(reply: &privgw::cli::ctl::Reply) {
     assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_forty_denied_in(reply);
+}
+
+/// `Status` 425 and every device denied, sorted, each with its Detail (the whole 4.03, or
+/// the report's 2.05).
+fn assert_forty_denied_in(reply: &privgw::cli::ctl::Reply) {
     assert_eq!(status(reply), Some(425));
     let expected: Vec<(String, String)> = many_ids()
         .into_iter()
@@ -219,12 +226,29 @@ async fn forty_denied_devices_arrive_complete_over_tls() {
     .await;
 }
 
+/// The `Report` path of a truncated 4.03 for the 40 devices (FailedCount 40, Truncated, a
+/// sorted prefix of the entries without Detail).
+fn truncated_forty(reply: &privgw::cli::ctl::Reply) -> String {
+    assert_eq!(reply.code, "4.03", "{}", reply.render());
+    assert_eq!(status(reply), Some(425));
+    let doc = reply.document.as_ref().expect("a document");
+    assert_eq!(
+        doc.get("FailedCount").and_then(Value::as_int),
+        Some(MANY as i64)
+    );
+    assert_eq!(doc.get("Truncated").and_then(Value::as_bool), Some(true));
+    let kept = reply.failed_ids();
+    assert_eq!(kept, many_ids()[..kept.len()], "a sorted prefix");
+    text(doc, "Report").expect("a Report path").to_owned()
+}
+
 #[tokio::test]
-async fn forty_denied_devices_arrive_complete_to_a_peer_with_the_default_max_message_size() {
+async fn forty_denied_devices_to_a_peer_with_the_default_max_message_size_get_a_report() {
     bounded(async {
         let fleet = many_fleet().await;
-        // Our own client advertising 1152 bytes: the gateway must slice (Block2) and the
-        // client reassemble.
+        // Our own client advertising 1152 bytes: the error answer is fitted to one frame
+        // (never Block2); the complete list is the report, which is sliced (Block2) and
+        // reassembled as any 2.05.
         let tcp = TcpStream::connect(fleet.coap_tcp().addr).await.unwrap();
         let mut small = StreamClient::new(tcp, 1152, Duration::from_secs(20));
         let mut post = Packet::new();
@@ -233,9 +257,19 @@ async fn forty_denied_devices_arrive_complete_to_a_peer_with_the_default_max_mes
         coap::set_content_format(&mut post, 60);
         post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
         let response = small.request(post).await.expect("answered");
-        let reply = reply_of(response);
-        assert_forty_denied(&reply);
-        // The Block2 follow-ups were served from the cached answer, not by asking again.
+        assert!(
+            response.payload.len() <= 1152,
+            "{} bytes",
+            response.payload.len()
+        );
+        let report = truncated_forty(&reply_of(response));
+        let mut get = Packet::new();
+        get.header.code = MessageClass::Request(RequestType::Get);
+        coap::set_uri(&mut get, &report);
+        let full = reply_of(small.request(get).await.expect("answered"));
+        assert_eq!(full.code, "2.05", "{}", full.render());
+        assert!(full.payload.len() > 1152, "{} bytes", full.payload.len());
+        assert_forty_denied_in(&full);
         for (id, n) in fleet.requests() {
             assert_eq!(n, 1, "{id} asked {n} times for one POST");
         }
@@ -267,43 +301,46 @@ async fn every_frame_of_a_large_answer_fits_a_raw_peer_that_advertises_nothing()
         let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
         // A CSM without Max-Message-Size: the gateway must assume 1152 (RFC 8323 §5.3.1).
         raw.send(&[0x00, CSM]).await;
+        // The POST of the 40-device group failure: one frame, no Block2, no ETag.
+        let mut post = Packet::new();
+        post.header.code = MessageClass::Request(RequestType::Post);
+        post.set_token(vec![0x0f]);
+        coap::set_uri(&mut post, "/GwConfig/Privileges");
+        coap::set_content_format(&mut post, 60);
+        post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
+        raw.send_packet(&post).await;
+        let (frame, response) = next_response(&mut raw).await;
+        assert!(frame.size <= 1152, "frame of {} bytes", frame.size);
+        assert!(response.get_first_option(CoapOption::Block2).is_none());
+        assert!(response.get_first_option(CoapOption::ETag).is_none());
+        let report = truncated_forty(&reply_of(response));
+
+        // The report, block by block, each frame within 1152 bytes.
         let mut body = Vec::new();
         let mut num = 0;
         let mut frames = 0;
         loop {
-            // The POST of the 40-device group failure; follow-ups repeat it with Block2.
-            let mut post = Packet::new();
-            post.header.code = MessageClass::Request(RequestType::Post);
-            post.set_token(vec![0x10, num as u8]);
-            coap::set_uri(&mut post, "/GwConfig/Privileges");
-            coap::set_content_format(&mut post, 60);
-            post.payload = privilege_body("G40", "Group", "/4/0", "Get=ServerB").to_cbor();
+            let mut get = Packet::new();
+            get.header.code = MessageClass::Request(RequestType::Get);
+            get.set_token(vec![0x10, num as u8]);
+            coap::set_uri(&mut get, &report);
             if num > 0 {
                 let b = BlockOption {
                     num,
                     more: false,
                     szx: 6,
                 };
-                post.add_option(CoapOption::Block2, b.encode().unwrap());
+                get.add_option(CoapOption::Block2, b.encode().unwrap());
             }
-            raw.send_packet(&post).await;
-            let (frame, response) = loop {
-                let frame = raw
-                    .next_frame()
-                    .await
-                    .expect("a frame")
-                    .expect("not closed");
-                if frame.code != CSM {
-                    break (frame.clone(), frame.packet.expect("a response"));
-                }
-            };
+            raw.send_packet(&get).await;
+            let (frame, response) = next_response(&mut raw).await;
             frames += 1;
             assert!(
                 frame.size <= 1152,
                 "frame of {} bytes to a 1152-byte peer",
                 frame.size
             );
-            assert_eq!(coap::code_string(response.header.code), "4.03");
+            assert_eq!(coap::code_string(response.header.code), "2.05");
             assert_eq!(response.get_token(), &[0x10, num as u8]);
             body.extend_from_slice(&response.payload);
             match BlockOption::block2(&response) {
@@ -312,21 +349,35 @@ async fn every_frame_of_a_large_answer_fits_a_raw_peer_that_advertises_nothing()
             }
             assert!(frames < 100, "too many blocks");
         }
-        assert!(frames >= 2, "the answer for {MANY} devices fit one frame?");
+        assert!(frames >= 2, "the report for {MANY} devices fit one frame?");
         let reply = reply_of({
             let mut p = Packet::new();
-            p.header.code = MessageClass::Response(coap::ResponseType::Forbidden);
+            p.header.code = MessageClass::Response(coap::ResponseType::Content);
             coap::set_content_format(&mut p, 60);
             p.payload = body;
             p
         });
-        assert_forty_denied(&reply);
+        assert_forty_denied_in(&reply);
         for (id, n) in fleet.requests() {
             assert_eq!(n, 1, "{id} asked {n} times for one POST");
         }
         fleet.stop().await;
     })
     .await;
+}
+
+/// The next response frame (CSMs skipped) and its packet.
+async fn next_response(raw: &mut Raw) -> (Frame, Packet) {
+    loop {
+        let frame = raw
+            .next_frame()
+            .await
+            .expect("a frame")
+            .expect("not closed");
+        if frame.code != CSM {
+            return (frame.clone(), frame.packet.expect("a response"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

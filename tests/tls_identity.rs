@@ -272,6 +272,41 @@ async fn a_server_cert_entry_pins_that_certificates_key() {
     .await;
 }
 
+/// Issue 6 item 1: ServerB's own CA issues a certificate named `serverA.example`. It chains
+/// to an anchor the gateway trusts, but not to one trusted *for ServerA* (the gateway's
+/// `ca` or ServerA's own), so it is nobody: 4.01, no device asked. The same CA still
+/// vouches for ServerB, and the gateway's CA for ServerA.
+#[tokio::test]
+async fn a_servers_own_ca_vouches_for_that_server_only() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (builder, b_ca) = server_b_with_own_ca(fleet(&[]), dir.path());
+        let fleet = builder.start().await;
+        let impostor = b_ca
+            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
+            .unwrap();
+        let mut fake_a = fleet
+            .tls_client(&mint(dir.path(), "fake-serverA", &impostor))
+            .await;
+        let reply = add(&mut fake_a, "G1", "Group", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        let reply = get(&mut fake_a, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+
+        let real_b = b_ca
+            .issue("serverB", &["serverB.example"], &[], &[], Profile::Both, 30)
+            .unwrap();
+        let mut b = fleet
+            .tls_client(&mint(dir.path(), "serverB", &real_b))
+            .await;
+        let reply = get(&mut b, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        gateway_unharmed(&fleet).await;
+        fleet.stop().await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // South: devices over TLS
 // ---------------------------------------------------------------------------------------

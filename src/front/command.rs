@@ -10,6 +10,7 @@
 //! | PUT | `/GwConfig/Privileges/<x>` | CBOR/JSON map | Add if absent, Replace if present |
 //! | DELETE | `/GwConfig/Privileges/<x>` | – | Delete |
 //! | GET/PUT | `/GwConfig/Privileges/<x>/<leaf>` | text/plain | Get / Replace one leaf |
+//! | GET | `/GwConfig/Reports/<id>` | – | the complete failure report of a refused write |
 
 use crate::coap::{self, CoapOption, MessageClass, Packet, RequestType};
 
@@ -61,6 +62,8 @@ pub enum Command {
     GetGroup(String),
     ListDevices,
     GetDevice(String),
+    /// The failure report `<id>` of a refused write (only its requester may read it).
+    GetReport(String),
     Write(Write),
 }
 
@@ -156,6 +159,8 @@ pub fn parse_request(request: &Packet) -> Result<Command, FrontError> {
         (["GwConfig", "Devices"], Get) => Ok(Command::ListDevices),
         (["GwConfig", "Devices", d], Get) => Ok(Command::GetDevice((*d).to_owned())),
         (["GwConfig", "Groups" | "Devices", ..], _) if segments.len() <= 3 => not_allowed(),
+        (["GwConfig", "Reports", id], Get) => Ok(Command::GetReport((*id).to_owned())),
+        (["GwConfig", "Reports", _], _) => not_allowed(),
         _ => Err(FrontError::NotFound(display)),
     }
 }
@@ -253,6 +258,22 @@ mod tests {
         assert!(matches!(
             parse_request(&request(RequestType::Put, "/GwConfig/Groups/G1")),
             Err(FrontError::MethodNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn reports_are_read_only_and_not_listed() {
+        assert_eq!(
+            parse_request(&request(RequestType::Get, "/GwConfig/Reports/ab12")).unwrap(),
+            Command::GetReport("ab12".into())
+        );
+        assert!(matches!(
+            parse_request(&request(RequestType::Delete, "/GwConfig/Reports/ab12")),
+            Err(FrontError::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            parse_request(&request(RequestType::Get, "/GwConfig/Reports")),
+            Err(FrontError::NotFound(_))
         ));
     }
 

@@ -8,11 +8,13 @@
 //! | `/GwConfig/Privileges/<x>` | GET, PUT (Add/Replace; If-None-Match, If-Match), DELETE |
 //! | `/GwConfig/Privileges/<x>/<leaf>` | GET; PUT on `TargetID`, `TargetType`, `URI`, `ACL` |
 //! | `/GwConfig/Groups[/<id>]`, `/GwConfig/Devices[/<id>]` | GET |
+//! | `/GwConfig/Reports/<id>` | GET (the requesting server only; see [`refusal`]) |
 //! | `/.well-known/core` | GET |
 
 pub mod answer;
 pub mod command;
 pub mod page;
+pub mod refusal;
 
 pub use answer::{Format, FrontError, render_value};
 pub use command::{Command, Precondition, Write, parse_request};

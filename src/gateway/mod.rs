@@ -6,6 +6,7 @@
 //! and waits for every task.
 
 pub mod quota;
+pub mod reports;
 pub mod service;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use crate::runtime::{
 };
 use crate::south::{South, SouthError};
 use crate::store::{RedbStore, StoreError};
-use crate::transport::cert::CertRule;
+use crate::transport::cert::{Anchors, ScopedRule};
 use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError};
@@ -51,7 +52,8 @@ pub struct North {
     cache_limits: crate::coap::CacheLimits,
     by_psk: HashMap<Vec<u8>, Arc<ServerConfig>>,
     by_address: HashMap<IpAddr, Arc<ServerConfig>>,
-    by_certificate: Vec<(CertRule, Arc<ServerConfig>)>,
+    /// Each certificate server's rule, scoped to the gateway's CA and its own `ca`.
+    by_certificate: Vec<(ScopedRule, Arc<ServerConfig>)>,
 }
 
 impl North {
@@ -63,7 +65,7 @@ impl North {
                 let mut matching = self
                     .by_certificate
                     .iter()
-                    .filter(|(rule, _)| rule.matches(cert));
+                    .filter(|(rule, _)| rule.admits(cert));
                 let first = matching.next().map(|(_, s)| s);
                 if let Some(second) = matching.next() {
                     // Two servers claim one certificate: trust neither.
@@ -87,6 +89,11 @@ impl Handler for North {
     }
 
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
+        self.handle_within(peer, request, service::DEFAULT_MAX_PAYLOAD)
+            .await
+    }
+
+    async fn handle_within(&self, peer: &PeerInfo, request: Packet, max_payload: usize) -> Packet {
         let Some(server) = self.server_of(peer) else {
             tracing::warn!(addr = %peer.addr, identity = %peer.identity, "unknown server identity: 4.01");
             let mut p = Packet::new();
@@ -104,7 +111,10 @@ impl Handler for North {
             %path
         );
         async {
-            let answer = self.service.handle(server, &request).await;
+            let answer = self
+                .service
+                .handle_within(server, &request, max_payload)
+                .await;
             tracing::info!(code = %service::code_str(answer.code), "answered");
             answer.into_packet()
         }
@@ -128,7 +138,8 @@ fn method_name(code: MessageClass) -> &'static str {
 }
 
 /// The TLS server for `coaps+tcp://` listeners: the gateway's certificate, trusting the
-/// gateway's CA and every server's own `ca`.
+/// gateway's CA and every server's own `ca` (which server a chain may be is then scoped to
+/// its anchors by [`scoped_rules`]).
 fn tls_server(config: &Config) -> Result<TlsServer, GatewayError> {
     let files = config.gateway.certs.as_ref().ok_or_else(|| {
         GatewayError::Credentials("coaps+tcp:// needs the gateway's cert, key and ca".into())
@@ -147,7 +158,8 @@ fn tls_server(config: &Config) -> Result<TlsServer, GatewayError> {
 }
 
 /// The gateway's certificate for `coaps://` listeners (offered next to PSK), trusting the
-/// gateway's CA and every server's own `ca`; `None` without gateway certificates.
+/// gateway's CA and every server's own `ca` (scoped per server by [`scoped_rules`]); `None`
+/// without gateway certificates.
 fn dtls_certificates(config: &Config) -> Result<Option<X509Credentials>, GatewayError> {
     let Some(files) = &config.gateway.certs else {
         return Ok(None);
@@ -162,6 +174,40 @@ fn dtls_certificates(config: &Config) -> Result<Option<X509Credentials>, Gateway
         }
     }
     Ok(Some(creds))
+}
+
+/// Each certificate server's rule, counting only for chains verified to the gateway's `ca`
+/// or to that server's own `ca` (issue 6: every `ca` is in the listeners' trust store, so
+/// without this scope one server's CA could vouch for another server's name).
+fn scoped_rules(
+    config: &Config,
+    servers: &[Arc<ServerConfig>],
+) -> Result<Vec<(ScopedRule, Arc<ServerConfig>)>, GatewayError> {
+    let read = |path: &std::path::Path| {
+        X509Credentials::ca_from_pem_file(path)
+            .map(|certs| Anchors::of(&certs))
+            .map_err(|e| GatewayError::Credentials(e.to_string()))
+    };
+    let gateway = match &config.gateway.certs {
+        Some(files) => read(&files.ca)?,
+        None => Anchors::default(),
+    };
+    let mut rules = Vec::new();
+    for server in servers {
+        let Some(rule) = &server.cert_rule else {
+            continue;
+        };
+        let anchors = match &server.ca {
+            Some(ca) => gateway.union(&read(ca)?),
+            None => gateway.clone(),
+        };
+        let scoped = ScopedRule {
+            rule: rule.clone(),
+            anchors,
+        };
+        rules.push((scoped, server.clone()));
+    }
+    Ok(rules)
 }
 
 /// Bound on a northbound TLS handshake.
@@ -193,10 +239,7 @@ impl Gateway {
             .iter()
             .filter_map(|s| s.nosec_address.map(|a| (a, s.clone())))
             .collect();
-        let by_certificate = servers
-            .iter()
-            .filter_map(|s| s.cert_rule.clone().map(|r| (r, s.clone())))
-            .collect();
+        let by_certificate = scoped_rules(&config, &servers)?;
         let keys: HashMap<Vec<u8>, Vec<u8>> = config
             .servers
             .iter()

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use coap_lite::{CoapOption, Packet, ResponseType};
 use tokio::sync::Semaphore;
@@ -12,16 +12,23 @@ use tokio::sync::Semaphore;
 use crate::acl::DmCommand;
 use crate::acl::lwm2m::LwPath;
 use crate::config::{Config, Profile, ServerConfig};
-use crate::front::{Command, Format, FrontError, Precondition, Write, parse_request, render_value};
+use crate::front::{
+    Command, Format, FrontError, Precondition, Write, parse_request, refusal, render_value,
+};
+use crate::gateway::reports::{REPORTS_PATH, ReportLimits, ReportStore, new_report_id};
 use crate::lwm2m::content_format;
 use crate::mo::privilege::rfc3339;
 use crate::mo::{Change, ChangeKind, Inventory, Privilege, PrivilegeName, Value};
 use crate::south::fanout::{self, AclReader};
 use crate::store::{Commit, PrivilegeStore, StoreError};
-use crate::verifier::{Decision, Verification};
+use crate::verifier::{Decision, Failure, RejectKind, Verification};
 
 use super::quota::{Quota, QuotaError};
 use crate::front::page::{ListQuery, Listing};
+
+/// The payload one message carries on UDP/DTLS without Block2 (SZX 6); what an answer may
+/// use when the transport does not say otherwise.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024;
 
 /// An answer before it becomes a CoAP response.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +133,8 @@ pub struct Service<R: AclReader> {
     in_flight: Arc<Semaphore>,
     locks: NodeLocks,
     quota: Quota,
+    /// Complete failure lists of refused writes whose answer was truncated.
+    reports: Mutex<ReportStore>,
 }
 
 impl<R: AclReader> Service<R> {
@@ -133,6 +142,11 @@ impl<R: AclReader> Service<R> {
         let inventory = Inventory::from_config(&config);
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
         let quota = Quota::new(&config.limits, initial_counts(store.as_ref()));
+        let reports = Mutex::new(ReportStore::new(ReportLimits {
+            max_count: config.gateway.max_reports,
+            max_bytes: config.gateway.report_max_bytes,
+            max_age: config.gateway.report_max_age,
+        }));
         Service {
             config,
             inventory,
@@ -141,6 +155,7 @@ impl<R: AclReader> Service<R> {
             in_flight,
             locks: NodeLocks::default(),
             quota,
+            reports,
         }
     }
 
@@ -148,9 +163,21 @@ impl<R: AclReader> Service<R> {
         &self.config
     }
 
-    /// Answers one request from `server`.
+    /// Answers one request from `server`, for a message of [`DEFAULT_MAX_PAYLOAD`] bytes.
     pub async fn handle(&self, server: &Arc<ServerConfig>, request: &Packet) -> Answer {
-        match self.execute(server, request).await {
+        self.handle_within(server, request, DEFAULT_MAX_PAYLOAD)
+            .await
+    }
+
+    /// Answers one request from `server`. `max_payload` is what one message to this client
+    /// carries: an error answer (which is never sliced into blocks) stays within it.
+    pub async fn handle_within(
+        &self,
+        server: &Arc<ServerConfig>,
+        request: &Packet,
+        max_payload: usize,
+    ) -> Answer {
+        match self.execute(server, request, max_payload).await {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::info!(server = %server.id, code = %code_str(e.code()), "refused: {e}");
@@ -163,6 +190,7 @@ impl<R: AclReader> Service<R> {
         &self,
         server: &Arc<ServerConfig>,
         request: &Packet,
+        max_payload: usize,
     ) -> Result<Answer, FrontError> {
         let command = parse_request(request)?;
         let accept = crate::coap::accept(request);
@@ -247,9 +275,17 @@ impl<R: AclReader> Service<R> {
                     format,
                 ))
             }
+            Command::GetReport(id) => {
+                let format = format()?;
+                let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+                let body = reports
+                    .get(Instant::now(), &id, &server.id)
+                    .ok_or_else(|| FrontError::NotFound(format!("{REPORTS_PATH}/{id}")))?;
+                Ok(Answer::document(ResponseType::Content, body, format))
+            }
             Command::Write(write) => {
                 let format = format()?;
-                self.write(server, write, format).await
+                self.write(server, write, format, max_payload).await
             }
         }
     }
@@ -342,11 +378,13 @@ impl<R: AclReader> Service<R> {
     }
 
     /// Runs a verified write: gate, validate, verify on every target device, commit, answer.
+    /// A refusal's answer fits `max_payload` (truncated, with a report, if need be).
     pub async fn write(
         &self,
         server: &Arc<ServerConfig>,
         write: Write,
         format: Format,
+        max_payload: usize,
     ) -> Result<Answer, FrontError> {
         let node = match &write {
             Write::Post { .. } => None,
@@ -477,30 +515,7 @@ impl<R: AclReader> Service<R> {
                     status = kind.status(), failed = ?ids,
                     "{:?} not committed", change.kind
                 );
-                let body = Value::map([
-                    ("Status", Value::Int(i64::from(kind.status()))),
-                    (
-                        "Failed",
-                        Value::Array(
-                            failed
-                                .iter()
-                                .map(|f| {
-                                    Value::map([
-                                        ("DeviceID", Value::text(&f.device_id)),
-                                        ("Reason", Value::text(f.reason.as_str())),
-                                        ("Detail", Value::text(&f.detail)),
-                                    ])
-                                })
-                                .collect(),
-                        ),
-                    ),
-                ]);
-                let code = match kind {
-                    crate::verifier::RejectKind::Forbidden => ResponseType::Forbidden,
-                    crate::verifier::RejectKind::Timeout => ResponseType::GatewayTimeout,
-                    crate::verifier::RejectKind::BadGateway => ResponseType::BadGateway,
-                };
-                Answer::document(code, &body, format)
+                self.refusal(server, kind, &failed, format, max_payload)?
             }
             Decision::Commit { verified } => {
                 let stamp = |mut p: Privilege| {
@@ -579,6 +594,45 @@ fn initial_counts(store: &dyn PrivilegeStore) -> HashMap<String, usize> {
 impl From<QuotaError> for FrontError {
     fn from(e: QuotaError) -> Self {
         FrontError::LimitReached(e.to_string())
+    }
+}
+
+impl<R: AclReader> Service<R> {
+    /// The answer to a refused write, within `max_payload`: whole if it fits, else truncated
+    /// with the complete list kept as a report only `server` may read (DESIGN.md §5).
+    fn refusal(
+        &self,
+        server: &ServerConfig,
+        kind: RejectKind,
+        failed: &[Failure],
+        format: Format,
+        max_payload: usize,
+    ) -> Result<Answer, FrontError> {
+        let fitted = match refusal::whole(kind, failed, format, max_payload) {
+            Some(whole) => whole,
+            None => {
+                let id = new_report_id()
+                    .map_err(|e| FrontError::Internal(format!("no report id: {e}")))?;
+                let path = format!("{REPORTS_PATH}/{id}");
+                let body = refusal::report_body(kind, failed);
+                self.reports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(Instant::now(), id, &server.id, body);
+                let fitted = refusal::truncated(kind, failed, format, max_payload, &path);
+                tracing::info!(
+                    server = %server.id, report = %path, failed = failed.len(),
+                    kept = fitted.kept, "failure list truncated to {max_payload} bytes"
+                );
+                fitted
+            }
+        };
+        Ok(Answer {
+            code: refusal::code(kind),
+            content_format: Some(format.content_format()),
+            payload: fitted.payload,
+            location_path: Vec::new(),
+        })
     }
 }
 

@@ -5,11 +5,13 @@
 
 use std::fmt::Write as _;
 
-/// A document value: text, integer, array or text-keyed map (the shapes the MO uses).
+/// A document value: text, integer, boolean, array or text-keyed map (the shapes the MO
+/// uses; booleans only in answers, e.g. `Truncated`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Text(String),
     Int(i64),
+    Bool(bool),
     Array(Vec<Value>),
     Map(Vec<(String, Value)>),
 }
@@ -66,6 +68,13 @@ impl Value {
         }
     }
 
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(a) => Some(a),
@@ -93,6 +102,7 @@ impl Value {
         match self {
             Value::Text(s) => serde_json::Value::String(s.clone()),
             Value::Int(i) => serde_json::Value::from(*i),
+            Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Array(a) => {
                 serde_json::Value::Array(a.iter().map(Value::to_json_value).collect())
             }
@@ -130,6 +140,9 @@ fn display(v: &Value, out: &mut String) {
         Value::Int(i) => {
             let _ = write!(out, "{i}");
         }
+        Value::Bool(b) => {
+            let _ = write!(out, "{b}");
+        }
         Value::Array(a) => {
             out.push('[');
             for (i, x) in a.iter().enumerate() {
@@ -164,6 +177,9 @@ fn encode_cbor(
         }
         Value::Int(i) => {
             enc.i64(*i)?;
+        }
+        Value::Bool(b) => {
+            enc.bool(*b)?;
         }
         Value::Array(a) => {
             enc.array(a.len() as u64)?;
@@ -206,6 +222,7 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
                 .map(Value::Int)
                 .map_err(|_| ReprError::Unsupported("integer out of range"))
         }
+        Type::Bool => Ok(Value::Bool(dec.bool().map_err(cbor_err)?)),
         Type::Array | Type::ArrayIndef => {
             let len = dec.array().map_err(cbor_err)?;
             let mut items = Vec::new();
@@ -263,7 +280,7 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
             Ok(Value::Map(entries))
         }
         _ => Err(ReprError::Unsupported(
-            "only text, integers, arrays and maps",
+            "only text, integers, booleans, arrays and maps",
         )),
     }
 }
@@ -278,6 +295,7 @@ fn from_json_value(v: &serde_json::Value, depth: usize) -> Result<Value, ReprErr
             .as_i64()
             .map(Value::Int)
             .ok_or(ReprError::Unsupported("only integer numbers")),
+        serde_json::Value::Bool(b) => Ok(Value::Bool(*b)),
         serde_json::Value::Array(a) => Ok(Value::Array(
             a.iter()
                 .map(|x| from_json_value(x, depth + 1))
@@ -289,7 +307,7 @@ fn from_json_value(v: &serde_json::Value, depth: usize) -> Result<Value, ReprErr
                 .collect::<Result<_, ReprError>>()?,
         )),
         _ => Err(ReprError::Unsupported(
-            "only text, integers, arrays and maps",
+            "only text, integers, booleans, arrays and maps",
         )),
     }
 }
@@ -330,6 +348,15 @@ mod tests {
         let back = Value::from_json(&v.to_json()).unwrap();
         assert_eq!(back.get("Status"), v.get("Status"));
         assert_eq!(back.get("Failed"), v.get("Failed"));
+    }
+
+    #[test]
+    fn booleans_round_trip_in_cbor_and_json() {
+        let v = Value::map([("Truncated", Value::Bool(true))]);
+        assert_eq!(v.to_cbor(), b"\xa1\x69Truncated\xf5".to_vec());
+        assert_eq!(Value::from_cbor(&v.to_cbor()).unwrap(), v);
+        assert_eq!(v.to_json(), br#"{"Truncated":true}"#.to_vec());
+        assert_eq!(Value::from_json(&v.to_json()).unwrap(), v);
     }
 
     #[test]

@@ -38,6 +38,20 @@ pub trait Handler: Send + Sync + 'static {
     fn cache_limits(&self) -> crate::coap::CacheLimits {
         crate::coap::CacheLimits::process_default()
     }
+
+    /// [`handle`](Self::handle), told what one message to this peer carries: an error
+    /// answer is never sliced into Block2 blocks (clients do not reassemble error bodies), so
+    /// a handler with long error bodies keeps them within `max_payload` bytes. The pipeline
+    /// calls this one; the default ignores the limit.
+    fn handle_within(
+        &self,
+        peer: &PeerInfo,
+        request: Packet,
+        max_payload: usize,
+    ) -> impl Future<Output = Packet> + Send {
+        let _ = max_payload;
+        self.handle(peer, request)
+    }
 }
 
 /// A stop signal shared by every task of an endpoint (mini-redis style: the owner flips it,

@@ -2,6 +2,11 @@
 //! follow-ups served from the cache, a cap on requests in the handler, the handler run
 //! concurrently, and the finished response sliced for the peer. The session supplies a
 //! context `C` that it needs to answer (a UDP `Responder`, or a TCP token) and gets it back.
+//!
+//! Only successful answers are sliced: an error response never carries Block2 or ETag
+//! (libcoap's `coap-client` shows only the first block of an error, Californium refuses
+//! block-wise errors). The handler learns what one message carries ([`max_payload`]) and
+//! keeps its error bodies within it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +14,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::coap::block::MAX_SZX;
 use crate::coap::block::cache_key;
-use crate::coap::{Block2Cache, BlockOption, CoapOption, Packet, ResponseType, response_to};
+use crate::coap::{
+    Block2Cache, BlockOption, CoapOption, MessageClass, Packet, ResponseType, response_to,
+};
 use crate::runtime::Handler;
 use crate::transport::PeerInfo;
 
@@ -18,6 +26,29 @@ use crate::transport::PeerInfo;
 pub const MAX_REQUESTS_IN_HANDLER: usize = 64;
 /// On shutdown, how long a session waits for requests still in the handler.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Frame bytes of an answer on TCP/TLS besides its payload: length (≤ 5), code, token (≤ 8),
+/// Content-Format (≤ 3), payload marker, and slack.
+const STREAM_ANSWER_OVERHEAD: usize = 32;
+
+/// The payload one message to the peer carries for a request with Block2 option `block2`:
+/// on UDP/DTLS (`max_message_size` `None`) a 1024-byte block, on TCP/TLS the peer's
+/// Max-Message-Size less the frame overhead; at most the block size the client asked for.
+pub fn max_payload(block2: Option<BlockOption>, max_message_size: Option<usize>) -> usize {
+    let transport = match max_message_size {
+        None => 16usize << MAX_SZX,
+        Some(max) => max.saturating_sub(STREAM_ANSWER_OVERHEAD),
+    };
+    block2.map_or(transport, |b| transport.min(b.size()))
+}
+
+/// Whether a response is an error (4.xx, 5.xx): sent whole, never sliced.
+fn is_error(response: &Packet) -> bool {
+    match response.header.code {
+        MessageClass::Response(code) => u8::from(MessageClass::Response(code)) >> 5 >= 4,
+        _ => false,
+    }
+}
 
 /// What to do with a request just received.
 pub enum Start<C> {
@@ -68,8 +99,21 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
         self.in_handler
     }
 
-    /// Takes a request: answers it from the cache or with an error, or starts the handler.
+    /// Takes a request on UDP/DTLS: [`start_for`](Self::start_for) with no Max-Message-Size.
     pub fn start(&mut self, now: Instant, request: Packet, context: C) -> Start<C> {
+        self.start_for(now, request, context, None)
+    }
+
+    /// Takes a request: answers it from the cache or with an error, or starts the handler.
+    /// `max_message_size` is the RFC 8323 peer's (`None` on UDP/DTLS); with the request's
+    /// Block2 it fixes the handler's [`max_payload`].
+    pub fn start_for(
+        &mut self,
+        now: Instant,
+        request: Packet,
+        context: C,
+        max_message_size: Option<usize>,
+    ) -> Start<C> {
         let key = cache_key(&request);
         let block2 = match BlockOption::block2(&request) {
             Some(Ok(b)) => Some(b),
@@ -96,9 +140,10 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
         let peer = self.peer.clone();
         let done = self.done_tx.clone();
         let token = request.get_token().to_vec();
+        let max_payload = max_payload(block2, max_message_size);
         tokio::spawn(
             async move {
-                let mut response = handler.handle(&peer, request).await;
+                let mut response = handler.handle_within(&peer, request, max_payload).await;
                 response.set_token(token);
                 // The session may be gone (shutdown); then nobody waits for the answer.
                 let _ = done
@@ -138,13 +183,16 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     }
 
     /// Slices a finished response for the peer: `max_message_size` for RFC 8323 peers (whole
-    /// if it fits), `None` for UDP (1024-byte blocks).
+    /// if it fits), `None` for UDP (1024-byte blocks). An error response goes whole.
     pub fn complete(
         &mut self,
         now: Instant,
         done: Finished<C>,
         max_message_size: Option<usize>,
     ) -> (C, Packet) {
+        if is_error(&done.response) {
+            return (done.context, done.response);
+        }
         let response = match max_message_size {
             Some(max) => self
                 .blocks
@@ -160,5 +208,94 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.blocks.handle_timeout(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::RequestType;
+    use crate::transport::Identity;
+
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(&self, _peer: &PeerInfo, _request: Packet) -> Packet {
+            Packet::new()
+        }
+    }
+
+    fn pipeline() -> Pipeline<Echo, ()> {
+        let peer = PeerInfo {
+            addr: "127.0.0.1:5683".parse().unwrap(),
+            kind: crate::transport::TransportKind::Udp,
+            identity: Identity::Address("127.0.0.1".parse().unwrap()),
+        };
+        Pipeline::new(Arc::new(Echo), peer, Duration::from_secs(60))
+    }
+
+    fn answer(code: ResponseType, len: usize) -> Finished<()> {
+        let mut request = Packet::new();
+        request.header.code = MessageClass::Request(RequestType::Post);
+        let mut response = response_to(&request, code);
+        response.payload = vec![b'x'; len];
+        Finished {
+            context: (),
+            key: b"k".to_vec(),
+            block2: None,
+            response,
+        }
+    }
+
+    fn has(p: &Packet, o: CoapOption) -> bool {
+        p.get_first_option(o).is_some()
+    }
+
+    #[test]
+    fn error_answers_are_never_sliced_on_any_transport() {
+        let mut p = pipeline();
+        let now = Instant::now();
+        for code in [
+            ResponseType::Forbidden,
+            ResponseType::GatewayTimeout,
+            ResponseType::BadGateway,
+        ] {
+            for max in [None, Some(1152), Some(300)] {
+                let ((), out) = p.complete(now, answer(code, 3000), max);
+                assert!(!has(&out, CoapOption::Block2), "{code:?} {max:?}");
+                assert!(!has(&out, CoapOption::ETag), "{code:?} {max:?}");
+                assert_eq!(out.payload.len(), 3000);
+            }
+        }
+        assert_eq!(p.poll_timeout(), None, "nothing cached for errors");
+    }
+
+    #[test]
+    fn success_answers_are_still_sliced() {
+        let mut p = pipeline();
+        let ((), out) = p.complete(Instant::now(), answer(ResponseType::Content, 3000), None);
+        assert!(has(&out, CoapOption::Block2) && has(&out, CoapOption::ETag));
+        assert_eq!(out.payload.len(), 1024);
+    }
+
+    #[test]
+    fn max_payload_follows_the_client_block_size_and_the_peer_limit() {
+        let block = |szx| {
+            Some(BlockOption {
+                num: 0,
+                more: false,
+                szx,
+            })
+        };
+        assert_eq!(max_payload(None, None), 1024);
+        assert_eq!(max_payload(block(2), None), 64);
+        assert_eq!(max_payload(block(6), None), 1024);
+        assert_eq!(max_payload(None, Some(1152)), 1152 - STREAM_ANSWER_OVERHEAD);
+        assert_eq!(
+            max_payload(None, Some(1 << 20)),
+            (1 << 20) - STREAM_ANSWER_OVERHEAD
+        );
+        assert_eq!(max_payload(block(4), Some(1 << 20)), 256);
+        assert_eq!(max_payload(None, Some(10)), 0);
     }
 }

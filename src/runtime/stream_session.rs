@@ -64,7 +64,8 @@ where
                 while let Some(event) = conn.poll_event() {
                     match event {
                         StreamEvent::Request(request) => {
-                            if let Start::Answer((), answer) = pipeline.start(now, request, ()) {
+                            let max = Some(conn.peer_max_message_size());
+                            if let Start::Answer((), answer) = pipeline.start_for(now, request, (), max) {
                                 send(&mut conn, answer);
                             }
                         }

@@ -18,9 +18,13 @@
 //! * Authentication is mutual. With a certificate suite, the server requests and requires a
 //!   client certificate (`PEER | FAIL_IF_NO_PEER_CERT`) and verifies it against its `ca`; the
 //!   client verifies the server's chain against its `ca`. OpenSSL checks validity dates and the
-//!   extended key usage for the role (serverAuth / clientAuth). Names are *not* checked here:
-//!   the caller matches the exposed [`CertIdentity`] with a `CertRule`. OpenSSL never sends a
-//!   CertificateRequest for a PSK suite, so PSK clients are unaffected on a mixed server.
+//!   extended key usage for the role (serverAuth / clientAuth). The client also checks that
+//!   the server's certificate is valid for the IP address it dials (IP SAN), as the TLS
+//!   client checks its server name. Other names are *not* checked here: the caller matches
+//!   the exposed [`CertIdentity`] with a `CertRule`. The identity records which trust anchor
+//!   the chain verified to ([`CertIdentity::trust_anchor`]), so the caller can scope a rule
+//!   to the anchors trusted for one peer. OpenSSL never sends a CertificateRequest for a PSK
+//!   suite, so PSK clients are unaffected on a mixed server.
 //! * A rejected certificate fails the handshake with [`TransportError::Handshake`] whose
 //!   `reason` is OpenSSL's verify error ("certificate has expired", "unable to get local
 //!   issuer certificate", "unsuitable certificate purpose") on the side that rejected it,
@@ -73,7 +77,7 @@ use openssl::x509::{X509, X509VerifyResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_openssl::SslStream;
 
-use super::cert::CertIdentity;
+use super::cert::{CertIdentity, chain_anchor};
 use super::mux::Pipe;
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
@@ -692,8 +696,10 @@ fn peer_cert_identity(
             reason: format!("certificate not verified: {}", verdict.error_string()),
         });
     }
+    // The verified chain ends in the trust anchor OpenSSL chose (leaf first).
+    let anchor = ssl.verified_chain().and_then(chain_anchor);
     CertIdentity::from_x509(&cert)
-        .map(|id| Some(Arc::new(id)))
+        .map(|id| Some(Arc::new(id.with_trust_anchor(anchor))))
         .map_err(|e| TransportError::PeerIdentity {
             peer,
             reason: e.to_string(),
@@ -793,9 +799,22 @@ impl DtlsClient {
     }
 
     /// Run the client handshake on `pipe`, bounded by the configured handshake timeout.
+    ///
+    /// With certificates, the server's certificate must also be valid for the address we
+    /// dial (an IP SAN for the pipe's peer IP), as the TLS client checks its server name:
+    /// another peer's certificate from the same CA fails the handshake ("IP address
+    /// mismatch"). `CertRule`s are stricter checks on top, left to the caller.
     pub async fn connect(&self, pipe: Pipe) -> Result<DtlsSession, TransportError> {
         let peer = pipe.peer();
-        let ssl = new_ssl(&self.ctx, self.mtu)?;
+        let mut ssl = new_ssl(&self.ctx, self.mtu)?;
+        if let ClientMode::X509 = self.mode {
+            ssl.param_mut()
+                .set_ip(peer.ip())
+                .map_err(|source| TransportError::Config {
+                    context: "setting the peer address to verify",
+                    source,
+                })?;
+        }
         let mut stream = SslStream::new(ssl, pipe).map_err(|source| TransportError::Config {
             context: "attaching the pipe",
             source,
@@ -838,8 +857,15 @@ enum Role {
 
 /// One line saying why a handshake failed: our verify error if we rejected the peer's
 /// certificate, else the reasons on OpenSSL's error queue, else the error itself.
-fn handshake_failure_reason(ssl: &SslRef, error: &openssl::ssl::Error) -> String {
+fn handshake_failure_reason(ssl: &SslRef, error: &openssl::ssl::Error, peer: SocketAddr) -> String {
     let verdict = ssl.verify_result();
+    if verdict.as_raw() == openssl_sys::X509_V_ERR_IP_ADDRESS_MISMATCH {
+        return format!(
+            "peer certificate rejected: {} (it is not valid for {}: no IP SAN for the address)",
+            verdict.error_string(),
+            peer.ip()
+        );
+    }
     if verdict != X509VerifyResult::OK {
         return format!("peer certificate rejected: {}", verdict.error_string());
     }
@@ -882,7 +908,7 @@ async fn handshake(
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => {
-            let reason = handshake_failure_reason(stream.ssl(), &source);
+            let reason = handshake_failure_reason(stream.ssl(), &source, peer);
             tracing::info!(peer = %peer, %reason, error = %source, "DTLS handshake failed");
             Err(TransportError::Handshake {
                 peer,

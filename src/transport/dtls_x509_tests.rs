@@ -287,6 +287,55 @@ async fn x509_client_cert_from_unknown_ca_is_refused() {
     assert!(client_reason.contains("unknown ca"), "{client_reason}");
 }
 
+/// A server certificate from the trusted CA that is valid for another address only (IP SAN
+/// 127.0.0.2, we dial 127.0.0.1): the client refuses it, as a TLS client refuses a name
+/// mismatch, and says for which address.
+#[tokio::test]
+async fn x509_server_cert_for_another_address_is_refused_by_the_client() {
+    let pki = Pki::new_ca("test").expect("CA");
+    let elsewhere = [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))];
+    let server_cert = pki
+        .issue(
+            "devB",
+            &["devB.example"],
+            &[],
+            &elsewhere,
+            Profile::Both,
+            30,
+        )
+        .expect("issue");
+    let client_cert = leaf(&pki, "gateway", Profile::Both, 30);
+    let client = DtlsClient::new(x509_client(creds(&client_cert, &pki))).expect("client");
+    let (client_reason, _server_reason) =
+        both_refuse(x509_server_cfg(&server_cert, &pki), &client).await;
+    assert!(
+        client_reason.contains("IP address mismatch") && client_reason.contains("127.0.0.1"),
+        "{client_reason}"
+    );
+}
+
+/// Both sides record the anchor the peer's chain verified to.
+#[tokio::test]
+async fn x509_sessions_record_the_peers_trust_anchor() {
+    let pki = Pki::new_ca("test").expect("CA");
+    let server_cert = leaf(&pki, "serverA", Profile::Both, 30);
+    let client_cert = leaf(&pki, "devA", Profile::Both, 30);
+    let mut server = spawn_server(x509_server_cfg(&server_cert, &pki)).await;
+    let client = client_to(
+        server.mux.local_addr(),
+        x509_client(creds(&client_cert, &pki)),
+    )
+    .await
+    .expect("client handshake");
+    let accepted = server.next().await.expect("server handshake");
+    let expected = crate::transport::cert::anchor_fingerprint(&pki.ca.cert);
+    assert!(expected.is_some());
+    for session in [&client, &accepted] {
+        let id = session.peer_certificate_identity().expect("certificate");
+        assert_eq!(id.trust_anchor, expected);
+    }
+}
+
 /// An expired client certificate: the server refuses with "certificate has expired".
 #[tokio::test]
 async fn x509_expired_client_cert_is_refused() {

@@ -11,6 +11,9 @@
 //! * Both sides present a certificate and verify the other's chain against the configured CA
 //!   (the server with `WebPkiClientVerifier`: a client without a certificate is refused). The
 //!   client also checks the server's name (DNS or IP [`ServerName`]).
+//! * The peer's identity records which trust anchor its chain verifies to
+//!   ([`CertIdentity::trust_anchor`]): rustls does not say, so the presented chain is checked
+//!   once more per handshake with OpenSSL against the same anchors.
 //! * ALPN `coap` (RFC 8323 §8.2) is offered by both sides. A peer that offers no ALPN is
 //!   accepted; one that offers only other protocols is refused by rustls.
 //! * The crypto provider is *ring*, named explicitly (not the process default).
@@ -39,7 +42,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use super::cert::CertIdentity;
+use openssl::x509::X509;
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+
+use super::cert::{CertIdentity, verified_anchor};
 use super::{Identity, PeerInfo, TransportError, TransportKind, tcp};
 
 /// The ALPN protocol id of CoAP over TLS (RFC 8323 §8.2).
@@ -249,13 +255,47 @@ impl From<io::Error> for TlsFailure {
     }
 }
 
-/// The peer's identity from its verified leaf certificate.
+/// Our trust anchors as an OpenSSL store, to tell which one a chain verified by rustls
+/// chains to (rustls does not say).
+#[derive(Clone)]
+struct AnchorStore(Arc<X509Store>);
+
+impl AnchorStore {
+    fn new(ca: &[CertificateDer<'static>]) -> Result<AnchorStore, TransportError> {
+        let bad = |source| TransportError::TlsConfig {
+            context: "reading a CA certificate to record trust anchors",
+            source: Box::new(source),
+        };
+        let mut store = X509StoreBuilder::new().map_err(bad)?;
+        for der in ca {
+            store
+                .add_cert(X509::from_der(der).map_err(bad)?)
+                .map_err(bad)?;
+        }
+        Ok(AnchorStore(Arc::new(store.build())))
+    }
+
+    /// The anchor `certs` (leaf first, as the peer sent them) verifies to, if any.
+    fn anchor_of(&self, certs: &[CertificateDer<'static>]) -> Option<[u8; 32]> {
+        let (leaf, rest) = certs.split_first()?;
+        let leaf = X509::from_der(leaf).ok()?;
+        let intermediates: Vec<X509> = rest
+            .iter()
+            .filter_map(|der| X509::from_der(der).ok())
+            .collect();
+        verified_anchor(&self.0, &leaf, &intermediates)
+    }
+}
+
+/// The peer's identity from its verified leaf certificate, with the anchor it chains to.
 fn peer_info(
     peer: SocketAddr,
     certs: Option<&[CertificateDer<'static>]>,
+    anchors: &AnchorStore,
 ) -> Result<PeerInfo, TransportError> {
+    let certs = certs.unwrap_or_default();
     let leaf = certs
-        .and_then(|c| c.first())
+        .first()
         .ok_or_else(|| TransportError::PeerCertificate {
             peer,
             reason: "no certificate presented".into(),
@@ -264,6 +304,7 @@ fn peer_info(
         peer,
         reason: e.to_string(),
     })?;
+    let id = id.with_trust_anchor(anchors.anchor_of(certs));
     Ok(PeerInfo {
         addr: peer,
         kind: TransportKind::Tls,
@@ -275,6 +316,7 @@ fn peer_info(
 #[derive(Clone)]
 pub struct TlsServer {
     acceptor: TlsAcceptor,
+    anchors: AnchorStore,
     handshake_timeout: Duration,
 }
 
@@ -299,6 +341,7 @@ impl TlsServer {
         versions: &[&'static SupportedProtocolVersion],
     ) -> Result<Self, TransportError> {
         let provider = provider();
+        let anchors = AnchorStore::new(&creds.ca)?;
         let roots = Arc::new(root_store(&creds.ca)?);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
             .build()
@@ -315,6 +358,7 @@ impl TlsServer {
         config.alpn_protocols = vec![ALPN_COAP.to_vec()];
         Ok(TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            anchors,
             handshake_timeout,
         })
     }
@@ -344,7 +388,7 @@ impl TlsServer {
                     });
                 }
             };
-        let info = peer_info(peer, stream.get_ref().1.peer_certificates())?;
+        let info = peer_info(peer, stream.get_ref().1.peer_certificates(), &self.anchors)?;
         Ok((stream, info))
     }
 }
@@ -353,6 +397,7 @@ impl TlsServer {
 #[derive(Clone)]
 pub struct TlsClient {
     connector: TlsConnector,
+    anchors: AnchorStore,
     handshake_timeout: Duration,
 }
 
@@ -376,6 +421,7 @@ impl TlsClient {
         handshake_timeout: Duration,
         versions: &[&'static SupportedProtocolVersion],
     ) -> Result<Self, TransportError> {
+        let anchors = AnchorStore::new(&creds.ca)?;
         let roots = root_store(&creds.ca)?;
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
@@ -386,6 +432,7 @@ impl TlsClient {
         config.alpn_protocols = vec![ALPN_COAP.to_vec()];
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
+            anchors,
             handshake_timeout,
         })
     }
@@ -417,7 +464,7 @@ impl TlsClient {
                     });
                 }
             };
-        let info = peer_info(addr, stream.get_ref().1.peer_certificates())?;
+        let info = peer_info(addr, stream.get_ref().1.peer_certificates(), &self.anchors)?;
         Ok((stream, info))
     }
 }

@@ -877,3 +877,15 @@ pub async fn device_is_secure_channel_failure(fleet: &Fleet, a: &mut GatewayClie
     assert!(privilege_names(a).await.is_empty());
     group
 }
+
+/// A CA that only ServerB trusts (its own `ca`, written to `dir`), with ServerB known by
+/// `san-dns:serverB.example`.
+pub fn server_b_with_own_ca(b: FleetBuilder, dir: &Path) -> (FleetBuilder, Pki) {
+    let own = Pki::new_ca("ServerB's own CA").unwrap();
+    let path = dir.join("serverB-ca.pem");
+    std::fs::write(&path, own.ca.cert_pem().unwrap()).unwrap();
+    let b = b
+        .server_toml("ServerB", r#"cert_match = "san-dns:serverB.example""#)
+        .server_toml("ServerB", &format!("ca = {path:?}"));
+    (b, own)
+}
