@@ -16,6 +16,8 @@ use serde::Deserialize;
 use crate::acl::dm::{DmAcl, DmPolicy};
 use crate::acl::lwm2m::Lwm2mPolicy;
 use crate::transport::cert::{CertMatch, CertRule};
+use crate::transport::tcp::StreamLimits;
+use crate::transport::tcp::admission::AdmissionLimits;
 
 mod limits;
 pub use limits::Limits;
@@ -259,6 +261,8 @@ pub struct GatewayConfig {
     pub report_max_bytes: usize,
     /// How long a failure report is kept. Default 600 s.
     pub report_max_age: Duration,
+    /// Caps of each `coap+tcp://` / `coaps+tcp://` listener (`tcp_*` keys).
+    pub tcp_limits: StreamLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +313,61 @@ struct RawGateway {
     report_max_bytes: usize,
     #[serde(default = "default_report_max_age_s")]
     report_max_age_s: u64,
+    // The `tcp_*` keys: caps of each stream listener (see `tcp_limits`).
+    #[serde(default = "default_tcp_max_connections")]
+    tcp_max_connections: usize,
+    #[serde(default = "default_tcp_max_per_ip")]
+    tcp_max_per_ip: usize,
+    #[serde(default = "default_tcp_max_pre_auth")]
+    tcp_max_pre_auth: usize,
+    #[serde(default = "default_tcp_auth_timeout_ms")]
+    tcp_auth_timeout_ms: u64,
+}
+
+fn default_tcp_max_connections() -> usize {
+    StreamLimits::default().max_connections
+}
+fn default_tcp_max_per_ip() -> usize {
+    StreamLimits::default().admission.max_per_source
+}
+fn default_tcp_max_pre_auth() -> usize {
+    StreamLimits::default().admission.max_pre_auth
+}
+fn default_tcp_auth_timeout_ms() -> u64 {
+    u64::try_from(StreamLimits::default().auth_timeout.as_millis()).unwrap_or(2000)
+}
+
+/// Checks the `tcp_*` keys: each cap at least 1, the pre-auth cap within the total.
+fn tcp_limits(raw: &RawGateway) -> Result<StreamLimits, ConfigError> {
+    if !(1..=65_536).contains(&raw.tcp_max_connections) {
+        return Err(invalid("gateway.tcp_max_connections", "must be 1 to 65536"));
+    }
+    if !(1..=raw.tcp_max_connections).contains(&raw.tcp_max_per_ip) {
+        return Err(invalid(
+            "gateway.tcp_max_per_ip",
+            "must be 1 to tcp_max_connections",
+        ));
+    }
+    if !(1..=raw.tcp_max_connections).contains(&raw.tcp_max_pre_auth) {
+        return Err(invalid(
+            "gateway.tcp_max_pre_auth",
+            "must be 1 to tcp_max_connections",
+        ));
+    }
+    if !(100..=60_000).contains(&raw.tcp_auth_timeout_ms) {
+        return Err(invalid(
+            "gateway.tcp_auth_timeout_ms",
+            "must be 100 to 60000 ms",
+        ));
+    }
+    Ok(StreamLimits {
+        max_connections: raw.tcp_max_connections,
+        admission: AdmissionLimits {
+            max_per_source: raw.tcp_max_per_ip,
+            max_pre_auth: raw.tcp_max_pre_auth,
+        },
+        auth_timeout: Duration::from_millis(raw.tcp_auth_timeout_ms),
+    })
 }
 
 fn default_max_reports() -> usize {
@@ -589,6 +648,7 @@ fn cert_rule(
 fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> {
     let g = raw.gateway;
     let raw_limits = raw.limits;
+    let tcp_limits = tcp_limits(&g)?;
     let gateway_certs = cert_files("gateway", g.cert, g.key, g.ca, base)?;
     let store = match base {
         Some(dir) if g.store.is_relative() => dir.join(&g.store),
@@ -910,6 +970,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             max_reports: g.max_reports,
             report_max_bytes: g.report_max_bytes,
             report_max_age: Duration::from_secs(g.report_max_age_s),
+            tcp_limits,
         },
         servers,
         devices,
@@ -967,9 +1028,37 @@ members = ["devA", "devB"]
         assert_eq!(c.gateway.max_reports, 256);
         assert_eq!(c.gateway.report_max_bytes, 16 << 20);
         assert_eq!(c.gateway.report_max_age, Duration::from_secs(600));
+        assert_eq!(c.gateway.tcp_limits, StreamLimits::default());
         assert_eq!(c.servers[1].psk.as_ref().unwrap().key, vec![0x0a, 0x0b]);
         assert_eq!(c.devices[1].profile, Profile::Dm(DmPolicy::Replace));
         assert_eq!(c.groups[0].members, vec!["devA", "devB"]);
+    }
+
+    #[test]
+    fn tcp_limits_load_and_are_checked() {
+        let with = |lines: &str| GOOD.replace("[gateway]\n", &format!("[gateway]\n{lines}\n"));
+        let keys = [
+            "tcp_max_connections = 100",
+            "tcp_max_per_ip = 4",
+            "tcp_max_pre_auth = 20",
+            "tcp_auth_timeout_ms = 1500",
+        ];
+        let c = Config::parse(&with(&keys.join("\n"))).expect("valid");
+        let l = c.gateway.tcp_limits;
+        assert_eq!(l.max_connections, 100);
+        assert_eq!(l.admission.max_per_source, 4);
+        assert_eq!(l.admission.max_pre_auth, 20);
+        assert_eq!(l.auth_timeout, Duration::from_millis(1500));
+        for (lines, key) in [
+            ("tcp_max_pre_auth = 300", "gateway.tcp_max_pre_auth"),
+            ("tcp_max_per_ip = 0", "gateway.tcp_max_per_ip"),
+            ("tcp_auth_timeout_ms = 5", "gateway.tcp_auth_timeout_ms"),
+            ("tcp_max_connections = 0", "gateway.tcp_max_connections"),
+        ] {
+            let e = error_of(&with(lines));
+            assert!(e.starts_with(key), "{lines}: {e}");
+        }
+        assert!(error_of(&with("tcp_max_idle = 3")).contains("tcp_max_idle"));
     }
 
     fn error_of(text: &str) -> String {

@@ -228,3 +228,66 @@ async fn empty_group_is_4_04_with_no_device_traffic() {
     })
     .await;
 }
+
+/// The gate comes before the store: a server without write rights gets 4.03 for an existing
+/// and a missing name alike, with and without If-Match / If-None-Match, on leaves and on
+/// DELETE, so it cannot tell which privilege names exist (it got 4.12 / 4.04 before).
+#[tokio::test]
+async fn gate_answers_4_03_before_existence_and_preconditions() {
+    bounded(async {
+        let fleet = fleet()
+            .privileges_acl("Get=ServerA&Add=ServerA&Replace=ServerA&Delete=ServerA")
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let body = privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerB");
+        let if_match = (coap::CoapOption::IfMatch, Vec::new());
+        let if_none_match = (coap::CoapOption::IfNoneMatch, Vec::new());
+        let reply = put(
+            &mut a,
+            "exists",
+            &body,
+            std::slice::from_ref(&if_none_match),
+        )
+        .await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let before = fleet.requests();
+
+        let mut b = fleet.server_b().await;
+        for name in ["exists", "missing"] {
+            for options in [vec![], vec![if_match.clone()], vec![if_none_match.clone()]] {
+                let reply = put(&mut b, name, &body, &options).await;
+                assert_eq!(
+                    reply.code,
+                    "4.03",
+                    "PUT {name} {options:?}: {}",
+                    reply.render()
+                );
+            }
+            let path = format!("/GwConfig/Privileges/{name}");
+            let reply = b
+                .request(RequestType::Delete, &path, None, None, &[])
+                .await
+                .unwrap();
+            assert_eq!(reply.code, "4.03", "DELETE {name}: {}", reply.render());
+            for leaf in ["ACL", "Grantor"] {
+                let reply = b
+                    .request(
+                        RequestType::Put,
+                        &format!("{path}/{leaf}"),
+                        Some((0, b"Get=ServerB".to_vec())),
+                        None,
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(reply.code, "4.03", "PUT {name}/{leaf}: {}", reply.render());
+            }
+            let reply = get(&mut b, &path).await;
+            assert_eq!(reply.code, "4.03", "GET {name}: {}", reply.render());
+        }
+        assert_eq!(fleet.requests(), before, "no device traffic");
+        fleet.stop().await;
+    })
+    .await;
+}

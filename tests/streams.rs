@@ -663,3 +663,196 @@ async fn a_silent_tcp_connection_does_not_block_another_client() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Connection slots before authentication (issue 6, item 5): per-source cap, pre-auth
+// deadline (2 s by default), eviction of the oldest unauthenticated connection
+// ---------------------------------------------------------------------------------------
+
+/// The default caps these tests rely on (README, `tcp_*` keys).
+const PER_IP: usize = 16;
+const PRE_AUTH: usize = 64;
+const AUTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// 127.0.0.`last`: Linux routes all of 127/8 to loopback, so each is a distinct source.
+fn loopback(last: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// A TCP connection from `source` to `to` that never sends a byte.
+async fn idle_from(source: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .expect("bind a loopback source");
+    tokio::time::timeout(RAW_WAIT, socket.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Reads until the gateway closes `s`: the bytes it sent first, or `None` if it is still
+/// open after `wait`.
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<usize> {
+    let mut got = 0;
+    let mut chunk = [0u8; 1024];
+    let reads = async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(wait, reads).await.ok()
+}
+
+/// Waits for the gateway's first bytes (its CSM): proof the connection was admitted.
+async fn admitted(s: &mut TcpStream) {
+    let mut b = [0u8; 2];
+    let n = tokio::time::timeout(RAW_WAIT, s.read(&mut b))
+        .await
+        .expect("the gateway's CSM in time")
+        .expect("read");
+    assert!(n > 0, "closed instead of admitted");
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_connections_are_closed_after_the_deadline() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        let started = std::time::Instant::now();
+        let mut tcp = idle_from(loopback(2), fleet.coap_tcp().addr).await;
+        let mut tls = idle_from(loopback(2), fleet.coaps_tcp().addr).await;
+        // A connection that sends its CSM at once is authenticated and stays.
+        let mut raw = Raw::connect(fleet.coap_tcp().addr).await;
+        raw.send(&[0x00, CSM]).await;
+
+        let limit = AUTH_DEADLINE + Duration::from_secs(3);
+        assert!(
+            closed_within(&mut tcp, limit).await.is_some(),
+            "TCP kept open"
+        );
+        assert!(
+            closed_within(&mut tls, limit).await.is_some(),
+            "TLS kept open"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= AUTH_DEADLINE - Duration::from_millis(200),
+            "closed before its deadline: {took:?}"
+        );
+
+        raw.send(&[0x01, PING, 0x42]).await;
+        let pong = loop {
+            let f = raw.next_frame().await.unwrap().expect("still open");
+            if f.code != CSM {
+                break f;
+            }
+        };
+        assert_eq!(pong.code, PONG, "the authenticated connection lives on");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_are_refused_at_once_while_another_ip_is_served() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        let to = fleet.coap_tcp().addr;
+        let mut held = Vec::new();
+        for _ in 0..PER_IP {
+            let mut s = idle_from(loopback(2), to).await;
+            admitted(&mut s).await;
+            held.push(s);
+        }
+        let started = std::time::Instant::now();
+        let mut over = idle_from(loopback(2), to).await;
+        let sent = closed_within(&mut over, Duration::from_millis(1000))
+            .await
+            .expect("the 17th connection from one IP is closed at once");
+        assert_eq!(sent, 0, "refused without a CSM (no state, no handshake)");
+        assert!(started.elapsed() < Duration::from_millis(1000));
+
+        // Another IP is admitted, and a client from a third one is served.
+        let mut other = idle_from(loopback(3), to).await;
+        admitted(&mut other).await;
+        let mut client = tokio::time::timeout(Duration::from_secs(1), fleet.tcp_client())
+            .await
+            .expect("a client from 127.0.0.1 connects at once");
+        let reply = get(&mut client, "/.well-known/core").await;
+        assert_eq!(reply.code, "2.05");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Old code: the 250 slots fill with one host's idle sockets and the client waits for the
+/// 10 s handshake timeout to free one.
+#[tokio::test]
+async fn a_tls_client_is_served_promptly_while_one_ip_holds_its_max_idle_sockets() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let to = fleet.coaps_tcp().addr;
+        let mut idle = Vec::new();
+        for _ in 0..260 {
+            idle.push(idle_from(loopback(2), to).await);
+        }
+        let quick = Duration::from_millis(1500);
+        let started = std::time::Instant::now();
+        let mut tls = tokio::time::timeout(quick, server_a_tls(&fleet))
+            .await
+            .expect("TLS handshake while 127.0.0.2 holds idle sockets");
+        let reply =
+            tokio::time::timeout(quick, add(&mut tls, "G1", "Group", "/3/0", "Get=ServerB"))
+                .await
+                .expect("TLS answer while 127.0.0.2 holds idle sockets");
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        assert!(started.elapsed() < AUTH_DEADLINE, "{:?}", started.elapsed());
+        drop(idle);
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Idle sockets from many sources: a full pre-auth table evicts its oldest entries, so a
+/// real client still gets in before any deadline has passed.
+#[tokio::test]
+async fn a_flood_from_many_ips_evicts_the_oldest_unauthenticated_and_a_client_gets_in() {
+    bounded(async {
+        let fleet = mixed_fleet().start().await;
+        let to = fleet.coaps_tcp().addr;
+        let sources = 6u8;
+        let started = std::time::Instant::now();
+        let mut idle = Vec::new();
+        for i in 0..usize::from(sources) * PER_IP {
+            let source = loopback(2 + u8::try_from(i).unwrap() % sources);
+            idle.push(idle_from(source, to).await);
+        }
+        let mut tls = tokio::time::timeout(Duration::from_millis(1500), server_a_tls(&fleet))
+            .await
+            .expect("TLS handshake during the flood");
+        let reply = get(&mut tls, "/.well-known/core").await;
+        assert_eq!(reply.code, "2.05");
+        let mut closed = 0;
+        for s in &mut idle {
+            if closed_within(s, Duration::from_millis(2)).await.is_some() {
+                closed += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < AUTH_DEADLINE,
+            "too slow to tell eviction from the deadline: {:?}",
+            started.elapsed()
+        );
+        // 96 idle + our client against 64 pre-auth entries: at least 33 evicted.
+        assert!(
+            closed > idle.len() - PRE_AUTH,
+            "{closed} of {} idle closed",
+            idle.len()
+        );
+        fleet.stop().await;
+    })
+    .await;
+}

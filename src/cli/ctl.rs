@@ -217,6 +217,7 @@ impl GatewayClient {
             connect_timeout: HANDSHAKE_TIMEOUT,
             stream_response_timeout: STREAM_RESPONSE_TIMEOUT,
             stream_max_message_size: 1 << 20,
+            max_body: crate::coap::client::DEFAULT_MAX_BODY,
         };
         let (channel, _) = Channel::open(uri, &mux, &security, &tuning)
             .await

@@ -132,9 +132,9 @@ pub struct ServerExchanges {
 }
 
 impl ServerExchanges {
-    /// A fresh table. Our NON responses use MIDs counting up from 0; use
-    /// [`with_first_mid`](Self::with_first_mid) to start at a random MID as RFC 7252
-    /// recommends.
+    /// A fresh table. Our NON responses use MIDs counting up from 0 unless
+    /// [`with_first_mid`](Self::with_first_mid) sets a random start, as RFC 7252 §4.4
+    /// recommends and every session of the runtime does.
     pub fn new(tuning: TransportTuning) -> Self {
         Self {
             tuning,

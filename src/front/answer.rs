@@ -69,6 +69,9 @@ pub enum FrontError {
     /// retrying will not help until entries are deleted; the diagnostic names the cap).
     #[error("{0}")]
     LimitReached(String),
+    /// Proxy-Uri or Proxy-Scheme: the forward proxy does not exist (yet).
+    #[error("proxying is not supported")]
+    ProxyingNotSupported,
 }
 
 impl FrontError {
@@ -86,6 +89,7 @@ impl FrontError {
             FrontError::Internal(_) => ResponseType::InternalServerError,
             FrontError::Unavailable(_) => ResponseType::ServiceUnavailable,
             FrontError::LimitReached(_) => ResponseType::Forbidden,
+            FrontError::ProxyingNotSupported => ResponseType::ProxyingNotSupported,
         }
     }
 }

@@ -106,6 +106,12 @@ pub fn parse_request(request: &Packet) -> Result<Command, FrontError> {
         MessageClass::Request(m) => m,
         _ => return Err(FrontError::BadRequest("not a request".into())),
     };
+    // RFC 7252 §5.10.2: a request for a proxy we are not is answered 5.05, whatever its path.
+    if request.get_option(CoapOption::ProxyUri).is_some()
+        || request.get_option(CoapOption::ProxyScheme).is_some()
+    {
+        return Err(FrontError::ProxyingNotSupported);
+    }
     let path = path_of(request)?;
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     let display = format!("/{}", segments.join("/"));
@@ -243,6 +249,44 @@ mod tests {
         assert!(matches!(parse_request(&r), Err(FrontError::BadRequest(_))));
         r.payload = vec![0; MAX_REQUEST_BODY + 1];
         assert!(matches!(parse_request(&r), Err(FrontError::TooLarge(_))));
+    }
+
+    /// `{"TargetID":…, "ACL": "Get=ServerB", "ACL": "Get=*"}` in either format is a 4.00.
+    #[test]
+    fn duplicate_keys_in_the_body_are_4_00() {
+        let mut r = request(RequestType::Post, "/GwConfig/Privileges");
+        let mut cbor = body();
+        cbor[0] += 1; // one more map entry …
+        cbor.extend_from_slice(b"\x63ACL\x65Get=*"); // … naming ACL again
+        r.payload = cbor;
+        assert!(
+            matches!(parse_request(&r), Err(FrontError::BadRequest(ref m)) if m.contains("duplicate")),
+            "{:?}",
+            parse_request(&r)
+        );
+        let mut r = request(RequestType::Put, "/GwConfig/Privileges/p1");
+        r.payload = br#"{"TargetID":"devA","TargetType":"Device","URI":"/3/0","ACL":"Get=ServerB","ACL":"Get=*"}"#.to_vec();
+        r.add_option(CoapOption::ContentFormat, vec![50]);
+        assert!(
+            matches!(parse_request(&r), Err(FrontError::BadRequest(ref m)) if m.contains("duplicate")),
+            "{:?}",
+            parse_request(&r)
+        );
+    }
+
+    /// Proxy-Uri or Proxy-Scheme is 5.05, even next to a path we serve (it was served as if
+    /// the option were not there).
+    #[test]
+    fn proxy_requests_are_5_05() {
+        let mut r = request(RequestType::Get, "/GwConfig/Privileges");
+        r.add_option(CoapOption::ProxyScheme, b"coap".to_vec());
+        let e = parse_request(&r).unwrap_err();
+        assert_eq!(e, FrontError::ProxyingNotSupported);
+        assert_eq!(e.code(), coap_lite::ResponseType::ProxyingNotSupported);
+        let mut r = Packet::new();
+        r.header.code = MessageClass::Request(RequestType::Get);
+        r.add_option(CoapOption::ProxyUri, b"coap://10.0.0.1/3/0".to_vec());
+        assert_eq!(parse_request(&r), Err(FrontError::ProxyingNotSupported));
     }
 
     #[test]

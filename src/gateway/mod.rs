@@ -23,11 +23,11 @@ use crate::runtime::{
     AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
 };
 use crate::south::{South, SouthError};
-use crate::store::{RedbStore, StoreError};
+use crate::store::{Fingerprint, RedbStore, StoreError};
 use crate::transport::cert::{Anchors, ScopedRule};
 use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
-use crate::transport::{Identity, PeerInfo, TransportError};
+use crate::transport::{Identity, PeerInfo, TransportError, TransportKind};
 
 pub use service::{Answer, Service};
 
@@ -110,10 +110,14 @@ impl Handler for North {
             method = method_name(request.header.code),
             %path
         );
+        // Over UDP/DTLS a client retransmits with the same MID and token: the fingerprint
+        // lets a committed write be answered again after a restart (RFC 8323 has no MIDs).
+        let fingerprint = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls)
+            .then(|| Fingerprint::of_request(&server.id, &request));
         async {
             let answer = self
                 .service
-                .handle_within(server, &request, max_payload)
+                .handle_exchange(server, &request, fingerprint, max_payload)
                 .await;
             tracing::info!(code = %service::code_str(answer.code), "answered");
             answer.into_packet()
@@ -256,6 +260,7 @@ impl Gateway {
         let mut bound = Vec::new();
         let mut dtls: Option<Arc<DtlsServer>> = None;
         let mut tls: Option<Arc<TlsServer>> = None;
+        let tcp_limits = config.gateway.tcp_limits;
         for uri in &config.gateway.listen {
             let listener = match uri.scheme {
                 Scheme::Coap => AnyListener::Datagram(Listener::bind(*uri, Security::NoSec).await?),
@@ -278,9 +283,10 @@ impl Gateway {
                     };
                     AnyListener::Datagram(Listener::bind(*uri, Security::Dtls(server)).await?)
                 }
-                Scheme::CoapTcp => {
-                    AnyListener::Stream(StreamListener::bind(*uri, StreamSecurity::NoSec).await?)
-                }
+                Scheme::CoapTcp => AnyListener::Stream(
+                    StreamListener::bind_with_limits(*uri, StreamSecurity::NoSec, tcp_limits)
+                        .await?,
+                ),
                 Scheme::CoapsTcp => {
                     let server = match &tls {
                         Some(s) => s.clone(),
@@ -290,8 +296,9 @@ impl Gateway {
                             s
                         }
                     };
+                    let security = StreamSecurity::Tls(server);
                     AnyListener::Stream(
-                        StreamListener::bind(*uri, StreamSecurity::Tls(server)).await?,
+                        StreamListener::bind_with_limits(*uri, security, tcp_limits).await?,
                     )
                 }
             };

@@ -2,9 +2,9 @@
 //! from the store; writes go gate → validate → verify on the devices → commit → answer
 //! (DESIGN.md §3, §5). Protocol details stay in `front`, decisions in `verifier`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use coap_lite::{CoapOption, Packet, ResponseType};
 use tokio::sync::Semaphore;
@@ -20,7 +20,8 @@ use crate::lwm2m::content_format;
 use crate::mo::privilege::rfc3339;
 use crate::mo::{Change, ChangeKind, Inventory, Privilege, PrivilegeName, Value};
 use crate::south::fanout::{self, AclReader};
-use crate::store::{Commit, PrivilegeStore, StoreError};
+use crate::store::dedup::unix_ms;
+use crate::store::{Commit, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError};
 use crate::verifier::{Decision, Failure, RejectKind, Verification};
 
 use super::quota::{Quota, QuotaError};
@@ -66,6 +67,30 @@ impl Answer {
             content_format: None,
             payload: e.to_string().into_bytes(),
             location_path: Vec::new(),
+        }
+    }
+
+    /// The answer as a dedup record made at `now`.
+    fn record(&self, now: SystemTime) -> Recorded {
+        Recorded {
+            at_ms: unix_ms(now),
+            code: u8::from(coap_lite::MessageClass::Response(self.code)),
+            content_format: self.content_format,
+            location_path: self.location_path.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+
+    /// The answer a dedup record holds; `None` if its code is not a response code.
+    fn recorded(r: Recorded) -> Option<Answer> {
+        match coap_lite::MessageClass::from(r.code) {
+            coap_lite::MessageClass::Response(code) => Some(Answer {
+                code,
+                content_format: r.content_format,
+                payload: r.payload,
+                location_path: r.location_path,
+            }),
+            _ => None,
         }
     }
 
@@ -125,6 +150,36 @@ impl Drop for NodeGuard<'_> {
     }
 }
 
+/// Names handed to POSTs in progress: a generated name is reserved before its node lock is
+/// taken, so a concurrent PUT on the same name is serialised with the POST (one of them runs
+/// first, as in some serial order) instead of racing it to the commit.
+#[derive(Default)]
+struct Reservations {
+    names: Arc<Mutex<HashSet<PrivilegeName>>>,
+}
+
+/// Releases a reserved name when the POST is over (committed or not).
+struct Reservation {
+    names: Arc<Mutex<HashSet<PrivilegeName>>>,
+    name: PrivilegeName,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.remove(&self.name);
+    }
+}
+
+/// How often a POST picks a new name because a PUT took the reserved one first.
+const MAX_NAME_ATTEMPTS: usize = 8;
+
+/// How long a committed write's answer is replayed to a retransmission, restarts included
+/// (RFC 7252 EXCHANGE_LIFETIME with the default parameters: 247 s).
+fn dedup_lifetime() -> Duration {
+    crate::coap::TransportTuning::unreliable().exchange_lifetime()
+}
+
 pub struct Service<R: AclReader> {
     config: Arc<Config>,
     inventory: Inventory,
@@ -135,6 +190,7 @@ pub struct Service<R: AclReader> {
     quota: Quota,
     /// Complete failure lists of refused writes whose answer was truncated.
     reports: Mutex<ReportStore>,
+    reservations: Reservations,
 }
 
 impl<R: AclReader> Service<R> {
@@ -156,6 +212,7 @@ impl<R: AclReader> Service<R> {
             locks: NodeLocks::default(),
             quota,
             reports,
+            reservations: Reservations::default(),
         }
     }
 
@@ -165,19 +222,26 @@ impl<R: AclReader> Service<R> {
 
     /// Answers one request from `server`, for a message of [`DEFAULT_MAX_PAYLOAD`] bytes.
     pub async fn handle(&self, server: &Arc<ServerConfig>, request: &Packet) -> Answer {
-        self.handle_within(server, request, DEFAULT_MAX_PAYLOAD)
+        self.handle_exchange(server, request, None, DEFAULT_MAX_PAYLOAD)
             .await
     }
 
-    /// Answers one request from `server`. `max_payload` is what one message to this client
-    /// carries: an error answer (which is never sliced into blocks) stays within it.
-    pub async fn handle_within(
+    /// Answers one request from `server`; `fingerprint` (datagram transports only, where a
+    /// client retransmits with the same MID) is recorded with a committed write, and a write
+    /// whose fingerprint is on record gets the recorded answer instead of running again.
+    /// `max_payload` is what one message to this client carries: an error answer (which is
+    /// never sliced into blocks) stays within it.
+    pub async fn handle_exchange(
         &self,
         server: &Arc<ServerConfig>,
         request: &Packet,
+        fingerprint: Option<Fingerprint>,
         max_payload: usize,
     ) -> Answer {
-        match self.execute(server, request, max_payload).await {
+        match self
+            .execute(server, request, fingerprint, max_payload)
+            .await
+        {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::info!(server = %server.id, code = %code_str(e.code()), "refused: {e}");
@@ -190,6 +254,7 @@ impl<R: AclReader> Service<R> {
         &self,
         server: &Arc<ServerConfig>,
         request: &Packet,
+        fingerprint: Option<Fingerprint>,
         max_payload: usize,
     ) -> Result<Answer, FrontError> {
         let command = parse_request(request)?;
@@ -285,7 +350,8 @@ impl<R: AclReader> Service<R> {
             }
             Command::Write(write) => {
                 let format = format()?;
-                self.write(server, write, format, max_payload).await
+                self.write(server, write, format, fingerprint, max_payload)
+                    .await
             }
         }
     }
@@ -314,20 +380,23 @@ impl<R: AclReader> Service<R> {
 
     /// The gateway gate: the Privileges node's own ACL, checked before anything else.
     fn gate(&self, server: &ServerConfig, command: DmCommand) -> Result<(), FrontError> {
-        if self
-            .config
-            .gateway
-            .privileges_acl
-            .grants(command, &server.id)
-        {
-            Ok(())
-        } else {
-            Err(FrontError::Forbidden(format!(
-                "{} may not {} on /GwConfig/Privileges",
-                server.id,
-                command.as_str()
-            )))
+        self.gate_any(server, &[command])
+    }
+
+    /// The gate for a request that may turn out to be any of `commands` (a plain PUT is an
+    /// Add or a Replace): passes if the server holds one of them. Checked before the store
+    /// is read, so a server without rights learns nothing about which names exist.
+    fn gate_any(&self, server: &ServerConfig, commands: &[DmCommand]) -> Result<(), FrontError> {
+        let acl = &self.config.gateway.privileges_acl;
+        if commands.iter().any(|c| acl.grants(*c, &server.id)) {
+            return Ok(());
         }
+        let names: Vec<&str> = commands.iter().map(|c| c.as_str()).collect();
+        Err(FrontError::Forbidden(format!(
+            "{} may not {} on /GwConfig/Privileges",
+            server.id,
+            names.join(" or ")
+        )))
     }
 
     async fn blocking_store<T: Send + 'static>(
@@ -345,6 +414,17 @@ impl<R: AclReader> Service<R> {
                 StoreError::Missing(n) => not_found(&n),
                 other => FrontError::Internal(other.to_string()),
             })
+    }
+
+    /// The recorded answer of a committed write with this fingerprint, if still fresh.
+    async fn recall(&self, fingerprint: Option<Fingerprint>) -> Result<Option<Answer>, FrontError> {
+        let Some(fp) = fingerprint else {
+            return Ok(None);
+        };
+        let recorded = self
+            .blocking_store(move |s| s.recall(&fp, SystemTime::now(), dedup_lifetime()))
+            .await?;
+        Ok(recorded.and_then(Answer::recorded))
     }
 
     async fn load(&self, name: &PrivilegeName) -> Result<Option<Privilege>, FrontError> {
@@ -377,6 +457,35 @@ impl<R: AclReader> Service<R> {
         Ok(())
     }
 
+    /// Reserves the next generated name and takes its node lock; tries another name if a
+    /// PUT created the reserved one before the lock was ours.
+    async fn reserve_name(
+        &self,
+    ) -> Result<(PrivilegeName, Reservation, NodeGuard<'_>), FrontError> {
+        for _ in 0..MAX_NAME_ATTEMPTS {
+            let names = self.reservations.names.clone();
+            let name = self
+                .blocking_store(move |s| {
+                    let mut reserved = names.lock().unwrap_or_else(|p| p.into_inner());
+                    let name = s.next_name(&|n| reserved.contains(n))?;
+                    reserved.insert(name.clone());
+                    Ok(name)
+                })
+                .await?;
+            let reservation = Reservation {
+                names: self.reservations.names.clone(),
+                name: name.clone(),
+            };
+            let guard = self.locks.lock(&name).await;
+            if self.load(&name).await?.is_none() {
+                return Ok((name, reservation, guard));
+            }
+        }
+        Err(FrontError::Unavailable(
+            "no free privilege name: concurrent writes took every one tried".into(),
+        ))
+    }
+
     /// Runs a verified write: gate, validate, verify on every target device, commit, answer.
     /// A refusal's answer fits `max_payload` (truncated, with a report, if need be).
     pub async fn write(
@@ -384,27 +493,34 @@ impl<R: AclReader> Service<R> {
         server: &Arc<ServerConfig>,
         write: Write,
         format: Format,
+        fingerprint: Option<Fingerprint>,
         max_payload: usize,
     ) -> Result<Answer, FrontError> {
-        let node = match &write {
-            Write::Post { .. } => None,
+        // Gate first: existence (4.04) and preconditions (4.12) only for a server with rights.
+        self.gate_any(server, write_commands(&write))?;
+        if let Some(answer) = self.recall(fingerprint).await? {
+            tracing::info!(server = %server.id, "retransmission of a committed write: recorded answer");
+            return Ok(answer);
+        }
+        // Held until the commit: a verification and its commit are one unit per node. A POST
+        // reserves its generated name first and then locks that node like a PUT would.
+        let (name, _reservation, _guard) = match &write {
+            Write::Post { .. } => {
+                let (name, reservation, guard) = self.reserve_name().await?;
+                (name, Some(reservation), guard)
+            }
             Write::Put { name, .. } | Write::PutLeaf { name, .. } | Write::Delete { name } => {
-                Some(name.clone())
+                (name.clone(), None, self.locks.lock(name).await)
             }
         };
-        // Held until the commit: a verification and its commit are one unit per node.
-        let _guard = match &node {
-            Some(n) => Some(self.locks.lock(n).await),
-            None => None,
-        };
-        let old = match &node {
-            Some(n) => self.load(n).await?,
-            None => None,
+        let old = match &write {
+            Write::Post { .. } => None,
+            _ => self.load(&name).await?,
         };
         let change = match (write, old) {
             (Write::Post { entry }, _) => Change {
                 kind: ChangeKind::Add,
-                name: None,
+                name: Some(name),
                 old: None,
                 new: Some(entry),
             },
@@ -478,7 +594,7 @@ impl<R: AclReader> Service<R> {
             self.validate(new)?;
         }
         // The caps, before any device traffic; the slot is given back unless committed.
-        let reservation = self.quota.reserve(
+        let quota_slot = self.quota.reserve(
             &server.id,
             change.kind,
             change.old.as_ref().map(|o| o.grantor.as_str()),
@@ -504,9 +620,10 @@ impl<R: AclReader> Service<R> {
             self.config.gateway.device_timeout,
         )
         .await;
+        // Fails closed: a read still without an outcome counts as unreachable.
         let decision = verification
-            .poll_decision()
-            .ok_or_else(|| FrontError::Internal("verification did not finish".into()))?;
+            .conclude()
+            .ok_or_else(|| FrontError::Internal("nothing to verify".into()))?;
         let answer = match decision {
             Decision::Reject { kind, failed } => {
                 let ids: Vec<&str> = failed.iter().map(|f| f.device_id.as_str()).collect();
@@ -524,8 +641,8 @@ impl<R: AclReader> Service<R> {
                     p
                 };
                 let commit = match (change.kind, change.name.clone(), change.new.clone()) {
-                    (ChangeKind::Add, name, Some(entry)) => Commit::Add {
-                        name,
+                    (ChangeKind::Add, Some(name), Some(entry)) => Commit::Add {
+                        name: Some(name),
                         entry: stamp(entry),
                     },
                     (ChangeKind::Replace, Some(name), Some(entry)) => Commit::Replace {
@@ -535,47 +652,26 @@ impl<R: AclReader> Service<R> {
                     (ChangeKind::Delete, Some(name), _) => Commit::Delete { name },
                     _ => return Err(FrontError::Internal("inconsistent change".into())),
                 };
-                let committed = match &commit {
-                    Commit::Add { entry, .. } | Commit::Replace { entry, .. } => {
-                        Some(entry.clone())
-                    }
-                    Commit::Delete { .. } => None,
-                };
-                let name = self.blocking_store(move |s| s.commit(commit)).await?;
-                reservation.commit();
+                let name = change
+                    .name
+                    .clone()
+                    .ok_or_else(|| FrontError::Internal("unnamed change".into()))?;
+                let answer = committed_answer(&commit, &name, &verified, format)?;
+                let now = SystemTime::now();
+                let record = fingerprint.map(|fingerprint| DedupRecord {
+                    fingerprint,
+                    answer: answer.record(now),
+                    max_age: dedup_lifetime(),
+                });
+                self.blocking_store(move |s| s.commit_recorded(commit, record))
+                    .await?;
+                quota_slot.commit();
                 tracing::info!(
                     server = %server.id, %target, %uri, verdict = "committed",
                     privilege = %name, verified = verified.len(),
                     "{:?} committed", change.kind
                 );
-                let verified_value = Value::Array(verified.iter().map(Value::text).collect());
-                match committed {
-                    Some(entry) => {
-                        let Value::Map(mut fields) = entry.to_value() else {
-                            return Err(FrontError::Internal("entry is not a map".into()));
-                        };
-                        fields.push(("Verified".into(), verified_value));
-                        let (code, location_path) = match change.kind {
-                            ChangeKind::Add => (
-                                ResponseType::Created,
-                                vec![
-                                    "GwConfig".to_owned(),
-                                    "Privileges".to_owned(),
-                                    name.as_str().to_owned(),
-                                ],
-                            ),
-                            _ => (ResponseType::Changed, Vec::new()),
-                        };
-                        let mut answer = Answer::document(code, &Value::Map(fields), format);
-                        answer.location_path = location_path;
-                        answer
-                    }
-                    None => Answer::document(
-                        ResponseType::Deleted,
-                        &Value::map([("Verified", verified_value)]),
-                        format,
-                    ),
-                }
+                answer
             }
         };
         Ok(answer)
@@ -633,6 +729,55 @@ impl<R: AclReader> Service<R> {
             payload: fitted.payload,
             location_path: Vec::new(),
         })
+    }
+}
+
+/// The answer to a committed write: the entry and `Verified` (2.01 with Location-Path for an
+/// Add, 2.04 for a Replace), or `Verified` alone (2.02 for a Delete).
+fn committed_answer(
+    commit: &Commit,
+    name: &PrivilegeName,
+    verified: &[String],
+    format: Format,
+) -> Result<Answer, FrontError> {
+    let verified_value = Value::Array(verified.iter().map(Value::text).collect());
+    let (code, entry) = match commit {
+        Commit::Add { entry, .. } => (ResponseType::Created, entry),
+        Commit::Replace { entry, .. } => (ResponseType::Changed, entry),
+        Commit::Delete { .. } => {
+            return Ok(Answer::document(
+                ResponseType::Deleted,
+                &Value::map([("Verified", verified_value)]),
+                format,
+            ));
+        }
+    };
+    let Value::Map(mut fields) = entry.to_value() else {
+        return Err(FrontError::Internal("entry is not a map".into()));
+    };
+    fields.push(("Verified".into(), verified_value));
+    let mut answer = Answer::document(code, &Value::Map(fields), format);
+    if code == ResponseType::Created {
+        answer.location_path = vec![
+            "GwConfig".to_owned(),
+            "Privileges".to_owned(),
+            name.as_str().to_owned(),
+        ];
+    }
+    Ok(answer)
+}
+
+/// The DM commands a write can turn out to be, before the store says whether its node exists.
+fn write_commands(write: &Write) -> &'static [DmCommand] {
+    match write {
+        Write::Post { .. } => &[DmCommand::Add],
+        Write::Put { precondition, .. } => match precondition {
+            Precondition::None => &[DmCommand::Add, DmCommand::Replace],
+            Precondition::IfNoneMatch => &[DmCommand::Add],
+            Precondition::IfMatch => &[DmCommand::Replace],
+        },
+        Write::PutLeaf { .. } => &[DmCommand::Replace],
+        Write::Delete { .. } => &[DmCommand::Delete],
     }
 }
 

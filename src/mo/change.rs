@@ -23,7 +23,7 @@ impl ChangeKind {
     }
 }
 
-/// One privilege change. `name` is `None` for a POST on the collection (the store names it).
+/// One privilege change. `name` is the node written (for a POST, the name it reserved).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub kind: ChangeKind,

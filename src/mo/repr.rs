@@ -28,6 +28,9 @@ pub enum ReprError {
     Unsupported(&'static str),
     #[error("trailing bytes after the document")]
     Trailing,
+    /// A map names one key twice: readers that take the first and the last would disagree.
+    #[error("duplicate map key '{0}'")]
+    DuplicateKey(String),
 }
 
 const MAX_DEPTH: usize = 8;
@@ -119,9 +122,11 @@ impl Value {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Value, ReprError> {
-        let v: serde_json::Value =
+        // serde_json's own `Value` keeps the last of two equal keys; read the objects
+        // ourselves so a duplicate is an error.
+        let v: JsonTree =
             serde_json::from_slice(bytes).map_err(|e| ReprError::Json(e.to_string()))?;
-        from_json_value(&v, 0)
+        from_json_tree(v, 0)
     }
 
     /// A readable one-line rendering (for the CLI and the demo).
@@ -251,11 +256,15 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
         Type::Map | Type::MapIndef => {
             let len = dec.map().map_err(cbor_err)?;
             let mut entries = Vec::new();
+            let mut keys = std::collections::HashSet::new();
             let mut entry = |dec: &mut minicbor::Decoder<'_>| -> Result<(), ReprError> {
                 if dec.datatype().map_err(cbor_err)? != Type::String {
                     return Err(ReprError::Unsupported("map keys must be text"));
                 }
                 let k = dec.str().map_err(cbor_err)?.to_owned();
+                if !keys.insert(k.clone()) {
+                    return Err(ReprError::DuplicateKey(k));
+                }
                 let v = decode_cbor(dec, depth + 1)?;
                 entries.push((k, v));
                 Ok(())
@@ -285,30 +294,113 @@ fn decode_cbor(dec: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Value, R
     }
 }
 
-fn from_json_value(v: &serde_json::Value, depth: usize) -> Result<Value, ReprError> {
+/// A JSON document as parsed, objects in source order with every key (duplicates too).
+enum JsonTree {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Unsupported(&'static str),
+    Array(Vec<JsonTree>),
+    Object(Vec<(String, JsonTree)>),
+}
+
+impl<'de> serde::Deserialize<'de> for JsonTree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonTreeVisitor)
+    }
+}
+
+struct JsonTreeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonTreeVisitor {
+    type Value = JsonTree;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JsonTree, E> {
+        Ok(JsonTree::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<JsonTree, E> {
+        Ok(JsonTree::Text(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<JsonTree, E> {
+        Ok(JsonTree::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<JsonTree, E> {
+        Ok(i64::try_from(v)
+            .map(JsonTree::Int)
+            .unwrap_or(JsonTree::Unsupported("integer out of range")))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<JsonTree, E> {
+        Ok(JsonTree::Unsupported("only integer numbers"))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<JsonTree, E> {
+        Ok(JsonTree::Bool(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<JsonTree, E> {
+        Ok(JsonTree::Unsupported(
+            "only text, integers, booleans, arrays and maps",
+        ))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonTree, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            if items.len() as u64 >= MAX_ITEMS {
+                return Err(serde::de::Error::custom("array too long"));
+            }
+            items.push(item);
+        }
+        Ok(JsonTree::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonTree, A::Error> {
+        let mut entries = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, JsonTree>()? {
+            if entries.len() as u64 >= MAX_ITEMS {
+                return Err(serde::de::Error::custom("map too long"));
+            }
+            entries.push((k, v));
+        }
+        Ok(JsonTree::Object(entries))
+    }
+}
+
+fn from_json_tree(v: JsonTree, depth: usize) -> Result<Value, ReprError> {
     if depth > MAX_DEPTH {
         return Err(ReprError::TooDeep);
     }
     match v {
-        serde_json::Value::String(s) => Ok(Value::Text(s.clone())),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .map(Value::Int)
-            .ok_or(ReprError::Unsupported("only integer numbers")),
-        serde_json::Value::Bool(b) => Ok(Value::Bool(*b)),
-        serde_json::Value::Array(a) => Ok(Value::Array(
-            a.iter()
-                .map(|x| from_json_value(x, depth + 1))
+        JsonTree::Text(s) => Ok(Value::Text(s)),
+        JsonTree::Int(i) => Ok(Value::Int(i)),
+        JsonTree::Bool(b) => Ok(Value::Bool(b)),
+        JsonTree::Unsupported(why) => Err(ReprError::Unsupported(why)),
+        JsonTree::Array(a) => Ok(Value::Array(
+            a.into_iter()
+                .map(|x| from_json_tree(x, depth + 1))
                 .collect::<Result<_, _>>()?,
         )),
-        serde_json::Value::Object(o) => Ok(Value::Map(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), from_json_value(x, depth + 1)?)))
-                .collect::<Result<_, ReprError>>()?,
-        )),
-        _ => Err(ReprError::Unsupported(
-            "only text, integers, booleans, arrays and maps",
-        )),
+        JsonTree::Object(o) => {
+            let mut keys = std::collections::HashSet::new();
+            let mut entries = Vec::with_capacity(o.len());
+            for (k, x) in o {
+                if !keys.insert(k.clone()) {
+                    return Err(ReprError::DuplicateKey(k));
+                }
+                entries.push((k, from_json_tree(x, depth + 1)?));
+            }
+            // Same key order as before (serde_json's map is sorted by key).
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(Value::Map(entries))
+        }
     }
 }
 
@@ -374,5 +466,39 @@ mod tests {
         assert!(Value::from_cbor(&deep).is_err());
         assert!(Value::from_cbor(b"\xa0\x00").is_err(), "trailing bytes");
         assert!(Value::from_json(b"{\"a\": 1.5}").is_err());
+        assert!(Value::from_json(b"{\"a\": true}").is_err());
+        assert!(Value::from_json(b"{\"a\": 18446744073709551615}").is_err());
+        let deep = "[".repeat(64) + &"]".repeat(64);
+        assert!(Value::from_json(deep.as_bytes()).is_err());
+    }
+
+    /// A key given twice is a 4.00, in both formats: a reader taking the first and one taking
+    /// the last would see different grants (before, the last one silently won).
+    #[test]
+    fn duplicate_keys_are_refused_in_cbor_and_json() {
+        // {"ACL": "Get=B", "ACL": "Get=*"}
+        let cbor = b"\xa2\x63ACL\x65Get=B\x63ACL\x65Get=*";
+        assert_eq!(
+            Value::from_cbor(cbor),
+            Err(ReprError::DuplicateKey("ACL".into()))
+        );
+        // The same in an indefinite-length map, nested one level down.
+        let nested = b"\xa1\x61x\xbf\x61a\x01\x61a\x02\xff";
+        assert_eq!(
+            Value::from_cbor(nested),
+            Err(ReprError::DuplicateKey("a".into()))
+        );
+        let json = br#"{"ACL":"Get=B","URI":"/3/0","ACL":"Get=*"}"#;
+        assert_eq!(
+            Value::from_json(json),
+            Err(ReprError::DuplicateKey("ACL".into()))
+        );
+        let nested = br#"{"x":[{"a":1,"a":1}]}"#;
+        assert!(matches!(
+            Value::from_json(nested),
+            Err(ReprError::DuplicateKey(_))
+        ));
+        // Distinct keys still decode.
+        assert!(Value::from_json(br#"{"a":1,"b":{"a":2}}"#).is_ok());
     }
 }

@@ -55,6 +55,8 @@ pub struct ChannelTuning {
     pub stream_response_timeout: Duration,
     /// The Max-Message-Size we advertise on streams.
     pub stream_max_message_size: u32,
+    /// The largest response body a request accepts (Block2 reassembled), on any transport.
+    pub max_body: usize,
 }
 
 pub enum Channel {
@@ -76,13 +78,15 @@ impl Channel {
             (Scheme::Coap, ChannelSecurity::None) => {
                 let pipe = mux.connect(addr);
                 let info = pipe.peer_info();
-                let client = CoapClient::new(AnySession::Plain(pipe), tuning.datagram.clone());
+                let client = CoapClient::new(AnySession::Plain(pipe), tuning.datagram.clone())
+                    .with_max_body(tuning.max_body);
                 return Ok((Channel::Datagram(client), info));
             }
             (Scheme::Coaps, ChannelSecurity::Dtls(dtls)) => {
                 let session = dtls.connect(mux.connect(addr)).await?;
                 let info = session.peer_info();
-                let client = CoapClient::new(AnySession::Dtls(session), tuning.datagram.clone());
+                let client = CoapClient::new(AnySession::Dtls(session), tuning.datagram.clone())
+                    .with_max_body(tuning.max_body);
                 return Ok((Channel::Datagram(client), info));
             }
             (Scheme::CoapTcp, ChannelSecurity::None) => {
@@ -95,7 +99,8 @@ impl Channel {
                     Box::new(stream) as Box<dyn Io>,
                     tuning.stream_max_message_size,
                     tuning.stream_response_timeout,
-                );
+                )
+                .with_max_body(tuning.max_body);
                 return Ok((Channel::Stream(client), info));
             }
             (scheme, _) => return Err(OpenError::WrongSecurity(scheme.as_str())),
@@ -105,7 +110,8 @@ impl Channel {
             stream,
             tuning.stream_max_message_size,
             tuning.stream_response_timeout,
-        );
+        )
+        .with_max_body(tuning.max_body);
         Ok((Channel::Stream(client), info))
     }
 

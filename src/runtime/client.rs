@@ -74,6 +74,7 @@ pub struct CoapClient<S: DatagramSession> {
     session: S,
     tuning: TransportTuning,
     next_mid: u16,
+    max_body: usize,
 }
 
 impl<S: DatagramSession> CoapClient<S> {
@@ -83,7 +84,15 @@ impl<S: DatagramSession> CoapClient<S> {
             session,
             tuning,
             next_mid: mid,
+            max_body: crate::coap::client::DEFAULT_MAX_BODY,
         }
+    }
+
+    /// Sets the largest response body (Block2 reassembled) a request accepts; a larger one
+    /// fails with `ClientError::TooLarge` without being read further.
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
     }
 
     /// Gives the session back (to close it).
@@ -108,7 +117,8 @@ impl<S: DatagramSession> CoapClient<S> {
             self.next_mid,
             token,
             fraction,
-        );
+        )
+        .with_max_body(self.max_body);
         let result = self.drive(&mut exchange).await;
         self.next_mid = exchange.next_mid();
         result

@@ -7,8 +7,15 @@
 //! (libcoap's `coap-client` shows only the first block of an error, Californium refuses
 //! block-wise errors). The handler learns what one message carries ([`max_payload`]) and
 //! keeps its error bodies within it.
+//!
+//! A handler that panics is our fault, not the peer's: the request is answered 5.00 and its
+//! slot in the handler cap is released like any other.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -143,7 +150,16 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
         let max_payload = max_payload(block2, max_message_size);
         tokio::spawn(
             async move {
-                let mut response = handler.handle_within(&peer, request, max_payload).await;
+                let mut response =
+                    match CatchPanic(Box::pin(handler.handle_within(&peer, request, max_payload)))
+                        .await
+                    {
+                        Some(response) => response,
+                        None => {
+                            tracing::error!("request handler panicked: answering 5.00");
+                            internal_error()
+                        }
+                    };
                 response.set_token(token);
                 // The session may be gone (shutdown); then nobody waits for the answer.
                 let _ = done
@@ -211,11 +227,35 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     }
 }
 
+/// The 5.00 for a handler that panicked (diagnostic payload, no Content-Format).
+fn internal_error() -> Packet {
+    let mut p = Packet::new();
+    p.header.code = coap_lite::MessageClass::Response(ResponseType::InternalServerError);
+    p.payload = b"internal error".to_vec();
+    p
+}
+
+/// Polls a future, turning a panic inside it into `None` (the future is not polled again).
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coap::RequestType;
-    use crate::transport::Identity;
+    use crate::coap::{MessageClass, RequestType};
+    use crate::transport::{Identity, TransportKind};
 
     struct Echo;
 
@@ -297,5 +337,67 @@ mod tests {
         );
         assert_eq!(max_payload(block(4), Some(1 << 20)), 256);
         assert_eq!(max_payload(None, Some(10)), 0);
+    }
+
+    /// Panics on `/boom`, answers 2.05 otherwise.
+    struct Boom;
+
+    impl Handler for Boom {
+        async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+            if crate::coap::uri_path(&request).unwrap_or_default() == ["boom"] {
+                panic!("handler bug");
+            }
+            response_to(&request, ResponseType::Content)
+        }
+    }
+
+    fn request(path: &str) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(RequestType::Get);
+        p.set_token(vec![7]);
+        crate::coap::set_uri(&mut p, path);
+        p
+    }
+
+    /// A panicking handler is answered 5.00 (token echoed) and leaves the handler count at
+    /// zero; before, the request was never answered and its slot never released, so 64
+    /// panics locked the peer out with 5.03.
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_5_00_and_its_slot_released() {
+        let peer = PeerInfo {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            kind: TransportKind::Udp,
+            identity: Identity::Address("127.0.0.1".parse().unwrap()),
+        };
+        let mut pipeline: Pipeline<Boom, u32> =
+            Pipeline::new(Arc::new(Boom), peer, Duration::from_secs(10));
+        for i in 0..(MAX_REQUESTS_IN_HANDLER as u32 + 2) {
+            assert!(matches!(
+                pipeline.start(Instant::now(), request("/boom"), i),
+                Start::Running
+            ));
+            let done = tokio::time::timeout(Duration::from_secs(5), pipeline.finished())
+                .await
+                .expect("an answer, not silence")
+                .unwrap();
+            let (context, response) = pipeline.complete(Instant::now(), done, None);
+            assert_eq!(context, i);
+            assert_eq!(
+                response.header.code,
+                MessageClass::Response(ResponseType::InternalServerError)
+            );
+            assert_eq!(response.get_token(), [7]);
+            assert_eq!(pipeline.in_handler(), 0);
+        }
+        assert!(matches!(
+            pipeline.start(Instant::now(), request("/fine"), 99),
+            Start::Running
+        ));
+        let done = pipeline.finished().await.unwrap();
+        let (_, response) = pipeline.complete(Instant::now(), done, None);
+        assert_eq!(
+            response.header.code,
+            MessageClass::Response(ResponseType::Content)
+        );
     }
 }

@@ -34,6 +34,7 @@ pub struct StreamClient<S> {
     conn: StreamConnection,
     response_timeout: Duration,
     buf: Vec<u8>,
+    max_body: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
@@ -46,7 +47,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
             conn: StreamConnection::new(std::time::Instant::now(), our_max_message_size, true),
             response_timeout,
             buf: vec![0u8; 16 * 1024],
+            max_body: crate::coap::client::DEFAULT_MAX_BODY,
         }
+    }
+
+    /// Sets the largest response body (Block2 reassembled) a request accepts.
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
     }
 
     pub fn is_closed(&self) -> bool {
@@ -60,7 +68,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
             request,
             random_bytes::<4>().to_vec(),
             self.response_timeout,
-        );
+        )
+        .with_max_body(self.max_body);
         loop {
             while let Some(p) = exchange.poll_request() {
                 self.conn.send(&p)?;

@@ -2,6 +2,11 @@
 //! or `coaps+tcp://` URI, every connection served by its own task. A TLS handshake runs in
 //! the connection's own task under a deadline, so a silent or half-open peer never blocks
 //! anyone else; the endpoint caps open connections.
+//!
+//! Before a connection gets a task, the listener's [`Gate`] admits it or closes it at once
+//! (too many connections from its source). An admitted connection must authenticate (TLS
+//! handshake and first CSM) within [`StreamLimits::auth_timeout`] or is closed; refusals are
+//! logged within a budget and summarised every few seconds.
 
 use std::sync::Arc;
 
@@ -11,7 +16,8 @@ use tracing::Instrument;
 use crate::config::{EndpointUri, Scheme};
 use crate::runtime::listener::ListenError;
 use crate::runtime::{Handler, Shutdown, serve_stream, stopped};
-use crate::transport::tcp::{TcpEndpoint, nosec_peer_info};
+use crate::transport::tcp::admission::Refusal;
+use crate::transport::tcp::{Gate, PreAuth, StreamLimits, TcpEndpoint, nosec_peer_info};
 use crate::transport::tls::TlsServer;
 
 /// How a stream listener authenticates peers.
@@ -27,12 +33,23 @@ pub struct StreamListener {
     uri: EndpointUri,
     endpoint: TcpEndpoint,
     security: StreamSecurity,
+    gate: Gate,
 }
 
 impl StreamListener {
+    /// Binds with the default [`StreamLimits`].
     pub async fn bind(
         uri: EndpointUri,
         security: StreamSecurity,
+    ) -> Result<StreamListener, ListenError> {
+        StreamListener::bind_with_limits(uri, security, StreamLimits::default()).await
+    }
+
+    /// Binds with these caps and pre-authentication deadline.
+    pub async fn bind_with_limits(
+        uri: EndpointUri,
+        security: StreamSecurity,
+        limits: StreamLimits,
     ) -> Result<StreamListener, ListenError> {
         let matches = matches!(
             (uri.scheme, &security),
@@ -41,7 +58,7 @@ impl StreamListener {
         if !matches {
             return Err(ListenError::Mismatch(uri.to_string()));
         }
-        let endpoint = TcpEndpoint::bind(uri.addr)
+        let endpoint = TcpEndpoint::bind_with_limit(uri.addr, limits.max_connections)
             .await
             .map_err(|source| ListenError::Bind {
                 uri: uri.to_string(),
@@ -51,6 +68,7 @@ impl StreamListener {
             uri,
             endpoint,
             security,
+            gate: Gate::new(&limits),
         })
     }
 
@@ -77,37 +95,64 @@ impl StreamListener {
                             break;
                         }
                     };
+                    let Some(pre_auth) = self.gate.admit(addr) else {
+                        // Over its source's cap: closed now, before any handshake.
+                        drop((tcp, slot));
+                        continue;
+                    };
                     let span = tracing::info_span!("peer", %addr, via = uri.scheme.as_str());
-                    let security = self.security.clone();
-                    let handler = handler.clone();
-                    let mut shutdown = shutdown.clone();
+                    let (security, handler) = (self.security.clone(), handler.clone());
+                    let conn = serve(tcp, addr, pre_auth, security, handler, shutdown.clone());
                     connections.spawn(async move {
                         let _slot = slot;
-                        match security {
-                            StreamSecurity::NoSec => {
-                                serve_stream(tcp, nosec_peer_info(addr), handler, shutdown).await;
-                            }
-                            StreamSecurity::Tls(server) => {
-                                let accepted = tokio::select! {
-                                    accepted = server.accept(tcp) => accepted,
-                                    _ = stopped(&mut shutdown) => return,
-                                };
-                                match accepted {
-                                    Ok((stream, info)) => {
-                                        tracing::debug!(identity = %info.identity, "TLS session up");
-                                        serve_stream(stream, info, handler, shutdown).await;
-                                    }
-                                    Err(e) => tracing::warn!("TLS handshake failed: {e}"),
-                                }
-                            }
-                        }
+                        conn.await;
                     }.instrument(span));
+                }
+                _ = tokio::time::sleep_until(self.gate.next_summary()) => {
+                    if let Some(summary) = self.gate.summary() {
+                        let (pre_auth, live) = self.gate.counts();
+                        tracing::warn!(%uri, pre_auth, live, "refused connections {summary}");
+                    }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = stopped(&mut shutdown) => break,
             }
         }
         while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Serves one admitted connection: the TLS handshake (if any) and the session, both under
+/// the pre-auth deadline until the peer's first CSM.
+async fn serve<H: Handler>(
+    tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    mut pre_auth: PreAuth,
+    security: StreamSecurity,
+    handler: Arc<H>,
+    mut shutdown: Shutdown,
+) {
+    let server = match security {
+        StreamSecurity::NoSec => {
+            serve_stream(tcp, nosec_peer_info(addr), handler, shutdown, pre_auth).await;
+            return;
+        }
+        StreamSecurity::Tls(server) => server,
+    };
+    let accepted = tokio::select! {
+        accepted = server.accept(tcp) => accepted,
+        why = pre_auth.cut_off() => {
+            pre_auth.refused(why, &"during the TLS handshake");
+            return;
+        }
+        _ = stopped(&mut shutdown) => return,
+    };
+    match accepted {
+        Ok((stream, info)) => {
+            tracing::debug!(identity = %info.identity, "TLS session up");
+            serve_stream(stream, info, handler, shutdown, pre_auth).await;
+        }
+        Err(e) => pre_auth.refused(Refusal::Handshake, &e),
     }
 }
 

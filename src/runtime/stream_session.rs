@@ -2,6 +2,9 @@
 //! [`StreamConnection`] (framing, CSM, Ping/Pong, Release/Abort) → the shared [`Pipeline`] →
 //! frames out. No MIDs and no dedup: the transport is reliable. A bad frame closes this
 //! connection only (after an Abort); a silent connection is pinged, then closed.
+//!
+//! Until the peer's CSM arrives the connection is pre-auth ([`PreAuth`]): it is closed,
+//! without a word, when its deadline passes or the listener evicts it for a newer one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use crate::coap::{Packet, StreamConnection, StreamEvent};
 use crate::runtime::pipeline::{DRAIN_LIMIT, Pipeline, Start};
 use crate::runtime::{Handler, Shutdown, stopped};
 use crate::transport::PeerInfo;
+use crate::transport::tcp::PreAuth;
 
 /// The largest message we accept (advertised in our CSM). Requests are small; answers to
 /// us are device ACLs.
@@ -22,9 +26,15 @@ pub const KEEPALIVE: Duration = Duration::from_secs(120);
 /// How long a sliced answer stays cached for its follow-up blocks.
 const BLOCK_LIFETIME: Duration = Duration::from_secs(120);
 
-/// Serves one connection until it closes, fails, or `shutdown`.
-pub async fn serve_stream<S, H>(stream: S, peer: PeerInfo, handler: Arc<H>, mut shutdown: Shutdown)
-where
+/// Serves one connection until it closes, fails, is cut off before its first CSM (see
+/// `pre_auth`), or `shutdown`.
+pub async fn serve_stream<S, H>(
+    stream: S,
+    peer: PeerInfo,
+    handler: Arc<H>,
+    mut shutdown: Shutdown,
+    mut pre_auth: PreAuth,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
 {
@@ -61,6 +71,9 @@ where
                 };
                 let now = std::time::Instant::now();
                 conn.handle_bytes(now, buf.get(..n).unwrap_or_default());
+                if conn.peer_csm_received() {
+                    pre_auth.authenticated();
+                }
                 while let Some(event) = conn.poll_event() {
                     match event {
                         StreamEvent::Request(request) => {
@@ -87,6 +100,10 @@ where
                 let now = std::time::Instant::now();
                 conn.handle_timeout(now);
                 pipeline.handle_timeout(now);
+            }
+            why = pre_auth.cut_off(), if pre_auth.is_pending() => {
+                pre_auth.refused(why, &"no CSM");
+                return;
             }
             _ = stopped(&mut shutdown) => break,
         }

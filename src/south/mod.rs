@@ -30,6 +30,10 @@ type Link = Arc<tokio::sync::Mutex<Option<Channel>>>;
 
 /// The largest message we accept from a device over TCP/TLS (our CSM).
 const STREAM_MAX_MESSAGE_SIZE: u32 = 64 * 1024;
+/// The largest answer body we read from a device, Block2 reassembled: a DM ACL string or a
+/// `/2` of a few hundred AC instances fits many times over; anything larger is `bad-acl`
+/// and is not read further.
+pub const MAX_DEVICE_BODY: usize = 16 * 1024;
 
 pub struct South {
     /// One socket per address family, created on first use.
@@ -107,6 +111,7 @@ impl South {
             connect_timeout: budget,
             stream_response_timeout: config.gateway.device_timeout,
             stream_max_message_size: STREAM_MAX_MESSAGE_SIZE,
+            max_body: MAX_DEVICE_BODY,
         };
         Ok(South {
             muxes: tokio::sync::Mutex::new(HashMap::new()),
@@ -193,6 +198,10 @@ fn request_failure(e: ChannelError) -> ReadFailure {
     match e {
         ChannelError::Datagram(RequestError::Coap(ClientError::TimedOut)) => {
             ReadFailure::Unreachable("no CoAP response (retransmissions exhausted)".into())
+        }
+        ChannelError::Datagram(RequestError::Coap(ClientError::TooLarge { limit }))
+        | ChannelError::Stream(StreamRequestError::Coap(ClientError::TooLarge { limit })) => {
+            ReadFailure::BadAnswer(format!("answer larger than {limit} bytes"))
         }
         ChannelError::Datagram(RequestError::Coap(ClientError::Reset)) => {
             ReadFailure::DeviceError { code: "RST".into() }

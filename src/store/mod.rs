@@ -3,12 +3,19 @@
 //! before the answer is sent); the in-memory one serves unit tests.
 //!
 //! Calls are synchronous; async callers go through `spawn_blocking`.
+//!
+//! A commit may carry a [`dedup`] record (the request's fingerprint and its answer), written
+//! in the same transaction, so a retransmission after a crash is answered from it.
 
+pub mod dedup;
 mod memory;
 mod redb_store;
 
+pub use dedup::{Fingerprint, Recorded};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+
+use std::time::{Duration, SystemTime};
 
 use crate::mo::{Privilege, PrivilegeName};
 
@@ -22,6 +29,15 @@ pub enum StoreError {
     Exists(PrivilegeName),
     #[error("privilege '{0}' does not exist")]
     Missing(PrivilegeName),
+}
+
+/// A fingerprinted request's answer, to commit with its write.
+#[derive(Debug, Clone)]
+pub struct DedupRecord {
+    pub fingerprint: Fingerprint,
+    pub answer: Recorded,
+    /// Records older than this are expired (EXCHANGE_LIFETIME).
+    pub max_age: Duration,
 }
 
 /// One verified write to commit atomically.
@@ -42,9 +58,48 @@ pub enum Commit {
     },
 }
 
+/// How many expired dedup records one commit removes at most (expiry is lazy and bounded).
+pub const DEDUP_SWEEP: usize = 64;
+
+/// The number in a gateway-style name `p<n>` (so a named Add of `p7` moves the counter past 7).
+pub fn generated_number(name: &PrivilegeName) -> Option<u64> {
+    let digits = name.as_str().strip_prefix('p')?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 pub trait PrivilegeStore: Send + Sync + 'static {
     /// Applies `commit` atomically and durably; returns the name it applied to.
-    fn commit(&self, commit: Commit) -> Result<PrivilegeName, StoreError>;
+    fn commit(&self, commit: Commit) -> Result<PrivilegeName, StoreError> {
+        self.commit_recorded(commit, None)
+    }
+
+    /// Like [`commit`](Self::commit), and in the same transaction records `record` (a
+    /// request fingerprint and the answer it gets) and drops up to [`DEDUP_SWEEP`] records
+    /// older than their `max_age`.
+    fn commit_recorded(
+        &self,
+        commit: Commit,
+        record: Option<DedupRecord>,
+    ) -> Result<PrivilegeName, StoreError>;
+
+    /// The answer recorded for `fingerprint`, if it is younger than `max_age` at `now`.
+    fn recall(
+        &self,
+        fingerprint: &Fingerprint,
+        now: SystemTime,
+        max_age: Duration,
+    ) -> Result<Option<Recorded>, StoreError>;
+
+    /// The next gateway-chosen name `p<n>` after the counter that is neither stored nor
+    /// `taken` (reserved by a write in progress). Writes nothing: the counter moves when an
+    /// Add of that name commits.
+    fn next_name(
+        &self,
+        taken: &dyn Fn(&PrivilegeName) -> bool,
+    ) -> Result<PrivilegeName, StoreError>;
     fn get(&self, name: &PrivilegeName) -> Result<Option<Privilege>, StoreError>;
     /// Every entry in name order.
     fn list(&self) -> Result<Vec<(PrivilegeName, Privilege)>, StoreError>;
@@ -186,6 +241,99 @@ mod tests {
     #[test]
     fn memory_store_behaves() {
         exercise(&MemoryStore::default());
+        names_and_dedup(&MemoryStore::default());
+    }
+
+    fn record(fp: u8, at_ms: u64, name: &str) -> DedupRecord {
+        DedupRecord {
+            fingerprint: Fingerprint([fp; 32]),
+            answer: Recorded {
+                at_ms,
+                code: 0x41,
+                content_format: Some(60),
+                location_path: vec!["GwConfig".into(), "Privileges".into(), name.into()],
+                payload: vec![0xa0],
+            },
+            max_age: LIFE,
+        }
+    }
+
+    const LIFE: Duration = Duration::from_secs(247);
+    const T0: u64 = 1_800_000_000_000;
+
+    fn at(ms: u64) -> SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    /// Reserved names are skipped, a named `p<n>` moves the counter, and a recorded
+    /// fingerprint is recalled until it is EXCHANGE_LIFETIME old.
+    fn names_and_dedup(store: &dyn PrivilegeStore) {
+        let p1 = PrivilegeName::new("p1").unwrap();
+        assert_eq!(store.next_name(&|_| false).unwrap(), p1);
+        assert_eq!(store.next_name(&|n| *n == p1).unwrap().as_str(), "p2");
+        store
+            .commit_recorded(
+                Commit::Add {
+                    name: Some(PrivilegeName::new("p5").unwrap()),
+                    entry: entry("Get=*"),
+                },
+                Some(record(1, T0, "p5")),
+            )
+            .unwrap();
+        assert_eq!(store.next_name(&|_| false).unwrap().as_str(), "p6");
+        let fp = Fingerprint([1; 32]);
+        let got = store.recall(&fp, at(T0 + 246_000), LIFE).unwrap();
+        assert_eq!(got.unwrap().location_path[2], "p5");
+        assert!(store.recall(&fp, at(T0 + 247_000), LIFE).unwrap().is_none());
+        assert!(
+            store
+                .recall(&Fingerprint([2; 32]), at(T0), LIFE)
+                .unwrap()
+                .is_none()
+        );
+        // A later commit sweeps the expired record away.
+        store
+            .commit_recorded(
+                Commit::Add {
+                    name: None,
+                    entry: entry("Get=*"),
+                },
+                Some(record(2, T0 + 300_000, "p6")),
+            )
+            .unwrap();
+        assert!(
+            store
+                .recall(&fp, at(T0 + 1000), Duration::from_secs(1 << 30))
+                .unwrap()
+                .is_none(),
+            "swept"
+        );
+    }
+
+    #[test]
+    fn redb_dedup_records_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            names_and_dedup(&store);
+            store
+                .commit_recorded(
+                    Commit::Add {
+                        name: None,
+                        entry: entry("Get=*"),
+                    },
+                    Some(record(3, T0 + 400_000, "p7")),
+                )
+                .unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let got = store
+            .recall(&Fingerprint([3; 32]), at(T0 + 400_001), LIFE)
+            .unwrap()
+            .expect("recorded in the commit, durable");
+        assert_eq!(got.location_path[2], "p7");
+        assert_eq!(store.next_name(&|_| false).unwrap().as_str(), "p8");
     }
 
     #[test]

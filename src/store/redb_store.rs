@@ -1,18 +1,28 @@
 //! The redb [`PrivilegeStore`]: one file; table `privileges` maps a node name to the CBOR
-//! form of the entry, table `meta` holds the counter for gateway-chosen names. Each commit
+//! form of the entry, table `meta` holds the counter for gateway-chosen names, tables `dedup`
+//! and `dedup_by_time` hold request fingerprints with their answers (and their expiry
+//! order). Each commit
 //! is one write transaction with redb's default immediate durability (fsync on commit), so a
 //! crash leaves either the whole change or none of it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::mo::{Privilege, PrivilegeName, Value};
-use crate::store::{Commit, PrivilegeStore, StoreError};
+use crate::store::{
+    Commit, DEDUP_SWEEP, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError,
+    generated_number,
+};
 
 const PRIVILEGES: TableDefinition<&str, &[u8]> = TableDefinition::new("privileges");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NAME_COUNTER: &str = "name_counter";
+/// Request fingerprint → the answer its committed write got ([`Recorded`]).
+const DEDUP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup");
+/// Expiry index: big-endian `at_ms` ++ fingerprint → nothing.
+const DEDUP_BY_TIME: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup_by_time");
 
 pub struct RedbStore {
     db: Database,
@@ -38,6 +48,8 @@ impl RedbStore {
         let txn = db.begin_write().map_err(|e| fail(&e))?;
         txn.open_table(PRIVILEGES).map_err(|e| fail(&e))?;
         txn.open_table(META).map_err(|e| fail(&e))?;
+        txn.open_table(DEDUP).map_err(|e| fail(&e))?;
+        txn.open_table(DEDUP_BY_TIME).map_err(|e| fail(&e))?;
         txn.commit().map_err(|e| fail(&e))?;
         Ok(RedbStore {
             db,
@@ -52,6 +64,103 @@ impl RedbStore {
         }
     }
 
+    /// Applies one change inside `txn`.
+    fn apply(&self, txn: &WriteTransaction, commit: Commit) -> Result<PrivilegeName, StoreError> {
+        let mut table = txn.open_table(PRIVILEGES).map_err(|e| self.backend(e))?;
+        match commit {
+            Commit::Add { name, entry } => {
+                let mut meta = txn.open_table(META).map_err(|e| self.backend(e))?;
+                let mut counter = meta
+                    .get(NAME_COUNTER)
+                    .map_err(|e| self.backend(e))?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let name = match name {
+                    Some(n) => n,
+                    None => loop {
+                        counter += 1;
+                        let candidate = format!("p{counter}");
+                        if table
+                            .get(candidate.as_str())
+                            .map_err(|e| self.backend(e))?
+                            .is_none()
+                        {
+                            break PrivilegeName::new(&candidate).map_err(|e| self.backend(e))?;
+                        }
+                    },
+                };
+                if table
+                    .get(name.as_str())
+                    .map_err(|e| self.backend(e))?
+                    .is_some()
+                {
+                    return Err(StoreError::Exists(name));
+                }
+                // A named `p<n>` moves the counter too, so generated names never collide.
+                let counter = counter.max(generated_number(&name).unwrap_or(0));
+                meta.insert(NAME_COUNTER, counter)
+                    .map_err(|e| self.backend(e))?;
+                table
+                    .insert(name.as_str(), entry.to_value().to_cbor().as_slice())
+                    .map_err(|e| self.backend(e))?;
+                Ok(name)
+            }
+            Commit::Replace { name, entry } => {
+                let old = table
+                    .insert(name.as_str(), entry.to_value().to_cbor().as_slice())
+                    .map_err(|e| self.backend(e))?;
+                if old.is_none() {
+                    // Dropping the transaction without commit aborts the insert.
+                    return Err(StoreError::Missing(name));
+                }
+                Ok(name)
+            }
+            Commit::Delete { name } => {
+                let old = table.remove(name.as_str()).map_err(|e| self.backend(e))?;
+                if old.is_none() {
+                    return Err(StoreError::Missing(name));
+                }
+                Ok(name)
+            }
+        }
+    }
+
+    /// Writes a dedup record inside `txn`, after dropping up to [`DEDUP_SWEEP`] expired ones
+    /// (oldest first, by the time index).
+    fn record(&self, txn: &WriteTransaction, record: &DedupRecord) -> Result<(), StoreError> {
+        let mut by_fp = txn.open_table(DEDUP).map_err(|e| self.backend(e))?;
+        let mut by_time = txn.open_table(DEDUP_BY_TIME).map_err(|e| self.backend(e))?;
+        let age = u64::try_from(record.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = record.answer.at_ms.saturating_sub(age).to_be_bytes();
+        let expired: Vec<Vec<u8>> = by_time
+            .range(..cutoff.as_slice())
+            .map_err(|e| self.backend(e))?
+            .take(DEDUP_SWEEP)
+            .map(|item| item.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.backend(e))?;
+        for key in expired {
+            by_time
+                .remove(key.as_slice())
+                .map_err(|e| self.backend(e))?;
+            if let Some(fp) = key.get(8..) {
+                by_fp.remove(fp).map_err(|e| self.backend(e))?;
+            }
+        }
+        let mut time_key = record.answer.at_ms.to_be_bytes().to_vec();
+        time_key.extend_from_slice(&record.fingerprint.0);
+        by_time
+            .insert(time_key.as_slice(), [].as_slice())
+            .map_err(|e| self.backend(e))?;
+        by_fp
+            .insert(
+                record.fingerprint.0.as_slice(),
+                record.answer.encode().as_slice(),
+            )
+            .map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
     fn decode(name: &str, bytes: &[u8]) -> Result<Privilege, StoreError> {
         let corrupt = |m: String| StoreError::Corrupt {
             name: name.to_owned(),
@@ -63,70 +172,66 @@ impl RedbStore {
 }
 
 impl PrivilegeStore for RedbStore {
-    fn commit(&self, commit: Commit) -> Result<PrivilegeName, StoreError> {
+    fn commit_recorded(
+        &self,
+        commit: Commit,
+        record: Option<DedupRecord>,
+    ) -> Result<PrivilegeName, StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.backend(e))?;
-        let name = {
-            let mut table = txn.open_table(PRIVILEGES).map_err(|e| self.backend(e))?;
-            match commit {
-                Commit::Add { name, entry } => {
-                    let name = match name {
-                        Some(n) => n,
-                        None => {
-                            let mut meta = txn.open_table(META).map_err(|e| self.backend(e))?;
-                            let mut counter = meta
-                                .get(NAME_COUNTER)
-                                .map_err(|e| self.backend(e))?
-                                .map(|g| g.value())
-                                .unwrap_or(0);
-                            let name = loop {
-                                counter += 1;
-                                let candidate = format!("p{counter}");
-                                if table
-                                    .get(candidate.as_str())
-                                    .map_err(|e| self.backend(e))?
-                                    .is_none()
-                                {
-                                    break candidate;
-                                }
-                            };
-                            meta.insert(NAME_COUNTER, counter)
-                                .map_err(|e| self.backend(e))?;
-                            PrivilegeName::new(&name).map_err(|e| self.backend(e))?
-                        }
-                    };
-                    if table
-                        .get(name.as_str())
-                        .map_err(|e| self.backend(e))?
-                        .is_some()
-                    {
-                        return Err(StoreError::Exists(name));
-                    }
-                    table
-                        .insert(name.as_str(), entry.to_value().to_cbor().as_slice())
-                        .map_err(|e| self.backend(e))?;
-                    name
-                }
-                Commit::Replace { name, entry } => {
-                    let old = table
-                        .insert(name.as_str(), entry.to_value().to_cbor().as_slice())
-                        .map_err(|e| self.backend(e))?;
-                    if old.is_none() {
-                        // Dropping the transaction without commit aborts the insert.
-                        return Err(StoreError::Missing(name));
-                    }
-                    name
-                }
-                Commit::Delete { name } => {
-                    let old = table.remove(name.as_str()).map_err(|e| self.backend(e))?;
-                    if old.is_none() {
-                        return Err(StoreError::Missing(name));
-                    }
-                    name
-                }
-            }
-        };
+        let name = self.apply(&txn, commit)?;
+        if let Some(record) = record {
+            self.record(&txn, &record)?;
+        }
         txn.commit().map_err(|e| self.backend(e))?;
         Ok(name)
+    }
+
+    fn recall(
+        &self,
+        fingerprint: &Fingerprint,
+        now: SystemTime,
+        max_age: Duration,
+    ) -> Result<Option<Recorded>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
+        let table = txn.open_table(DEDUP).map_err(|e| self.backend(e))?;
+        let Some(found) = table
+            .get(fingerprint.0.as_slice())
+            .map_err(|e| self.backend(e))?
+        else {
+            return Ok(None);
+        };
+        let recorded = Recorded::decode(found.value()).map_err(|e| StoreError::Corrupt {
+            name: "dedup".into(),
+            message: e.to_string(),
+        })?;
+        Ok(recorded.is_fresh(now, max_age).then_some(recorded))
+    }
+
+    fn next_name(
+        &self,
+        taken: &dyn Fn(&PrivilegeName) -> bool,
+    ) -> Result<PrivilegeName, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
+        let table = txn.open_table(PRIVILEGES).map_err(|e| self.backend(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.backend(e))?;
+        let mut counter = meta
+            .get(NAME_COUNTER)
+            .map_err(|e| self.backend(e))?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        loop {
+            counter = counter
+                .checked_add(1)
+                .ok_or_else(|| self.backend("name counter exhausted"))?;
+            let name = PrivilegeName::new(&format!("p{counter}")).map_err(|e| self.backend(e))?;
+            let stored = table
+                .get(name.as_str())
+                .map_err(|e| self.backend(e))?
+                .is_some();
+            if !stored && !taken(&name) {
+                return Ok(name);
+            }
+        }
     }
 
     fn get(&self, name: &PrivilegeName) -> Result<Option<Privilege>, StoreError> {

@@ -43,6 +43,25 @@ impl fmt::Display for Reason {
     }
 }
 
+/// The most characters of a `Detail` (in answers and logs): a device's malformed ACL is
+/// quoted, and a device chooses how long that is.
+pub const MAX_DETAIL_CHARS: usize = 200;
+
+/// `detail` cut to [`MAX_DETAIL_CHARS`] characters (on a char boundary), with an ellipsis
+/// when anything was cut.
+pub fn truncate_detail(detail: &str) -> String {
+    match detail.char_indices().nth(MAX_DETAIL_CHARS) {
+        None => detail.to_owned(),
+        Some((end, _)) => {
+            let mut cut = detail[..end].to_owned();
+            // Keep the total at MAX_DETAIL_CHARS, the ellipsis included.
+            cut.pop();
+            cut.push('…');
+            cut
+        }
+    }
+}
+
 /// What one (device, URI) check came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -136,5 +155,17 @@ mod tests {
             RejectKind::of(&[f("a", Reason::SecureChannel)]).status(),
             500
         );
+    }
+
+    #[test]
+    fn details_are_cut_on_char_boundaries_with_an_ellipsis() {
+        assert_eq!(truncate_detail("short"), "short");
+        let exact = "x".repeat(MAX_DETAIL_CHARS);
+        assert_eq!(truncate_detail(&exact), exact);
+        let long = "ü".repeat(MAX_DETAIL_CHARS + 1);
+        let cut = truncate_detail(&long);
+        assert_eq!(cut.chars().count(), MAX_DETAIL_CHARS);
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("üü"));
     }
 }

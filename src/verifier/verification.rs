@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use crate::config::ServerConfig;
 use crate::mo::{Check, DeviceRef};
-use crate::verifier::{AclReading, Decision, Failure, Outcome, ReadFailure, RejectKind, evaluate};
+use crate::verifier::decision::truncate_detail;
+use crate::verifier::{
+    AclReading, Decision, Failure, Outcome, ReadFailure, Reason, RejectKind, evaluate,
+};
 
 /// One ACL read to perform: `index` identifies it in [`Verification::handle_reply`].
 #[derive(Debug, Clone)]
@@ -77,7 +80,13 @@ impl Verification {
         if slot.is_some() {
             return None;
         }
-        let outcome = evaluate(check.device.profile, &check.uri, &self.server, reply);
+        let outcome = match evaluate(check.device.profile, &check.uri, &self.server, reply) {
+            Outcome::Failed { reason, detail } => Outcome::Failed {
+                reason,
+                detail: truncate_detail(&detail),
+            },
+            allowed => allowed,
+        };
         self.answered += 1;
         Some(slot.insert(outcome))
     }
@@ -90,26 +99,42 @@ impl Verification {
     /// The decision, once every read has an outcome; `None` before.
     #[must_use]
     pub fn poll_decision(&self) -> Option<Decision> {
-        if self.pending() > 0 || self.checks.is_empty() {
+        if self.pending() > 0 {
+            return None;
+        }
+        self.conclude()
+    }
+
+    /// The decision now, whatever is still pending: a read without an outcome counts as
+    /// `unreachable` (fails closed), so only a verification where every read was allowed
+    /// commits. `None` only without any check (nothing to decide on, never a commit).
+    #[must_use]
+    pub fn conclude(&self) -> Option<Decision> {
+        if self.checks.is_empty() {
             return None;
         }
         let mut verified: Vec<String> = Vec::new();
         let mut failed: Vec<Failure> = Vec::new();
-        // Checks are sorted by device, so a device's checks are adjacent.
+        let no_reply = Outcome::Failed {
+            reason: Reason::Unreachable,
+            detail: "no reply by decision time".into(),
+        };
+        // Checks are sorted by device, so a device's checks are adjacent. A device is
+        // verified only if none of its checks failed.
         for (check, outcome) in self.checks.iter().zip(&self.outcomes) {
             let id = &check.device.id;
-            match outcome {
-                Some(Outcome::Allowed) | None => {
+            match outcome.as_ref().unwrap_or(&no_reply) {
+                Outcome::Allowed => {
                     if verified.last() != Some(id) {
                         verified.push(id.clone());
                     }
                 }
-                Some(Outcome::Failed { reason, detail }) => {
+                Outcome::Failed { reason, detail } => {
                     if failed.last().map(|f| &f.device_id) != Some(id) {
                         failed.push(Failure {
                             device_id: id.clone(),
                             reason: *reason,
-                            detail: format!("{}: {detail}", check.uri),
+                            detail: truncate_detail(&format!("{}: {detail}", check.uri)),
                         });
                     }
                 }
@@ -245,6 +270,55 @@ mod tests {
                 );
             }
             other => panic!("expected reject, got {other:?}"),
+        }
+    }
+
+    /// A read with no reply when the decision is taken fails closed: before, the decision
+    /// loop counted a missing outcome as verified.
+    #[test]
+    fn a_missing_outcome_fails_closed() {
+        let mut v = Verification::new(server(), checks(&["a", "b", "c"]));
+        let queries: Vec<Query> = std::iter::from_fn(|| v.poll_query()).collect();
+        v.handle_reply(queries[0].index, dm("Replace=ServerA"));
+        v.handle_reply(queries[2].index, dm("Replace=ServerA"));
+        assert!(v.poll_decision().is_none(), "b is still pending");
+        match v.conclude() {
+            Some(Decision::Reject { kind, failed }) => {
+                assert_eq!(kind, RejectKind::Timeout);
+                assert_eq!(failed.len(), 1);
+                assert_eq!(failed[0].device_id, "b");
+                assert_eq!(failed[0].reason, Reason::Unreachable);
+            }
+            other => panic!("must not commit: {other:?}"),
+        }
+        // Nothing asked at all: no decision (and never a commit).
+        let v = Verification::new(server(), checks(&["a"]));
+        assert!(matches!(v.conclude(), Some(Decision::Reject { .. })));
+        assert!(Verification::new(server(), Vec::new()).conclude().is_none());
+    }
+
+    /// A device's 300 KB malformed ACL becomes a `Detail` of at most 200 characters (it was
+    /// copied whole into the answer and the log line).
+    #[test]
+    fn long_details_are_truncated() {
+        let acl = "Get=".to_owned() + &"é".repeat(150_000);
+        let mut v = Verification::new(server(), checks(&["a"]));
+        let q = v.poll_query().unwrap();
+        match v.handle_reply(q.index, dm(&acl)) {
+            Some(Outcome::Failed { reason, detail }) => {
+                assert_eq!(*reason, Reason::BadAcl);
+                assert!(detail.chars().count() <= 200, "{} chars", detail.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        match v.poll_decision() {
+            Some(Decision::Reject { failed, .. }) => {
+                let detail = &failed[0].detail;
+                assert_eq!(detail.chars().count(), 200);
+                assert!(detail.starts_with("/3/0: ACL 'Get=éé"), "{detail}");
+                assert!(detail.ends_with('…'));
+            }
+            other => panic!("{other:?}"),
         }
     }
 
