@@ -29,8 +29,11 @@
 //! session left to evict, is sent (block 0) but not kept. A follow-up for a body that is not
 //! (or no longer) cached misses [`Block2Cache::lookup`]: the request is executed again and
 //! the requested block is cut from the fresh representation (RFC 7959 §2.4: the server may
-//! re-generate it; the ETag lets the client notice if it changed and start over). Nothing is
-//! answered 4.08 (that code is for Block1) or 4.12.
+//! re-generate it; the ETag lets the client notice if it changed and start over) — but only
+//! for GET and FETCH, which are safe to repeat. A follow-up of any other method (the answer
+//! to a POST, PUT or DELETE that went block-wise) whose body is gone is answered
+//! **4.08 Request Entity Incomplete** by [`follow_up_miss`], never executed again: repeating
+//! it would repeat the write.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -114,6 +117,23 @@ impl BlockOption {
         p.get_first_option(CoapOption::Block1)
             .map(|v| Self::decode(v))
     }
+}
+
+/// What to answer a follow-up block request (`requested.num > 0`) that missed the cache:
+/// `None` for GET and FETCH (execute again and slice the fresh body), else a 4.08 Request
+/// Entity Incomplete saying the body is gone, so an unsafe request is never repeated.
+pub fn follow_up_miss(request: &Packet, requested: BlockOption) -> Option<Packet> {
+    use super::RequestType;
+    let safe = matches!(
+        request.header.code,
+        MessageClass::Request(RequestType::Get | RequestType::Fetch)
+    );
+    if safe || requested.num == 0 {
+        return None;
+    }
+    let mut p = super::response_to(request, ResponseType::RequestEntityIncomplete);
+    p.payload = b"the rest of this response is no longer cached; it is not executed again".to_vec();
+    Some(p)
 }
 
 /// A cache key for a request: code, then every option except Block1, Block2, Size1, Size2
@@ -857,6 +877,25 @@ mod tests {
         }
         assert!(c.len() <= 5, "{} bodies of 200 KB kept", c.len());
         assert!(!c.is_empty(), "recent bodies are still kept");
+    }
+
+    #[test]
+    fn follow_up_miss_reexecutes_only_safe_methods() {
+        let mut get = Packet::new();
+        get.header.code = MessageClass::Request(RequestType::Get);
+        assert!(follow_up_miss(&get, ONE).is_none(), "GET: re-render");
+        let mut post = get.clone();
+        post.header.code = MessageClass::Request(RequestType::Post);
+        let zero = BlockOption { num: 0, ..ONE };
+        assert!(
+            follow_up_miss(&post, zero).is_none(),
+            "block 0 is a new request"
+        );
+        let answer = follow_up_miss(&post, ONE).expect("POST follow-up is refused");
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::RequestEntityIncomplete)
+        );
     }
 
     #[test]

@@ -136,6 +136,9 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
                 cached.set_token(request.get_token().to_vec());
                 return Start::Answer(context, cached);
             }
+            if let Some(refusal) = crate::coap::block::follow_up_miss(&request, b) {
+                return Start::Answer(context, refusal);
+            }
         }
         if self.in_handler >= MAX_REQUESTS_IN_HANDLER {
             let mut answer = response_to(&request, ResponseType::ServiceUnavailable);
