@@ -191,3 +191,64 @@ async fn paged_listing_with_the_default_limits() {
     })
     .await;
 }
+
+/// A POST whose answer goes block-wise, from a raw NoSec socket, asking block `num` of
+/// 16 bytes.
+fn post_block(mid: u16, num: u32) -> Vec<u8> {
+    use privgw::coap::{self, BlockOption, CoapOption, MessageClass, MessageType, Packet};
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    coap::set_uri(&mut p, "/GwConfig/Privileges");
+    coap::set_content_format(&mut p, 60);
+    let block = BlockOption {
+        num,
+        more: false,
+        szx: 0,
+    };
+    p.add_option(CoapOption::Block2, block.encode().unwrap());
+    p.payload = privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerB").to_cbor();
+    coap::encode(&p).unwrap()
+}
+
+/// With a Block2 budget too small to keep any body, the next block of an Add's answer is
+/// 4.08 — the Add is not executed a second time to re-render it (a GET would be).
+#[tokio::test]
+async fn a_write_answer_whose_body_is_gone_is_not_executed_again() {
+    use privgw::coap::{self, BlockOption};
+    bounded(async {
+        let fleet = fleet()
+            .listen(&["coaps://127.0.0.1:0", "coap://127.0.0.1:0"])
+            .nosec("ServerA", "127.0.0.1")
+            .limits_toml("block_cache_session_bytes = 1")
+            .start()
+            .await;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket
+            .connect(fleet.uri(privgw::config::Scheme::Coap).addr)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let mut ask = async |datagram: Vec<u8>| {
+            socket.send(&datagram).await.unwrap();
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            coap::decode(&buf[..n]).unwrap()
+        };
+        let first = ask(post_block(1, 0)).await;
+        assert_eq!(coap::code_string(first.header.code), "2.01");
+        assert!(BlockOption::block2(&first).unwrap().unwrap().more);
+        let next = ask(post_block(2, 1)).await;
+        assert_eq!(coap::code_string(next.header.code), "4.08");
+
+        let mut a = fleet.server_a().await;
+        assert_eq!(privilege_names(&mut a).await.len(), 1, "one Add, not two");
+        assert_eq!(fleet.device("devA").requests(), 1);
+        fleet.stop().await;
+    })
+    .await;
+}
