@@ -19,6 +19,9 @@ use crate::transport::cert::{CertMatch, CertRule};
 use crate::transport::tcp::StreamLimits;
 use crate::transport::tcp::admission::AdmissionLimits;
 
+mod limits;
+pub use limits::Limits;
+
 /// A configuration that failed to load; the message names the key and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -268,12 +271,16 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub devices: Vec<DeviceConfig>,
     pub groups: Vec<GroupConfig>,
+    /// `[limits]`: bounds on privileges, listing pages and per-peer caches.
+    pub limits: Limits,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     gateway: RawGateway,
+    #[serde(default)]
+    limits: limits::RawLimits,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -640,6 +647,7 @@ fn cert_rule(
 
 fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> {
     let g = raw.gateway;
+    let raw_limits = raw.limits;
     let tcp_limits = tcp_limits(&g)?;
     let gateway_certs = cert_files("gateway", g.cert, g.key, g.ca, base)?;
     let store = match base {
@@ -967,6 +975,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         servers,
         devices,
         groups,
+        limits: raw_limits.validate()?,
     })
 }
 

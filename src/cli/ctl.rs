@@ -337,8 +337,15 @@ enum CtlCommand {
     },
     /// Get one privilege (or one leaf of it).
     Get { name: String, leaf: Option<String> },
-    /// List every privilege.
-    List,
+    /// List the privileges (one page when the gateway pages: pass its `Next` as --after).
+    List {
+        /// List names after this one.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size (the gateway clamps it to its list_max_limit).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Delete a privilege.
     Delete { name: String },
     /// List groups.
@@ -468,9 +475,19 @@ pub async fn run(args: CtlArgs) -> CliResult<()> {
                 )
                 .await?
         }
-        CtlCommand::List => {
+        CtlCommand::List { after, limit } => {
+            let query: Vec<String> = after
+                .map(|a| format!("after={a}"))
+                .into_iter()
+                .chain(limit.map(|n| format!("limit={n}")))
+                .collect();
+            let path = if query.is_empty() {
+                "/GwConfig/Privileges".to_owned()
+            } else {
+                format!("/GwConfig/Privileges?{}", query.join("&"))
+            };
             client
-                .request(RequestType::Get, "/GwConfig/Privileges", None, accept, &[])
+                .request(RequestType::Get, &path, None, accept, &[])
                 .await?
         }
         CtlCommand::Delete { name } => {

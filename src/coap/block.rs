@@ -19,10 +19,26 @@
 //! A request for a block that starts at or past the end of the body is answered with
 //! **4.02 Bad Option** (the request's Block2 option cannot be satisfied), and the body stays
 //! cached. RFC 7959 leaves the code open; 4.02 is what libcoap and aiocoap send.
+//!
+//! # Memory
+//!
+//! The cache is bounded in bodies and bytes per session and, through a shared
+//! [`super::budget::SharedBudget`], across all sessions ([`Block2Cache::with_account`]). To
+//! make room the oldest bodies (by expiry) of this session go first; a body larger than the
+//! session's byte budget, or one that finds the shared budget full with nothing of this
+//! session left to evict, is sent (block 0) but not kept. A follow-up for a body that is not
+//! (or no longer) cached misses [`Block2Cache::lookup`]: the request is executed again and
+//! the requested block is cut from the fresh representation (RFC 7959 §2.4: the server may
+//! re-generate it; the ETag lets the client notice if it changed and start over) — but only
+//! for GET and FETCH, which are safe to repeat. A follow-up of any other method (the answer
+//! to a POST, PUT or DELETE that went block-wise) whose body is gone is answered
+//! **4.08 Request Entity Incomplete** by [`follow_up_miss`], never executed again: repeating
+//! it would repeat the write.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::budget::{Account, BudgetError, CacheLimits};
 use super::tuning::deadline;
 use super::{CoapOption, MessageClass, Packet, ResponseType, decode_uint, set_single};
 
@@ -103,6 +119,23 @@ impl BlockOption {
     }
 }
 
+/// What to answer a follow-up block request (`requested.num > 0`) that missed the cache:
+/// `None` for GET and FETCH (execute again and slice the fresh body), else a 4.08 Request
+/// Entity Incomplete saying the body is gone, so an unsafe request is never repeated.
+pub fn follow_up_miss(request: &Packet, requested: BlockOption) -> Option<Packet> {
+    use super::RequestType;
+    let safe = matches!(
+        request.header.code,
+        MessageClass::Request(RequestType::Get | RequestType::Fetch)
+    );
+    if safe || requested.num == 0 {
+        return None;
+    }
+    let mut p = super::response_to(request, ResponseType::RequestEntityIncomplete);
+    p.payload = b"the rest of this response is no longer cached; it is not executed again".to_vec();
+    Some(p)
+}
+
 /// A cache key for a request: code, then every option except Block1, Block2, Size1, Size2
 /// and Observe (number, length, value), then the payload. Deterministic and collision-free
 /// (length-prefixed), so it can be compared directly.
@@ -132,30 +165,56 @@ struct CachedBody {
     expires: Instant,
 }
 
+impl CachedBody {
+    /// What the entry is charged: body, key, and a fixed overhead for the template and the
+    /// map slot.
+    fn cost(&self, key: &[u8]) -> usize {
+        const OVERHEAD: usize = 256;
+        self.body
+            .len()
+            .saturating_add(key.len())
+            .saturating_add(OVERHEAD)
+    }
+}
+
 /// Full response bodies of one peer session, sliced into Block2 blocks on demand.
 ///
-/// Entries expire `lifetime` after their last use (see [`Block2Cache::new`]); at most
-/// `max_entries` bodies are kept, the oldest evicted first, so a peer cannot grow it without
-/// bound.
+/// Entries expire `lifetime` after their last use (see [`Block2Cache::new`]); the cache is
+/// bounded in bodies and bytes (see the module doc, "Memory"), the oldest evicted first, so
+/// a peer cannot grow it without bound.
 #[derive(Debug)]
 pub struct Block2Cache {
     entries: HashMap<Vec<u8>, CachedBody>,
     lifetime: Duration,
     max_szx: u8,
-    max_entries: usize,
+    account: Account,
 }
 
 impl Block2Cache {
     /// A cache whose entries live `lifetime` after their last use. aiocoap uses
     /// MAX_TRANSMIT_WAIT; [`TransportTuning::exchange_lifetime`](super::TransportTuning::exchange_lifetime)
-    /// is also reasonable. Blocks default to 1024 bytes (SZX 6), 16 bodies at most.
+    /// is also reasonable. Blocks default to 1024 bytes (SZX 6); the bounds are
+    /// [`CacheLimits::process_default`] (16 bodies and 1 MiB per session, 64 MiB shared).
     pub fn new(lifetime: Duration) -> Self {
         Self {
             entries: HashMap::new(),
             lifetime,
             max_szx: MAX_SZX,
-            max_entries: 16,
+            account: CacheLimits::process_default().block2_account(),
         }
+    }
+
+    /// Sets the bounds: this session's share of a shared budget
+    /// ([`CacheLimits::block2_account`]).
+    pub fn with_account(mut self, account: Account) -> Self {
+        self.clear();
+        self.account = account;
+        self
+    }
+
+    /// Bytes charged for the bodies held (for tests and leak checks).
+    pub fn bytes(&self) -> usize {
+        self.account.bytes()
     }
 
     /// Sets the largest block size this server sends (default SZX 6, 1024 bytes; clamped
@@ -165,11 +224,11 @@ impl Block2Cache {
         self
     }
 
-    /// Sets how many bodies are kept at most (default 16, minimum 1). Each may be as large
-    /// as a handler's response, so memory is `max_entries × largest body`.
-    pub fn with_max_entries(mut self, n: usize) -> Self {
-        self.max_entries = n.max(1);
-        self
+    /// Sets how many bodies are kept at most (default 16, minimum 1), keeping the current
+    /// byte bounds and shared budget.
+    pub fn with_max_entries(self, n: usize) -> Self {
+        let (shared, bytes) = (self.account.shared(), self.account.max_bytes());
+        self.with_account(Account::new(shared, n.max(1), bytes))
     }
 
     /// Live cached bodies (for leak tests).
@@ -215,8 +274,7 @@ impl Block2Cache {
             expires: deadline(now, self.lifetime),
         };
         let out = slice(&entry, requested, self.max_szx);
-        self.evict_for_insert(&key);
-        self.entries.insert(key, entry);
+        self.insert_bounded(key, entry);
         out
     }
 
@@ -295,7 +353,7 @@ impl Block2Cache {
         }
         let entry = self.entries.get_mut(key)?;
         if entry.expires <= now {
-            self.entries.remove(key);
+            self.remove(key);
             return None;
         }
         entry.expires = deadline(now, self.lifetime);
@@ -309,25 +367,68 @@ impl Block2Cache {
 
     /// Drops bodies whose lifetime has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.entries.retain(|_, e| e.expires > now);
+        let expired: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.remove(&k);
+        }
     }
 
-    fn evict_for_insert(&mut self, key: &[u8]) {
-        if self.entries.contains_key(key) {
-            return;
-        }
-        while self.entries.len() >= self.max_entries {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.expires)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    self.entries.remove(&k);
+    /// Stores `entry` under `key` if the budgets allow, evicting this session's oldest
+    /// bodies as needed; otherwise keeps nothing (follow-ups re-render).
+    fn insert_bounded(&mut self, key: Vec<u8>, entry: CachedBody) {
+        self.remove(&key);
+        let cost = entry.cost(&key);
+        loop {
+            match self.account.reserve(1, cost) {
+                Ok(()) => {
+                    self.entries.insert(key, entry);
+                    return;
                 }
-                None => break,
+                Err(BudgetError::TooLarge) => break,
+                Err(_) => {
+                    if !self.evict_oldest() {
+                        break;
+                    }
+                }
             }
+        }
+        tracing::debug!(
+            bytes = cost,
+            "Block2 body not cached (budget); follow-ups re-render"
+        );
+    }
+
+    /// Evicts the body closest to expiry; `false` if there was none.
+    fn evict_oldest(&mut self) -> bool {
+        let oldest = self
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| e.expires)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => {
+                self.remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(e) = self.entries.remove(key) {
+            self.account.release(1, e.cost(key));
+        }
+    }
+
+    fn clear(&mut self) {
+        let keys: Vec<Vec<u8>> = self.entries.keys().cloned().collect();
+        for k in keys {
+            self.remove(&k);
         }
     }
 }
@@ -390,7 +491,9 @@ fn fnv1a64(data: &[u8]) -> [u8; 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coap::budget::SharedBudget;
     use crate::coap::{RequestType, decode_uint, response_to};
+    use std::sync::Arc;
 
     fn body(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
@@ -657,6 +760,142 @@ mod tests {
         );
         assert_eq!(block2_of(&p).num, 4);
         assert_eq!(p.payload, body(5000)[1024..1280]);
+    }
+
+    fn budgeted(
+        session_entries: usize,
+        session_bytes: usize,
+        shared: &Arc<SharedBudget>,
+    ) -> Block2Cache {
+        Block2Cache::new(Duration::from_secs(10)).with_account(Account::new(
+            shared.clone(),
+            session_entries,
+            session_bytes,
+        ))
+    }
+
+    const ONE: BlockOption = BlockOption {
+        num: 1,
+        more: false,
+        szx: 6,
+    };
+
+    #[test]
+    fn cache_is_bounded_in_bytes_per_session_oldest_evicted() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        // Room for two 5000-byte bodies, not three.
+        let mut c = budgeted(16, 12_000, &shared);
+        for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
+            let now = t0 + Duration::from_secs(i as u64);
+            c.apply(now, k.to_vec(), None, big_response(5000));
+        }
+        assert_eq!(c.len(), 2);
+        assert!(c.bytes() <= 12_000);
+        assert!(c.lookup(t0, b"a", ONE).is_none(), "oldest evicted");
+        assert!(c.lookup(t0, b"c", ONE).is_some());
+        assert_eq!(shared.used_bytes(), c.bytes());
+    }
+
+    #[test]
+    fn body_larger_than_the_session_budget_is_served_but_not_kept() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        let mut c = budgeted(16, 4000, &shared);
+        c.apply(t0, b"small".to_vec(), None, big_response(2000));
+        let first = c.apply(t0, b"big".to_vec(), None, big_response(5000));
+        assert_eq!(first.payload, body(5000)[..1024], "block 0 still goes out");
+        assert!(
+            c.lookup(t0, b"big", ONE).is_none(),
+            "not kept: a follow-up re-renders"
+        );
+        assert!(
+            c.lookup(t0, b"small", ONE).is_some(),
+            "nothing else evicted for it"
+        );
+        // The re-rendered follow-up is sliced from the fresh body, with the same ETag.
+        let again = c.apply(t0, b"big".to_vec(), Some(ONE), big_response(5000));
+        assert_eq!(again.payload, body(5000)[1024..2048]);
+        assert_eq!(
+            again.get_first_option(CoapOption::ETag),
+            first.get_first_option(CoapOption::ETag)
+        );
+    }
+
+    #[test]
+    fn shared_budget_bounds_all_sessions_and_is_returned_on_drop() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::new(100, 12_000);
+        let mut a = budgeted(16, 1 << 20, &shared);
+        let mut b = budgeted(16, 1 << 20, &shared);
+        a.apply(t0, b"a1".to_vec(), None, big_response(5000));
+        let t1 = t0 + Duration::from_secs(1);
+        a.apply(t1, b"a2".to_vec(), None, big_response(5000));
+        // b has nothing to evict and the shared budget is full: b keeps nothing.
+        b.apply(t0, b"b1".to_vec(), None, big_response(5000));
+        assert!(b.is_empty());
+        assert!(shared.used_bytes() <= 12_000);
+        // a evicts its own oldest to make room for its new body.
+        a.apply(
+            t0 + Duration::from_secs(2),
+            b"a3".to_vec(),
+            None,
+            big_response(5000),
+        );
+        assert_eq!(a.len(), 2);
+        assert!(a.lookup(t0, b"a1", ONE).is_none());
+        drop(a);
+        assert_eq!(
+            shared.used_bytes(),
+            0,
+            "a session's share comes back when it ends"
+        );
+        b.apply(t0, b"b1".to_vec(), None, big_response(5000));
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn expiry_returns_bytes_to_the_shared_budget() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        let mut c = budgeted(16, 1 << 20, &shared);
+        c.apply(t0, b"k".to_vec(), None, big_response(5000));
+        assert!(shared.used_bytes() > 5000);
+        c.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!((c.len(), c.bytes(), shared.used_bytes()), (0, 0, 0));
+    }
+
+    /// Issue 6 item 6: 16 listings of 200 KB per session used to stay cached whole (3.2 MB per
+    /// session). With the default bounds a session keeps at most 1 MiB.
+    #[test]
+    fn default_bounds_keep_at_most_one_mib_per_session() {
+        let t0 = Instant::now();
+        let mut c = Block2Cache::new(Duration::from_secs(10));
+        for i in 0..16u64 {
+            let now = t0 + Duration::from_millis(i);
+            c.apply(now, i.to_be_bytes().to_vec(), None, big_response(200_000));
+        }
+        assert!(c.len() <= 5, "{} bodies of 200 KB kept", c.len());
+        assert!(!c.is_empty(), "recent bodies are still kept");
+    }
+
+    #[test]
+    fn follow_up_miss_reexecutes_only_safe_methods() {
+        let mut get = Packet::new();
+        get.header.code = MessageClass::Request(RequestType::Get);
+        assert!(follow_up_miss(&get, ONE).is_none(), "GET: re-render");
+        let mut post = get.clone();
+        post.header.code = MessageClass::Request(RequestType::Post);
+        let zero = BlockOption { num: 0, ..ONE };
+        assert!(
+            follow_up_miss(&post, zero).is_none(),
+            "block 0 is a new request"
+        );
+        let answer = follow_up_miss(&post, ONE).expect("POST follow-up is refused");
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::RequestEntityIncomplete)
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //!   retransmission, separate responses and Block2 reassembly. Owns its MIDs and token.
 //! * [`block`] — [`BlockOption`] and [`Block2Cache`]: server-side Block2 slicing, keyed by a
 //!   caller-supplied cache key.
+//! * [`budget`] — [`CacheLimits`]: per-peer and shared entry/byte bounds of the dedup table
+//!   and the Block2 cache.
 //! * [`tcp`] — RFC 8323 framing ([`encode_frame`], [`decode_frame`]) and typed signaling
 //!   messages ([`Signal`]) for CoAP over TCP and TLS.
 //! * [`stream`] — [`StreamConnection`]: one reliable connection (either role), with the CSM
@@ -42,6 +44,7 @@
 //! `poll_timeout`.
 
 pub mod block;
+pub mod budget;
 pub mod client;
 pub mod server;
 pub mod stream;
@@ -54,6 +57,7 @@ mod tests;
 use std::collections::LinkedList;
 
 pub use block::{Block2Cache, BlockError, BlockOption};
+pub use budget::{CacheLimits, SharedBudget};
 pub use client::{ClientError, ClientEvent, ClientExchange};
 pub use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,

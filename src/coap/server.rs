@@ -19,10 +19,24 @@
 //! Block2, Proxy-Uri and Proxy-Scheme (the upper layer answers 5.05 for proxying it does
 //! not do). Block1 (27) and OSCORE (9) are *not* recognised yet. An unknown method code
 //! (class 0, e.g. 0.08) is answered with 4.05 Method Not Allowed the same way.
+//!
+//! # Bounded memory
+//!
+//! RFC 7252 §4.5 only asks for the response of a *recent* CON to be replayed: a client
+//! retransmits for MAX_TRANSMIT_SPAN (45 s) and, with NSTART 1, has one exchange in flight.
+//! The table is therefore bounded per peer in entries and bytes and across peers by a shared
+//! budget ([`super::budget::CacheLimits`]; defaults 512 entries and 128 KiB per peer, 65 536
+//! entries and 16 MiB shared). When a bound is reached the peer's oldest entries go first; a
+//! response that still does not fit is sent but not stored, and a request that finds no room
+//! at all is executed without a dedup entry. Either way a later duplicate of an evicted
+//! exchange is executed again, like a request that arrives after EXCHANGE_LIFETIME — the
+//! price of a bound, paid only by a peer that sends hundreds of requests per retransmission
+//! window.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use super::budget::{Account, BudgetError, CacheLimits};
 use super::tuning::deadline;
 
 use super::{
@@ -94,7 +108,12 @@ enum Slot {
 struct Entry {
     expires: Instant,
     slot: Slot,
+    /// Bytes charged to the account for this entry.
+    charged: usize,
 }
+
+/// What an entry costs besides its stored response: map slot, expiry record, allocation.
+const ENTRY_OVERHEAD: usize = 64;
 
 /// The server side of the message layer for one peer session.
 ///
@@ -109,6 +128,7 @@ pub struct ServerExchanges {
     /// `(expiry, mid)` in insertion order; with monotonic `now` this is sorted by expiry.
     expiry: VecDeque<(Instant, u16)>,
     next_mid: u16,
+    account: Account,
 }
 
 impl ServerExchanges {
@@ -121,7 +141,22 @@ impl ServerExchanges {
             entries: HashMap::new(),
             expiry: VecDeque::new(),
             next_mid: 0,
+            account: CacheLimits::process_default().dedup_account(),
         }
+    }
+
+    /// Sets the bounds of the table: this peer's share of a shared budget
+    /// ([`CacheLimits::dedup_account`]; default [`CacheLimits::process_default`]). Call it
+    /// before the first datagram.
+    pub fn with_account(mut self, account: Account) -> Self {
+        while self.evict_oldest(None) {}
+        self.account = account;
+        self
+    }
+
+    /// Bytes charged for the stored responses (for tests and leak checks).
+    pub fn bytes(&self) -> usize {
+        self.account.bytes()
     }
 
     /// Sets the first MID used for NON responses (the caller supplies randomness).
@@ -229,16 +264,97 @@ impl ServerExchanges {
         Inbound::Request { request, responder }
     }
 
+    /// Records `mid` as pending, evicting the oldest entries if the budgets demand it; with
+    /// no room at all the request runs without a dedup entry.
     fn insert(&mut self, now: Instant, mid: u16) {
+        if !self.make_room(ENTRY_OVERHEAD, 1, None) {
+            tracing::debug!(mid, "dedup table full, request runs without an entry");
+            return;
+        }
         let expires = deadline(now, self.tuning.exchange_lifetime());
         self.entries.insert(
             mid,
             Entry {
                 expires,
                 slot: Slot::Pending,
+                charged: ENTRY_OVERHEAD,
             },
         );
         self.expiry.push_back((expires, mid));
+    }
+
+    /// Reserves `entries` entries and `bytes` bytes, evicting the oldest entries other than
+    /// `keep` until it fits; `false` if it cannot.
+    fn make_room(&mut self, bytes: usize, entries: usize, keep: Option<u16>) -> bool {
+        loop {
+            match self.account.reserve(entries, bytes) {
+                Ok(()) => return true,
+                Err(BudgetError::TooLarge) => return false,
+                Err(_) => {
+                    if !self.evict_oldest(keep) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Evicts the oldest live entry other than `keep`; `false` if there is none. Every
+    /// entry has exactly one expiry record, so records are popped as entries go and the
+    /// queue stays as long as the table.
+    fn evict_oldest(&mut self, keep: Option<u16>) -> bool {
+        let mut kept = None;
+        let evicted = loop {
+            let Some((t, mid)) = self.expiry.pop_front() else {
+                break false;
+            };
+            if Some(mid) == keep && kept.is_none() {
+                kept = Some((t, mid));
+                continue;
+            }
+            if self.entries.get(&mid).is_some_and(|e| e.expires == t) {
+                self.remove_entry(mid);
+                break true;
+            }
+        };
+        if let Some(record) = kept {
+            self.expiry.push_front(record);
+        }
+        evicted
+    }
+
+    fn remove_entry(&mut self, mid: u16) {
+        if let Some(e) = self.entries.remove(&mid) {
+            self.account.release(1, e.charged);
+        }
+    }
+
+    /// Stores the encoded response for duplicates if the budgets allow; otherwise forgets
+    /// the exchange (a duplicate is executed again).
+    fn store_response(&mut self, mid: u16, bytes: &[u8]) {
+        if !self.entries.contains_key(&mid) {
+            return;
+        }
+        if !self.make_room(bytes.len(), 0, Some(mid)) {
+            tracing::debug!(mid, "response not stored for duplicates (dedup budget)");
+            self.forget(mid);
+            return;
+        }
+        if let Some(entry) = self.entries.get_mut(&mid) {
+            entry.slot = Slot::Done(bytes.to_vec());
+            entry.charged = entry.charged.saturating_add(bytes.len());
+        }
+    }
+
+    /// Removes `mid`'s entry and its expiry record.
+    fn forget(&mut self, mid: u16) {
+        let Some(t) = self.entries.get(&mid).map(|e| e.expires) else {
+            return;
+        };
+        if let Some(pos) = self.expiry.iter().position(|r| *r == (t, mid)) {
+            self.expiry.remove(pos);
+        }
+        self.remove_entry(mid);
     }
 
     /// Finishes a request: sets the message type (piggybacked ACK with the request's MID
@@ -274,9 +390,7 @@ impl ServerExchanges {
         if !responder.confirmable {
             self.next_mid = self.next_mid.wrapping_add(1);
         }
-        if let Some(entry) = self.entries.get_mut(&responder.mid) {
-            entry.slot = Slot::Done(bytes.clone());
-        }
+        self.store_response(responder.mid, &bytes);
         Ok(bytes)
     }
 
@@ -299,7 +413,7 @@ impl ServerExchanges {
             }
             self.expiry.pop_front();
             if self.entries.get(&mid).is_some_and(|e| e.expires <= now) {
-                self.entries.remove(&mid);
+                self.remove_entry(mid);
             }
         }
     }
@@ -319,7 +433,9 @@ fn unrecognised_critical(p: &Packet) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coap::budget::SharedBudget;
     use crate::coap::{CoapOption, RequestType, response_to, set_uri};
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn server() -> ServerExchanges {
@@ -582,6 +698,113 @@ mod tests {
         // The same MID is now a new request.
         let (_r, responder) = expect_request(s.handle_datagram(t0 + lifetime, &dg));
         s.abandon(responder);
+    }
+
+    fn bounded(entries: usize, bytes: usize, shared: &Arc<SharedBudget>) -> ServerExchanges {
+        server().with_account(Account::new(shared.clone(), entries, bytes))
+    }
+
+    /// Sends CON `mid`, answers it with a `len`-byte body; returns the bytes sent.
+    fn exchange(s: &mut ServerExchanges, now: Instant, mid: u16, len: usize) -> Vec<u8> {
+        let dg = bytes(&request(MessageType::Confirmable, mid));
+        let (req, responder) = expect_request(s.handle_datagram(now, &dg));
+        let mut resp = response_to(&req, ResponseType::Content);
+        resp.payload = vec![7; len];
+        s.respond(now, responder, resp).unwrap()
+    }
+
+    #[test]
+    fn dedup_table_is_bounded_in_entries_per_peer_oldest_evicted() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        let mut s = bounded(4, 1 << 20, &shared);
+        for mid in 0..10u16 {
+            exchange(&mut s, t0, mid, 10);
+        }
+        assert_eq!(s.len(), 4);
+        // The four most recent are replayed; an evicted one is a new request again.
+        let recent = bytes(&request(MessageType::Confirmable, 9));
+        assert!(matches!(s.handle_datagram(t0, &recent), Inbound::Reply(_)));
+        let old = bytes(&request(MessageType::Confirmable, 0));
+        let (_r, responder) = expect_request(s.handle_datagram(t0, &old));
+        s.abandon(responder);
+        assert!(s.expiry.len() <= 4, "expiry records go with their entries");
+    }
+
+    #[test]
+    fn dedup_table_is_bounded_in_bytes_per_peer() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        let mut s = bounded(1000, 2000, &shared);
+        for mid in 0..50u16 {
+            exchange(&mut s, t0, mid, 500);
+        }
+        assert!(s.bytes() <= 2000, "{} bytes", s.bytes());
+        assert!(s.len() >= 2, "recent responses are kept");
+        let last = bytes(&request(MessageType::Confirmable, 49));
+        assert!(matches!(s.handle_datagram(t0, &last), Inbound::Reply(_)));
+    }
+
+    #[test]
+    fn response_larger_than_the_peer_budget_is_sent_not_stored() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        let mut s = bounded(1000, 300, &shared);
+        let sent = exchange(&mut s, t0, 1, 1000);
+        assert!(sent.len() > 1000);
+        assert!(s.is_empty() && s.expiry.is_empty());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn shared_dedup_budget_bounds_all_peers_and_comes_back_on_drop() {
+        let t0 = Instant::now();
+        let shared = SharedBudget::new(1_000_000, 10_000);
+        let mut peers: Vec<ServerExchanges> =
+            (0..8).map(|_| bounded(1000, 1 << 20, &shared)).collect();
+        for (i, p) in peers.iter_mut().enumerate() {
+            for mid in 0..100u16 {
+                exchange(p, t0 + Duration::from_millis(i as u64), mid, 200);
+            }
+        }
+        assert!(shared.used_bytes() <= 10_000, "{}", shared.used_bytes());
+        peers.clear();
+        assert_eq!((shared.used_entries(), shared.used_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn flood_keeps_the_table_bounded() {
+        // 200 000 requests at one per 5 µs: far more than EXCHANGE_LIFETIME would keep.
+        let t0 = Instant::now();
+        let shared = SharedBudget::unlimited();
+        let mut s = bounded(512, 128 << 10, &shared);
+        for i in 0..200_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 5);
+            exchange(&mut s, now, i as u16, 60);
+            s.handle_timeout(now);
+        }
+        assert!(s.len() <= 512);
+        assert!(s.expiry.len() <= 512);
+        assert!(s.bytes() <= 128 << 10);
+    }
+
+    /// Issue 6 item 6: every response stayed for EXCHANGE_LIFETIME, so a fast client filled
+    /// the whole MID space (65 536 stored responses per peer). The default bound is 512.
+    #[test]
+    fn default_bounds_keep_a_flooding_peer_to_512_entries() {
+        let t0 = Instant::now();
+        let mut s = server();
+        for i in 0..70_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 20);
+            let dg = bytes(&request(MessageType::Confirmable, i as u16));
+            if let Inbound::Request { request, responder } = s.handle_datagram(now, &dg) {
+                let mut resp = response_to(&request, ResponseType::Content);
+                resp.payload = vec![1; 100];
+                let _ = s.respond(now, responder, resp);
+            }
+            s.handle_timeout(now);
+        }
+        assert!(s.len() <= 512, "{} entries kept", s.len());
     }
 
     /// xorshift64*, so the fuzz loop is deterministic.

@@ -65,6 +65,10 @@ pub enum FrontError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A `[limits]` cap on stored privileges is reached (4.03: refused by policy, and
+    /// retrying will not help until entries are deleted; the diagnostic names the cap).
+    #[error("{0}")]
+    LimitReached(String),
     /// Proxy-Uri or Proxy-Scheme: the forward proxy does not exist (yet).
     #[error("proxying is not supported")]
     ProxyingNotSupported,
@@ -84,6 +88,7 @@ impl FrontError {
             FrontError::TooLarge(_) => ResponseType::RequestEntityTooLarge,
             FrontError::Internal(_) => ResponseType::InternalServerError,
             FrontError::Unavailable(_) => ResponseType::ServiceUnavailable,
+            FrontError::LimitReached(_) => ResponseType::Forbidden,
             FrontError::ProxyingNotSupported => ResponseType::ProxyingNotSupported,
         }
     }

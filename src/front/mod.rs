@@ -13,6 +13,7 @@
 
 pub mod answer;
 pub mod command;
+pub mod page;
 pub mod refusal;
 
 pub use answer::{Format, FrontError, render_value};

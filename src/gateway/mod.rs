@@ -5,6 +5,7 @@
 //! ports), spawns the tasks and returns a handle; [`Gateway::stop`] flips the shutdown signal
 //! and waits for every task.
 
+pub mod quota;
 pub mod reports;
 pub mod service;
 
@@ -47,6 +48,8 @@ pub enum GatewayError {
 /// Answers northbound requests: identity from the channel, then the service.
 pub struct North {
     service: Arc<Service<South>>,
+    /// `[limits]` cache bounds, with budgets shared by every northbound session.
+    cache_limits: crate::coap::CacheLimits,
     by_psk: HashMap<Vec<u8>, Arc<ServerConfig>>,
     by_address: HashMap<IpAddr, Arc<ServerConfig>>,
     /// Each certificate server's rule, scoped to the gateway's CA and its own `ca`.
@@ -81,6 +84,10 @@ impl North {
 }
 
 impl Handler for North {
+    fn cache_limits(&self) -> crate::coap::CacheLimits {
+        self.cache_limits.clone()
+    }
+
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
         self.handle_within(peer, request, service::DEFAULT_MAX_PAYLOAD)
             .await
@@ -244,6 +251,7 @@ impl Gateway {
             .collect();
         let north = Arc::new(North {
             service: service.clone(),
+            cache_limits: config.limits.cache_limits(),
             by_psk,
             by_address,
             by_certificate,

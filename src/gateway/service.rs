@@ -24,6 +24,9 @@ use crate::store::dedup::unix_ms;
 use crate::store::{Commit, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError};
 use crate::verifier::{Decision, Failure, RejectKind, Verification};
 
+use super::quota::{Quota, QuotaError};
+use crate::front::page::{ListQuery, Listing};
+
 /// The payload one message carries on UDP/DTLS without Block2 (SZX 6); what an answer may
 /// use when the transport does not say otherwise.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024;
@@ -184,6 +187,7 @@ pub struct Service<R: AclReader> {
     reader: Arc<R>,
     in_flight: Arc<Semaphore>,
     locks: NodeLocks,
+    quota: Quota,
     /// Complete failure lists of refused writes whose answer was truncated.
     reports: Mutex<ReportStore>,
     reservations: Reservations,
@@ -193,6 +197,7 @@ impl<R: AclReader> Service<R> {
     pub fn new(config: Arc<Config>, store: Arc<dyn PrivilegeStore>, reader: Arc<R>) -> Self {
         let inventory = Inventory::from_config(&config);
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
+        let quota = Quota::new(&config.limits, initial_counts(store.as_ref()));
         let reports = Mutex::new(ReportStore::new(ReportLimits {
             max_count: config.gateway.max_reports,
             max_bytes: config.gateway.report_max_bytes,
@@ -205,6 +210,7 @@ impl<R: AclReader> Service<R> {
             reader,
             in_flight,
             locks: NodeLocks::default(),
+            quota,
             reports,
             reservations: Reservations::default(),
         }
@@ -270,12 +276,7 @@ impl<R: AclReader> Service<R> {
             Command::ListPrivileges => {
                 let format = format()?;
                 self.gate(server, DmCommand::Get)?;
-                let all = self.blocking_store(|s| s.list()).await?;
-                let value = Value::Map(
-                    all.into_iter()
-                        .map(|(n, p)| (n.as_str().to_owned(), p.to_value()))
-                        .collect(),
-                );
+                let value = self.list_privileges(request).await?;
                 Ok(Answer::document(ResponseType::Content, &value, format))
             }
             Command::GetPrivilege(name) => {
@@ -353,6 +354,28 @@ impl<R: AclReader> Service<R> {
                     .await
             }
         }
+    }
+
+    /// The listing, paged by `?after=&limit=` (`front::page`), read from the store one page
+    /// at a time.
+    async fn list_privileges(&self, request: &Packet) -> Result<Value, FrontError> {
+        let query =
+            crate::coap::uri_query(request).map_err(|e| FrontError::BadRequest(e.to_string()))?;
+        let limits = &self.config.limits;
+        let plan = Listing::decide(
+            ListQuery::parse(&query)?,
+            limits.list_default_limit,
+            limits.list_max_limit,
+        );
+        let (after, limit) = (plan.after.clone(), plan.limit);
+        let (entries, more) = self
+            .blocking_store(move |s| s.list_page(after.as_ref(), limit))
+            .await?;
+        let entries = entries
+            .into_iter()
+            .map(|(n, p)| (n, p.to_value()))
+            .collect();
+        Ok(plan.document(entries, more))
     }
 
     /// The gateway gate: the Privileges node's own ACL, checked before anything else.
@@ -570,6 +593,12 @@ impl<R: AclReader> Service<R> {
         if let Some(new) = &change.new {
             self.validate(new)?;
         }
+        // The caps, before any device traffic; the slot is given back unless committed.
+        let quota_slot = self.quota.reserve(
+            &server.id,
+            change.kind,
+            change.old.as_ref().map(|o| o.grantor.as_str()),
+        )?;
         let checks = change
             .checks(&self.inventory)
             .map_err(|e| FrontError::NotFound(e.to_string()))?;
@@ -636,6 +665,7 @@ impl<R: AclReader> Service<R> {
                 });
                 self.blocking_store(move |s| s.commit_recorded(commit, record))
                     .await?;
+                quota_slot.commit();
                 tracing::info!(
                     server = %server.id, %target, %uri, verdict = "committed",
                     privilege = %name, verified = verified.len(),
@@ -645,6 +675,21 @@ impl<R: AclReader> Service<R> {
             }
         };
         Ok(answer)
+    }
+}
+
+/// What the store holds per Grantor at start. A store that cannot be listed counts as
+/// empty (logged): its entries cannot be served either, and the caps still bound new ones.
+fn initial_counts(store: &dyn PrivilegeStore) -> HashMap<String, usize> {
+    store.grantor_counts().unwrap_or_else(|e| {
+        tracing::error!("cannot count stored privileges for the caps: {e}");
+        HashMap::new()
+    })
+}
+
+impl From<QuotaError> for FrontError {
+    fn from(e: QuotaError) -> Self {
+        FrontError::LimitReached(e.to_string())
     }
 }
 

@@ -33,6 +33,12 @@ pub use stream_session::serve_stream;
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: &PeerInfo, request: Packet) -> impl Future<Output = Packet> + Send;
 
+    /// The bounds of each session's duplicate table and Block2 cache, with the budgets
+    /// shared by all sessions of this handler. Default: one process-wide set of defaults.
+    fn cache_limits(&self) -> crate::coap::CacheLimits {
+        crate::coap::CacheLimits::process_default()
+    }
+
     /// [`handle`](Self::handle), told what one message to this peer carries: an error
     /// answer is never sliced into Block2 blocks (clients do not reassemble error bodies), so
     /// a handler with long error bodies keeps them within `max_payload` bytes. The pipeline

@@ -86,10 +86,12 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     /// `lifetime`: how long a sliced body stays cached for its follow-up blocks.
     pub fn new(handler: Arc<H>, peer: PeerInfo, lifetime: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::channel(MAX_REQUESTS_IN_HANDLER);
+        let blocks =
+            Block2Cache::new(lifetime).with_account(handler.cache_limits().block2_account());
         Pipeline {
             handler,
             peer: Arc::new(peer),
-            blocks: Block2Cache::new(lifetime),
+            blocks,
             done_tx,
             done_rx,
             in_handler: 0,
@@ -133,6 +135,9 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
             if let Some(mut cached) = self.blocks.lookup(now, &key, b) {
                 cached.set_token(request.get_token().to_vec());
                 return Start::Answer(context, cached);
+            }
+            if let Some(refusal) = crate::coap::block::follow_up_miss(&request, b) {
+                return Start::Answer(context, refusal);
             }
         }
         if self.in_handler >= MAX_REQUESTS_IN_HANDLER {

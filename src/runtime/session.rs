@@ -25,7 +25,9 @@ pub async fn serve_session<S: DatagramSession, H: Handler>(
 ) {
     // RFC 7252 §4.4: our NON responses' MIDs start at a random value in every session.
     let first_mid = u16::from_be_bytes(crate::runtime::client::random_bytes::<2>());
-    let mut exchanges = ServerExchanges::new(tuning.clone()).with_first_mid(first_mid);
+    let mut exchanges = ServerExchanges::new(tuning.clone())
+        .with_first_mid(first_mid)
+        .with_account(handler.cache_limits().dedup_account());
     let mut pipeline: Pipeline<H, Responder> =
         Pipeline::new(handler, peer, tuning.exchange_lifetime());
     let mut last_heard = Instant::now();

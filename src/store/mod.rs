@@ -103,6 +103,32 @@ pub trait PrivilegeStore: Send + Sync + 'static {
     fn get(&self, name: &PrivilegeName) -> Result<Option<Privilege>, StoreError>;
     /// Every entry in name order.
     fn list(&self) -> Result<Vec<(PrivilegeName, Privilege)>, StoreError>;
+
+    /// Up to `limit` entries whose names sort after `after` (exclusive), in name order, and
+    /// whether more follow. The default reads the whole list; backends override it.
+    fn list_page(
+        &self,
+        after: Option<&PrivilegeName>,
+        limit: usize,
+    ) -> Result<(Vec<(PrivilegeName, Privilege)>, bool), StoreError> {
+        let mut rest: Vec<_> = self
+            .list()?
+            .into_iter()
+            .filter(|(n, _)| after.is_none_or(|a| n.as_str() > a.as_str()))
+            .collect();
+        let more = rest.len() > limit;
+        rest.truncate(limit);
+        Ok((rest, more))
+    }
+
+    /// How many entries each Grantor holds (for the privilege caps; read once at start).
+    fn grantor_counts(&self) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, p) in self.list()? {
+            *counts.entry(p.grantor).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +204,38 @@ mod tests {
         let listed = store.list().unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].1.target_type, TargetType::Group);
+    }
+
+    fn pages(store: &dyn PrivilegeStore) {
+        for i in [3, 1, 2, 10] {
+            let name = PrivilegeName::new(&format!("n{i}")).unwrap();
+            store
+                .commit(Commit::Add {
+                    name: Some(name),
+                    entry: entry("Get=*"),
+                })
+                .unwrap();
+        }
+        let names = |v: Vec<(PrivilegeName, Privilege)>| -> Vec<String> {
+            v.into_iter().map(|(n, _)| n.as_str().to_owned()).collect()
+        };
+        let (first, more) = store.list_page(None, 2).unwrap();
+        assert_eq!(
+            (names(first), more),
+            (vec!["n1".into(), "n10".into()], true)
+        );
+        let after = PrivilegeName::new("n10").unwrap();
+        let (rest, more) = store.list_page(Some(&after), 2).unwrap();
+        assert_eq!((names(rest), more), (vec!["n2".into(), "n3".into()], false));
+        let counts = store.grantor_counts().unwrap();
+        assert_eq!(counts.get("ServerA"), Some(&4));
+    }
+
+    #[test]
+    fn both_stores_page_in_name_order_and_count_by_grantor() {
+        pages(&MemoryStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        pages(&RedbStore::open(&dir.path().join("p.redb")).unwrap());
     }
 
     #[test]

@@ -244,10 +244,27 @@ impl PrivilegeStore for RedbStore {
     }
 
     fn list(&self) -> Result<Vec<(PrivilegeName, Privilege)>, StoreError> {
+        Ok(self.list_page(None, usize::MAX)?.0)
+    }
+
+    /// Reads only the page: a range over the name-ordered table, `limit + 1` rows at most.
+    fn list_page(
+        &self,
+        after: Option<&PrivilegeName>,
+        limit: usize,
+    ) -> Result<(Vec<(PrivilegeName, Privilege)>, bool), StoreError> {
+        use std::ops::Bound;
         let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
         let table = txn.open_table(PRIVILEGES).map_err(|e| self.backend(e))?;
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_str()));
+        let range = table
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(|e| self.backend(e))?;
         let mut out = Vec::new();
-        for item in table.iter().map_err(|e| self.backend(e))? {
+        for item in range {
+            if out.len() == limit {
+                return Ok((out, true));
+            }
             let (k, v) = item.map_err(|e| self.backend(e))?;
             let name = PrivilegeName::new(k.value()).map_err(|e| StoreError::Corrupt {
                 name: k.value().to_owned(),
@@ -256,6 +273,6 @@ impl PrivilegeStore for RedbStore {
             let entry = Self::decode(k.value(), v.value())?;
             out.push((name, entry));
         }
-        Ok(out)
+        Ok((out, false))
     }
 }

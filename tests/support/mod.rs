@@ -111,6 +111,8 @@ pub struct FleetBuilder {
     device_lines: BTreeMap<String, Vec<String>>,
     /// Whether simulated devices added from now on get DTLS PSK keys (default: yes).
     device_psk: bool,
+    /// Lines of the `[limits]` table.
+    limits_lines: Vec<String>,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -190,7 +192,14 @@ impl FleetBuilder {
             server_lines: BTreeMap::new(),
             device_lines: BTreeMap::new(),
             device_psk: true,
+            limits_lines: Vec::new(),
         }
+    }
+
+    /// Adds a line to the gateway's `[limits]` table, e.g. `max_privileges = 3`.
+    pub fn limits_toml(mut self, line: &str) -> Self {
+        self.limits_lines.push(line.to_owned());
+        self
     }
 
     fn sim(&self, id: &str, profile: &'static str) -> DeviceSimConfig {
@@ -456,6 +465,9 @@ impl FleetBuilder {
                 members.join(", ")
             )
             .unwrap();
+        }
+        if !self.limits_lines.is_empty() {
+            writeln!(toml, "\n[limits]\n{}", self.limits_lines.join("\n")).unwrap();
         }
         toml
     }

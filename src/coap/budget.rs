@@ -1,0 +1,298 @@
+//! Memory budgets for the per-peer caches (the duplicate-response table of
+//! [`super::ServerExchanges`] and the [`super::Block2Cache`]): a bound per cache and a bound
+//! shared by every cache of one kind in the process.
+//!
+//! Owns: counting. A [`SharedBudget`] counts entries and bytes across sessions; an
+//! [`Account`] is one cache's share of it, with its own per-cache bounds, and gives back
+//! whatever it still holds when dropped (a session that ends frees its share).
+//! Does not own: choosing what to evict. The caches evict their oldest entries until
+//! [`Account::reserve`] succeeds, or keep nothing.
+//!
+//! Bytes are an estimate of what an entry really occupies: the stored payload plus a fixed
+//! per-entry overhead (map slot, key, template) given by the cache.
+//!
+//! No clock, no I/O: a `std::sync::Mutex` around two counters, never held for more than a
+//! comparison.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Entries and bytes held by every cache of one kind (e.g. all Block2 caches of a gateway).
+#[derive(Debug)]
+pub struct SharedBudget {
+    max_entries: usize,
+    max_bytes: usize,
+    used: Mutex<Usage>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Usage {
+    entries: usize,
+    bytes: usize,
+}
+
+impl SharedBudget {
+    /// A budget of at most `max_entries` entries and `max_bytes` bytes in total.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_entries,
+            max_bytes,
+            used: Mutex::new(Usage::default()),
+        })
+    }
+
+    /// A budget that never refuses (for tests and tools).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX, usize::MAX)
+    }
+
+    /// Entries currently held by all accounts.
+    pub fn used_entries(&self) -> usize {
+        self.lock().entries
+    }
+
+    /// Bytes currently held by all accounts.
+    pub fn used_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Usage> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_take(&self, entries: usize, bytes: usize) -> bool {
+        let mut used = self.lock();
+        let e = used.entries.saturating_add(entries);
+        let b = used.bytes.saturating_add(bytes);
+        if e > self.max_entries || b > self.max_bytes {
+            return false;
+        }
+        *used = Usage {
+            entries: e,
+            bytes: b,
+        };
+        true
+    }
+
+    fn give_back(&self, entries: usize, bytes: usize) {
+        let mut used = self.lock();
+        used.entries = used.entries.saturating_sub(entries);
+        used.bytes = used.bytes.saturating_sub(bytes);
+    }
+}
+
+/// Why [`Account::reserve`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BudgetError {
+    /// More than this cache may ever hold: evicting its other entries would not help.
+    #[error("larger than the per-cache budget")]
+    TooLarge,
+    /// This cache is full: evict one of its entries and retry.
+    #[error("per-cache budget exhausted")]
+    CacheFull,
+    /// The shared budget is full: evict one of this cache's entries and retry, or give up
+    /// once the cache is empty.
+    #[error("shared budget exhausted")]
+    SharedFull,
+}
+
+/// One cache's share of a [`SharedBudget`], with its own bounds. Dropping it returns
+/// everything it holds to the shared budget.
+#[derive(Debug)]
+pub struct Account {
+    shared: Arc<SharedBudget>,
+    max_entries: usize,
+    max_bytes: usize,
+    used: Usage,
+}
+
+impl Account {
+    /// At most `max_entries` entries and `max_bytes` bytes in this cache, and whatever
+    /// `shared` still has.
+    pub fn new(shared: Arc<SharedBudget>, max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            shared,
+            max_entries,
+            max_bytes,
+            used: Usage::default(),
+        }
+    }
+
+    /// Entries this cache holds.
+    pub fn entries(&self) -> usize {
+        self.used.entries
+    }
+
+    /// Bytes this cache holds.
+    pub fn bytes(&self) -> usize {
+        self.used.bytes
+    }
+
+    /// The per-cache byte bound.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// The shared budget this account draws from.
+    pub fn shared(&self) -> Arc<SharedBudget> {
+        self.shared.clone()
+    }
+
+    /// Takes `entries` entries and `bytes` bytes (both per cache and shared), or says why
+    /// not; nothing is taken on error.
+    pub fn reserve(&mut self, entries: usize, bytes: usize) -> Result<(), BudgetError> {
+        if entries > self.max_entries || bytes > self.max_bytes {
+            return Err(BudgetError::TooLarge);
+        }
+        let e = self.used.entries.saturating_add(entries);
+        let b = self.used.bytes.saturating_add(bytes);
+        if e > self.max_entries || b > self.max_bytes {
+            return Err(BudgetError::CacheFull);
+        }
+        if !self.shared.try_take(entries, bytes) {
+            return Err(BudgetError::SharedFull);
+        }
+        self.used = Usage {
+            entries: e,
+            bytes: b,
+        };
+        Ok(())
+    }
+
+    /// Gives back what an evicted or expired entry held.
+    pub fn release(&mut self, entries: usize, bytes: usize) {
+        let entries = entries.min(self.used.entries);
+        let bytes = bytes.min(self.used.bytes);
+        self.used.entries -= entries;
+        self.used.bytes -= bytes;
+        self.shared.give_back(entries, bytes);
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        self.shared.give_back(self.used.entries, self.used.bytes);
+    }
+}
+
+/// The bounds of both per-peer caches, as the runtime hands them to each session.
+///
+/// Cloning shares the global budgets: every session built from clones of one `CacheLimits`
+/// draws from the same [`SharedBudget`]s.
+#[derive(Debug, Clone)]
+pub struct CacheLimits {
+    /// Bodies one session's Block2 cache keeps at most. Default 16.
+    pub block2_session_entries: usize,
+    /// Bytes one session's Block2 cache keeps at most. Default 1 MiB.
+    pub block2_session_bytes: usize,
+    /// All Block2 caches together. Default 64 MiB (and 65 536 bodies).
+    pub block2: Arc<SharedBudget>,
+    /// Stored responses one peer's duplicate table keeps at most. Default 512.
+    pub dedup_peer_entries: usize,
+    /// Bytes one peer's duplicate table keeps at most. Default 128 KiB.
+    pub dedup_peer_bytes: usize,
+    /// All duplicate tables together. Default 65 536 entries, 16 MiB.
+    pub dedup: Arc<SharedBudget>,
+}
+
+/// Default: bodies per session in the Block2 cache.
+pub const DEFAULT_BLOCK2_SESSION_ENTRIES: usize = 16;
+/// Default: bytes per session in the Block2 cache.
+pub const DEFAULT_BLOCK2_SESSION_BYTES: usize = 1 << 20;
+/// Default: bytes of all Block2 caches.
+pub const DEFAULT_BLOCK2_TOTAL_BYTES: usize = 64 << 20;
+/// Default: bodies of all Block2 caches.
+pub const DEFAULT_BLOCK2_TOTAL_ENTRIES: usize = 65_536;
+/// Default: stored responses per peer in the duplicate table.
+pub const DEFAULT_DEDUP_PEER_ENTRIES: usize = 512;
+/// Default: bytes per peer in the duplicate table.
+pub const DEFAULT_DEDUP_PEER_BYTES: usize = 128 << 10;
+/// Default: entries of all duplicate tables.
+pub const DEFAULT_DEDUP_TOTAL_ENTRIES: usize = 65_536;
+/// Default: bytes of all duplicate tables.
+pub const DEFAULT_DEDUP_TOTAL_BYTES: usize = 16 << 20;
+
+impl CacheLimits {
+    /// The defaults with fresh shared budgets of the default sizes.
+    pub fn new_default() -> Self {
+        Self {
+            block2_session_entries: DEFAULT_BLOCK2_SESSION_ENTRIES,
+            block2_session_bytes: DEFAULT_BLOCK2_SESSION_BYTES,
+            block2: SharedBudget::new(DEFAULT_BLOCK2_TOTAL_ENTRIES, DEFAULT_BLOCK2_TOTAL_BYTES),
+            dedup_peer_entries: DEFAULT_DEDUP_PEER_ENTRIES,
+            dedup_peer_bytes: DEFAULT_DEDUP_PEER_BYTES,
+            dedup: SharedBudget::new(DEFAULT_DEDUP_TOTAL_ENTRIES, DEFAULT_DEDUP_TOTAL_BYTES),
+        }
+    }
+
+    /// One shared set of default budgets for the whole process: what sessions get when
+    /// their handler configures nothing (the simulated devices, tools).
+    pub fn process_default() -> Self {
+        static DEFAULT: std::sync::OnceLock<CacheLimits> = std::sync::OnceLock::new();
+        DEFAULT.get_or_init(Self::new_default).clone()
+    }
+
+    /// A Block2 cache account for one session.
+    pub fn block2_account(&self) -> Account {
+        Account::new(
+            self.block2.clone(),
+            self.block2_session_entries,
+            self.block2_session_bytes,
+        )
+    }
+
+    /// A duplicate-table account for one peer.
+    pub fn dedup_account(&self) -> Account {
+        Account::new(
+            self.dedup.clone(),
+            self.dedup_peer_entries,
+            self.dedup_peer_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_enforces_its_own_bounds_and_the_shared_one() {
+        let shared = SharedBudget::new(3, 100);
+        let mut a = Account::new(shared.clone(), 2, 60);
+        let mut b = Account::new(shared.clone(), 2, 60);
+        assert_eq!(a.reserve(1, 61), Err(BudgetError::TooLarge));
+        assert_eq!(a.reserve(1, 50), Ok(()));
+        assert_eq!(a.reserve(1, 20), Err(BudgetError::CacheFull));
+        assert_eq!(b.reserve(1, 50), Ok(()));
+        assert_eq!(
+            b.reserve(1, 1),
+            Err(BudgetError::SharedFull),
+            "100 bytes in all"
+        );
+        assert_eq!((shared.used_entries(), shared.used_bytes()), (2, 100));
+        a.release(1, 50);
+        assert_eq!(b.reserve(1, 1), Ok(()));
+        assert_eq!((a.entries(), a.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn dropping_an_account_returns_its_share() {
+        let shared = SharedBudget::new(10, 1000);
+        {
+            let mut a = Account::new(shared.clone(), 10, 1000);
+            a.reserve(3, 300).unwrap();
+            assert_eq!(shared.used_bytes(), 300);
+        }
+        assert_eq!((shared.used_entries(), shared.used_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn release_never_underflows() {
+        let shared = SharedBudget::new(10, 1000);
+        let mut a = Account::new(shared.clone(), 10, 1000);
+        a.reserve(1, 10).unwrap();
+        a.release(5, 500);
+        assert_eq!((a.entries(), a.bytes()), (0, 0));
+        assert_eq!(shared.used_bytes(), 0);
+    }
+}
