@@ -28,12 +28,19 @@ pub enum StreamRequestError {
     Closed(String),
 }
 
+/// Drives one exchange at a time over a stream.
+///
+/// Dropping a [`request`](Self::request) future is safe: a late response carries the old
+/// token and is ignored. A drop in the middle of a write may leave half a frame on the wire,
+/// after which the stream is out of step: [`is_reusable`](Self::is_reusable) then says so.
 pub struct StreamClient<S> {
     reader: ReadHalf<S>,
     writer: WriteHalf<S>,
     conn: StreamConnection,
     response_timeout: Duration,
     buf: Vec<u8>,
+    /// A write was started and did not finish (its future was dropped).
+    write_interrupted: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
@@ -46,11 +53,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
             conn: StreamConnection::new(std::time::Instant::now(), our_max_message_size, true),
             response_timeout,
             buf: vec![0u8; 16 * 1024],
+            write_interrupted: false,
         }
     }
 
     pub fn is_closed(&self) -> bool {
         self.conn.is_closed()
+    }
+
+    /// Whether the connection can carry another request: open, and no write cut short.
+    pub fn is_reusable(&self) -> bool {
+        !self.write_interrupted && !self.conn.is_closed()
     }
 
     /// Sends `request` and waits for its complete response (Block2 reassembled).
@@ -65,10 +78,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
             while let Some(p) = exchange.poll_request() {
                 self.conn.send(&p)?;
             }
+            self.write_interrupted = true;
             while let Some(bytes) = self.conn.poll_transmit() {
                 self.writer.write_all(&bytes).await?;
             }
             self.writer.flush().await?;
+            self.write_interrupted = false;
             if let Some(event) = exchange.poll_event() {
                 return match event {
                     ClientEvent::Response(p) => Ok(p),

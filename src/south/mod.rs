@@ -171,6 +171,13 @@ impl South {
     ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
+        if guard.as_ref().is_some_and(|c| !c.is_reusable()) {
+            // An earlier read was cut off by its deadline mid-send, or the stream closed.
+            tracing::debug!("link not reusable, reconnecting");
+            if let Some(channel) = guard.take() {
+                channel.close(CLOSE_NOTIFY_BUDGET).await;
+            }
+        }
         if guard.is_none() {
             *guard = Some(self.connect(device).await?);
         }
@@ -239,12 +246,13 @@ fn check_identity(device: &DeviceConfig, identity: &Identity) -> Result<(), Read
     }
 }
 
+/// Classifies a failed channel setup. A handshake that timed out without an alert is
+/// `unreachable` whether or not the device answered some flights: lost packets and a wrong
+/// PSK look the same on the wire, and a lossy link must not be reported as rejected
+/// credentials. Alerts and certificate verdicts are `secure-channel`.
 fn handshake_failure(e: TransportError) -> ReadFailure {
     match e {
-        TransportError::HandshakeTimeout {
-            peer_answered: false,
-            ..
-        }
+        TransportError::HandshakeTimeout { .. }
         | TransportError::TlsHandshakeTimeout { .. }
         | TransportError::TcpConnect { .. }
         | TransportError::ConnectTimeout { .. } => ReadFailure::Unreachable(e.to_string()),
@@ -255,5 +263,45 @@ fn handshake_failure(e: TransportError) -> ReadFailure {
 impl AclReader for South {
     async fn read_acl(&self, device: &DeviceConfig, uri: &str) -> Result<AclReading, ReadFailure> {
         profile::read_acl(self, device, uri).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(peer_answered: bool) -> TransportError {
+        TransportError::HandshakeTimeout {
+            peer: SocketAddr::from(([127, 0, 0, 1], 5684)),
+            after: Duration::from_secs(10),
+            peer_answered,
+        }
+    }
+
+    /// Issue 6 item 9: a handshake whose flights were lost after the device's first answer
+    /// was reported as `secure-channel` ("credentials rejected?").
+    #[test]
+    fn a_handshake_that_timed_out_is_unreachable_even_after_an_answer() {
+        for answered in [false, true] {
+            match handshake_failure(timeout(answered)) {
+                ReadFailure::Unreachable(detail) => {
+                    assert!(!detail.contains("credentials rejected"), "{detail}");
+                    assert!(detail.contains("DTLS handshake"), "{detail}");
+                }
+                other => panic!("answered={answered}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_handshake_that_proved_something_wrong_is_secure_channel() {
+        let e = TransportError::PeerIdentity {
+            peer: SocketAddr::from(([127, 0, 0, 1], 5684)),
+            reason: "no certificate".into(),
+        };
+        assert!(matches!(
+            handshake_failure(e),
+            ReadFailure::SecureChannel(_)
+        ));
     }
 }
