@@ -652,13 +652,14 @@ async fn south_libcoap_device_refuses_wrong_credentials() {
     let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
     eprintln!("{}", reply.render());
     assert_eq!(reply.failed_ids(), ["devX", "devY"], "{}", reply.render());
-    // libcoap answers a PSK mismatch with silence (the peer's Finished cannot be decrypted
-    // and DTLS drops bad records). privgw saw the device answer the first flight and then
-    // go silent, so it classifies the member as `secure-channel` (not `unreachable`): 5.02.
+    // An unknown identity gets an alert: `secure-channel`. libcoap answers a PSK mismatch
+    // with silence (the peer's Finished cannot be decrypted and DTLS drops bad records),
+    // which on the wire looks like lost flights, so privgw reports it as `unreachable` with
+    // a detail naming both causes (issue 6 item 9); with devX the answer is still 5.02.
     let doc = reply.document.as_ref().expect("failure body");
     assert_eq!(
         failed_reasons(doc),
-        ["secure-channel", "secure-channel"],
+        ["secure-channel", "unreachable"],
         "{}",
         reply.render()
     );
