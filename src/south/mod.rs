@@ -10,8 +10,8 @@
 //! mid-send says so ([`Channel::is_reusable`]) and is replaced. A DTLS handshake runs in its
 //! own task: the read waits for it for [`handshake_budget`] (so a refused handshake is still
 //! classified in time), and one that is merely slow (lost flights) goes on in the background
-//! for up to [`HANDSHAKE_PATIENCE`] budgets, so the next read finds the session ready
-//! instead of starting over.
+//! for up to [`HANDSHAKE_PATIENCE`] budgets: if it completes before the next read, that read
+//! finds the session ready instead of starting over; if not, the next read starts afresh.
 
 pub mod fanout;
 pub mod profile;
@@ -217,10 +217,9 @@ impl South {
                 }
             }
         }
-        let mut inherited = true;
+        adopt_finished_connect(state).await;
         if matches!(state, LinkState::Idle) {
             *state = LinkState::Connecting(self.spawn_connect(device).await?);
-            inherited = false;
         }
         if let LinkState::Connecting(task) = state {
             match tokio::time::timeout(self.handshake_wait, &mut *task).await {
@@ -234,11 +233,6 @@ impl South {
                 Ok(Ok(Ok(channel))) => *state = LinkState::Open(Box::new(channel)),
                 Ok(joined) => {
                     *state = LinkState::Idle;
-                    if inherited {
-                        // An earlier read's connect failed after that read gave up: its
-                        // verdict is stale, try afresh.
-                        return Box::pin(self.open(state, device)).await;
-                    }
                     return Err(match joined {
                         Ok(Err(failure)) => failure,
                         Ok(Ok(_)) => ReadFailure::Unreachable("no link".into()),
@@ -272,6 +266,24 @@ impl South {
         }
         result
     }
+}
+
+/// A connect left running by an earlier read: adopt its channel if it has succeeded since;
+/// replace one that failed (a stale verdict) or is still running (OpenSSL has backed its
+/// retransmission timer off by now, a fresh handshake starts again at 1 s).
+async fn adopt_finished_connect(state: &mut LinkState) {
+    let LinkState::Connecting(task) = state else {
+        return;
+    };
+    if !task.is_finished() {
+        task.abort();
+        *state = LinkState::Idle;
+        return;
+    }
+    *state = match task.await {
+        Ok(Ok(channel)) => LinkState::Open(Box::new(channel)),
+        _ => LinkState::Idle,
+    };
 }
 
 /// Opens a channel to `device` and checks the identity it proved.
