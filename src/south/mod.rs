@@ -225,8 +225,9 @@ impl South {
             match tokio::time::timeout(self.handshake_wait, &mut *task).await {
                 Err(_) => {
                     return Err(ReadFailure::Unreachable(format!(
-                        "DTLS handshake with {} not complete after {:?} (no alert; it goes on \
-                         in the background for the next read)",
+                        "DTLS handshake with {} not complete after {:?}: no alert, so lost \
+                         flights, a silent device, or credentials it drops silently (the \
+                         handshake goes on in the background for the next read)",
                         device.uri.addr, self.handshake_wait
                     )));
                 }
