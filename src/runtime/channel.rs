@@ -115,12 +115,23 @@ impl Channel {
         Ok((Channel::Stream(client), info))
     }
 
-    /// One request/response exchange.
+    /// One request/response exchange. Dropping the future is safe (see
+    /// [`is_reusable`](Self::is_reusable)).
     pub async fn request(&mut self, request: Packet) -> Result<Packet, ChannelError> {
         Ok(match self {
             Channel::Datagram(client) => client.request(request).await?,
             Channel::Stream(client) => client.request(request).await?,
         })
+    }
+
+    /// Whether the channel can carry another request. False once a request future was
+    /// dropped in the middle of a send (a half-written DTLS record or stream frame) or the
+    /// stream was closed: open a new channel instead.
+    pub fn is_reusable(&self) -> bool {
+        match self {
+            Channel::Datagram(client) => client.is_reusable(),
+            Channel::Stream(client) => client.is_reusable(),
+        }
     }
 
     /// Ends the channel politely: a DTLS close_notify, so a peer that keeps one session per

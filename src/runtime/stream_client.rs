@@ -28,6 +28,11 @@ pub enum StreamRequestError {
     Closed(String),
 }
 
+/// Drives one exchange at a time over a stream.
+///
+/// Dropping a [`request`](Self::request) future is safe: a late response carries the old
+/// token and is ignored. A drop in the middle of a write may leave half a frame on the wire,
+/// after which the stream is out of step: [`is_reusable`](Self::is_reusable) then says so.
 pub struct StreamClient<S> {
     reader: ReadHalf<S>,
     writer: WriteHalf<S>,
@@ -35,6 +40,8 @@ pub struct StreamClient<S> {
     response_timeout: Duration,
     buf: Vec<u8>,
     max_body: usize,
+    /// A write was started and did not finish (its future was dropped).
+    write_interrupted: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
@@ -48,6 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
             response_timeout,
             buf: vec![0u8; 16 * 1024],
             max_body: crate::coap::client::DEFAULT_MAX_BODY,
+            write_interrupted: false,
         }
     }
 
@@ -59,6 +67,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
 
     pub fn is_closed(&self) -> bool {
         self.conn.is_closed()
+    }
+
+    /// Whether the connection can carry another request: open, and no write cut short.
+    pub fn is_reusable(&self) -> bool {
+        !self.write_interrupted && !self.conn.is_closed()
     }
 
     /// Sends `request` and waits for its complete response (Block2 reassembled).
@@ -74,10 +87,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> StreamClient<S> {
             while let Some(p) = exchange.poll_request() {
                 self.conn.send(&p)?;
             }
+            self.write_interrupted = true;
             while let Some(bytes) = self.conn.poll_transmit() {
                 self.writer.write_all(&bytes).await?;
             }
             self.writer.flush().await?;
+            self.write_interrupted = false;
             if let Some(event) = exchange.poll_event() {
                 return match event {
                     ClientEvent::Response(p) => Ok(p),

@@ -2,6 +2,16 @@
 //! device; each device has one link (a DTLS session kept for reuse, or a plain pipe) used by
 //! one exchange at a time. [`South`] reads the ACL that governs a URI per the device's
 //! profile ([`profile`]) and maps every failure onto the verifier's reasons.
+//!
+//! # Links under loss
+//!
+//! Every read runs under the verifier's deadline, which may drop it at any await. A link
+//! stays usable after that: the CoAP client claims its MIDs up front, and a channel cut off
+//! mid-send says so ([`Channel::is_reusable`]) and is replaced. A DTLS handshake runs in its
+//! own task: the read waits for it for [`handshake_budget`] (so a refused handshake is still
+//! classified in time), and one that is merely slow (lost flights) goes on in the background
+//! for up to [`HANDSHAKE_PATIENCE`] budgets: if it completes before the next read, that read
+//! finds the session ready instead of starting over; if not, the next read starts afresh.
 
 pub mod fanout;
 pub mod profile;
@@ -25,8 +35,23 @@ use crate::verifier::{AclReading, ReadFailure};
 
 use fanout::AclReader;
 
-/// One device's link: the channel, once open.
-type Link = Arc<tokio::sync::Mutex<Option<Channel>>>;
+/// One device's link.
+type Link = Arc<tokio::sync::Mutex<LinkState>>;
+
+/// What a device's link holds between reads.
+#[derive(Default)]
+enum LinkState {
+    /// Nothing: the next read connects.
+    #[default]
+    Idle,
+    /// A connect (handshake) running in its own task.
+    Connecting(tokio::task::JoinHandle<Result<Channel, ReadFailure>>),
+    /// An open channel (boxed: a channel is large, the other states are a word).
+    Open(Box<Channel>),
+}
+
+/// A DTLS handshake may go on in the background for this many handshake budgets.
+pub const HANDSHAKE_PATIENCE: u32 = 3;
 
 /// The largest message we accept from a device over TCP/TLS (our CSM).
 const STREAM_MAX_MESSAGE_SIZE: u32 = 64 * 1024;
@@ -42,6 +67,22 @@ pub struct South {
     security: HashMap<String, ChannelSecurity>,
     links: Mutex<HashMap<String, Link>>,
     tuning: ChannelTuning,
+    /// How long a read waits for its link's handshake.
+    handshake_wait: Duration,
+}
+
+impl Drop for South {
+    /// Background handshakes end with the South that started them.
+    fn drop(&mut self) {
+        let links = self.links.get_mut().unwrap_or_else(|p| p.into_inner());
+        for link in links.values() {
+            if let Ok(state) = link.try_lock() {
+                if let LinkState::Connecting(task) = &*state {
+                    task.abort();
+                }
+            }
+        }
+    }
 }
 
 /// The DTLS handshake gets 90 % of the device deadline, so its own timeout (which knows
@@ -69,12 +110,13 @@ impl South {
     /// Prepares DTLS and TLS contexts for every secured device; sockets open on first use.
     pub fn new(config: &Config) -> Result<South, SouthError> {
         let budget = handshake_budget(config.gateway.device_timeout);
+        let patience = budget.saturating_mul(HANDSHAKE_PATIENCE);
         let mut security = HashMap::new();
         for d in &config.devices {
             match (d.uri.scheme, &d.psk, &d.certs) {
                 (Scheme::Coaps, Some(psk), _) => {
                     let mut cfg = PskClientConfig::new(psk.identity.clone(), psk.key.clone());
-                    cfg.handshake_timeout = budget;
+                    cfg.handshake_timeout = patience;
                     let client = DtlsClient::new(cfg).map_err(|source| SouthError::Dtls {
                         device: d.id.clone(),
                         source,
@@ -89,7 +131,7 @@ impl South {
                     let creds = X509Credentials::from_pem_files(&files.cert, &files.key, &files.ca)
                         .map_err(dtls_error)?;
                     let mut cfg = X509ClientConfig::new(creds);
-                    cfg.handshake_timeout = budget;
+                    cfg.handshake_timeout = patience;
                     let client = DtlsClient::new(cfg).map_err(dtls_error)?;
                     security.insert(d.id.clone(), ChannelSecurity::Dtls(Arc::new(client)));
                 }
@@ -119,6 +161,7 @@ impl South {
             security,
             links: Mutex::new(HashMap::new()),
             tuning,
+            handshake_wait: budget,
         })
     }
 
@@ -145,26 +188,69 @@ impl South {
         links.entry(device.to_owned()).or_default().clone()
     }
 
-    async fn connect(&self, device: &DeviceConfig) -> Result<Channel, ReadFailure> {
+    /// Starts connecting `device` in its own task (see the module doc).
+    async fn spawn_connect(
+        &self,
+        device: &DeviceConfig,
+    ) -> Result<tokio::task::JoinHandle<Result<Channel, ReadFailure>>, ReadFailure> {
         let mux = self.mux_for(device.uri.addr).await?;
         let security = self
             .security
             .get(&device.id)
             .cloned()
             .unwrap_or(ChannelSecurity::None);
-        let (channel, peer) = Channel::open(device.uri, &mux, &security, &self.tuning)
-            .await
-            .map_err(|e| match e {
-                OpenError::Transport(t) => handshake_failure(t),
-                other => ReadFailure::SecureChannel(other.to_string()),
-            })?;
-        if let Err(e) = check_identity(device, &peer.identity) {
-            // Tell the device the session is over (close_notify): it keeps a session per
-            // address, and our next handshake comes from this same port.
-            channel.close(CLOSE_NOTIFY_BUDGET).await;
-            return Err(e);
+        let tuning = self.tuning.clone();
+        let device = device.clone();
+        Ok(tokio::spawn(async move {
+            connect(&device, &mux, &security, &tuning).await
+        }))
+    }
+
+    /// Brings `state` to an open, reusable channel: replaces a broken one, starts a connect
+    /// if there is none, and waits up to the handshake budget for a connect in progress.
+    async fn open<'a>(
+        &self,
+        state: &'a mut LinkState,
+        device: &DeviceConfig,
+    ) -> Result<&'a mut Channel, ReadFailure> {
+        if let LinkState::Open(channel) = state {
+            if !channel.is_reusable() {
+                // An earlier read was cut off by its deadline mid-send, or the stream closed.
+                tracing::debug!("link not reusable, reconnecting");
+                if let LinkState::Open(channel) = std::mem::take(state) {
+                    (*channel).close(CLOSE_NOTIFY_BUDGET).await;
+                }
+            }
         }
-        Ok(channel)
+        adopt_finished_connect(state).await;
+        if matches!(state, LinkState::Idle) {
+            *state = LinkState::Connecting(self.spawn_connect(device).await?);
+        }
+        if let LinkState::Connecting(task) = state {
+            match tokio::time::timeout(self.handshake_wait, &mut *task).await {
+                Err(_) => {
+                    return Err(ReadFailure::Unreachable(format!(
+                        "DTLS handshake with {} not complete after {:?}: no alert, so lost \
+                         flights, a silent device, or credentials it drops silently (the \
+                         handshake goes on in the background for the next read)",
+                        device.uri.addr, self.handshake_wait
+                    )));
+                }
+                Ok(Ok(Ok(channel))) => *state = LinkState::Open(Box::new(channel)),
+                Ok(joined) => {
+                    *state = LinkState::Idle;
+                    return Err(match joined {
+                        Ok(Err(failure)) => failure,
+                        Ok(Ok(_)) => ReadFailure::Unreachable("no link".into()),
+                        Err(e) => ReadFailure::Unreachable(format!("connect task failed: {e}")),
+                    });
+                }
+            }
+        }
+        match state {
+            LinkState::Open(channel) => Ok(&mut **channel),
+            _ => Err(ReadFailure::Unreachable("no link".into())),
+        }
     }
 
     /// One request to a device over its link, connecting (handshaking) if needed. A link that
@@ -176,21 +262,56 @@ impl South {
     ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.connect(device).await?);
-        }
-        let Some(channel) = guard.as_mut() else {
-            return Err(ReadFailure::Unreachable("no link".into()));
-        };
+        let channel = self.open(&mut guard, device).await?;
         let result = channel.request(request).await.map_err(request_failure);
         if result.is_err() {
             // Say goodbye so the device drops its side too; the next read starts afresh.
-            if let Some(channel) = guard.take() {
-                channel.close(CLOSE_NOTIFY_BUDGET).await;
+            if let LinkState::Open(channel) = std::mem::take(&mut *guard) {
+                (*channel).close(CLOSE_NOTIFY_BUDGET).await;
             }
         }
         result
     }
+}
+
+/// A connect left running by an earlier read: adopt its channel if it has succeeded since;
+/// replace one that failed (a stale verdict) or is still running (OpenSSL has backed its
+/// retransmission timer off by now, a fresh handshake starts again at 1 s).
+async fn adopt_finished_connect(state: &mut LinkState) {
+    let LinkState::Connecting(task) = state else {
+        return;
+    };
+    if !task.is_finished() {
+        task.abort();
+        *state = LinkState::Idle;
+        return;
+    }
+    *state = match task.await {
+        Ok(Ok(channel)) => LinkState::Open(Box::new(channel)),
+        _ => LinkState::Idle,
+    };
+}
+
+/// Opens a channel to `device` and checks the identity it proved.
+async fn connect(
+    device: &DeviceConfig,
+    mux: &Arc<DatagramMux>,
+    security: &ChannelSecurity,
+    tuning: &ChannelTuning,
+) -> Result<Channel, ReadFailure> {
+    let (channel, peer) = Channel::open(device.uri, mux, security, tuning)
+        .await
+        .map_err(|e| match e {
+            OpenError::Transport(t) => handshake_failure(t),
+            other => ReadFailure::SecureChannel(other.to_string()),
+        })?;
+    if let Err(e) = check_identity(device, &peer.identity) {
+        // Tell the device the session is over (close_notify): it keeps a session per
+        // address, and our next handshake comes from this same port.
+        channel.close(CLOSE_NOTIFY_BUDGET).await;
+        return Err(e);
+    }
+    Ok(channel)
 }
 
 /// Classifies a failed exchange on an open link.
@@ -248,12 +369,13 @@ fn check_identity(device: &DeviceConfig, identity: &Identity) -> Result<(), Read
     }
 }
 
+/// Classifies a failed channel setup. A handshake that timed out without an alert is
+/// `unreachable` whether or not the device answered some flights: lost packets and a wrong
+/// PSK look the same on the wire, and a lossy link must not be reported as rejected
+/// credentials. Alerts and certificate verdicts are `secure-channel`.
 fn handshake_failure(e: TransportError) -> ReadFailure {
     match e {
-        TransportError::HandshakeTimeout {
-            peer_answered: false,
-            ..
-        }
+        TransportError::HandshakeTimeout { .. }
         | TransportError::TlsHandshakeTimeout { .. }
         | TransportError::TcpConnect { .. }
         | TransportError::ConnectTimeout { .. } => ReadFailure::Unreachable(e.to_string()),
@@ -264,5 +386,45 @@ fn handshake_failure(e: TransportError) -> ReadFailure {
 impl AclReader for South {
     async fn read_acl(&self, device: &DeviceConfig, uri: &str) -> Result<AclReading, ReadFailure> {
         profile::read_acl(self, device, uri).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(peer_answered: bool) -> TransportError {
+        TransportError::HandshakeTimeout {
+            peer: SocketAddr::from(([127, 0, 0, 1], 5684)),
+            after: Duration::from_secs(10),
+            peer_answered,
+        }
+    }
+
+    /// Issue 6 item 9: a handshake whose flights were lost after the device's first answer
+    /// was reported as `secure-channel` ("credentials rejected?").
+    #[test]
+    fn a_handshake_that_timed_out_is_unreachable_even_after_an_answer() {
+        for answered in [false, true] {
+            match handshake_failure(timeout(answered)) {
+                ReadFailure::Unreachable(detail) => {
+                    assert!(!detail.contains("credentials rejected"), "{detail}");
+                    assert!(detail.contains("DTLS handshake"), "{detail}");
+                }
+                other => panic!("answered={answered}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_handshake_that_proved_something_wrong_is_secure_channel() {
+        let e = TransportError::PeerIdentity {
+            peer: SocketAddr::from(([127, 0, 0, 1], 5684)),
+            reason: "no certificate".into(),
+        };
+        assert!(matches!(
+            handshake_failure(e),
+            ReadFailure::SecureChannel(_)
+        ));
     }
 }

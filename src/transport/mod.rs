@@ -219,17 +219,19 @@ pub enum TransportError {
         /// Why (missing file, not PEM, key does not match the certificate).
         reason: String,
     },
-    /// The peer: the handshake did not complete in time (silent peer, lost flights, or a
-    /// wrong key: DTLS silently drops records it cannot authenticate).
-    #[error("DTLS handshake with {peer} timed out after {after:?}{}", if *peer_answered { " (the peer answered, then went silent: credentials rejected?)" } else { " (no answer)" })]
+    /// The peer or the network: the handshake did not complete in time, with no alert
+    /// (silent peer, lost flights, or a wrong key: DTLS silently drops records it cannot
+    /// authenticate). Nothing here proves the credentials wrong, so callers count it as the
+    /// peer being unreachable, not as a secure-channel failure.
+    #[error("DTLS handshake with {peer} timed out after {after:?}{}", if *peer_answered { " (no alert; the peer answered, then its flights stopped arriving: lost packets, or a key it cannot verify)" } else { " (no answer)" })]
     HandshakeTimeout {
         /// The peer.
         peer: SocketAddr,
         /// The configured bound.
         after: Duration,
-        /// Whether the peer sent anything at all. A peer that answered the first flight and
-        /// then fell silent most likely dropped records it could not authenticate (wrong
-        /// PSK); one that never answered is unreachable.
+        /// Whether the peer sent anything at all. A peer that answered and then fell silent
+        /// either lost packets or dropped records it could not authenticate (wrong PSK);
+        /// the two look the same on the wire.
         peer_answered: bool,
     },
     /// The peer: its ClientHello carried a cookie that OpenSSL's `DTLSv1_listen` did not

@@ -22,6 +22,8 @@ use privgw::gateway::{Gateway, GatewayError};
 use privgw::mo::Value;
 use privgw::pki::{Issued, Pki};
 
+pub mod relay;
+
 /// Server A's and server B's Short Server IDs.
 pub const SSID_A: u16 = 101;
 pub const SSID_B: u16 = 102;
@@ -113,6 +115,8 @@ pub struct FleetBuilder {
     device_psk: bool,
     /// Lines of the `[limits]` table.
     limits_lines: Vec<String>,
+    /// Devices reached through a lossy [`relay::Relay`], by DeviceID.
+    relays: BTreeMap<String, relay::LinkConfig>,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -193,6 +197,7 @@ impl FleetBuilder {
             device_lines: BTreeMap::new(),
             device_psk: true,
             limits_lines: Vec::new(),
+            relays: BTreeMap::new(),
         }
     }
 
@@ -360,18 +365,33 @@ impl FleetBuilder {
         self
     }
 
+    /// Puts device `id` behind a [`relay::Relay`] with this behaviour: the gateway's entry
+    /// names the relay's address, the relay forwards to the device.
+    pub fn relay(mut self, id: &str, link: relay::LinkConfig) -> Self {
+        self.relays.insert(id.to_owned(), link);
+        self
+    }
+
     /// Starts every device, writes the gateway config naming them and starts the gateway.
     pub async fn start(self) -> Fleet {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("privgw.redb");
         let mut devices = Vec::new();
+        let mut relays = Vec::new();
         let mut uris = Vec::new();
         for spec in &self.devices {
             let uri = match &spec.kind {
                 Kind::Simulated(cfg) => {
                     let dev = RunningDevice::start(cfg).await.expect("device starts");
-                    let uri = dev.uri();
+                    let mut uri = dev.uri();
                     devices.push((spec.id.clone(), dev));
+                    if let Some(link) = self.relays.get(&spec.id) {
+                        let r = relay::Relay::start(uri.addr, link.clone())
+                            .await
+                            .expect("relay starts");
+                        uri.addr = r.addr();
+                        relays.push((spec.id.clone(), r));
+                    }
                     uri
                 }
                 Kind::Dead(scheme) => EndpointUri {
@@ -386,6 +406,7 @@ impl FleetBuilder {
         Fleet {
             gateway: Some(gateway),
             devices,
+            relays,
             device_uris: self
                 .devices
                 .iter()
@@ -489,6 +510,7 @@ async fn start_gateway(config_text: &str) -> Gateway {
 pub struct Fleet {
     gateway: Option<Gateway>,
     devices: Vec<(String, RunningDevice)>,
+    relays: Vec<(String, relay::Relay)>,
     device_uris: Vec<(String, EndpointUri)>,
     config_text: String,
     _dir: tempfile::TempDir,
@@ -524,6 +546,16 @@ impl Fleet {
             .iter()
             .find(|(d, _)| d == id)
             .unwrap_or_else(|| panic!("no simulated device {id}"))
+            .1
+    }
+
+    /// The relay in front of device `id` (see [`FleetBuilder::relay`]).
+    pub fn relay(&self, id: &str) -> &relay::Relay {
+        &self
+            .relays
+            .iter()
+            .find(|(d, _)| d == id)
+            .unwrap_or_else(|| panic!("no relay in front of {id}"))
             .1
     }
 
