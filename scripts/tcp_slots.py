@@ -15,7 +15,7 @@ reports how many idle sockets the gateway has closed after --hold seconds.
 Bounded: at most 2000 idle sockets, at most 64 sources, every wait has a timeout, and the
 gateway is killed at the end.
 
-Example (see the README, "Connection limits"):
+Example (see the README, "Load tool"):
   python3 scripts/tcp_slots.py --privgw target/debug/privgw --idle 250 --sources 1 --target tls
 """
 
@@ -40,7 +40,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_config(directory, tls_port, tcp_port, extra):
+def write_config(directory, tls_port, tcp_port, limits):
     path = os.path.join(directory, "gateway.toml")
     with open(path, "w") as f:
         f.write(f"""[gateway]
@@ -49,7 +49,9 @@ store = "{os.path.join(directory, 'privgw.redb')}"
 cert = "{CERTS}/gateway.pem"
 key = "{CERTS}/gateway.key"
 ca = "{CERTS}/ca.pem"
-{extra}
+
+[limits]
+{limits}
 
 [[servers]]
 id = "ServerA"
@@ -178,15 +180,15 @@ def main():
     p.add_argument("--hold", type=float, default=5.0, help="seconds to hold the idle sockets")
     p.add_argument("--budget", type=float, default=30.0,
                    help="seconds one legitimate request may take, retries included")
-    p.add_argument("--gateway-extra", default="",
-                   help="extra [gateway] TOML lines, e.g. 'tcp_max_per_ip = 8'")
+    p.add_argument("--limits", default="",
+                   help="[limits] TOML lines, e.g. 'tcp_max_per_ip = 8' (\\n between lines)")
     args = p.parse_args()
     if not (0 <= args.idle <= MAX_IDLE and 1 <= args.sources <= MAX_SOURCES):
         sys.exit(f"--idle must be 0..{MAX_IDLE}, --sources 1..{MAX_SOURCES}")
 
     tls_port, tcp_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as d:
-        config = write_config(d, tls_port, tcp_port, args.gateway_extra)
+        config = write_config(d, tls_port, tcp_port, args.limits.replace("\\n", "\n"))
         log = open(os.path.join(d, "gateway.log"), "w+")
         gw = subprocess.Popen([args.privgw, "serve", "--config", config],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -197,7 +199,7 @@ def main():
             tls_cmd = ctl(args.privgw, f"coaps+tcp://127.0.0.1:{tls_port}", True)
             tcp_cmd = ctl(args.privgw, f"coap+tcp://127.0.0.1:{tcp_port}", False)
             print(f"idle={args.idle} sources={args.sources} target={args.target} "
-                  f"extra={args.gateway_extra!r}")
+                  f"limits={args.limits!r}")
             print("baseline (no idle sockets):")
             report("TLS list", timed_request(tls_cmd, args.budget))
             report("TCP list", timed_request(tcp_cmd, args.budget))

@@ -16,8 +16,6 @@ use serde::Deserialize;
 use crate::acl::dm::{DmAcl, DmPolicy};
 use crate::acl::lwm2m::Lwm2mPolicy;
 use crate::transport::cert::{CertMatch, CertRule};
-use crate::transport::tcp::StreamLimits;
-use crate::transport::tcp::admission::AdmissionLimits;
 
 mod limits;
 pub use limits::Limits;
@@ -255,14 +253,6 @@ pub struct GatewayConfig {
     pub ack_timeout: Duration,
     /// The gateway's own certificate, key and trust anchor for X.509 on DTLS and TLS.
     pub certs: Option<CertFiles>,
-    /// Failure reports of refused writes kept in memory at most. Default 256.
-    pub max_reports: usize,
-    /// Their CBOR size together at most (a single larger report is kept alone). Default 16 MiB.
-    pub report_max_bytes: usize,
-    /// How long a failure report is kept. Default 600 s.
-    pub report_max_age: Duration,
-    /// Caps of each `coap+tcp://` / `coaps+tcp://` listener (`tcp_*` keys).
-    pub tcp_limits: StreamLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -271,7 +261,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub devices: Vec<DeviceConfig>,
     pub groups: Vec<GroupConfig>,
-    /// `[limits]`: bounds on privileges, listing pages and per-peer caches.
+    /// `[limits]`: every resource cap (privileges, listing pages, caches, failure reports,
+    /// listener admission).
     pub limits: Limits,
 }
 
@@ -307,78 +298,8 @@ struct RawGateway {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
-    #[serde(default = "default_max_reports")]
-    max_reports: usize,
-    #[serde(default = "default_report_max_bytes")]
-    report_max_bytes: usize,
-    #[serde(default = "default_report_max_age_s")]
-    report_max_age_s: u64,
-    // The `tcp_*` keys: caps of each stream listener (see `tcp_limits`).
-    #[serde(default = "default_tcp_max_connections")]
-    tcp_max_connections: usize,
-    #[serde(default = "default_tcp_max_per_ip")]
-    tcp_max_per_ip: usize,
-    #[serde(default = "default_tcp_max_pre_auth")]
-    tcp_max_pre_auth: usize,
-    #[serde(default = "default_tcp_auth_timeout_ms")]
-    tcp_auth_timeout_ms: u64,
 }
 
-fn default_tcp_max_connections() -> usize {
-    StreamLimits::default().max_connections
-}
-fn default_tcp_max_per_ip() -> usize {
-    StreamLimits::default().admission.max_per_source
-}
-fn default_tcp_max_pre_auth() -> usize {
-    StreamLimits::default().admission.max_pre_auth
-}
-fn default_tcp_auth_timeout_ms() -> u64 {
-    u64::try_from(StreamLimits::default().auth_timeout.as_millis()).unwrap_or(2000)
-}
-
-/// Checks the `tcp_*` keys: each cap at least 1, the pre-auth cap within the total.
-fn tcp_limits(raw: &RawGateway) -> Result<StreamLimits, ConfigError> {
-    if !(1..=65_536).contains(&raw.tcp_max_connections) {
-        return Err(invalid("gateway.tcp_max_connections", "must be 1 to 65536"));
-    }
-    if !(1..=raw.tcp_max_connections).contains(&raw.tcp_max_per_ip) {
-        return Err(invalid(
-            "gateway.tcp_max_per_ip",
-            "must be 1 to tcp_max_connections",
-        ));
-    }
-    if !(1..=raw.tcp_max_connections).contains(&raw.tcp_max_pre_auth) {
-        return Err(invalid(
-            "gateway.tcp_max_pre_auth",
-            "must be 1 to tcp_max_connections",
-        ));
-    }
-    if !(100..=60_000).contains(&raw.tcp_auth_timeout_ms) {
-        return Err(invalid(
-            "gateway.tcp_auth_timeout_ms",
-            "must be 100 to 60000 ms",
-        ));
-    }
-    Ok(StreamLimits {
-        max_connections: raw.tcp_max_connections,
-        admission: AdmissionLimits {
-            max_per_source: raw.tcp_max_per_ip,
-            max_pre_auth: raw.tcp_max_pre_auth,
-        },
-        auth_timeout: Duration::from_millis(raw.tcp_auth_timeout_ms),
-    })
-}
-
-fn default_max_reports() -> usize {
-    256
-}
-fn default_report_max_bytes() -> usize {
-    16 << 20
-}
-fn default_report_max_age_s() -> u64 {
-    600
-}
 fn default_store() -> PathBuf {
     PathBuf::from("privgw.redb")
 }
@@ -648,7 +569,6 @@ fn cert_rule(
 fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> {
     let g = raw.gateway;
     let raw_limits = raw.limits;
-    let tcp_limits = tcp_limits(&g)?;
     let gateway_certs = cert_files("gateway", g.cert, g.key, g.ca, base)?;
     let store = match base {
         Some(dir) if g.store.is_relative() => dir.join(&g.store),
@@ -679,18 +599,6 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     }
     if !(10..=60_000).contains(&g.ack_timeout_ms) {
         return Err(invalid("gateway.ack_timeout_ms", "must be 10 to 60000 ms"));
-    }
-    if !(1..=65_536).contains(&g.max_reports) {
-        return Err(invalid("gateway.max_reports", "must be 1 to 65536"));
-    }
-    if !(1024..=1 << 30).contains(&g.report_max_bytes) {
-        return Err(invalid(
-            "gateway.report_max_bytes",
-            "must be 1024 to 1073741824",
-        ));
-    }
-    if !(1..=86_400).contains(&g.report_max_age_s) {
-        return Err(invalid("gateway.report_max_age_s", "must be 1 to 86400 s"));
     }
     let south_bind = g
         .south_bind
@@ -967,10 +875,6 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             south_bind,
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             certs: gateway_certs.clone(),
-            max_reports: g.max_reports,
-            report_max_bytes: g.report_max_bytes,
-            report_max_age: Duration::from_secs(g.report_max_age_s),
-            tcp_limits,
         },
         servers,
         devices,
@@ -1025,40 +929,10 @@ members = ["devA", "devB"]
         assert_eq!(c.gateway.listen[1].addr, "[::1]:5683".parse().unwrap());
         assert_eq!(c.gateway.device_timeout, Duration::from_millis(3000));
         assert_eq!(c.gateway.max_in_flight, 256);
-        assert_eq!(c.gateway.max_reports, 256);
-        assert_eq!(c.gateway.report_max_bytes, 16 << 20);
-        assert_eq!(c.gateway.report_max_age, Duration::from_secs(600));
-        assert_eq!(c.gateway.tcp_limits, StreamLimits::default());
+        assert_eq!(c.limits, Limits::default());
         assert_eq!(c.servers[1].psk.as_ref().unwrap().key, vec![0x0a, 0x0b]);
         assert_eq!(c.devices[1].profile, Profile::Dm(DmPolicy::Replace));
         assert_eq!(c.groups[0].members, vec!["devA", "devB"]);
-    }
-
-    #[test]
-    fn tcp_limits_load_and_are_checked() {
-        let with = |lines: &str| GOOD.replace("[gateway]\n", &format!("[gateway]\n{lines}\n"));
-        let keys = [
-            "tcp_max_connections = 100",
-            "tcp_max_per_ip = 4",
-            "tcp_max_pre_auth = 20",
-            "tcp_auth_timeout_ms = 1500",
-        ];
-        let c = Config::parse(&with(&keys.join("\n"))).expect("valid");
-        let l = c.gateway.tcp_limits;
-        assert_eq!(l.max_connections, 100);
-        assert_eq!(l.admission.max_per_source, 4);
-        assert_eq!(l.admission.max_pre_auth, 20);
-        assert_eq!(l.auth_timeout, Duration::from_millis(1500));
-        for (lines, key) in [
-            ("tcp_max_pre_auth = 300", "gateway.tcp_max_pre_auth"),
-            ("tcp_max_per_ip = 0", "gateway.tcp_max_per_ip"),
-            ("tcp_auth_timeout_ms = 5", "gateway.tcp_auth_timeout_ms"),
-            ("tcp_max_connections = 0", "gateway.tcp_max_connections"),
-        ] {
-            let e = error_of(&with(lines));
-            assert!(e.starts_with(key), "{lines}: {e}");
-        }
-        assert!(error_of(&with("tcp_max_idle = 3")).contains("tcp_max_idle"));
     }
 
     fn error_of(text: &str) -> String {
@@ -1090,21 +964,12 @@ members = ["devA", "devB"]
     }
 
     #[test]
-    fn report_bounds_are_read_and_checked() {
-        let text = GOOD.replace(
-            "store = \"privgw.redb\"",
-            "store = \"privgw.redb\"\nmax_reports = 8\nreport_max_bytes = 4096\nreport_max_age_s = 30",
-        );
-        let c = Config::parse(&text).expect("valid");
-        assert_eq!(c.gateway.max_reports, 8);
-        assert_eq!(c.gateway.report_max_age, Duration::from_secs(30));
-        assert_eq!(c.gateway.report_max_bytes, 4096);
-        let e = error_of(&text.replace("report_max_bytes = 4096", "report_max_bytes = 10"));
-        assert!(e.contains("gateway.report_max_bytes"), "{e}");
-        let e = error_of(&text.replace("max_reports = 8", "max_reports = 0"));
-        assert!(e.contains("gateway.max_reports"), "{e}");
-        let e = error_of(&text.replace("report_max_age_s = 30", "report_max_age_s = 0"));
-        assert!(e.contains("gateway.report_max_age_s"), "{e}");
+    fn caps_under_gateway_are_refused_as_unknown_keys() {
+        // They live in `[limits]`; the `[gateway]` spelling was never released.
+        for line in ["max_reports = 8", "tcp_max_per_ip = 4"] {
+            let e = error_of(&GOOD.replace("[gateway]\n", &format!("[gateway]\n{line}\n")));
+            assert!(e.contains("unknown field"), "{line}: {e}");
+        }
     }
 
     #[test]

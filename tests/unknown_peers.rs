@@ -3,7 +3,7 @@
 //! DTLS: a cookieless ClientHello gets a HelloVerifyRequest and no state; junk and forged
 //! cookies are dropped; a real client still connects; pending handshakes are capped in total
 //! and per source IP. NoSec: an unknown source gets 4.01 and leaves no session; sessions per
-//! IP are capped.
+//! IP are capped. The caps configured in `[limits]` reach the gateway's own listeners.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use coap_lite::{MessageClass, MessageType, Packet, RequestType, ResponseType};
 use privgw::coap::{self, TransportTuning};
-use privgw::config::{EndpointUri, Scheme};
+use privgw::config::{Config, EndpointUri, Scheme};
+use privgw::gateway::Gateway;
 use privgw::runtime::{Handler, Listener, Security};
 use privgw::transport::dtls::{DtlsClient, DtlsServer, PskClientConfig, PskServerConfig};
 use privgw::transport::mux::{DatagramMux, Gate, MuxConfig, Pipe, Verdict};
@@ -435,4 +436,78 @@ async fn nosec_a_full_ip_makes_room_by_evicting_its_least_recently_heard_port() 
         still_open.is_err(),
         "the recently heard port keeps its pipe (no datagram, no end)"
     );
+}
+
+/// `[limits]` reaches the gateway's own `coaps://` and `coap://` listeners: with
+/// `dtls_max_handshakes_per_ip = 1` a second cookie-verified handshake from one IP is refused
+/// (the default, 8, admits it), and with `udp_max_sessions_per_ip = 2` a third NoSec port of
+/// a configured server's IP evicts its least recently heard session (the default, 256, keeps
+/// all three).
+#[tokio::test]
+async fn configured_datagram_limits_reach_the_gateways_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"[gateway]
+listen = ["coaps://127.0.0.1:0", "coap://127.0.0.1:0"]
+store = {:?}
+
+[[servers]]
+id = "ServerA"
+ssid = 101
+psk_identity = "serverA"
+psk_key = "secretA"
+nosec_address = "127.0.0.1"
+
+[limits]
+udp_max_sessions_per_ip = 2
+dtls_max_handshakes_per_ip = 1
+"#,
+        dir.path().join("gw.redb")
+    );
+    let gateway = Gateway::start(Config::parse(&text).unwrap()).await.unwrap();
+    let uri = |scheme| {
+        *gateway
+            .listeners()
+            .iter()
+            .find(|l| l.scheme == scheme)
+            .unwrap()
+    };
+    let (coaps, coap) = (uri(Scheme::Coaps), uri(Scheme::Coap));
+    let dtls = gateway.mux(&coaps).expect("the coaps:// listener's mux");
+    let nosec = gateway.mux(&coap).expect("the coap:// listener's mux");
+
+    let mut sockets = Vec::new();
+    for i in 0..2u8 {
+        let socket = connected_socket("127.0.0.1:0", coaps.addr).await;
+        cookie_exchange(&socket, [i; 32]).await;
+        sockets.push(socket);
+    }
+    assert!(
+        eventually(|| dtls.refused() == 1).await,
+        "refused {}",
+        dtls.refused()
+    );
+    assert_eq!(
+        (dtls.sessions(), dtls.pending()),
+        (1, 1),
+        "one handshake in progress from 127.0.0.1"
+    );
+
+    for i in 0..3u16 {
+        let socket = connected_socket("127.0.0.1:0", coap.addr).await;
+        socket
+            .send(&get(MessageType::Confirmable, i, b"g"))
+            .await
+            .unwrap();
+        let answer = recv_within(&socket, WAIT).await.expect("an answer");
+        assert_eq!(coap::decode(&answer).unwrap().get_token(), b"g");
+        sockets.push(socket);
+    }
+    assert!(
+        eventually(|| nosec.evicted() == 1).await,
+        "evicted {}",
+        nosec.evicted()
+    );
+    assert_eq!(nosec.sessions(), 2, "two sessions from 127.0.0.1");
+    gateway.stop().await;
 }

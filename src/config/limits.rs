@@ -1,6 +1,9 @@
-//! The `[limits]` table: bounds on what authorised clients can make the gateway hold —
-//! privileges in the store, the page size of the listing, the per-peer caches of the CoAP
-//! layer. Every key is optional; the defaults suit a fleet gateway.
+//! The `[limits]` table: every resource cap of the gateway in one place — privileges in the
+//! store, the page size of the listing, the per-peer caches of the CoAP layer, the failure
+//! reports kept in memory, and the admission caps of the datagram (`coap://`, `coaps://`) and
+//! stream (`coap+tcp://`, `coaps+tcp://`) listeners. Every key is optional; the defaults suit
+//! a fleet gateway. Errors name the key (`limits.tcp_max_per_ip: must be 1 to
+//! tcp_max_connections`).
 //!
 //! ```toml
 //! [limits]
@@ -15,12 +18,29 @@
 //! dedup_peer_bytes = 131072
 //! dedup_total_entries = 65536        # all peers together
 //! dedup_total_bytes = 16777216
+//! max_reports = 256                  # failure reports kept in memory
+//! report_max_bytes = 16777216        # their CBOR size together
+//! report_max_age_s = 600             # and for how long
+//! udp_max_sessions = 65536           # per coap:// / coaps:// listener: live sessions
+//! udp_max_sessions_per_ip = 256      #   of them from one source IP
+//! dtls_max_handshakes = 256          # per coaps:// listener: handshakes in progress
+//! dtls_max_handshakes_per_ip = 8     #   of them from one source IP
+//! tcp_max_connections = 250          # per coap+tcp:// / coaps+tcp:// listener
+//! tcp_max_per_ip = 16                #   from one IPv4 address or IPv6 /64
+//! tcp_max_pre_auth = 64              #   not yet authenticated
+//! tcp_auth_timeout_ms = 2000         # accept → TLS handshake and first CSM
 //! ```
 
 use serde::Deserialize;
 
+use std::time::Duration;
+
 use crate::coap::budget::{self, CacheLimits, SharedBudget};
 use crate::config::{ConfigError, invalid};
+use crate::gateway::reports::ReportLimits;
+use crate::transport::mux::DatagramLimits;
+use crate::transport::tcp::StreamLimits;
+use crate::transport::tcp::admission::AdmissionLimits;
 
 /// Validated `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +67,36 @@ pub struct Limits {
     pub dedup_total_entries: usize,
     /// Duplicate-table bytes of all peers. Default 16 MiB.
     pub dedup_total_bytes: usize,
+    /// Failure reports kept in memory. Default 256.
+    pub max_reports: usize,
+    /// Their CBOR size together (a single larger report is kept alone). Default 16 MiB.
+    pub report_max_bytes: usize,
+    /// How long a failure report is kept (`report_max_age_s`). Default 600 s.
+    pub report_max_age: Duration,
+    /// Live sessions of one `coap://` or `coaps://` listener, handshakes included.
+    /// Default 65 536.
+    pub udp_max_sessions: usize,
+    /// Live sessions of one such listener from one source IP (all ports). Default 256.
+    pub udp_max_sessions_per_ip: usize,
+    /// DTLS handshakes in progress on one `coaps://` listener. Default 256.
+    pub dtls_max_handshakes: usize,
+    /// DTLS handshakes in progress on one `coaps://` listener from one source IP. Default 8.
+    pub dtls_max_handshakes_per_ip: usize,
+    /// Open connections of one `coap+tcp://` or `coaps+tcp://` listener. Default 250.
+    pub tcp_max_connections: usize,
+    /// Connections of one such listener from one IPv4 address or IPv6 /64. Default 16.
+    pub tcp_max_per_ip: usize,
+    /// Unauthenticated connections of one such listener. Default 64.
+    pub tcp_max_pre_auth: usize,
+    /// From accept to TLS handshake done and first CSM received (`tcp_auth_timeout_ms`).
+    /// Default 2 s.
+    pub tcp_auth_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let datagram = DatagramLimits::default();
+        let stream = StreamLimits::default();
         Limits {
             max_privileges: 100_000,
             max_privileges_per_server: 10_000,
@@ -63,6 +109,17 @@ impl Default for Limits {
             dedup_peer_bytes: budget::DEFAULT_DEDUP_PEER_BYTES,
             dedup_total_entries: budget::DEFAULT_DEDUP_TOTAL_ENTRIES,
             dedup_total_bytes: budget::DEFAULT_DEDUP_TOTAL_BYTES,
+            max_reports: 256,
+            report_max_bytes: 16 << 20,
+            report_max_age: Duration::from_secs(600),
+            udp_max_sessions: datagram.max_sessions,
+            udp_max_sessions_per_ip: datagram.max_sessions_per_ip,
+            dtls_max_handshakes: datagram.max_pending,
+            dtls_max_handshakes_per_ip: datagram.max_pending_per_ip,
+            tcp_max_connections: stream.max_connections,
+            tcp_max_per_ip: stream.admission.max_per_source,
+            tcp_max_pre_auth: stream.admission.max_pre_auth,
+            tcp_auth_timeout: stream.auth_timeout,
         }
     }
 }
@@ -82,6 +139,37 @@ impl Limits {
             dedup: SharedBudget::new(self.dedup_total_entries, self.dedup_total_bytes),
         }
     }
+
+    /// The bounds of the failure-report store.
+    pub fn report_limits(&self) -> ReportLimits {
+        ReportLimits {
+            max_count: self.max_reports,
+            max_bytes: self.report_max_bytes,
+            max_age: self.report_max_age,
+        }
+    }
+
+    /// The caps of each `coap://` / `coaps://` listener.
+    pub fn datagram_limits(&self) -> DatagramLimits {
+        DatagramLimits {
+            max_sessions: self.udp_max_sessions,
+            max_sessions_per_ip: self.udp_max_sessions_per_ip,
+            max_pending: self.dtls_max_handshakes,
+            max_pending_per_ip: self.dtls_max_handshakes_per_ip,
+        }
+    }
+
+    /// The caps of each `coap+tcp://` / `coaps+tcp://` listener.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            max_connections: self.tcp_max_connections,
+            admission: AdmissionLimits {
+                max_per_source: self.tcp_max_per_ip,
+                max_pre_auth: self.tcp_max_pre_auth,
+            },
+            auth_timeout: self.tcp_auth_timeout,
+        }
+    }
 }
 
 /// `[limits]` as written.
@@ -99,6 +187,17 @@ pub(super) struct RawLimits {
     dedup_peer_bytes: Option<usize>,
     dedup_total_entries: Option<usize>,
     dedup_total_bytes: Option<usize>,
+    max_reports: Option<usize>,
+    report_max_bytes: Option<usize>,
+    report_max_age_s: Option<u64>,
+    udp_max_sessions: Option<usize>,
+    udp_max_sessions_per_ip: Option<usize>,
+    dtls_max_handshakes: Option<usize>,
+    dtls_max_handshakes_per_ip: Option<usize>,
+    tcp_max_connections: Option<usize>,
+    tcp_max_per_ip: Option<usize>,
+    tcp_max_pre_auth: Option<usize>,
+    tcp_auth_timeout_ms: Option<u64>,
 }
 
 /// `limits.<key>` must be at least 1 (and at most `max`).
@@ -116,6 +215,23 @@ fn positive(
             format!("limits.{key}"),
             format!("must be 1 to {max}"),
         ))
+    }
+}
+
+/// `limits.<key>` must be `min` to `max`; the error says so in `bound` (a number with its
+/// unit, or the key that bounds it).
+fn within<T: PartialOrd + Copy>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    (min, max): (T, T),
+    bound: &str,
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if min <= v && v <= max {
+        Ok(v)
+    } else {
+        Err(invalid(format!("limits.{key}"), format!("must be {bound}")))
     }
 }
 
@@ -185,6 +301,91 @@ impl RawLimits {
                 d.dedup_total_bytes,
                 BIG,
             )?,
+            max_reports: within(
+                "max_reports",
+                self.max_reports,
+                d.max_reports,
+                (1, 65_536),
+                "1 to 65536",
+            )?,
+            report_max_bytes: within(
+                "report_max_bytes",
+                self.report_max_bytes,
+                d.report_max_bytes,
+                (1024, 1 << 30),
+                "1024 to 1073741824",
+            )?,
+            report_max_age: Duration::from_secs(within(
+                "report_max_age_s",
+                self.report_max_age_s,
+                d.report_max_age.as_secs(),
+                (1, 86_400),
+                "1 to 86400 s",
+            )?),
+            ..d.clone()
+        };
+        let udp_max_sessions = within(
+            "udp_max_sessions",
+            self.udp_max_sessions,
+            d.udp_max_sessions,
+            (1, 1 << 20),
+            "1 to 1048576",
+        )?;
+        let dtls_max_handshakes = within(
+            "dtls_max_handshakes",
+            self.dtls_max_handshakes,
+            d.dtls_max_handshakes,
+            (1, udp_max_sessions),
+            "1 to udp_max_sessions",
+        )?;
+        let tcp_max_connections = within(
+            "tcp_max_connections",
+            self.tcp_max_connections,
+            d.tcp_max_connections,
+            (1, 65_536),
+            "1 to 65536",
+        )?;
+        let default_auth_ms = u64::try_from(d.tcp_auth_timeout.as_millis()).unwrap_or(2000);
+        let l = Limits {
+            udp_max_sessions,
+            udp_max_sessions_per_ip: within(
+                "udp_max_sessions_per_ip",
+                self.udp_max_sessions_per_ip,
+                d.udp_max_sessions_per_ip,
+                (1, udp_max_sessions),
+                "1 to udp_max_sessions",
+            )?,
+            dtls_max_handshakes,
+            dtls_max_handshakes_per_ip: within(
+                "dtls_max_handshakes_per_ip",
+                self.dtls_max_handshakes_per_ip,
+                d.dtls_max_handshakes_per_ip,
+                (1, dtls_max_handshakes),
+                "1 to dtls_max_handshakes",
+            )?,
+            tcp_max_connections,
+            tcp_max_per_ip: within(
+                "tcp_max_per_ip",
+                self.tcp_max_per_ip,
+                d.tcp_max_per_ip,
+                (1, tcp_max_connections),
+                "1 to tcp_max_connections",
+            )?,
+            tcp_max_pre_auth: within(
+                "tcp_max_pre_auth",
+                self.tcp_max_pre_auth,
+                d.tcp_max_pre_auth,
+                (1, tcp_max_connections),
+                "1 to tcp_max_connections",
+            )?,
+            tcp_auth_timeout: Duration::from_millis(within(
+                "tcp_auth_timeout_ms",
+                self.tcp_auth_timeout_ms,
+                default_auth_ms,
+                (100, 60_000),
+                "100 to 60000 ms",
+            )?),
+            ..l
         };
         if l.max_privileges_per_server > l.max_privileges {
             return Err(invalid(
@@ -204,7 +405,12 @@ impl RawLimits {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::Config;
+    use crate::gateway::reports::ReportLimits;
+    use crate::transport::mux::{DatagramLimits, MuxConfig};
+    use crate::transport::tcp::StreamLimits;
 
     const BASE: &str = "[gateway]\nlisten = [\"coap://127.0.0.1:5683\"]\n";
 
@@ -238,5 +444,130 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    /// The error of `BASE` with these `[limits]` lines.
+    fn error_of(lines: &str) -> String {
+        Config::parse(&format!("{BASE}[limits]\n{lines}\n"))
+            .expect_err("must fail")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_are_todays_caps() {
+        let l = super::Limits::default();
+        assert_eq!(
+            l.report_limits(),
+            ReportLimits {
+                max_count: 256,
+                max_bytes: 16 << 20,
+                max_age: Duration::from_secs(600),
+            }
+        );
+        assert_eq!(l.stream_limits(), StreamLimits::default());
+        assert_eq!(
+            l.datagram_limits(),
+            DatagramLimits {
+                max_sessions: 65_536,
+                max_sessions_per_ip: 256,
+                max_pending: 256,
+                max_pending_per_ip: 8,
+            }
+        );
+        let mux = MuxConfig::default();
+        assert_eq!((mux.max_sessions, mux.max_sessions_per_ip), (65_536, 256));
+        assert_eq!((mux.max_pending, mux.max_pending_per_ip), (256, 8));
+    }
+
+    #[test]
+    fn report_bounds_are_read_and_checked() {
+        let keys = "max_reports = 8\nreport_max_bytes = 4096\nreport_max_age_s = 30";
+        let c = Config::parse(&format!("{BASE}[limits]\n{keys}\n")).expect("valid");
+        assert_eq!(
+            c.limits.report_limits(),
+            ReportLimits {
+                max_count: 8,
+                max_bytes: 4096,
+                max_age: Duration::from_secs(30),
+            }
+        );
+        for (line, key) in [
+            ("report_max_bytes = 10", "limits.report_max_bytes"),
+            ("max_reports = 0", "limits.max_reports"),
+            ("report_max_age_s = 0", "limits.report_max_age_s"),
+        ] {
+            let e = error_of(line);
+            assert!(e.starts_with(key), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn tcp_limits_load_and_are_checked() {
+        let keys = [
+            "tcp_max_connections = 100",
+            "tcp_max_per_ip = 4",
+            "tcp_max_pre_auth = 20",
+            "tcp_auth_timeout_ms = 1500",
+        ];
+        let c = Config::parse(&format!("{BASE}[limits]\n{}\n", keys.join("\n"))).expect("valid");
+        let l = c.limits.stream_limits();
+        assert_eq!(l.max_connections, 100);
+        assert_eq!(l.admission.max_per_source, 4);
+        assert_eq!(l.admission.max_pre_auth, 20);
+        assert_eq!(l.auth_timeout, Duration::from_millis(1500));
+        for (line, key) in [
+            ("tcp_max_pre_auth = 300", "limits.tcp_max_pre_auth"),
+            ("tcp_max_per_ip = 0", "limits.tcp_max_per_ip"),
+            ("tcp_auth_timeout_ms = 5", "limits.tcp_auth_timeout_ms"),
+            ("tcp_max_connections = 0", "limits.tcp_max_connections"),
+        ] {
+            let e = error_of(line);
+            assert!(e.starts_with(key), "{line}: {e}");
+        }
+        assert_eq!(
+            error_of("tcp_max_per_ip = 251"),
+            "limits.tcp_max_per_ip: must be 1 to tcp_max_connections"
+        );
+        assert!(error_of("tcp_max_idle = 3").contains("tcp_max_idle"));
+    }
+
+    #[test]
+    fn datagram_limits_load_and_are_checked() {
+        let keys = [
+            "udp_max_sessions = 1000",
+            "udp_max_sessions_per_ip = 10",
+            "dtls_max_handshakes = 50",
+            "dtls_max_handshakes_per_ip = 2",
+        ];
+        let c = Config::parse(&format!("{BASE}[limits]\n{}\n", keys.join("\n"))).expect("valid");
+        assert_eq!(
+            c.limits.datagram_limits(),
+            DatagramLimits {
+                max_sessions: 1000,
+                max_sessions_per_ip: 10,
+                max_pending: 50,
+                max_pending_per_ip: 2,
+            }
+        );
+        for (line, error) in [
+            (
+                "udp_max_sessions = 0",
+                "limits.udp_max_sessions: must be 1 to 1048576",
+            ),
+            (
+                "udp_max_sessions_per_ip = 65537",
+                "limits.udp_max_sessions_per_ip: must be 1 to udp_max_sessions",
+            ),
+            (
+                "udp_max_sessions = 100\ndtls_max_handshakes = 101",
+                "limits.dtls_max_handshakes: must be 1 to udp_max_sessions",
+            ),
+            (
+                "dtls_max_handshakes_per_ip = 0",
+                "limits.dtls_max_handshakes_per_ip: must be 1 to dtls_max_handshakes",
+            ),
+        ] {
+            assert_eq!(error_of(line), error, "{line}");
+        }
     }
 }

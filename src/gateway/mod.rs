@@ -26,6 +26,7 @@ use crate::south::{South, SouthError};
 use crate::store::{Fingerprint, RedbStore, StoreError};
 use crate::transport::cert::{Anchors, ScopedRule};
 use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
+use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError, TransportKind};
 
@@ -220,6 +221,8 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A running gateway.
 pub struct Gateway {
     listeners: Vec<EndpointUri>,
+    /// The socket of each `coap://` / `coaps://` listener, by its bound URI.
+    muxes: Vec<(EndpointUri, Arc<DatagramMux>)>,
     service: Arc<Service<South>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -260,14 +263,18 @@ impl Gateway {
         let mut bound = Vec::new();
         let mut dtls: Option<Arc<DtlsServer>> = None;
         let mut tls: Option<Arc<TlsServer>> = None;
-        let tcp_limits = config.gateway.tcp_limits;
+        let tcp_limits = config.limits.stream_limits();
+        let udp_limits = config.limits.datagram_limits();
         for uri in &config.gateway.listen {
             let listener = match uri.scheme {
                 Scheme::Coap => {
                     // Only configured servers' addresses get a session (issue 6 item 4).
                     let north = north.clone();
                     let known = Arc::new(move |ip| north.by_address.contains_key(&ip));
-                    AnyListener::Datagram(Listener::bind(*uri, Security::NoSecKnown(known)).await?)
+                    let security = Security::NoSecKnown(known);
+                    AnyListener::Datagram(
+                        Listener::bind_with_limits(*uri, security, udp_limits).await?,
+                    )
                 }
                 Scheme::Coaps => {
                     let server = match &dtls {
@@ -286,7 +293,10 @@ impl Gateway {
                             s
                         }
                     };
-                    AnyListener::Datagram(Listener::bind(*uri, Security::Dtls(server)).await?)
+                    let security = Security::Dtls(server);
+                    AnyListener::Datagram(
+                        Listener::bind_with_limits(*uri, security, udp_limits).await?,
+                    )
                 }
                 Scheme::CoapTcp => AnyListener::Stream(
                     StreamListener::bind_with_limits(*uri, StreamSecurity::NoSec, tcp_limits)
@@ -313,6 +323,13 @@ impl Gateway {
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let listeners = bound.iter().map(AnyListener::uri).collect();
+        let muxes = bound
+            .iter()
+            .filter_map(|l| match l {
+                AnyListener::Datagram(l) => Some((l.uri(), l.mux())),
+                AnyListener::Stream(_) => None,
+            })
+            .collect();
         for listener in bound {
             let north = north.clone();
             let shutdown = shutdown.clone();
@@ -320,6 +337,7 @@ impl Gateway {
         }
         Ok(Gateway {
             listeners,
+            muxes,
             service,
             stop,
             tasks,
@@ -329,6 +347,15 @@ impl Gateway {
     /// The listeners with their bound ports.
     pub fn listeners(&self) -> &[EndpointUri] {
         &self.listeners
+    }
+
+    /// The mux of the `coap://` or `coaps://` listener bound at `uri`, to watch its counters
+    /// (sessions, pending handshakes, refusals, evictions).
+    pub fn mux(&self, uri: &EndpointUri) -> Option<Arc<DatagramMux>> {
+        self.muxes
+            .iter()
+            .find(|(u, _)| u == uri)
+            .map(|(_, m)| m.clone())
     }
 
     pub fn service(&self) -> &Arc<Service<South>> {

@@ -19,8 +19,8 @@ use crate::mo::Value;
 pub const REPORTS_PATH: &str = "/GwConfig/Reports";
 
 /// How many reports are kept, how large together, and for how long (config
-/// `gateway.max_reports`, default 256; `gateway.report_max_bytes`, default 16 MiB;
-/// `gateway.report_max_age_s`, default 600).
+/// `limits.max_reports`, default 256; `limits.report_max_bytes`, default 16 MiB;
+/// `limits.report_max_age_s`, default 600).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportLimits {
     pub max_count: usize,

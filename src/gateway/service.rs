@@ -15,7 +15,7 @@ use crate::config::{Config, Profile, ServerConfig};
 use crate::front::{
     Command, Format, FrontError, Precondition, Write, parse_request, refusal, render_value,
 };
-use crate::gateway::reports::{REPORTS_PATH, ReportLimits, ReportStore, new_report_id};
+use crate::gateway::reports::{REPORTS_PATH, ReportStore, new_report_id};
 use crate::lwm2m::content_format;
 use crate::mo::privilege::rfc3339;
 use crate::mo::{Change, ChangeKind, Inventory, Privilege, PrivilegeName, Value};
@@ -198,11 +198,7 @@ impl<R: AclReader> Service<R> {
         let inventory = Inventory::from_config(&config);
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
         let quota = Quota::new(&config.limits, initial_counts(store.as_ref()));
-        let reports = Mutex::new(ReportStore::new(ReportLimits {
-            max_count: config.gateway.max_reports,
-            max_bytes: config.gateway.report_max_bytes,
-            max_age: config.gateway.report_max_age,
-        }));
+        let reports = Mutex::new(ReportStore::new(config.limits.report_limits()));
         Service {
             config,
             inventory,

@@ -20,7 +20,7 @@ use crate::coap::{self, TransportTuning};
 use crate::config::{EndpointUri, Scheme};
 use crate::runtime::{Handler, Shutdown, serve_session, stopped};
 use crate::transport::dtls::DtlsServer;
-use crate::transport::mux::{DatagramMux, Gate, MuxConfig, Pipe, Verdict};
+use crate::transport::mux::{DatagramLimits, DatagramMux, Gate, MuxConfig, Pipe, Verdict};
 use crate::transport::{DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +57,18 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds the socket now, so the caller knows the address (port 0 picks one).
+    /// Binds the socket now, so the caller knows the address (port 0 picks one), with the
+    /// default [`DatagramLimits`].
     pub async fn bind(uri: EndpointUri, security: Security) -> Result<Listener, ListenError> {
+        Listener::bind_with_limits(uri, security, DatagramLimits::default()).await
+    }
+
+    /// Like [`bind`](Self::bind), with these caps on sessions and handshakes in progress.
+    pub async fn bind_with_limits(
+        uri: EndpointUri,
+        security: Security,
+        limits: DatagramLimits,
+    ) -> Result<Listener, ListenError> {
         if matches!(
             (uri.scheme, &security),
             (Scheme::Coaps, Security::NoSec | Security::NoSecKnown(_))
@@ -66,7 +76,7 @@ impl Listener {
         ) {
             return Err(ListenError::Mismatch(uri.to_string()));
         }
-        let (mux, accepted) = DatagramMux::bind_with(uri.addr, mux_config(&security))
+        let (mux, accepted) = DatagramMux::bind_with(uri.addr, mux_config(&security, limits))
             .await
             .map_err(|source| ListenError::Bind {
                 uri: uri.to_string(),
@@ -154,11 +164,12 @@ impl Listener {
 }
 
 /// The mux settings for `security`: who gets state, and who is answered without it.
-fn mux_config(security: &Security) -> MuxConfig {
+fn mux_config(security: &Security, limits: DatagramLimits) -> MuxConfig {
     let base = MuxConfig {
         accept: true,
         ..MuxConfig::default()
-    };
+    }
+    .with_limits(limits);
     // NoSec peers cost no handshake: a new port of a full IP replaces its quietest one.
     let nosec = MuxConfig {
         evict_per_ip: true,

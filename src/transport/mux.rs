@@ -122,18 +122,57 @@ impl std::fmt::Debug for Gate {
 
 impl Default for MuxConfig {
     fn default() -> Self {
+        let caps = DatagramLimits::default();
         MuxConfig {
             accept: false,
-            max_sessions: 65_536,
+            max_sessions: caps.max_sessions,
             queue_len: 64,
             accept_backlog: 1024,
             recv_buffer: 4 << 20,
             gate: None,
-            max_sessions_per_ip: 256,
+            max_sessions_per_ip: caps.max_sessions_per_ip,
             handshakes: false,
+            max_pending: caps.max_pending,
+            max_pending_per_ip: caps.max_pending_per_ip,
+            evict_per_ip: false,
+        }
+    }
+}
+
+/// The peer caps of a server mux, as configured (`[limits]` `udp_max_sessions`,
+/// `udp_max_sessions_per_ip`, `dtls_max_handshakes`, `dtls_max_handshakes_per_ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramLimits {
+    /// [`MuxConfig::max_sessions`]. Default 65 536.
+    pub max_sessions: usize,
+    /// [`MuxConfig::max_sessions_per_ip`]. Default 256.
+    pub max_sessions_per_ip: usize,
+    /// [`MuxConfig::max_pending`]. Default 256.
+    pub max_pending: usize,
+    /// [`MuxConfig::max_pending_per_ip`]. Default 8.
+    pub max_pending_per_ip: usize,
+}
+
+impl Default for DatagramLimits {
+    fn default() -> Self {
+        DatagramLimits {
+            max_sessions: 65_536,
+            max_sessions_per_ip: 256,
             max_pending: 256,
             max_pending_per_ip: 8,
-            evict_per_ip: false,
+        }
+    }
+}
+
+impl MuxConfig {
+    /// These settings with the caps of `limits`.
+    pub fn with_limits(self, limits: DatagramLimits) -> MuxConfig {
+        MuxConfig {
+            max_sessions: limits.max_sessions,
+            max_sessions_per_ip: limits.max_sessions_per_ip,
+            max_pending: limits.max_pending,
+            max_pending_per_ip: limits.max_pending_per_ip,
+            ..self
         }
     }
 }
