@@ -756,6 +756,45 @@ async fn idle_unauthenticated_connections_are_closed_after_the_deadline() {
     .await;
 }
 
+/// A CSM from a source that is no configured server's `nosec_address` does not make its
+/// connection authenticated: it is closed at the pre-auth deadline like an idle one (it
+/// used to hold its slot for good, so 16 such sources filled all 250 slots).
+#[tokio::test]
+async fn a_csm_from_an_unconfigured_nosec_source_does_not_keep_its_slot() {
+    bounded(async {
+        let fleet = mixed_fleet().nosec("ServerA", "127.0.0.1").start().await;
+        let started = std::time::Instant::now();
+        let mut stranger = idle_from(loopback(2), fleet.coap_tcp().addr).await;
+        stranger.write_all(&[0x00, CSM]).await.expect("send a CSM");
+        let mut server_a = Raw::connect(fleet.coap_tcp().addr).await;
+        server_a.send(&[0x00, CSM]).await;
+
+        let limit = AUTH_DEADLINE + Duration::from_secs(3);
+        assert!(
+            closed_within(&mut stranger, limit).await.is_some(),
+            "an unconfigured source kept its slot after a CSM"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= AUTH_DEADLINE - Duration::from_millis(200),
+            "closed before its deadline: {took:?}"
+        );
+        server_a.send(&[0x01, PING, 0x42]).await;
+        let pong = loop {
+            let f = server_a.next_frame().await.unwrap().expect("still open");
+            if f.code != CSM {
+                break f;
+            }
+        };
+        assert_eq!(
+            pong.code, PONG,
+            "the configured server's connection lives on"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn connections_over_the_per_ip_cap_are_refused_at_once_while_another_ip_is_served() {
     bounded(async {

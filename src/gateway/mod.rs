@@ -299,8 +299,16 @@ impl Gateway {
                     )
                 }
                 Scheme::CoapTcp => AnyListener::Stream(
-                    StreamListener::bind_with_limits(*uri, StreamSecurity::NoSec, tcp_limits)
-                        .await?,
+                    StreamListener::bind_with_limits(
+                        *uri,
+                        // Other sources get 4.01 and no slot past the pre-auth deadline.
+                        StreamSecurity::NoSecKnown({
+                            let north = north.clone();
+                            Arc::new(move |ip| north.by_address.contains_key(&ip))
+                        }),
+                        tcp_limits,
+                    )
+                    .await?,
                 ),
                 Scheme::CoapsTcp => {
                     let server = match &tls {

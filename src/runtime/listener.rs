@@ -8,7 +8,7 @@
 //! source is answered 4.01 by [`unauthorized_reply`] without state.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use coap_lite::{MessageClass, MessageType, Packet, ResponseType};
 
@@ -21,6 +21,7 @@ use crate::config::{EndpointUri, Scheme};
 use crate::runtime::{Handler, Shutdown, serve_session, stopped};
 use crate::transport::dtls::DtlsServer;
 use crate::transport::mux::{DatagramLimits, DatagramMux, Gate, MuxConfig, Pipe, Verdict};
+use crate::transport::tcp::admission::{LogBudget, Refusal};
 use crate::transport::{DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,12 @@ impl Listener {
         let uri = self.uri();
         tracing::info!(%uri, "listening");
         let mut peers = JoinSet::new();
+        // Tokio's clock (virtual under a paused test runtime), as the sleep below uses.
+        let failures = Arc::new(Mutex::new(LogBudget::new(
+            tokio::time::Instant::now().into_std(),
+        )));
         loop {
+            let summary_due = tokio::time::Instant::from_std(lock(&failures).next_summary());
             tokio::select! {
                 pipe = self.accepted.recv() => {
                     let Some(pipe) = pipe else { break };
@@ -130,6 +136,7 @@ impl Listener {
                     let handler = handler.clone();
                     let tuning = tuning.clone();
                     let mut shutdown = shutdown.clone();
+                    let failures = failures.clone();
                     peers.spawn(async move {
                         match security {
                             Security::NoSec | Security::NoSecKnown(_) => {
@@ -147,11 +154,20 @@ impl Listener {
                                         tracing::debug!(identity = %info.identity, "DTLS session up");
                                         serve_session(session, info, handler, tuning, shutdown).await;
                                     }
-                                    Err(e) => tracing::warn!("DTLS handshake failed: {e}"),
+                                    Err(e) => {
+                                        if note_failed_handshake(&failures, &e) {
+                                            tracing::warn!("DTLS handshake failed: {e}");
+                                        }
+                                    }
                                 }
                             }
                         }
                     }.instrument(span));
+                }
+                _ = tokio::time::sleep_until(summary_due) => {
+                    if let Some(summary) = lock(&failures).summary(tokio::time::Instant::now().into_std()) {
+                        tracing::warn!(%uri, "failed DTLS handshakes {summary}");
+                    }
                 }
                 // Reap finished peers so the set does not grow with every peer ever seen.
                 Some(_) = peers.join_next(), if !peers.is_empty() => {}
@@ -161,6 +177,24 @@ impl Listener {
         while peers.join_next().await.is_some() {}
         self.mux.shutdown();
     }
+}
+
+fn lock(budget: &Mutex<LogBudget>) -> std::sync::MutexGuard<'_, LogBudget> {
+    budget
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Counts a failed DTLS handshake; true if it may be logged on its own line. Any host that
+/// passes the cookie exchange can fail handshakes as fast as it can send (a wrong PSK
+/// identity fails in one round trip), so only a few lines per period are written and the
+/// rest go into the periodic summary.
+fn note_failed_handshake(budget: &Mutex<LogBudget>, error: &TransportError) -> bool {
+    let kind = match error {
+        TransportError::HandshakeTimeout { .. } => Refusal::Deadline,
+        _ => Refusal::Handshake,
+    };
+    lock(budget).note(kind)
 }
 
 /// The mux settings for `security`: who gets state, and who is answered without it.
@@ -237,6 +271,32 @@ mod tests {
         p.set_token(token.to_vec());
         coap::set_uri(&mut p, "/GwConfig");
         coap::encode(&p).unwrap()
+    }
+
+    #[test]
+    fn a_flood_of_failed_handshakes_logs_a_few_lines_not_one_each() {
+        use crate::transport::tcp::admission::DETAILED_PER_PERIOD;
+        let budget = Mutex::new(LogBudget::new(std::time::Instant::now()));
+        let peer: SocketAddr = "127.0.0.1:5684".parse().unwrap();
+        let timeout = TransportError::HandshakeTimeout {
+            peer,
+            after: std::time::Duration::from_secs(10),
+            peer_answered: true,
+        };
+        let rejected = TransportError::CookieRejected { peer };
+        let logged = (0..10_000)
+            .filter(|i| {
+                note_failed_handshake(&budget, if i % 2 == 0 { &timeout } else { &rejected })
+            })
+            .count();
+        assert_eq!(logged, DETAILED_PER_PERIOD as usize);
+        let summary = lock(&budget)
+            .summary(std::time::Instant::now() + crate::transport::tcp::admission::SUMMARY_PERIOD)
+            .expect("one summary for the period");
+        assert_eq!(
+            summary.counts,
+            vec![(Refusal::Deadline, 5_000), (Refusal::Handshake, 5_000)]
+        );
     }
 
     #[test]

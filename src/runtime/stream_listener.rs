@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::{EndpointUri, Scheme};
-use crate::runtime::listener::ListenError;
+use crate::runtime::listener::{AddressFilter, ListenError};
 use crate::runtime::{Handler, Shutdown, serve_stream, stopped};
 use crate::transport::tcp::admission::Refusal;
 use crate::transport::tcp::{Gate, PreAuth, StreamLimits, TcpEndpoint, nosec_peer_info};
@@ -25,6 +25,10 @@ use crate::transport::tls::TlsServer;
 pub enum StreamSecurity {
     /// `coap+tcp://`: no channel security; the peer is known by its source address.
     NoSec,
+    /// `coap+tcp://` for known peers: a source IP the filter does not admit is served (its
+    /// requests get the handler's 4.01) but never counts as authenticated, so it is closed
+    /// at the pre-auth deadline (or evicted) instead of holding a slot with a CSM.
+    NoSecKnown(AddressFilter),
     /// `coaps+tcp://`: TLS with mutual X.509.
     Tls(Arc<TlsServer>),
 }
@@ -53,7 +57,10 @@ impl StreamListener {
     ) -> Result<StreamListener, ListenError> {
         let matches = matches!(
             (uri.scheme, &security),
-            (Scheme::CoapTcp, StreamSecurity::NoSec) | (Scheme::CoapsTcp, StreamSecurity::Tls(_))
+            (
+                Scheme::CoapTcp,
+                StreamSecurity::NoSec | StreamSecurity::NoSecKnown(_)
+            ) | (Scheme::CoapsTcp, StreamSecurity::Tls(_))
         );
         if !matches {
             return Err(ListenError::Mismatch(uri.to_string()));
@@ -134,6 +141,15 @@ async fn serve<H: Handler>(
 ) {
     let server = match security {
         StreamSecurity::NoSec => {
+            serve_stream(tcp, nosec_peer_info(addr), handler, shutdown, pre_auth).await;
+            return;
+        }
+        StreamSecurity::NoSecKnown(allow) => {
+            let pre_auth = if allow(addr.ip()) {
+                pre_auth
+            } else {
+                pre_auth.never_authenticates()
+            };
             serve_stream(tcp, nosec_peer_info(addr), handler, shutdown, pre_auth).await;
             return;
         }

@@ -418,6 +418,35 @@ mod tests {
         assert_eq!(&hvr[28..], &[0xAB; 32]);
     }
 
+    /// RFC 6347 §4.2.1: the HelloVerifyRequest must not amplify. The smallest datagram the
+    /// parser takes as a ClientHello (empty session id, cipher suites and compression) is
+    /// still no smaller than the HVR sent for it.
+    #[test]
+    fn a_hello_verify_request_is_never_larger_than_the_client_hello() {
+        let mut body = vec![0xFE, 0xFD];
+        body.extend_from_slice(&[7u8; 32]);
+        body.extend_from_slice(&[0, 0, 0, 0, 0]); // session id, cookie, suites, compression
+        let mut hs = vec![CLIENT_HELLO];
+        hs.extend_from_slice(&u24(body.len()));
+        hs.extend_from_slice(&[0, 0, 0, 0, 0]);
+        hs.extend_from_slice(&u24(body.len()));
+        hs.extend_from_slice(&body);
+        let mut smallest = vec![22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0];
+        smallest.extend_from_slice(&u16::try_from(hs.len()).unwrap().to_be_bytes());
+        smallest.extend_from_slice(&hs);
+        let jar = CookieJar::new().unwrap();
+        let HelloVerdict::Verify(hvr) = jar.check(Instant::now(), peer(), &smallest) else {
+            panic!("the smallest ClientHello gets a HelloVerifyRequest");
+        };
+        assert!(
+            hvr.len() <= smallest.len(),
+            "HVR {} bytes for a {}-byte ClientHello",
+            hvr.len(),
+            smallest.len()
+        );
+        assert!(parse_client_hello(&smallest[..smallest.len() - 1]).is_err());
+    }
+
     #[test]
     fn cookie_binds_address_port_and_hello() {
         let t0 = Instant::now();

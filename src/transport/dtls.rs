@@ -992,7 +992,16 @@ async fn handshake(
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => {
             let reason = handshake_failure_reason(stream.ssl(), &source, peer);
-            tracing::info!(peer = %peer, %reason, error = %source, "DTLS handshake failed");
+            // A server's failures come from any host that passed the cookie exchange, as
+            // fast as it likes: the listener logs them within a budget.
+            match role {
+                Role::Client => {
+                    tracing::info!(peer = %peer, %reason, error = %source, "DTLS handshake failed");
+                }
+                Role::Server => {
+                    tracing::debug!(peer = %peer, %reason, error = %source, "DTLS handshake failed");
+                }
+            }
             Err(TransportError::Handshake {
                 peer,
                 reason,
@@ -1001,7 +1010,14 @@ async fn handshake(
         }
         Err(_) => {
             let peer_answered = stream.get_ref().received() > 0;
-            tracing::info!(peer = %peer, after = ?timeout, peer_answered, "DTLS handshake timed out");
+            match role {
+                Role::Client => {
+                    tracing::info!(peer = %peer, after = ?timeout, peer_answered, "DTLS handshake timed out");
+                }
+                Role::Server => {
+                    tracing::debug!(peer = %peer, after = ?timeout, peer_answered, "DTLS handshake timed out");
+                }
+            }
             Err(TransportError::HandshakeTimeout {
                 peer,
                 after: timeout,

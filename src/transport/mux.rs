@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::AbortHandle;
 
+use super::tcp::admission::source_key;
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 /// Largest UDP payload we accept (IPv4/IPv6 datagram limit).
@@ -68,7 +69,9 @@ pub struct MuxConfig {
     /// Decides statelessly about datagrams from addresses without a pipe. `None` admits
     /// every new peer (subject to the caps). Default `None`.
     pub gate: Option<Gate>,
-    /// Most live pipes from one source IP (all ports). Default 256.
+    /// Most live pipes from one source IP (all ports). Default 256. Like every per-IP cap
+    /// here it counts per source: an IPv4 address, an IPv6 /64 (one host owns a whole /64),
+    /// an IPv4-mapped address as its IPv4 address ([`source_key`]).
     pub max_sessions_per_ip: usize,
     /// Whether pipes carry a handshake (DTLS): a pipe counts as *pending* from its creation
     /// until [`DatagramMux::mark_established`], and pending pipes have their own caps.
@@ -261,6 +264,7 @@ struct Load {
 #[derive(Debug)]
 struct Peers {
     map: HashMap<SocketAddr, PeerSlot>,
+    /// Keyed by [`source_key`] (IPv6 per /64), as is `addrs`.
     per_ip: HashMap<IpAddr, Load>,
     /// The addresses (ports) of each source IP, for per-IP eviction.
     addrs: HashMap<IpAddr, Vec<SocketAddr>>,
@@ -310,27 +314,32 @@ impl Peers {
             if before.sessions == 0 {
                 self.clock += 1;
                 slot.heard = self.clock;
-                self.addrs.entry(addr.ip()).or_default().push(addr);
+                self.addrs
+                    .entry(source_key(addr.ip()))
+                    .or_default()
+                    .push(addr);
             }
             self.map.insert(addr, slot);
         } else if before.sessions == 1 {
             self.forget_addr(addr);
         }
         self.pending = (self.pending + after.pending).saturating_sub(before.pending);
-        let ip = self.per_ip.entry(addr.ip()).or_default();
+        let source = source_key(addr.ip());
+        let ip = self.per_ip.entry(source).or_default();
         ip.sessions = (ip.sessions + after.sessions).saturating_sub(before.sessions);
         ip.pending = (ip.pending + after.pending).saturating_sub(before.pending);
         if *ip == Load::default() {
-            self.per_ip.remove(&addr.ip());
+            self.per_ip.remove(&source);
         }
         result
     }
 
     fn forget_addr(&mut self, addr: SocketAddr) {
-        if let Some(list) = self.addrs.get_mut(&addr.ip()) {
+        let source = source_key(addr.ip());
+        if let Some(list) = self.addrs.get_mut(&source) {
             list.retain(|a| *a != addr);
             if list.is_empty() {
-                self.addrs.remove(&addr.ip());
+                self.addrs.remove(&source);
             }
         }
     }
@@ -343,10 +352,10 @@ impl Peers {
         }
     }
 
-    /// The least recently heard address of `ip`.
+    /// The least recently heard address of `ip`'s source (see [`source_key`]).
     fn least_recent(&self, ip: IpAddr) -> Option<SocketAddr> {
         self.addrs
-            .get(&ip)?
+            .get(&source_key(ip))?
             .iter()
             .filter_map(|a| self.map.get(a).map(|slot| (slot.heard, *a)))
             .min()
@@ -363,7 +372,11 @@ impl Peers {
     /// Which cap, if any, refuses one more pipe (`candidate`: a second handshake on an
     /// existing address, which adds a pending handshake but no pipe slot).
     fn refusal(&self, config: &MuxConfig, ip: IpAddr, candidate: bool) -> Option<&'static str> {
-        let load = self.per_ip.get(&ip).copied().unwrap_or_default();
+        let load = self
+            .per_ip
+            .get(&source_key(ip))
+            .copied()
+            .unwrap_or_default();
         if !candidate && self.map.len() >= config.max_sessions {
             return Some("session cap");
         }
@@ -1050,6 +1063,51 @@ mod peers_tests {
             peers.refusal(&config, a.ip(), false),
             Some("per-IP session cap")
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_slash_64_share_the_per_ip_caps() {
+        // One host owns a whole /64: without this, it passes the cookie exchange from as
+        // many addresses as it likes and fills the total handshake cap on its own.
+        let config = MuxConfig {
+            handshakes: true,
+            max_pending_per_ip: 2,
+            ..MuxConfig::default()
+        };
+        let mut peers = Peers::new(true);
+        let mut keep = Vec::new();
+        for (i, ip) in ["2001:db8:0:1::1", "2001:db8:0:1::2"].iter().enumerate() {
+            let (s, rx) = slot(i as u64);
+            keep.push(rx);
+            peers.update(SocketAddr::new(ip.parse().unwrap(), 5684), |slot| {
+                *slot = Some(s)
+            });
+        }
+        let same_64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
+        assert_eq!(
+            peers.refusal(&config, same_64, false),
+            Some("per-IP handshake cap")
+        );
+        let other_64: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        assert_eq!(peers.refusal(&config, other_64, false), None);
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:1".parse().unwrap();
+        let (s, rx) = slot(9);
+        keep.push(rx);
+        peers.update(mapped, |slot| *slot = Some(s));
+        assert_eq!(
+            peers.per_ip[&"10.0.0.1".parse::<IpAddr>().unwrap()].pending,
+            1,
+            "an IPv4-mapped address counts as its IPv4 address"
+        );
+        for addr in [
+            SocketAddr::new("2001:db8:0:1::1".parse().unwrap(), 5684),
+            SocketAddr::new("2001:db8:0:1::2".parse().unwrap(), 5684),
+            mapped,
+        ] {
+            peers.update(addr, |slot| *slot = None);
+        }
+        assert!(peers.per_ip.is_empty() && peers.addrs.is_empty());
+        assert_eq!(peers.pending, 0);
     }
 
     #[test]

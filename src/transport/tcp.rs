@@ -198,6 +198,7 @@ impl Gate {
             id,
             deadline: Instant::now() + self.auth_timeout,
             evicted: Some(evicted),
+            may_authenticate: true,
         })
     }
 
@@ -235,12 +236,24 @@ pub struct PreAuth {
     deadline: Instant,
     /// `None` once authenticated.
     evicted: Option<oneshot::Receiver<()>>,
+    /// False for a connection that can never authenticate (see
+    /// [`never_authenticates`](Self::never_authenticates)).
+    may_authenticate: bool,
 }
 
 impl PreAuth {
+    /// This connection can never authenticate, whatever it sends: [`authenticated`]
+    /// (Self::authenticated) does nothing, so its deadline and eviction keep applying. For a
+    /// `coap+tcp://` source that is not a configured server: it is answered 4.01, and cannot
+    /// hold a slot past the pre-auth deadline by sending a CSM.
+    pub fn never_authenticates(mut self) -> Self {
+        self.may_authenticate = false;
+        self
+    }
+
     /// The connection authenticated: no deadline, no eviction from now on. Idempotent.
     pub fn authenticated(&mut self) {
-        if self.evicted.take().is_none() {
+        if !self.may_authenticate || self.evicted.take().is_none() {
             return;
         }
         let mut state = lock(&self.state);
@@ -384,6 +397,21 @@ mod tests {
         drop(idle);
         drop(talker);
         assert_eq!(gate.counts(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_authenticates_is_cut_off_even_after_a_csm() {
+        let gate = gate(4, 4);
+        let start = Instant::now();
+        let mut stranger = gate
+            .admit(peer(2, 1))
+            .expect("admitted")
+            .never_authenticates();
+        stranger.authenticated();
+        assert!(stranger.is_pending(), "still pre-auth");
+        assert_eq!(gate.counts(), (1, 0));
+        assert_eq!(stranger.cut_off().await, Refusal::Deadline);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
