@@ -73,6 +73,13 @@ impl SharedBudget {
         true
     }
 
+    /// Takes `entries` and `bytes` even past the bounds (see [`Account::with_floor`]).
+    fn force_take(&self, entries: usize, bytes: usize) {
+        let mut used = self.lock();
+        used.entries = used.entries.saturating_add(entries);
+        used.bytes = used.bytes.saturating_add(bytes);
+    }
+
     fn give_back(&self, entries: usize, bytes: usize) {
         let mut used = self.lock();
         used.entries = used.entries.saturating_sub(entries);
@@ -104,6 +111,8 @@ pub struct Account {
     max_entries: usize,
     max_bytes: usize,
     used: Usage,
+    /// What this cache may hold even when the shared budget is full.
+    floor: Usage,
 }
 
 impl Account {
@@ -115,7 +124,18 @@ impl Account {
             max_entries,
             max_bytes,
             used: Usage::default(),
+            floor: Usage::default(),
         }
+    }
+
+    /// Lets this cache hold up to `entries` entries and `bytes` bytes even when the shared
+    /// budget is exhausted (still within its own bounds). The duplicate table needs this:
+    /// without a floor, a peer whose table is empty while others fill the shared budget
+    /// would run its CON requests without an entry, and a retransmitted POST would run
+    /// twice. The shared budget may then be exceeded by at most the floor per cache.
+    pub fn with_floor(mut self, entries: usize, bytes: usize) -> Self {
+        self.floor = Usage { entries, bytes };
+        self
     }
 
     /// Entries this cache holds.
@@ -149,7 +169,10 @@ impl Account {
         if e > self.max_entries || b > self.max_bytes {
             return Err(BudgetError::CacheFull);
         }
-        if !self.shared.try_take(entries, bytes) {
+        let within_floor = e <= self.floor.entries && b <= self.floor.bytes;
+        if within_floor {
+            self.shared.force_take(entries, bytes);
+        } else if !self.shared.try_take(entries, bytes) {
             return Err(BudgetError::SharedFull);
         }
         self.used = Usage {
@@ -212,6 +235,13 @@ pub const DEFAULT_DEDUP_TOTAL_ENTRIES: usize = 65_536;
 /// Default: bytes of all duplicate tables.
 pub const DEFAULT_DEDUP_TOTAL_BYTES: usize = 16 << 20;
 
+/// Entries every peer's duplicate table may hold whatever other peers use: RFC 7252 §4.7
+/// has a client keep one exchange in flight (NSTART 1), so a few cover its pending request
+/// and the responses it may still retransmit for.
+pub const DEDUP_FLOOR_ENTRIES: usize = 4;
+/// Bytes of that floor: room for a few piggybacked answers of one message each.
+pub const DEDUP_FLOOR_BYTES: usize = 8 << 10;
+
 impl CacheLimits {
     /// The defaults with fresh shared budgets of the default sizes.
     pub fn new_default() -> Self {
@@ -241,19 +271,43 @@ impl CacheLimits {
         )
     }
 
-    /// A duplicate-table account for one peer.
+    /// A duplicate-table account for one peer, with a floor of
+    /// [`DEDUP_FLOOR_ENTRIES`] / [`DEDUP_FLOOR_BYTES`] that other peers cannot take away.
     pub fn dedup_account(&self) -> Account {
         Account::new(
             self.dedup.clone(),
             self.dedup_peer_entries,
             self.dedup_peer_bytes,
         )
+        .with_floor(DEDUP_FLOOR_ENTRIES, DEDUP_FLOOR_BYTES)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer with an empty table still gets its floor when other peers have taken the
+    /// whole shared budget (before, it got nothing and its requests ran without an entry).
+    #[test]
+    fn a_floor_is_kept_when_others_fill_the_shared_budget() {
+        let shared = SharedBudget::new(2, 100);
+        let mut greedy = Account::new(shared.clone(), 10, 1000);
+        greedy.reserve(2, 100).unwrap();
+        let mut plain = Account::new(shared.clone(), 10, 1000);
+        assert_eq!(plain.reserve(1, 10), Err(BudgetError::SharedFull));
+        let mut floored = Account::new(shared.clone(), 10, 1000).with_floor(2, 50);
+        floored.reserve(1, 20).unwrap();
+        floored.reserve(1, 20).unwrap();
+        assert_eq!(
+            floored.reserve(1, 5),
+            Err(BudgetError::SharedFull),
+            "past the floor"
+        );
+        assert_eq!((shared.used_entries(), shared.used_bytes()), (4, 140));
+        drop(floored);
+        assert_eq!((shared.used_entries(), shared.used_bytes()), (2, 100));
+    }
 
     #[test]
     fn account_enforces_its_own_bounds_and_the_shared_one() {

@@ -772,6 +772,41 @@ mod tests {
         assert_eq!((shared.used_entries(), shared.used_bytes()), (0, 0));
     }
 
+    /// A peer whose table is empty while other peers hold the whole shared budget still
+    /// recognises the retransmission of its pending CON and replays its answer (the
+    /// duplicate-table floor); before, it ran without an entry and a retransmitted POST ran
+    /// twice.
+    #[test]
+    fn a_peer_keeps_duplicate_detection_when_others_fill_the_shared_budget() {
+        let t0 = Instant::now();
+        let limits = crate::coap::budget::CacheLimits {
+            dedup: SharedBudget::new(4, 1 << 20),
+            ..crate::coap::budget::CacheLimits::new_default()
+        };
+        let mut greedy = server().with_account(limits.dedup_account());
+        for mid in 0..100u16 {
+            exchange(&mut greedy, t0, mid, 10);
+        }
+        assert!(
+            limits.dedup.used_entries() >= 4,
+            "the shared budget is full"
+        );
+        let mut quiet = server().with_account(limits.dedup_account());
+        let dg = bytes(&request(MessageType::Confirmable, 7));
+        let (req, responder) = expect_request(quiet.handle_datagram(t0, &dg));
+        assert!(
+            matches!(
+                quiet.handle_datagram(t0, &dg),
+                Inbound::Ignore | Inbound::Reply(_)
+            ),
+            "a retransmission while the handler runs is not a new request"
+        );
+        quiet
+            .respond(t0, responder, response_to(&req, ResponseType::Created))
+            .unwrap();
+        assert!(matches!(quiet.handle_datagram(t0, &dg), Inbound::Reply(_)));
+    }
+
     #[test]
     fn flood_keeps_the_table_bounded() {
         // 200 000 requests at one per 5 µs: far more than EXCHANGE_LIFETIME would keep.
