@@ -299,22 +299,20 @@ async fn forty_denied_devices_get_a_truncated_answer_and_a_private_report() {
 /// The answer on the wire (NoSec, a raw socket): a NON POST of the Add, optionally with a
 /// Block2 option (client block size) and an Accept.
 async fn raw_add(fleet: &Fleet, block2: Option<u8>, accept: Option<u16>) -> Packet {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.connect(fleet.uri(Scheme::Coap).addr).await.unwrap();
-    let mut p = Packet::new();
-    p.header.set_type(MessageType::NonConfirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = 0x7001;
-    p.set_token(vec![7, 0, 0, 1]);
-    coap::set_uri(&mut p, "/GwConfig/Privileges");
-    coap::set_content_format(&mut p, 60);
+    let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
+    let mut p = add_packet(
+        MessageType::NonConfirmable,
+        0x7001,
+        &[7, 0, 0, 1],
+        ("G", "Group", "/3/0"),
+        "Get=ServerB",
+    );
     if let Some(a) = accept {
         coap::set_accept(&mut p, a);
     }
     if let Some(szx) = block2 {
         p.add_option(CoapOption::Block2, vec![szx]);
     }
-    p.payload = privgw::cli::ctl::privilege_body("G", "Group", "/3/0", "Get=ServerB").to_cbor();
     socket.send(&coap::encode(&p).unwrap()).await.unwrap();
     let mut buf = vec![0u8; 2048];
     // Bounded: a handful of datagrams at most (an empty ACK would be skipped).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use privgw::cli::ctl::{ClientCredentials, GatewayClient, Reply};
-use privgw::coap::{CoapOption, RequestType};
+use privgw::coap::{self, CoapOption, MessageClass, MessageType, Packet, RequestType};
 use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use privgw::gateway::{Gateway, GatewayError};
@@ -920,4 +920,64 @@ pub fn server_b_with_own_ca(b: FleetBuilder, dir: &Path) -> (FleetBuilder, Pki) 
         .server_toml("ServerB", r#"cert_match = "san-dns:serverB.example""#)
         .server_toml("ServerB", &format!("ca = {path:?}"));
     (b, own)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw CoAP over UDP (NoSec listeners)
+// ---------------------------------------------------------------------------------------
+
+/// A request of type `t` and `code` with `mid`, `token` and the Uri-Path of `path`.
+pub fn request_packet(
+    t: MessageType,
+    code: RequestType,
+    mid: u16,
+    token: &[u8],
+    path: &str,
+) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(t);
+    p.header.code = MessageClass::Request(code);
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    coap::set_uri(&mut p, path);
+    p
+}
+
+/// A POST to /GwConfig/Privileges of type `t` carrying the CBOR Add of
+/// `(target, target_type, uri)` with `acl`.
+pub fn add_packet(
+    t: MessageType,
+    mid: u16,
+    token: &[u8],
+    (target, target_type, uri): (&str, &str, &str),
+    acl: &str,
+) -> Packet {
+    let mut p = request_packet(t, RequestType::Post, mid, token, "/GwConfig/Privileges");
+    coap::set_content_format(&mut p, 60);
+    p.payload = privgw::cli::ctl::privilege_body(target, target_type, uri, acl).to_cbor();
+    p
+}
+
+/// A UDP socket on 127.0.0.1 connected to `gateway`.
+pub async fn raw_socket(gateway: SocketAddr) -> tokio::net::UdpSocket {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(gateway).await.unwrap();
+    socket
+}
+
+/// The next datagram on `socket` (within 5 s).
+pub async fn recv_datagram(socket: &tokio::net::UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Sends `p` and decodes the answer (within 5 s).
+pub async fn exchange(socket: &tokio::net::UdpSocket, p: &Packet) -> Packet {
+    socket.send(&coap::encode(p).unwrap()).await.unwrap();
+    coap::decode(&recv_datagram(socket).await).unwrap()
 }
