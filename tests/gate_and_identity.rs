@@ -47,16 +47,7 @@ async fn gate_refuses_server_b_add_with_4_03_and_no_device_traffic() {
         let body = privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerA");
         let reply = put(&mut b, &name, &body, &[]).await;
         assert_eq!(reply.code, "4.03", "{}", reply.render());
-        let reply = b
-            .request(
-                RequestType::Delete,
-                &format!("/GwConfig/Privileges/{name}"),
-                None,
-                None,
-                &[],
-            )
-            .await
-            .unwrap();
+        let reply = delete(&mut b, &name).await;
         assert_eq!(reply.code, "4.03", "{}", reply.render());
         assert_eq!(fleet.requests(), before);
         assert_eq!(privilege_names(&mut b).await, [name]);
@@ -263,10 +254,7 @@ async fn gate_answers_4_03_before_existence_and_preconditions() {
                 );
             }
             let path = format!("/GwConfig/Privileges/{name}");
-            let reply = b
-                .request(RequestType::Delete, &path, None, None, &[])
-                .await
-                .unwrap();
+            let reply = delete(&mut b, name).await;
             assert_eq!(reply.code, "4.03", "DELETE {name}: {}", reply.render());
             for leaf in ["ACL", "Grantor"] {
                 let reply = b

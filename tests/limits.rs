@@ -4,7 +4,6 @@
 
 mod support;
 
-use privgw::coap::RequestType;
 use privgw::mo::Value;
 use support::*;
 
@@ -18,20 +17,6 @@ fn fleet() -> FleetBuilder {
             ac(2, 6, 0, SSID_B),
         ],
     )
-}
-
-async fn delete(client: &mut privgw::cli::ctl::GatewayClient, name: &str) -> String {
-    client
-        .request(
-            RequestType::Delete,
-            &format!("/GwConfig/Privileges/{name}"),
-            None,
-            None,
-            &[],
-        )
-        .await
-        .expect("DELETE answered")
-        .code
 }
 
 #[tokio::test]
@@ -83,7 +68,7 @@ async fn privilege_caps_per_server_and_in_total_refuse_with_4_03_before_any_devi
         let r = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(r.code, "4.03", "still full after a restart: {}", r.render());
         let names = privilege_names(&mut a).await;
-        assert_eq!(delete(&mut a, &names[0]).await, "2.02");
+        assert_eq!(delete(&mut a, &names[0]).await.code, "2.02");
         let r = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(r.code, "2.01", "{}", r.render());
         fleet.stop().await;

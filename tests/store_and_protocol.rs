@@ -243,10 +243,7 @@ async fn delete_is_2_02_and_the_entry_is_gone() {
         let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
         let name = name_of(&reply);
         let path = format!("/GwConfig/Privileges/{name}");
-        let reply = a
-            .request(RequestType::Delete, &path, None, None, &[])
-            .await
-            .unwrap();
+        let reply = delete(&mut a, &name).await;
         assert_eq!(reply.code, "2.02", "{}", reply.render());
         assert_eq!(reply.verified_ids(), ["devA", "devB"]);
         assert_eq!(get(&mut a, &path).await.code, "4.04");

@@ -709,6 +709,20 @@ pub async fn put(
         .expect("PUT answered")
 }
 
+/// DELETE a privilege node; panics on transport errors.
+pub async fn delete(client: &mut GatewayClient, name: &str) -> Reply {
+    client
+        .request(
+            RequestType::Delete,
+            &format!("/GwConfig/Privileges/{name}"),
+            None,
+            None,
+            &[],
+        )
+        .await
+        .expect("DELETE answered")
+}
+
 /// The names of the committed privileges (GET /GwConfig/Privileges).
 pub async fn privilege_names(client: &mut GatewayClient) -> Vec<String> {
     let reply = get(client, "/GwConfig/Privileges").await;
