@@ -325,6 +325,14 @@ impl Rounds {
         twice
     }
 
+    fn assert_no_device_failed_twice_in_a_row(&self) {
+        assert!(
+            self.failed_twice_in_a_row().is_empty(),
+            "{}",
+            self.summary()
+        );
+    }
+
     fn failed_reads(&self) -> usize {
         self.failed.iter().map(BTreeMap::len).sum()
     }
@@ -421,11 +429,7 @@ async fn lossy_group_writes_succeed_and_no_device_fails_twice_in_a_row() {
         let rounds = group_rounds(&fleet, 6).await;
         eprintln!("{}", rounds.summary());
         assert!(rounds.succeeded() >= 4, "{}", rounds.summary());
-        assert!(
-            rounds.failed_twice_in_a_row().is_empty(),
-            "{}",
-            rounds.summary()
-        );
+        rounds.assert_no_device_failed_twice_in_a_row();
         fleet.stop().await;
     })
     .await;
@@ -469,11 +473,7 @@ async fn lossy_twenty_rounds_report() {
             100.0 * p_read
         );
         assert!(rounds.succeeded() * 10 >= n * 9, "{}", rounds.summary());
-        assert!(
-            rounds.failed_twice_in_a_row().is_empty(),
-            "{}",
-            rounds.summary()
-        );
+        rounds.assert_no_device_failed_twice_in_a_row();
         fleet.stop().await;
     })
     .await;
