@@ -30,17 +30,11 @@ import sys
 import threading
 import time
 
+from procfs import rss_kib
+
 MAX_COUNT = 200_000
 MAX_RATE = 50_000
 MAX_RUN_S = 120
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
 
 
 def checksum(data):

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from procfs import rss_kib
+
 CON, NON, ACK, RST = 0, 1, 2, 3
 GET, POST = 1, 2
 URI_PATH, CONTENT_FORMAT, URI_QUERY, ACCEPT, BLOCK2 = 11, 12, 15, 17, 23
@@ -143,14 +145,6 @@ class Client:
             if first_only or not more or code >> 5 != 2 or trips > 100_000:
                 return code, body, trips
             num += 1
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
 
 
 def report(phase, pid, extra=""):

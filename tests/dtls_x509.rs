@@ -286,14 +286,7 @@ async fn dtls_client_certificate_from_an_unknown_ca_is_refused() {
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let dir = tempfile::tempdir().unwrap();
-        // A CA of another name (unknown issuer), and one that copies the trusted CA's name
-        // with another key (the signature does not verify).
-        for ca_name in ["foreign CA", "privgw test CA"] {
-            let foreign = Pki::new_ca(ca_name).unwrap();
-            let impostor = foreign
-                .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
-                .unwrap();
-            let creds = mint(dir.path(), "impostor", &impostor).credentials();
+        for (ca_name, creds) in server_a_from_unknown_cas(dir.path()) {
             let why = dtls_refused(&fleet, creds).await;
             eprintln!("{ca_name}: refused: {why}");
         }
@@ -308,11 +301,7 @@ async fn dtls_expired_client_certificate_is_refused() {
     bounded(async {
         let fleet = mixed_fleet().start().await;
         let dir = tempfile::tempdir().unwrap();
-        let expired = committed_pki()
-            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, -1)
-            .unwrap();
-        let creds = mint(dir.path(), "expired", &expired).credentials();
-        let why = dtls_refused(&fleet, creds).await;
+        let why = dtls_refused(&fleet, expired_server_a(dir.path())).await;
         eprintln!("refused: {why}");
         assert!(why.contains("expired"), "{why}");
         gateway_unharmed(&fleet).await;
@@ -325,12 +314,7 @@ async fn dtls_expired_client_certificate_is_refused() {
 async fn dtls_valid_certificate_of_no_configured_server_is_4_01() {
     bounded(async {
         let fleet = mixed_fleet().start().await;
-        // serverC is issued by the trusted CA but no server entry names it.
-        let mut c = fleet.dtls_client(&CertPaths::committed("serverC")).await;
-        let reply = get(&mut c, "/GwConfig/Privileges").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
-        let reply = add(&mut c, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        let reply = unconfigured_server_is_4_01(&fleet, CertTransport::Dtls).await;
         assert!(reply.document.is_none() || failures(&reply).is_empty());
         gateway_unharmed(&fleet).await;
         fleet.stop().await;
@@ -348,13 +332,8 @@ async fn dtls_pinned_server_with_another_key_under_the_same_name_is_4_01() {
             .await;
         let dir = tempfile::tempdir().unwrap();
         // Same CA, same names, a different key.
-        let other_key = committed_pki()
-            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
-            .unwrap();
-        assert_ne!(other_key.spki_sha256_hex().unwrap(), pin);
-        let mut rekeyed = fleet
-            .dtls_client(&mint(dir.path(), "serverA-rekeyed", &other_key))
-            .await;
+        let paths = rekeyed_server_a(dir.path(), "serverA-rekeyed", &pin);
+        let mut rekeyed = fleet.dtls_client(&paths).await;
         let reply = add(&mut rekeyed, "G1", "Group", "/3/0", "Get=ServerB").await;
         assert_eq!(reply.code, "4.01", "{}", reply.render());
         let reply = get(&mut rekeyed, "/GwConfig/Privileges").await;
@@ -373,27 +352,9 @@ async fn dtls_pinned_server_with_another_key_under_the_same_name_is_4_01() {
 async fn dtls_a_servers_own_ca_vouches_for_that_server_only() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let (builder, b_ca) = server_b_with_own_ca(mixed_fleet(), dir.path());
-        let fleet = builder.start().await;
-        let impostor = b_ca
-            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
-            .unwrap();
-        let mut fake_a = fleet
-            .dtls_client(&mint(dir.path(), "fake-serverA", &impostor))
-            .await;
-        let reply = add(&mut fake_a, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
-        let reply = get(&mut fake_a, "/GwConfig/Privileges").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
-
-        let real_b = b_ca
-            .issue("serverB", &["serverB.example"], &[], &[], Profile::Both, 30)
-            .unwrap();
-        let mut b = fleet
-            .dtls_client(&mint(dir.path(), "serverB", &real_b))
-            .await;
-        let reply = get(&mut b, "/GwConfig/Privileges").await;
-        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        let fleet =
+            own_ca_vouches_for_its_server_only(mixed_fleet(), CertTransport::Dtls, dir.path())
+                .await;
         gateway_unharmed(&fleet).await;
         fleet.stop().await;
     })
@@ -447,9 +408,7 @@ async fn dtls_x509_device_with_a_matching_cn_and_pin_is_verified() {
         )
         .await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "2.01", "{}", reply.render());
-        assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+        group_add_verifies_dev_b_and_dev_t(&mut a).await;
         assert!(fleet.device("devT").requests() >= 1);
         fleet.stop().await;
     })
@@ -493,18 +452,8 @@ async fn dtls_x509_device_key_not_matching_its_pin_is_secure_channel() {
 async fn dtls_x509_device_with_an_expired_certificate_is_secure_channel() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let expired = committed_pki()
-            .issue(
-                "devT",
-                &["devT.example", "localhost"],
-                &[],
-                &LOOPBACK,
-                Profile::Both,
-                -1,
-            )
-            .unwrap();
         let fleet = x509_device_fleet(
-            mint(dir.path(), "devT", &expired),
+            expired_dev_t(dir.path()),
             &[r#"cert_match = "san-dns:devT.example""#],
         )
         .await;
@@ -518,13 +467,9 @@ async fn dtls_x509_device_with_an_expired_certificate_is_secure_channel() {
 async fn dtls_x509_device_from_a_foreign_ca_is_secure_channel() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let foreign = Pki::new_ca("foreign CA").unwrap();
-        let cert = foreign
-            .issue("devT", &["devT.example"], &[], &LOOPBACK, Profile::Both, 30)
-            .unwrap();
         // The device trusts the gateway (certs/ca.pem); the gateway does not trust it.
         let fleet = x509_device_fleet(
-            mint(dir.path(), "devT", &cert),
+            dev_t_from_a_foreign_ca(dir.path()),
             &[r#"cert_match = "san-dns:devT.example""#],
         )
         .await;
@@ -597,9 +542,7 @@ async fn dtls_x509_device_certificate_for_its_own_address_is_verified() {
     bounded(async {
         let fleet = x509_device_fleet(CertPaths::committed("devA"), &[]).await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "2.01", "{}", reply.render());
-        assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+        group_add_verifies_dev_b_and_dev_t(&mut a).await;
         fleet.stop().await;
     })
     .await;
@@ -621,9 +564,7 @@ async fn dtls_x509_device_with_its_own_ca_alone_is_verified_against_that_ca_only
             .unwrap();
         let fleet = x509_device_fleet(mint(dir.path(), "devT", &cert), &[&ca_line]).await;
         let mut a = fleet.server_a().await;
-        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "2.01", "{}", reply.render());
-        assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+        group_add_verifies_dev_b_and_dev_t(&mut a).await;
         fleet.stop().await;
 
         // The committed devA certificate (the gateway's CA) where devT's own CA is expected.

@@ -210,6 +210,21 @@ async fn forty_denying_devices() -> Fleet {
     b.group("G", &members).start().await
 }
 
+/// The 40 denying devices in group G in id order, with a NoSec listener for server A at
+/// 127.0.0.1 on `coap+tcp://` next to `coaps://`.
+async fn forty_denying_devices_over_tcp() -> Fleet {
+    let ids = forty_ids();
+    let mut b = Fleet::builder()
+        .listen(&["coaps://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
+        .nosec("ServerA", "127.0.0.1");
+    for id in &ids {
+        b = b.lwm2m(id, vec![ac(0, 3, 0, SSID_B)]);
+    }
+    b.group("G", &ids.iter().map(String::as_str).collect::<Vec<_>>())
+        .start()
+        .await
+}
+
 /// The `Report` path of a truncated failure answer, after checking its shape: FailedCount
 /// `N`, `Truncated: true`, and a sorted prefix of the DeviceIDs without `Detail`.
 fn truncated_report(reply: &privgw::cli::ctl::Reply) -> String {
@@ -299,22 +314,20 @@ async fn forty_denied_devices_get_a_truncated_answer_and_a_private_report() {
 /// The answer on the wire (NoSec, a raw socket): a NON POST of the Add, optionally with a
 /// Block2 option (client block size) and an Accept.
 async fn raw_add(fleet: &Fleet, block2: Option<u8>, accept: Option<u16>) -> Packet {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.connect(fleet.uri(Scheme::Coap).addr).await.unwrap();
-    let mut p = Packet::new();
-    p.header.set_type(MessageType::NonConfirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = 0x7001;
-    p.set_token(vec![7, 0, 0, 1]);
-    coap::set_uri(&mut p, "/GwConfig/Privileges");
-    coap::set_content_format(&mut p, 60);
+    let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
+    let mut p = add_packet(
+        MessageType::NonConfirmable,
+        0x7001,
+        &[7, 0, 0, 1],
+        ("G", "Group", "/3/0"),
+        "Get=ServerB",
+    );
     if let Some(a) = accept {
         coap::set_accept(&mut p, a);
     }
     if let Some(szx) = block2 {
         p.add_option(CoapOption::Block2, vec![szx]);
     }
-    p.payload = privgw::cli::ctl::privilege_body("G", "Group", "/3/0", "Get=ServerB").to_cbor();
     socket.send(&coap::encode(&p).unwrap()).await.unwrap();
     let mut buf = vec![0u8; 2048];
     // Bounded: a handful of datagrams at most (an empty ACK would be skipped).
@@ -339,6 +352,36 @@ fn raw_document(p: &Packet) -> Value {
     }
 }
 
+/// A raw answer (`case` names it) is a 4.03 in one message, with no Block2 and no ETag, and
+/// its document is truncated: `Truncated: true`, FailedCount `N`, and a `Report`.
+fn assert_truncated_in_one_message(answer: &Packet, case: &str) {
+    assert_eq!(
+        answer.header.code,
+        MessageClass::Response(coap::ResponseType::Forbidden),
+        "{case}"
+    );
+    assert!(
+        answer.get_first_option(CoapOption::Block2).is_none(),
+        "{case}"
+    );
+    assert!(
+        answer.get_first_option(CoapOption::ETag).is_none(),
+        "{case}"
+    );
+    let doc = raw_document(answer);
+    assert_eq!(
+        doc.get("Truncated").and_then(Value::as_bool),
+        Some(true),
+        "{case}"
+    );
+    assert_eq!(
+        doc.get("FailedCount").and_then(Value::as_int),
+        Some(N as i64),
+        "{case}"
+    );
+    assert!(text(&doc, "Report").is_some(), "{case}");
+}
+
 #[tokio::test]
 async fn truncated_failure_answers_carry_no_block2_and_no_etag_on_the_wire() {
     bounded(async {
@@ -352,19 +395,7 @@ async fn truncated_failure_answers_carry_no_block2_and_no_etag_on_the_wire() {
         ] {
             let answer = raw_add(&fleet, block2, accept).await;
             let case = format!("Block2 SZX {block2:?}, Accept {accept:?}");
-            assert_eq!(
-                answer.header.code,
-                MessageClass::Response(coap::ResponseType::Forbidden),
-                "{case}"
-            );
-            assert!(
-                answer.get_first_option(CoapOption::Block2).is_none(),
-                "{case}"
-            );
-            assert!(
-                answer.get_first_option(CoapOption::ETag).is_none(),
-                "{case}"
-            );
+            assert_truncated_in_one_message(&answer, &case);
             assert!(
                 answer.get_first_option(CoapOption::Size2).is_none(),
                 "{case}"
@@ -374,17 +405,6 @@ async fn truncated_failure_answers_carry_no_block2_and_no_etag_on_the_wire() {
                 "{case}: {}",
                 answer.payload.len()
             );
-            let doc = raw_document(&answer);
-            assert_eq!(
-                doc.get("Truncated").and_then(Value::as_bool),
-                Some(true),
-                "{case}"
-            );
-            assert_eq!(
-                doc.get("FailedCount").and_then(Value::as_int),
-                Some(N as i64)
-            );
-            assert!(text(&doc, "Report").is_some(), "{case}");
         }
         fleet.stop().await;
     })
@@ -394,23 +414,13 @@ async fn truncated_failure_answers_carry_no_block2_and_no_etag_on_the_wire() {
 #[tokio::test]
 async fn a_failure_list_that_fits_the_peers_message_size_goes_whole_over_tcp() {
     bounded(async {
-        let ids = forty_ids();
-        let mut b = Fleet::builder()
-            .listen(&["coaps://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
-            .nosec("ServerA", "127.0.0.1");
-        for id in &ids {
-            b = b.lwm2m(id, vec![ac(0, 3, 0, SSID_B)]);
-        }
-        let fleet = b
-            .group("G", &ids.iter().map(String::as_str).collect::<Vec<_>>())
-            .start()
-            .await;
+        let fleet = forty_denying_devices_over_tcp().await;
         // GatewayClient's CSM allows 1 MiB: today's shape, whole, with every Detail.
         let mut tcp = fleet.tcp_client().await;
         let reply = add(&mut tcp, "G", "Group", "/3/0", "Get=ServerB").await;
         assert_eq!(reply.code, "4.03", "{}", reply.render());
         assert!(reply.payload.len() > 1024, "{} bytes", reply.payload.len());
-        assert_eq!(reply.failed_ids(), ids);
+        assert_eq!(reply.failed_ids(), forty_ids());
         let doc = reply.document.as_ref().unwrap();
         assert!(doc.get("Truncated").is_none() && doc.get("Report").is_none());
         fleet.stop().await;
@@ -456,40 +466,14 @@ async fn raw_tcp_add(addr: std::net::SocketAddr, max_message_size: u32) -> (Pack
 #[tokio::test]
 async fn over_tcp_a_failure_list_is_fitted_to_the_peers_max_message_size() {
     bounded(async {
-        let ids = forty_ids();
-        let mut b = Fleet::builder()
-            .listen(&["coaps://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
-            .nosec("ServerA", "127.0.0.1");
-        for id in &ids {
-            b = b.lwm2m(id, vec![ac(0, 3, 0, SSID_B)]);
-        }
-        let fleet = b
-            .group("G", &ids.iter().map(String::as_str).collect::<Vec<_>>())
-            .start()
-            .await;
+        let fleet = forty_denying_devices_over_tcp().await;
         for max in [600u32, 1152] {
             let (answer, size) = raw_tcp_add(fleet.coap_tcp().addr, max).await;
-            assert_eq!(
-                answer.header.code,
-                MessageClass::Response(coap::ResponseType::Forbidden),
-                "Max-Message-Size {max}"
-            );
-            assert!(
-                answer.get_first_option(CoapOption::Block2).is_none(),
-                "{max}"
-            );
-            assert!(answer.get_first_option(CoapOption::ETag).is_none(), "{max}");
+            assert_truncated_in_one_message(&answer, &format!("Max-Message-Size {max}"));
             assert!(
                 size <= max as usize,
                 "a {size}-byte frame for Max-Message-Size {max}"
             );
-            let doc = raw_document(&answer);
-            assert_eq!(doc.get("Truncated").and_then(Value::as_bool), Some(true));
-            assert_eq!(
-                doc.get("FailedCount").and_then(Value::as_int),
-                Some(N as i64)
-            );
-            assert!(text(&doc, "Report").is_some());
         }
         fleet.stop().await;
     })

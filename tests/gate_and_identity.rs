@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use privgw::cli::ctl::GatewayClient;
-use privgw::coap::{self, MessageClass, MessageType, Packet, RequestType};
+use privgw::coap::{self, MessageType, Packet, RequestType};
 use privgw::config::Scheme;
 use support::*;
 
@@ -47,16 +47,7 @@ async fn gate_refuses_server_b_add_with_4_03_and_no_device_traffic() {
         let body = privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerA");
         let reply = put(&mut b, &name, &body, &[]).await;
         assert_eq!(reply.code, "4.03", "{}", reply.render());
-        let reply = b
-            .request(
-                RequestType::Delete,
-                &format!("/GwConfig/Privileges/{name}"),
-                None,
-                None,
-                &[],
-            )
-            .await
-            .unwrap();
+        let reply = delete(&mut b, &name).await;
         assert_eq!(reply.code, "4.03", "{}", reply.render());
         assert_eq!(fleet.requests(), before);
         assert_eq!(privilege_names(&mut b).await, [name]);
@@ -138,15 +129,13 @@ async fn nosec_request_from_unconfigured_address_is_4_01() {
         let gw = fleet.uri(Scheme::Coap).addr;
 
         // 127.0.0.2 is loopback too, but no server is configured for it.
-        let mut p = Packet::new();
-        p.header.set_type(MessageType::Confirmable);
-        p.header.code = MessageClass::Request(RequestType::Post);
-        p.header.message_id = 0x1234;
-        p.set_token(vec![7, 7]);
-        coap::set_uri(&mut p, "/GwConfig/Privileges");
-        coap::set_content_format(&mut p, 60);
-        p.payload =
-            privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerB").to_cbor();
+        let p = add_packet(
+            MessageType::Confirmable,
+            0x1234,
+            &[7, 7],
+            ("devA", "Device", "/3/0"),
+            "Get=ServerB",
+        );
         let answer = raw_request("127.0.0.2:0", gw, &p).await;
         assert_eq!(coap::code_string(answer.header.code), "4.01");
         assert_eq!(answer.get_token(), [7, 7]);
@@ -265,10 +254,7 @@ async fn gate_answers_4_03_before_existence_and_preconditions() {
                 );
             }
             let path = format!("/GwConfig/Privileges/{name}");
-            let reply = b
-                .request(RequestType::Delete, &path, None, None, &[])
-                .await
-                .unwrap();
+            let reply = delete(&mut b, name).await;
             assert_eq!(reply.code, "4.03", "DELETE {name}: {}", reply.render());
             for leaf in ["ACL", "Grantor"] {
                 let reply = b

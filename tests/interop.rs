@@ -58,6 +58,29 @@ fn ac_tlv(owner_4: u16) -> Vec<u8> {
     encode_access_control(content_format::TLV, &ac_instances(owner_4)).expect("encode /2 TLV")
 }
 
+/// A simulated LwM2M device `id` on `listen`, answering normally, with no credentials
+/// (callers add PSK keys or certificates). Its /2 has one instance per
+/// `(instance, object, owner)`, on object instance 0, giving its owner all rights (31).
+fn sim_device(id: &str, listen: &str, access: &[(u16, u16, u16)]) -> DeviceSimConfig {
+    DeviceSimConfig {
+        id: id.to_owned(),
+        listen: listen.to_owned(),
+        profile: "lwm2m".to_owned(),
+        behaviour: Behaviour::Normal,
+        access_control: access
+            .iter()
+            .map(|&(instance, object, owner)| AcInstance {
+                instance,
+                object,
+                object_instance: 0,
+                owner,
+                acl: [(owner.to_string(), 31)].into_iter().collect(),
+            })
+            .collect(),
+        ..DeviceSimConfig::default()
+    }
+}
+
 /// The CBOR body of a DM Add written to a fresh file.
 fn privilege_file(
     scratch: &Scratch,
@@ -161,27 +184,13 @@ impl North {
             let key = format!("devkey{}", &id[3..]);
             let owner_4 = owner_4_of(id);
             let config = DeviceSimConfig {
-                id: id.to_owned(),
-                listen: "coaps://127.0.0.1:0".to_owned(),
-                profile: "lwm2m".to_owned(),
                 psk_identity: Some("gateway".to_owned()),
                 psk_key: Some(key.clone()),
-                psk_key_hex: None,
-                cert: None,
-                key: None,
-                ca: None,
-                behaviour: Behaviour::Normal,
-                access_control: [(0, 3, SSID_A), (1, 4, owner_4)]
-                    .into_iter()
-                    .map(|(instance, object, owner)| AcInstance {
-                        instance,
-                        object,
-                        object_instance: 0,
-                        owner,
-                        acl: [(owner.to_string(), 31)].into_iter().collect(),
-                    })
-                    .collect(),
-                acls: Default::default(),
+                ..sim_device(
+                    id,
+                    "coaps://127.0.0.1:0",
+                    &[(0, 3, SSID_A), (1, 4, owner_4)],
+                )
             };
             let dev = RunningDevice::start(&config)
                 .await
@@ -276,13 +285,7 @@ async fn north_libcoap_add_with_odd_device_is_forbidden() {
         run.transcript()
     );
     let body = run.cbor_body();
-    assert_eq!(
-        body.get("Status").and_then(Value::as_int),
-        Some(425),
-        "{body:?}"
-    );
-    assert_eq!(failed_ids(&body), ["devB"], "{body:?}");
-    assert_eq!(failed_reasons(&body), ["denied"], "{body:?}");
+    assert_only_dev_b_denied(&body);
     assert!(body.get("Verified").is_none(), "{body:?}");
     assert!(
         cli_list(&n.scratch, &n.gw).await.is_empty(),
@@ -405,26 +408,7 @@ async fn thirty_denying_devices(scratch: &Scratch) -> (Vec<RunningDevice>, Gatew
     let mut entries = Vec::new();
     for i in 0..30 {
         let id = format!("dev{i:02}");
-        let config = DeviceSimConfig {
-            id: id.clone(),
-            listen: "coap://127.0.0.1:0".to_owned(),
-            profile: "lwm2m".to_owned(),
-            psk_identity: None,
-            psk_key: None,
-            psk_key_hex: None,
-            cert: None,
-            key: None,
-            ca: None,
-            behaviour: Behaviour::Normal,
-            access_control: vec![AcInstance {
-                instance: 0,
-                object: 3,
-                object_instance: 0,
-                owner: SSID_B,
-                acl: [(SSID_B.to_string(), 31)].into_iter().collect(),
-            }],
-            acls: Default::default(),
-        };
+        let config = sim_device(&id, "coap://127.0.0.1:0", &[(0, 3, SSID_B)]);
         let dev = RunningDevice::start(&config)
             .await
             .expect("start a simulated device");
@@ -850,27 +834,12 @@ impl StreamNorth {
             let key = format!("devkey{}", &id[3..]);
             let tls = listen.starts_with("coaps+tcp");
             let config = DeviceSimConfig {
-                id: id.to_owned(),
-                listen: listen.to_owned(),
-                profile: "lwm2m".to_owned(),
                 psk_identity: Some(DEVICE_IDENTITY.to_owned()),
                 psk_key: Some(key.clone()),
-                psk_key_hex: None,
                 cert: tls.then(|| cert(id).into()),
                 key: tls.then(|| stream::key(id).into()),
                 ca: tls.then(|| cert("ca").into()),
-                behaviour: Behaviour::Normal,
-                access_control: [(0, 3, SSID_A), (1, 4, owner_4_of(id))]
-                    .into_iter()
-                    .map(|(instance, object, owner)| AcInstance {
-                        instance,
-                        object,
-                        object_instance: 0,
-                        owner,
-                        acl: [(owner.to_string(), 31)].into_iter().collect(),
-                    })
-                    .collect(),
-                acls: Default::default(),
+                ..sim_device(id, listen, &[(0, 3, SSID_A), (1, 4, owner_4_of(id))])
             };
             let dev = RunningDevice::start(&config)
                 .await
@@ -928,6 +897,58 @@ async fn cli_tls_add(
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_client(scratch, &args).await
+}
+
+/// libcoap as server A with its certificate adds G1 /3/0 at `url`: 2.01 with a
+/// Location-Path, every device of G1 Verified, Grantor ServerA, and `-o` and the `-v 6` dump
+/// agree. Returns the run.
+async fn cli_tls_add_g1_verifies_all(
+    scratch: &Arc<Scratch>,
+    url: &str,
+) -> interop_support::ClientRun {
+    let run = cli_tls_add(
+        scratch,
+        url,
+        "serverA",
+        ("G1", "Group", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    let response = run.expect_code("2.01");
+    assert!(
+        response.options.contains("Location-Path:GwConfig"),
+        "{}",
+        run.transcript()
+    );
+    let body = run.output_cbor();
+    assert_eq!(verified_ids(&body), GROUP, "{body:?}");
+    assert_eq!(body.get("Grantor").and_then(Value::as_str), Some("ServerA"));
+    assert_eq!(run.cbor_body(), body, "-o and the -v 6 dump agree");
+    run
+}
+
+/// A failure body of Status 425 in which devB alone failed, `denied`.
+fn assert_only_dev_b_denied(body: &Value) {
+    assert_eq!(
+        body.get("Status").and_then(Value::as_int),
+        Some(425),
+        "{body:?}"
+    );
+    assert_eq!(failed_ids(body), ["devB"], "{body:?}");
+    assert_eq!(failed_reasons(body), ["denied"], "{body:?}");
+}
+
+/// GET `url` with libcoap as server A with its certificate: 2.05, the decoded listing.
+async fn cli_pki_list(scratch: &Arc<Scratch>, url: &str) -> Vec<(String, Value)> {
+    let out = scratch.file("list.out").to_string_lossy().into_owned();
+    let mut args = libcoap_pki_args("serverA");
+    args.extend(["-m".into(), "get".into(), "-o".into(), out, url.to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_client(scratch, &args).await;
+    run.expect_code("2.05");
+    let Value::Map(listing) = run.output_cbor() else {
+        panic!("listing is not a map\n{}", run.transcript())
+    };
+    listing
 }
 
 /// Server A's committed certificate (`certs/serverA`, gateway verified by `certs/ca.pem`).
@@ -1016,23 +1037,7 @@ async fn north_libcoap_over_tls_with_certificates() {
     let n = StreamNorth::start().await;
     let url = n.gw.tls_url("/GwConfig/Privileges");
 
-    let run = cli_tls_add(
-        &n.scratch,
-        &url,
-        "serverA",
-        ("G1", "Group", "/3/0", "Get=ServerB"),
-    )
-    .await;
-    let response = run.expect_code("2.01");
-    assert!(
-        response.options.contains("Location-Path:GwConfig"),
-        "{}",
-        run.transcript()
-    );
-    let body = run.output_cbor();
-    assert_eq!(verified_ids(&body), GROUP, "{body:?}");
-    assert_eq!(body.get("Grantor").and_then(Value::as_str), Some("ServerA"));
-    assert_eq!(run.cbor_body(), body, "-o and the -v 6 dump agree");
+    cli_tls_add_g1_verifies_all(&n.scratch, &url).await;
 
     let run = cli_tls_add(
         &n.scratch,
@@ -1043,20 +1048,9 @@ async fn north_libcoap_over_tls_with_certificates() {
     .await;
     eprintln!("{}", run.transcript());
     run.expect_code("4.03");
-    let body = run.cbor_body();
-    assert_eq!(body.get("Status").and_then(Value::as_int), Some(425));
-    assert_eq!(failed_ids(&body), ["devB"], "{body:?}");
-    assert_eq!(failed_reasons(&body), ["denied"], "{body:?}");
+    assert_only_dev_b_denied(&run.cbor_body());
 
-    let out = n.scratch.file("list.out").to_string_lossy().into_owned();
-    let mut args = libcoap_pki_args("serverA");
-    args.extend(["-m".into(), "get".into(), "-o".into(), out, url.clone()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_client(&n.scratch, &args).await;
-    run.expect_code("2.05");
-    let Value::Map(listing) = run.output_cbor() else {
-        panic!("listing is not a map\n{}", run.transcript())
-    };
+    let listing = cli_pki_list(&n.scratch, &url).await;
     assert_eq!(listing.len(), 1, "{listing:?}");
     assert_eq!(entry_field(&listing[0].1, "URI"), "/3/0");
 
@@ -1401,27 +1395,16 @@ async fn dtls_pki_sim_devices() -> (Vec<RunningDevice>, Vec<StreamDevice>) {
         let key = format!("devkey{}", &id[3..]);
         let x509 = id == "devA";
         let config = DeviceSimConfig {
-            id: id.to_owned(),
-            listen: "coaps://127.0.0.1:0".to_owned(),
-            profile: "lwm2m".to_owned(),
             psk_identity: (!x509).then(|| DEVICE_IDENTITY.to_owned()),
             psk_key: (!x509).then(|| key.clone()),
-            psk_key_hex: None,
             cert: x509.then(|| cert(id).into()),
             key: x509.then(|| stream::key(id).into()),
             ca: x509.then(|| cert("ca").into()),
-            behaviour: Behaviour::Normal,
-            access_control: [(0, 3, SSID_A), (1, 4, owner_4_of(id))]
-                .into_iter()
-                .map(|(instance, object, owner)| AcInstance {
-                    instance,
-                    object,
-                    object_instance: 0,
-                    owner,
-                    acl: [(owner.to_string(), 31)].into_iter().collect(),
-                })
-                .collect(),
-            acls: Default::default(),
+            ..sim_device(
+                id,
+                "coaps://127.0.0.1:0",
+                &[(0, 3, SSID_A), (1, 4, owner_4_of(id))],
+            )
         };
         let dev = RunningDevice::start(&config)
             .await
@@ -1458,23 +1441,7 @@ async fn north_libcoap_over_dtls_with_certificates() {
     let requests = || devices.iter().map(RunningDevice::requests).sum::<u64>();
     let url = gw.coaps_url("/GwConfig/Privileges");
 
-    let run = cli_tls_add(
-        &scratch,
-        &url,
-        "serverA",
-        ("G1", "Group", "/3/0", "Get=ServerB"),
-    )
-    .await;
-    let response = run.expect_code("2.01");
-    assert!(
-        response.options.contains("Location-Path:GwConfig"),
-        "{}",
-        run.transcript()
-    );
-    let body = run.output_cbor();
-    assert_eq!(verified_ids(&body), GROUP, "{body:?}");
-    assert_eq!(body.get("Grantor").and_then(Value::as_str), Some("ServerA"));
-    assert_eq!(run.cbor_body(), body, "-o and the -v 6 dump agree");
+    let run = cli_tls_add_g1_verifies_all(&scratch, &url).await;
     // coap-client verified the gateway's certificate in a DTLS handshake.
     let printed = format!("{}\n{}", run.stdout, run.stderr);
     assert!(
@@ -1496,20 +1463,9 @@ async fn north_libcoap_over_dtls_with_certificates() {
     )
     .await;
     run.expect_code("4.03");
-    let body = run.cbor_body();
-    assert_eq!(body.get("Status").and_then(Value::as_int), Some(425));
-    assert_eq!(failed_ids(&body), ["devB"], "{body:?}");
-    assert_eq!(failed_reasons(&body), ["denied"], "{body:?}");
+    assert_only_dev_b_denied(&run.cbor_body());
 
-    let out = scratch.file("list.out").to_string_lossy().into_owned();
-    let mut args = libcoap_pki_args("serverA");
-    args.extend(["-m".into(), "get".into(), "-o".into(), out, url.clone()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_client(&scratch, &args).await;
-    run.expect_code("2.05");
-    let Value::Map(listing) = run.output_cbor() else {
-        panic!("listing is not a map\n{}", run.transcript())
-    };
+    let listing = cli_pki_list(&scratch, &url).await;
     assert_eq!(listing.len(), 1, "{listing:?}");
     assert_eq!(entry_field(&listing[0].1, "URI"), "/3/0");
     assert_eq!(entry_field(&listing[0].1, "Grantor"), "ServerA");

@@ -4,7 +4,6 @@
 
 mod support;
 
-use privgw::coap::RequestType;
 use privgw::mo::Value;
 use support::*;
 
@@ -18,20 +17,6 @@ fn fleet() -> FleetBuilder {
             ac(2, 6, 0, SSID_B),
         ],
     )
-}
-
-async fn delete(client: &mut privgw::cli::ctl::GatewayClient, name: &str) -> String {
-    client
-        .request(
-            RequestType::Delete,
-            &format!("/GwConfig/Privileges/{name}"),
-            None,
-            None,
-            &[],
-        )
-        .await
-        .expect("DELETE answered")
-        .code
 }
 
 #[tokio::test]
@@ -83,7 +68,7 @@ async fn privilege_caps_per_server_and_in_total_refuse_with_4_03_before_any_devi
         let r = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(r.code, "4.03", "still full after a restart: {}", r.render());
         let names = privilege_names(&mut a).await;
-        assert_eq!(delete(&mut a, &names[0]).await, "2.02");
+        assert_eq!(delete(&mut a, &names[0]).await.code, "2.02");
         let r = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(r.code, "2.01", "{}", r.render());
         fleet.stop().await;
@@ -194,23 +179,22 @@ async fn paged_listing_with_the_default_limits() {
 
 /// A POST whose answer goes block-wise, from a raw NoSec socket, asking block `num` of
 /// 16 bytes.
-fn post_block(mid: u16, num: u32) -> Vec<u8> {
-    use privgw::coap::{self, BlockOption, CoapOption, MessageClass, MessageType, Packet};
-    let mut p = Packet::new();
-    p.header.set_type(MessageType::Confirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(mid.to_be_bytes().to_vec());
-    coap::set_uri(&mut p, "/GwConfig/Privileges");
-    coap::set_content_format(&mut p, 60);
+fn post_block(mid: u16, num: u32) -> privgw::coap::Packet {
+    use privgw::coap::{BlockOption, CoapOption, MessageType};
+    let mut p = add_packet(
+        MessageType::Confirmable,
+        mid,
+        &mid.to_be_bytes(),
+        ("devA", "Device", "/3/0"),
+        "Get=ServerB",
+    );
     let block = BlockOption {
         num,
         more: false,
         szx: 0,
     };
     p.add_option(CoapOption::Block2, block.encode().unwrap());
-    p.payload = privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerB").to_cbor();
-    coap::encode(&p).unwrap()
+    p
 }
 
 /// With a Block2 budget too small to keep any body, the next block of an Add's answer is
@@ -225,24 +209,11 @@ async fn a_write_answer_whose_body_is_gone_is_not_executed_again() {
             .limits_toml("block_cache_session_bytes = 1")
             .start()
             .await;
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        socket
-            .connect(fleet.uri(privgw::config::Scheme::Coap).addr)
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 2048];
-        let mut ask = async |datagram: Vec<u8>| {
-            socket.send(&datagram).await.unwrap();
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            coap::decode(&buf[..n]).unwrap()
-        };
-        let first = ask(post_block(1, 0)).await;
+        let socket = raw_socket(fleet.uri(privgw::config::Scheme::Coap).addr).await;
+        let first = exchange(&socket, &post_block(1, 0)).await;
         assert_eq!(coap::code_string(first.header.code), "2.01");
         assert!(BlockOption::block2(&first).unwrap().unwrap().more);
-        let next = ask(post_block(2, 1)).await;
+        let next = exchange(&socket, &post_block(2, 1)).await;
         assert_eq!(coap::code_string(next.header.code), "4.08");
 
         let mut a = fleet.server_a().await;

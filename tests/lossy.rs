@@ -16,7 +16,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use privgw::cli::ctl::Reply;
+use privgw::cli::ctl::{GatewayClient, Reply};
 use privgw::mo::Value;
 use support::relay::{Delivery, Dir, Direction, LinkConfig, LinkModel};
 use support::{Fleet, SSID_A, ac, add, failures};
@@ -180,6 +180,25 @@ async fn within<F: std::future::Future>(bound: Duration, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("did not finish within {bound:?}"))
 }
 
+/// devA (A's /3/0) behind one relay doing `link`, with a `device_timeout_ms` deadline and an
+/// `ack_timeout_ms` ACK_TIMEOUT.
+async fn relayed_dev_a(link: LinkConfig, device_timeout_ms: u64, ack_timeout_ms: u64) -> Fleet {
+    Fleet::builder()
+        .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
+        .relay("devA", link)
+        .device_timeout_ms(device_timeout_ms)
+        .ack_timeout_ms(ack_timeout_ms)
+        .start()
+        .await
+}
+
+/// An Add on devA /3/0 is 5.04 with devA `unreachable`.
+async fn add_is_unreachable(a: &mut GatewayClient) {
+    let cut = add(a, "devA", "Device", "/3/0", "Get=ServerB").await;
+    assert_eq!(cut.code, "5.04", "{}", cut.render());
+    assert_eq!(failures(&cut)[0].1, "unreachable");
+}
+
 /// The first scenario, with a 3 s deadline to keep the test short: devA's replies
 /// are lost for longer than one verification while its requests still arrive. That
 /// verification fails `unreachable`; once the link is back the next one succeeds. Before the
@@ -188,13 +207,7 @@ async fn within<F: std::future::Future>(bound: Duration, f: F) -> F::Output {
 #[tokio::test]
 async fn after_an_outage_of_replies_the_next_verification_succeeds() {
     within(Duration::from_secs(45), async {
-        let fleet = Fleet::builder()
-            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
-            .relay("devA", LinkConfig::default())
-            .device_timeout_ms(3000)
-            .ack_timeout_ms(500)
-            .start()
-            .await;
+        let fleet = relayed_dev_a(LinkConfig::default(), 3000, 500).await;
         let mut a = fleet.server_a().await;
         let ok = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(ok.code, "2.01", "{}", ok.render());
@@ -202,9 +215,7 @@ async fn after_an_outage_of_replies_the_next_verification_succeeds() {
         let relay = fleet.relay("devA");
         relay.outage(Dir::ToGateway, Duration::ZERO, outage);
         let t0 = Instant::now();
-        let cut = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
-        assert_eq!(cut.code, "5.04", "{}", cut.render());
-        assert_eq!(failures(&cut)[0].1, "unreachable");
+        add_is_unreachable(&mut a).await;
         let asked = fleet.device("devA").requests();
         assert!(asked >= 2, "the requests still arrived: {asked}");
         tokio::time::sleep(outage.saturating_sub(t0.elapsed()) + Duration::from_millis(200)).await;
@@ -223,22 +234,14 @@ async fn after_an_outage_of_replies_the_next_verification_succeeds() {
 #[tokio::test]
 async fn an_outage_during_the_handshake_is_unreachable_then_recovers() {
     within(Duration::from_secs(45), async {
-        let fleet = Fleet::builder()
-            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
-            .relay("devA", LinkConfig::default())
-            .device_timeout_ms(2000)
-            .ack_timeout_ms(500)
-            .start()
-            .await;
+        let fleet = relayed_dev_a(LinkConfig::default(), 2000, 500).await;
         let relay = fleet.relay("devA");
         let outage = Duration::from_secs(3);
         relay.outage(Dir::ToGateway, Duration::ZERO, outage);
         relay.outage(Dir::ToDevice, Duration::ZERO, outage);
         let t0 = Instant::now();
         let mut a = fleet.server_a().await;
-        let cut = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
-        assert_eq!(cut.code, "5.04", "{}", cut.render());
-        assert_eq!(failures(&cut)[0].1, "unreachable");
+        add_is_unreachable(&mut a).await;
         tokio::time::sleep(outage.saturating_sub(t0.elapsed()) + Duration::from_millis(200)).await;
         let back = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(back.code, "2.01", "{}", back.render());
@@ -254,20 +257,12 @@ async fn an_outage_during_the_handshake_is_unreachable_then_recovers() {
 async fn a_slow_handshake_finishes_in_the_background_for_the_next_read() {
     within(Duration::from_secs(45), async {
         let slow = Direction::lossy(0.0, Duration::from_millis(250));
-        let fleet = Fleet::builder()
-            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
-            .relay("devA", LinkConfig::symmetric(slow, 1))
-            .device_timeout_ms(3000)
-            .ack_timeout_ms(1000)
-            .start()
-            .await;
+        let fleet = relayed_dev_a(LinkConfig::symmetric(slow, 1), 3000, 1000).await;
         let relay = fleet.relay("devA");
         relay.outage(Dir::ToGateway, Duration::ZERO, Duration::from_millis(2500));
         let t0 = Instant::now();
         let mut a = fleet.server_a().await;
-        let cut = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
-        assert_eq!(cut.code, "5.04", "{}", cut.render());
-        assert_eq!(failures(&cut)[0].1, "unreachable");
+        add_is_unreachable(&mut a).await;
         // OpenSSL resends the ClientHello at 1 s and 3 s; the second gets through and the
         // handshake ends near 4.5 s.
         tokio::time::sleep(Duration::from_millis(6000).saturating_sub(t0.elapsed())).await;
@@ -328,6 +323,14 @@ impl Rounds {
         twice.sort();
         twice.dedup();
         twice
+    }
+
+    fn assert_no_device_failed_twice_in_a_row(&self) {
+        assert!(
+            self.failed_twice_in_a_row().is_empty(),
+            "{}",
+            self.summary()
+        );
     }
 
     fn failed_reads(&self) -> usize {
@@ -426,11 +429,7 @@ async fn lossy_group_writes_succeed_and_no_device_fails_twice_in_a_row() {
         let rounds = group_rounds(&fleet, 6).await;
         eprintln!("{}", rounds.summary());
         assert!(rounds.succeeded() >= 4, "{}", rounds.summary());
-        assert!(
-            rounds.failed_twice_in_a_row().is_empty(),
-            "{}",
-            rounds.summary()
-        );
+        rounds.assert_no_device_failed_twice_in_a_row();
         fleet.stop().await;
     })
     .await;
@@ -474,11 +473,7 @@ async fn lossy_twenty_rounds_report() {
             100.0 * p_read
         );
         assert!(rounds.succeeded() * 10 >= n * 9, "{}", rounds.summary());
-        assert!(
-            rounds.failed_twice_in_a_row().is_empty(),
-            "{}",
-            rounds.summary()
-        );
+        rounds.assert_no_device_failed_twice_in_a_row();
         fleet.stop().await;
     })
     .await;

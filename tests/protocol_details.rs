@@ -5,10 +5,7 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use privgw::coap::{self, CoapOption, MessageClass, MessageType, Packet, RequestType};
+use privgw::coap::{self, CoapOption, MessageType, Packet, RequestType};
 use privgw::config::Scheme;
 use privgw::mo::Value;
 use support::*;
@@ -23,33 +20,6 @@ async fn nosec_fleet() -> Fleet {
         .nosec("ServerA", "127.0.0.1")
         .start()
         .await
-}
-
-fn request(t: MessageType, code: RequestType, mid: u16, token: &[u8], path: &str) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_type(t);
-    p.header.code = MessageClass::Request(code);
-    p.header.message_id = mid;
-    p.set_token(token.to_vec());
-    coap::set_uri(&mut p, path);
-    p
-}
-
-async fn raw_socket(gateway: SocketAddr) -> tokio::net::UdpSocket {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.connect(gateway).await.unwrap();
-    socket
-}
-
-/// Sends `p` and decodes the answer (within 5 s).
-async fn exchange(socket: &tokio::net::UdpSocket, p: &Packet) -> Packet {
-    socket.send(&coap::encode(p).unwrap()).await.unwrap();
-    let mut buf = vec![0u8; 2048];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    coap::decode(&buf[..n]).unwrap()
 }
 
 /// The `Detail` strings of a reply's `Failed` list.
@@ -114,7 +84,7 @@ async fn proxy_options_are_answered_5_05() {
     bounded(async {
         let fleet = nosec_fleet().await;
         let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
-        let mut by_uri = request(
+        let mut by_uri = request_packet(
             MessageType::Confirmable,
             RequestType::Get,
             0x0505,
@@ -128,7 +98,7 @@ async fn proxy_options_are_answered_5_05() {
         assert_eq!(answer.header.message_id, 0x0505);
         assert_eq!(answer.get_token(), [5]);
 
-        let mut by_scheme = request(
+        let mut by_scheme = request_packet(
             MessageType::Confirmable,
             RequestType::Get,
             0x0506,
@@ -153,7 +123,7 @@ async fn non_response_mids_start_at_a_random_value_per_session() {
         let mut firsts = Vec::new();
         for i in 0..3u8 {
             let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
-            let get = request(
+            let get = request_packet(
                 MessageType::NonConfirmable,
                 RequestType::Get,
                 0x1000 + u16::from(i),
@@ -258,16 +228,13 @@ async fn a_retransmitted_add_after_a_restart_is_answered_from_the_store() {
     bounded(async {
         let mut fleet = nosec_fleet().await;
         let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
-        let mut post = request(
+        let post = add_packet(
             MessageType::Confirmable,
-            RequestType::Post,
             0x7777,
             &[7, 7, 7, 7],
-            "/GwConfig/Privileges",
+            ("devA", "Device", "/3/0"),
+            "Get=ServerB",
         );
-        coap::set_content_format(&mut post, 60);
-        post.payload =
-            privgw::cli::ctl::privilege_body("devA", "Device", "/3/0", "Get=ServerB").to_cbor();
         let first = exchange(&socket, &post).await;
         assert_eq!(coap::code_string(first.header.code), "2.01");
         assert_eq!(location_of(&first), "GwConfig/Privileges/p1");

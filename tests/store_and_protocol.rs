@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use privgw::cli::ctl::{GatewayClient, Reply, privilege_body};
-use privgw::coap::{self, CoapOption, MessageClass, MessageType, Packet, RequestType};
+use privgw::coap::{self, CoapOption, MessageType, RequestType};
 use privgw::config::Scheme;
 use privgw::mo::Value;
 use support::*;
@@ -244,10 +243,7 @@ async fn delete_is_2_02_and_the_entry_is_gone() {
         let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
         let name = name_of(&reply);
         let path = format!("/GwConfig/Privileges/{name}");
-        let reply = a
-            .request(RequestType::Delete, &path, None, None, &[])
-            .await
-            .unwrap();
+        let reply = delete(&mut a, &name).await;
         assert_eq!(reply.code, "2.02", "{}", reply.render());
         assert_eq!(reply.verified_ids(), ["devA", "devB"]);
         assert_eq!(get(&mut a, &path).await.code, "4.04");
@@ -341,52 +337,24 @@ async fn nosec_fleet() -> Fleet {
         .await
 }
 
-fn request(t: MessageType, code: RequestType, mid: u16, token: &[u8], path: &str) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_type(t);
-    p.header.code = MessageClass::Request(code);
-    p.header.message_id = mid;
-    p.set_token(token.to_vec());
-    coap::set_uri(&mut p, path);
-    p
-}
-
-async fn recv(socket: &tokio::net::UdpSocket) -> Vec<u8> {
-    let mut buf = vec![0u8; 2048];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    buf.truncate(n);
-    buf
-}
-
-async fn raw_socket(gateway: SocketAddr) -> tokio::net::UdpSocket {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.connect(gateway).await.unwrap();
-    socket
-}
-
 #[tokio::test]
 async fn retransmitted_con_post_gets_identical_responses_and_one_entry() {
     bounded(async {
         let fleet = nosec_fleet().await;
         let socket = raw_socket(fleet.uri(Scheme::Coap).addr).await;
-        let mut post = request(
+        let post = add_packet(
             MessageType::Confirmable,
-            RequestType::Post,
             0x4242,
             &[1, 2, 3, 4],
-            "/GwConfig/Privileges",
+            ("devA", "Device", "/3/0"),
+            "Get=ServerB",
         );
-        coap::set_content_format(&mut post, 60);
-        post.payload = privilege_body("devA", "Device", "/3/0", "Get=ServerB").to_cbor();
         let datagram = coap::encode(&post).unwrap();
 
         socket.send(&datagram).await.unwrap();
-        let first = recv(&socket).await;
+        let first = recv_datagram(&socket).await;
         socket.send(&datagram).await.unwrap();
-        let second = recv(&socket).await;
+        let second = recv_datagram(&socket).await;
         assert_eq!(first, second, "a duplicate gets the stored response");
         let answer = coap::decode(&first).unwrap();
         assert_eq!(coap::code_string(answer.header.code), "2.01");
@@ -437,7 +405,7 @@ async fn malformed_datagrams_leave_the_gateway_serving() {
         socket.send(&[0x40, 0x01, 0x00]).await.unwrap();
 
         // A CON with an unknown critical option: 4.02, token echoed.
-        let mut bad = request(
+        let mut bad = request_packet(
             MessageType::Confirmable,
             RequestType::Get,
             0x0101,
@@ -446,7 +414,7 @@ async fn malformed_datagrams_leave_the_gateway_serving() {
         );
         bad.add_option(CoapOption::Unknown(2049), vec![1]);
         socket.send(&coap::encode(&bad).unwrap()).await.unwrap();
-        let answer = coap::decode(&recv(&socket).await).unwrap();
+        let answer = coap::decode(&recv_datagram(&socket).await).unwrap();
         assert_eq!(coap::code_string(answer.header.code), "4.02");
         assert_eq!(answer.header.message_id, 0x0101);
         assert_eq!(answer.get_token(), [9, 9]);
@@ -455,12 +423,12 @@ async fn malformed_datagrams_leave_the_gateway_serving() {
         let mut tkl9 = vec![0x49, 0x01, 0x02, 0x02];
         tkl9.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
         socket.send(&tkl9).await.unwrap();
-        let answer = coap::decode(&recv(&socket).await).unwrap();
+        let answer = coap::decode(&recv_datagram(&socket).await).unwrap();
         assert_eq!(answer.header.get_type(), MessageType::Reset);
         assert_eq!(answer.header.message_id, 0x0202);
 
         // Still serving: on the same NoSec session, and to a fresh DTLS client.
-        let get = request(
+        let get = request_packet(
             MessageType::Confirmable,
             RequestType::Get,
             0x0303,
@@ -468,7 +436,7 @@ async fn malformed_datagrams_leave_the_gateway_serving() {
             "/GwConfig/Privileges",
         );
         socket.send(&coap::encode(&get).unwrap()).await.unwrap();
-        let answer = coap::decode(&recv(&socket).await).unwrap();
+        let answer = coap::decode(&recv_datagram(&socket).await).unwrap();
         assert_eq!(coap::code_string(answer.header.code), "2.05");
         assert_eq!(answer.header.message_id, 0x0303);
         let mut a = fleet.server_a().await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use privgw::cli::ctl::{ClientCredentials, GatewayClient};
 use privgw::coap::RequestType;
 use privgw::config::Config;
-use privgw::pki::{Pki, Profile};
+use privgw::pki::Profile;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,14 +92,7 @@ async fn a_client_certificate_from_an_unknown_ca_is_refused() {
     bounded(async {
         let fleet = fleet(&[]).start().await;
         let dir = tempfile::tempdir().unwrap();
-        // A CA of another name (unknown issuer), and one that copies the trusted CA's name
-        // with another key (the signature does not verify).
-        for ca_name in ["foreign CA", "privgw test CA"] {
-            let foreign = Pki::new_ca(ca_name).unwrap();
-            let impostor = foreign
-                .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
-                .unwrap();
-            let creds = mint(dir.path(), "impostor", &impostor).credentials();
+        for (ca_name, creds) in server_a_from_unknown_cas(dir.path()) {
             let why = refused(&fleet, creds).await;
             eprintln!("{ca_name}: refused: {why}");
         }
@@ -114,11 +107,7 @@ async fn an_expired_client_certificate_is_refused() {
     bounded(async {
         let fleet = fleet(&[]).start().await;
         let dir = tempfile::tempdir().unwrap();
-        let expired = committed_pki()
-            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, -1)
-            .unwrap();
-        let creds = mint(dir.path(), "expired", &expired).credentials();
-        let why = refused(&fleet, creds).await;
+        let why = refused(&fleet, expired_server_a(dir.path())).await;
         eprintln!("refused: {why}");
         gateway_unharmed(&fleet).await;
         fleet.stop().await;
@@ -130,12 +119,7 @@ async fn an_expired_client_certificate_is_refused() {
 async fn a_valid_certificate_of_no_configured_server_is_4_01() {
     bounded(async {
         let fleet = fleet(&[]).start().await;
-        // serverC is issued by the trusted CA but no server entry names it.
-        let mut c = fleet.tls_client(&CertPaths::committed("serverC")).await;
-        let reply = get(&mut c, "/GwConfig/Privileges").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
-        let reply = add(&mut c, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        unconfigured_server_is_4_01(&fleet, CertTransport::Tls).await;
         gateway_unharmed(&fleet).await;
         fleet.stop().await;
     })
@@ -228,11 +212,7 @@ async fn an_spki_pin_admits_the_pinned_key_and_refuses_another_under_the_same_na
         let fleet = fleet(&[&format!("spki_sha256 = \"{pin}\"")]).start().await;
         let dir = tempfile::tempdir().unwrap();
         // Same CA, same names, a different key.
-        let other_key = committed_pki()
-            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
-            .unwrap();
-        assert_ne!(other_key.spki_sha256_hex().unwrap(), pin);
-        let paths = mint(dir.path(), "serverA-rekeyed", &other_key);
+        let paths = rekeyed_server_a(dir.path(), "serverA-rekeyed", &pin);
         let mut rekeyed = fleet.tls_client(&paths).await;
         let reply = add(&mut rekeyed, "G1", "Group", "/3/0", "Get=ServerB").await;
         assert_eq!(reply.code, "4.01", "{}", reply.render());
@@ -280,27 +260,8 @@ async fn a_server_cert_entry_pins_that_certificates_key() {
 async fn a_servers_own_ca_vouches_for_that_server_only() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let (builder, b_ca) = server_b_with_own_ca(fleet(&[]), dir.path());
-        let fleet = builder.start().await;
-        let impostor = b_ca
-            .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
-            .unwrap();
-        let mut fake_a = fleet
-            .tls_client(&mint(dir.path(), "fake-serverA", &impostor))
-            .await;
-        let reply = add(&mut fake_a, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
-        let reply = get(&mut fake_a, "/GwConfig/Privileges").await;
-        assert_eq!(reply.code, "4.01", "{}", reply.render());
-
-        let real_b = b_ca
-            .issue("serverB", &["serverB.example"], &[], &[], Profile::Both, 30)
-            .unwrap();
-        let mut b = fleet
-            .tls_client(&mint(dir.path(), "serverB", &real_b))
-            .await;
-        let reply = get(&mut b, "/GwConfig/Privileges").await;
-        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        let fleet =
+            own_ca_vouches_for_its_server_only(fleet(&[]), CertTransport::Tls, dir.path()).await;
         gateway_unharmed(&fleet).await;
         fleet.stop().await;
     })
@@ -350,9 +311,7 @@ async fn a_tls_device_with_a_matching_rule_is_verified() {
         )
         .await;
         let mut a = fleet.tls_client(&CertPaths::committed("serverA")).await;
-        let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
-        assert_eq!(reply.code, "2.01", "{}", reply.render());
-        assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+        group_add_verifies_dev_b_and_dev_t(&mut a).await;
         fleet.stop().await;
     })
     .await;
@@ -395,17 +354,7 @@ async fn a_device_key_not_matching_its_pin_is_secure_channel() {
 async fn a_device_with_an_expired_certificate_is_secure_channel() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let expired = committed_pki()
-            .issue(
-                "devT",
-                &["devT.example", "localhost"],
-                &[],
-                &LOOPBACK,
-                Profile::Both,
-                -1,
-            )
-            .unwrap();
-        let fleet = tls_device_fleet(mint(dir.path(), "devT", &expired), &[]).await;
+        let fleet = tls_device_fleet(expired_dev_t(dir.path()), &[]).await;
         tls_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })
@@ -416,12 +365,8 @@ async fn a_device_with_an_expired_certificate_is_secure_channel() {
 async fn a_device_from_a_foreign_ca_is_secure_channel() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let foreign = Pki::new_ca("foreign CA").unwrap();
-        let cert = foreign
-            .issue("devT", &["devT.example"], &[], &LOOPBACK, Profile::Both, 30)
-            .unwrap();
         // The device trusts the gateway (certs/ca.pem); the gateway does not trust it.
-        let fleet = tls_device_fleet(mint(dir.path(), "devT", &cert), &[]).await;
+        let fleet = tls_device_fleet(dev_t_from_a_foreign_ca(dir.path()), &[]).await;
         tls_device_is_secure_channel_failure(&fleet).await;
         fleet.stop().await;
     })

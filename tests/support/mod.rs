@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use privgw::cli::ctl::{ClientCredentials, GatewayClient, Reply};
-use privgw::coap::{CoapOption, RequestType};
+use privgw::coap::{self, CoapOption, MessageClass, MessageType, Packet, RequestType};
 use privgw::config::{Config, EndpointUri, Scheme};
 use privgw::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use privgw::gateway::{Gateway, GatewayError};
 use privgw::mo::Value;
-use privgw::pki::{Issued, Pki};
+use privgw::pki::{Issued, Pki, Profile};
 
 pub mod relay;
 
@@ -709,6 +709,20 @@ pub async fn put(
         .expect("PUT answered")
 }
 
+/// DELETE a privilege node; panics on transport errors.
+pub async fn delete(client: &mut GatewayClient, name: &str) -> Reply {
+    client
+        .request(
+            RequestType::Delete,
+            &format!("/GwConfig/Privileges/{name}"),
+            None,
+            None,
+            &[],
+        )
+        .await
+        .expect("DELETE answered")
+}
+
 /// The names of the committed privileges (GET /GwConfig/Privileges).
 pub async fn privilege_names(client: &mut GatewayClient) -> Vec<String> {
     let reply = get(client, "/GwConfig/Privileges").await;
@@ -910,6 +924,145 @@ pub async fn device_is_secure_channel_failure(fleet: &Fleet, a: &mut GatewayClie
     group
 }
 
+/// The transport a certificate client comes in over: `coaps+tcp://` (TLS) or the first
+/// `coaps://` listener (DTLS-X.509).
+#[derive(Clone, Copy, Debug)]
+pub enum CertTransport {
+    Tls,
+    Dtls,
+}
+
+impl Fleet {
+    /// A client presenting `certs` over `transport` ([`Fleet::tls_client`] or
+    /// [`Fleet::dtls_client`]); panics if the connection cannot be set up.
+    pub async fn cert_client(&self, transport: CertTransport, certs: &CertPaths) -> GatewayClient {
+        match transport {
+            CertTransport::Tls => self.tls_client(certs).await,
+            CertTransport::Dtls => self.dtls_client(certs).await,
+        }
+    }
+}
+
+/// Server A's certificates from two CAs the gateway does not trust, minted into `dir`: one
+/// of another name (unknown issuer), and one that copies the trusted CA's name with another
+/// key (the signature does not verify). `(CA name, credentials)` each, in files of their
+/// own.
+pub fn server_a_from_unknown_cas(dir: &Path) -> Vec<(&'static str, ClientCredentials)> {
+    ["foreign CA", "privgw test CA"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ca_name)| {
+            let impostor = Pki::new_ca(ca_name)
+                .unwrap()
+                .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
+                .unwrap();
+            let paths = mint(dir, &format!("impostor-{i}"), &impostor);
+            (ca_name, paths.credentials())
+        })
+        .collect()
+}
+
+/// An expired server A certificate from the trusted CA, minted into `dir`.
+pub fn expired_server_a(dir: &Path) -> ClientCredentials {
+    let expired = committed_pki()
+        .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, -1)
+        .unwrap();
+    mint(dir, "expired", &expired).credentials()
+}
+
+/// A server A certificate from the trusted CA with the same names but another key than the
+/// one `pin` names, minted into `dir` as `name`.
+pub fn rekeyed_server_a(dir: &Path, name: &str, pin: &str) -> CertPaths {
+    let other_key = committed_pki()
+        .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
+        .unwrap();
+    assert_ne!(other_key.spki_sha256_hex().unwrap(), pin);
+    mint(dir, name, &other_key)
+}
+
+/// serverC (issued by the trusted CA, named by no server entry) over `transport`: GET and a
+/// group Add are both 4.01. Returns the Add's reply.
+pub async fn unconfigured_server_is_4_01(fleet: &Fleet, transport: CertTransport) -> Reply {
+    let mut c = fleet
+        .cert_client(transport, &CertPaths::committed("serverC"))
+        .await;
+    let reply = get(&mut c, "/GwConfig/Privileges").await;
+    assert_eq!(reply.code, "4.01", "{}", reply.render());
+    let reply = add(&mut c, "G1", "Group", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "4.01", "{}", reply.render());
+    reply
+}
+
+/// Issue 6 item 1 over `transport`: ServerB's own CA (see [`server_b_with_own_ca`], added to
+/// `b` with `dir`) issues a certificate named `serverA.example`. It chains to an anchor the
+/// gateway trusts, but not to one trusted *for ServerA*, so it is nobody: a group Add and a
+/// GET are 4.01. The same CA still vouches for ServerB (GET 2.05). Returns the started
+/// fleet; the caller checks that the gateway is unharmed.
+pub async fn own_ca_vouches_for_its_server_only(
+    b: FleetBuilder,
+    transport: CertTransport,
+    dir: &Path,
+) -> Fleet {
+    let (builder, b_ca) = server_b_with_own_ca(b, dir);
+    let fleet = builder.start().await;
+    let impostor = b_ca
+        .issue("serverA", &["serverA.example"], &[], &[], Profile::Both, 30)
+        .unwrap();
+    let mut fake_a = fleet
+        .cert_client(transport, &mint(dir, "fake-serverA", &impostor))
+        .await;
+    let reply = add(&mut fake_a, "G1", "Group", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "4.01", "{}", reply.render());
+    let reply = get(&mut fake_a, "/GwConfig/Privileges").await;
+    assert_eq!(reply.code, "4.01", "{}", reply.render());
+
+    let real_b = b_ca
+        .issue("serverB", &["serverB.example"], &[], &[], Profile::Both, 30)
+        .unwrap();
+    let mut b = fleet
+        .cert_client(transport, &mint(dir, "serverB", &real_b))
+        .await;
+    let reply = get(&mut b, "/GwConfig/Privileges").await;
+    assert_eq!(reply.code, "2.05", "{}", reply.render());
+    fleet
+}
+
+/// A device certificate for devT (`devT.example`, both loopback addresses) from the trusted
+/// CA that expired yesterday, minted into `dir`.
+pub fn expired_dev_t(dir: &Path) -> CertPaths {
+    let expired = committed_pki()
+        .issue(
+            "devT",
+            &["devT.example", "localhost"],
+            &[],
+            &LOOPBACK,
+            Profile::Both,
+            -1,
+        )
+        .unwrap();
+    mint(dir, "devT", &expired)
+}
+
+/// A device certificate for devT (`devT.example`, both loopback addresses) from a CA the
+/// gateway does not trust, minted into `dir` (the device still trusts the gateway through
+/// `certs/ca.pem`).
+pub fn dev_t_from_a_foreign_ca(dir: &Path) -> CertPaths {
+    let foreign = Pki::new_ca("foreign CA").unwrap();
+    let cert = foreign
+        .issue("devT", &["devT.example"], &[], &LOOPBACK, Profile::Both, 30)
+        .unwrap();
+    mint(dir, "devT", &cert)
+}
+
+/// A group Add on G1 (devT and devB) /3/0 is 2.01 with both devices verified. Returns the
+/// reply.
+pub async fn group_add_verifies_dev_b_and_dev_t(a: &mut GatewayClient) -> Reply {
+    let reply = add(a, "G1", "Group", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "2.01", "{}", reply.render());
+    assert_eq!(reply.verified_ids(), ["devB", "devT"]);
+    reply
+}
+
 /// A CA that only ServerB trusts (its own `ca`, written to `dir`), with ServerB known by
 /// `san-dns:serverB.example`.
 pub fn server_b_with_own_ca(b: FleetBuilder, dir: &Path) -> (FleetBuilder, Pki) {
@@ -920,4 +1073,64 @@ pub fn server_b_with_own_ca(b: FleetBuilder, dir: &Path) -> (FleetBuilder, Pki) 
         .server_toml("ServerB", r#"cert_match = "san-dns:serverB.example""#)
         .server_toml("ServerB", &format!("ca = {path:?}"));
     (b, own)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw CoAP over UDP (NoSec listeners)
+// ---------------------------------------------------------------------------------------
+
+/// A request of type `t` and `code` with `mid`, `token` and the Uri-Path of `path`.
+pub fn request_packet(
+    t: MessageType,
+    code: RequestType,
+    mid: u16,
+    token: &[u8],
+    path: &str,
+) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(t);
+    p.header.code = MessageClass::Request(code);
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    coap::set_uri(&mut p, path);
+    p
+}
+
+/// A POST to /GwConfig/Privileges of type `t` carrying the CBOR Add of
+/// `(target, target_type, uri)` with `acl`.
+pub fn add_packet(
+    t: MessageType,
+    mid: u16,
+    token: &[u8],
+    (target, target_type, uri): (&str, &str, &str),
+    acl: &str,
+) -> Packet {
+    let mut p = request_packet(t, RequestType::Post, mid, token, "/GwConfig/Privileges");
+    coap::set_content_format(&mut p, 60);
+    p.payload = privgw::cli::ctl::privilege_body(target, target_type, uri, acl).to_cbor();
+    p
+}
+
+/// A UDP socket on 127.0.0.1 connected to `gateway`.
+pub async fn raw_socket(gateway: SocketAddr) -> tokio::net::UdpSocket {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(gateway).await.unwrap();
+    socket
+}
+
+/// The next datagram on `socket` (within 5 s).
+pub async fn recv_datagram(socket: &tokio::net::UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Sends `p` and decodes the answer (within 5 s).
+pub async fn exchange(socket: &tokio::net::UdpSocket, p: &Packet) -> Packet {
+    socket.send(&coap::encode(p).unwrap()).await.unwrap();
+    coap::decode(&recv_datagram(socket).await).unwrap()
 }
