@@ -642,10 +642,7 @@ impl DtlsServer {
         let mut ssl = new_ssl(&self.ctx, self.mtu)?;
         ssl.set_ex_data(self.indices.peer, peer);
         listen(&mut ssl, &hello, self.indices.cookie, peer)?;
-        let mut stream = SslStream::new(ssl, pipe).map_err(|source| TransportError::Config {
-            context: "attaching the pipe",
-            source,
-        })?;
+        let mut stream = attach(ssl, pipe, self.mtu)?;
         let left = self.handshake_timeout.saturating_sub(started.elapsed());
         handshake(&mut stream, Role::Server, peer, left).await?;
         // A certificate suite leaves a verified client certificate; a PSK suite leaves the
@@ -898,10 +895,7 @@ impl DtlsClient {
                     source,
                 })?;
         }
-        let mut stream = SslStream::new(ssl, pipe).map_err(|source| TransportError::Config {
-            context: "attaching the pipe",
-            source,
-        })?;
+        let mut stream = attach(ssl, pipe, self.mtu)?;
         handshake(&mut stream, Role::Client, peer, self.handshake_timeout).await?;
         let auth = match &self.mode {
             ClientMode::Psk(identity) => Auth::Psk(identity.clone()),
@@ -918,6 +912,18 @@ impl DtlsClient {
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session connected");
         Ok(DtlsSession { stream, peer, auth })
     }
+}
+
+/// Puts `ssl` on `pipe`, with the pipe packing handshake records into datagrams of the DTLS
+/// MTU for the whole session: each flight, first sent or retransmitted (also the last one,
+/// retransmitted after the handshake), travels in as few datagrams as fit; application data
+/// and alerts go one record per datagram (see [`super::mux::Packer`]).
+fn attach(ssl: Ssl, mut pipe: Pipe, mtu: u32) -> Result<SslStream<Pipe>, TransportError> {
+    pipe.set_packing(usize::try_from(mtu).ok());
+    SslStream::new(ssl, pipe).map_err(|source| TransportError::Config {
+        context: "attaching the pipe",
+        source,
+    })
 }
 
 fn new_ssl(ctx: &SslContext, mtu: u32) -> Result<Ssl, TransportError> {
@@ -988,7 +994,16 @@ async fn handshake(
             }
         }
     };
-    match tokio::time::timeout(timeout, run).await {
+    let outcome = tokio::time::timeout(timeout, run).await;
+    if outcome.is_ok() {
+        // The last flight (e.g. the server's ChangeCipherSpec + Finished) is followed by no
+        // read, so packing still holds it. Best effort, as any datagram: the peer
+        // retransmits if it is lost.
+        if let Err(e) = stream.get_mut().send_pending().await {
+            tracing::debug!(peer = %peer, error = %e, "last handshake flight not sent");
+        }
+    }
+    match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => {
             let reason = handshake_failure_reason(stream.ssl(), &source, peer);
