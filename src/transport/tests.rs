@@ -703,6 +703,42 @@ async fn dtls_retransmitted_flights_arrive_packed() {
     );
 }
 
+/// With `initial_retransmit`, an unanswered ClientHello is resent after that long and then
+/// doubling, instead of OpenSSL's 1 s, 2 s, ...
+#[tokio::test]
+async fn dtls_client_initial_retransmit_follows_the_configuration() {
+    let silent = UdpSocket::bind(LOCAL4).await.expect("bind");
+    let mut cfg = PskClientConfig::new("id", "k");
+    cfg.handshake_timeout = Duration::from_millis(1_700);
+    cfg.initial_retransmit = Some(Duration::from_millis(250));
+    let target = silent.local_addr().expect("addr");
+    let client = tokio::spawn(client_to(target, cfg));
+    let mut arrivals = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((_, _))) =
+        tokio::time::timeout(Duration::from_secs(3), silent.recv_from(&mut buf)).await
+    {
+        arrivals.push(Instant::now());
+        if arrivals.len() == 4 {
+            break;
+        }
+    }
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between ClientHellos: {gaps:?}");
+    // 250 ms, 500 ms, 1 s (plus up to a 100 ms poll tick each); OpenSSL's default would
+    // not have resent before 1 s.
+    assert!(gaps.len() >= 2, "{gaps:?}");
+    assert!(
+        gaps[0] >= Duration::from_millis(200) && gaps[0] < Duration::from_millis(800),
+        "{gaps:?}"
+    );
+    assert!(gaps[1] >= Duration::from_millis(450), "doubling: {gaps:?}");
+    assert!(matches!(
+        within(STEP, client).await.expect("task"),
+        Err(TransportError::HandshakeTimeout { .. })
+    ));
+}
+
 /// Configuration mistakes are refused before any traffic.
 #[test]
 fn dtls_config_is_validated() {
