@@ -39,10 +39,13 @@
 //! * The BIO is non-blocking and has no timer of its own. OpenSSL's retransmission timer is
 //!   checked whenever the handshake reads (`dtls1_read_bytes` calls `dtls1_handle_timeout`
 //!   before each read). The handshake loop therefore wakes every [`HANDSHAKE_TICK`] and polls
-//!   the handshake again, which retransmits a lost flight once the DTLS timer (1 s, doubling)
-//!   has expired. `DTLSv1_handle_timeout` is deliberately *not* called from outside that poll:
-//!   it would write through tokio-openssl's BIO without a task context, which is undefined
-//!   behaviour.
+//!   the handshake again, which retransmits a lost flight once the DTLS timer (1 s, doubling;
+//!   on a client with `initial_retransmit`, that value, doubling) has expired.
+//!   `DTLSv1_handle_timeout` is deliberately *not* called from outside that poll: it would
+//!   write through tokio-openssl's BIO without a task context, which is undefined behaviour.
+//! * The pipe packs each flight's records into one datagram, retransmissions included, for
+//!   the whole session; application data and alerts go one record per datagram (the
+//!   `Packer` in `mux.rs`).
 //! * Each handshake is bounded by its `handshake_timeout` and runs in the caller's task, so a
 //!   silent or failing peer only ever fails its own session.
 //!
@@ -1003,7 +1006,7 @@ fn set_retransmit_timer(ssl: &mut Ssl, index: Index<Ssl, u32>, initial_us: u32) 
 /// Puts `ssl` on `pipe`, with the pipe packing handshake records into datagrams of the DTLS
 /// MTU for the whole session: each flight, first sent or retransmitted (also the last one,
 /// retransmitted after the handshake), travels in as few datagrams as fit; application data
-/// and alerts go one record per datagram (see [`super::mux::Packer`]).
+/// and alerts go one record per datagram (see the `Packer` in `mux.rs`).
 fn attach(ssl: Ssl, mut pipe: Pipe, mtu: u32) -> Result<SslStream<Pipe>, TransportError> {
     pipe.set_packing(usize::try_from(mtu).ok());
     SslStream::new(ssl, pipe).map_err(|source| TransportError::Config {

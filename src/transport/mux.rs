@@ -1035,7 +1035,7 @@ impl AsyncWrite for Pipe {
 
     /// Sends nothing that packing holds: OpenSSL flushes after every message of a
     /// retransmitted flight, which would unpack it. The next read, a non-handshake record or
-    /// [`Pipe::send_pending`] sends it.
+    /// `Pipe::send_pending` sends it.
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
