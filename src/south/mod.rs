@@ -117,6 +117,8 @@ impl South {
                 (Scheme::Coaps, Some(psk), _) => {
                     let mut cfg = PskClientConfig::new(psk.identity.clone(), psk.key.clone());
                     cfg.handshake_timeout = patience;
+                    // The link's ACK_TIMEOUT is the operator's statement of its round trip.
+                    cfg.initial_retransmit = Some(config.gateway.ack_timeout);
                     let client = DtlsClient::new(cfg).map_err(|source| SouthError::Dtls {
                         device: d.id.clone(),
                         source,
@@ -132,6 +134,7 @@ impl South {
                         .map_err(dtls_error)?;
                     let mut cfg = X509ClientConfig::new(creds);
                     cfg.handshake_timeout = patience;
+                    cfg.initial_retransmit = Some(config.gateway.ack_timeout);
                     let client = DtlsClient::new(cfg).map_err(dtls_error)?;
                     security.insert(d.id.clone(), ChannelSecurity::Dtls(Arc::new(client)));
                 }

@@ -422,6 +422,8 @@ async fn x509_client_without_certificate_is_refused() {
         mode: ClientMode::X509,
         handshake_timeout: SHORT,
         mtu: DEFAULT_MTU,
+        initial_retransmit_us: None,
+        indices: super::ex_indices().expect("ex_data indices"),
     };
     let (client_reason, server_reason) =
         both_refuse(x509_server_cfg(&server_cert, &pki), &client).await;

@@ -555,6 +555,190 @@ async fn dtls_lost_flights_are_retransmitted() {
     relay_task.abort();
 }
 
+/// The DTLS records in one datagram: (content type, length) of each, by their headers.
+fn records_of(datagram: &[u8]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= 13 {
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        out.push((rest[0], len));
+        rest = rest.get(13 + len..).unwrap_or_default();
+    }
+    out
+}
+
+/// A PSK handshake through a relay that counts each datagram's records and drops the
+/// datagrams numbered (from one) in `drop_up` (client → server) and `drop_down` (server →
+/// client). The server echoes one record. Returns the client's session (after the echo of one
+/// `ping`) and what was seen each way (dropped datagrams included).
+async fn counted_handshake(
+    drop_up: &'static [usize],
+    drop_down: &'static [usize],
+) -> (
+    DtlsSession,
+    mpsc::UnboundedReceiver<(bool, Vec<(u8, usize)>)>,
+) {
+    let mut server = spawn_dtls_server(LOCAL4, server_keys(b"id", b"k")).await;
+    let server_addr = server.mux.local_addr();
+    let relay = Arc::new(UdpSocket::bind(LOCAL4).await.expect("bind relay"));
+    let relay_addr = relay.local_addr().expect("addr");
+    let (seen_tx, seen) = mpsc::unbounded_channel::<(bool, Vec<(u8, usize)>)>();
+    tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let (mut up, mut down) = (0, 0);
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let Ok((n, from)) = relay.recv_from(&mut buf).await else {
+                return;
+            };
+            let to_server = from != server_addr;
+            if seen_tx.send((to_server, records_of(&buf[..n]))).is_err() {
+                return;
+            }
+            if to_server {
+                up += 1;
+                client = Some(from);
+                if !drop_up.contains(&up) {
+                    let _ = relay.send_to(&buf[..n], server_addr).await;
+                }
+            } else if let Some(c) = client {
+                down += 1;
+                if !drop_down.contains(&down) {
+                    let _ = relay.send_to(&buf[..n], c).await;
+                }
+            }
+        }
+    });
+    let mut cfg = PskClientConfig::new("id", "k");
+    cfg.handshake_timeout = Duration::from_secs(8);
+    // The server's session reads, so it can resend its last flight if the client asks.
+    let echo = tokio::spawn(async move {
+        let mut at_server = server.results.recv().await?.ok()?;
+        let ping = at_server.recv().await.ok()?;
+        at_server.send(&ping).await.ok()?;
+        Some(at_server)
+    });
+    let mut client = within(Duration::from_secs(10), client_to(relay_addr, cfg))
+        .await
+        .expect("handshake");
+    client.send(b"ping").await.expect("send");
+    assert_eq!(within(STEP, client.recv()).await.expect("echo"), b"ping");
+    assert!(within(STEP, echo).await.expect("echo task").is_some());
+    (client, seen)
+}
+
+/// The content types of each datagram seen, split by direction (to the server first).
+fn drain(
+    seen: &mut mpsc::UnboundedReceiver<(bool, Vec<(u8, usize)>)>,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    while let Ok((to_server, records)) = seen.try_recv() {
+        let types = records.iter().map(|(t, _)| *t).collect();
+        if to_server {
+            up.push(types)
+        } else {
+            down.push(types)
+        }
+    }
+    (up, down)
+}
+
+/// Each flight of a PSK handshake travels packed in one datagram (RFC 6347 §4.1.1 allows
+/// several records per datagram): a lossless relay counts ClientHello, ClientHello with
+/// cookie and ClientKeyExchange + ChangeCipherSpec + Finished one way, and
+/// HelloVerifyRequest, ServerHello + ServerHelloDone and ChangeCipherSpec + Finished the
+/// other. Application data stays one record per datagram.
+#[tokio::test]
+async fn dtls_handshake_flights_arrive_packed() {
+    let (_client, mut seen) = counted_handshake(&[], &[]).await;
+    let (up, down) = drain(&mut seen);
+    eprintln!("to server: {up:?}\nto client: {down:?}");
+    assert_eq!(up, [vec![22], vec![22], vec![22, 20, 22], vec![23]]);
+    assert_eq!(down, [vec![22], vec![22, 22], vec![20, 22], vec![23]]);
+}
+
+/// The server's last flight, lost, is resent from the established session (its handshake
+/// is over) when the client resends its own: still one datagram.
+#[tokio::test]
+async fn dtls_last_flight_resent_after_the_handshake_is_packed() {
+    let (_client, mut seen) = counted_handshake(&[], &[3]).await;
+    let (up, down) = drain(&mut seen);
+    eprintln!("to server: {up:?}\nto client: {down:?}");
+    assert_eq!(up[..3], [vec![22], vec![22], vec![22, 20, 22]], "{up:?}");
+    assert_eq!(up.last(), Some(&vec![23]), "{up:?}");
+    assert!(up.len() >= 5, "the client resent its flight: {up:?}");
+    assert_eq!(
+        down[..3],
+        [vec![22], vec![22, 22], vec![20, 22]],
+        "{down:?}"
+    );
+    assert!(down.len() >= 5, "{down:?}");
+    assert!(
+        down[3..down.len() - 1].iter().all(|d| *d == [20, 22]),
+        "{down:?}"
+    );
+}
+
+/// Retransmitted flights are packed too: the client's last flight and then the server's
+/// are lost once; each comes again as one datagram.
+#[tokio::test]
+async fn dtls_retransmitted_flights_arrive_packed() {
+    let (_client, mut seen) = counted_handshake(&[3], &[3]).await;
+    let (mut up, mut down) = drain(&mut seen);
+    assert_eq!(up.pop(), Some(vec![23]));
+    assert_eq!(down.pop(), Some(vec![23]));
+    eprintln!("to server: {up:?}\nto client: {down:?}");
+    // ClientHello twice (the second with the cookie), then the last flight, sent twice or
+    // more (it was lost), each time as one datagram.
+    assert_eq!(up[..2], [vec![22], vec![22]], "{up:?}");
+    assert!(up.len() >= 4, "the lost flight was resent: {up:?}");
+    assert!(up[2..].iter().all(|d| *d == [22, 20, 22]), "{up:?}");
+    // The HelloVerifyRequest, then ServerHello + ServerHelloDone (resent after the loss)
+    // and ChangeCipherSpec + Finished, each as one datagram.
+    assert_eq!(down[0], [22], "{down:?}");
+    assert!(down.len() >= 4, "{down:?}");
+    assert!(
+        down[1..].iter().all(|d| *d == [22, 22] || *d == [20, 22]),
+        "{down:?}"
+    );
+}
+
+/// With `initial_retransmit`, an unanswered ClientHello is resent after that long and then
+/// doubling, instead of OpenSSL's 1 s, 2 s, ...
+#[tokio::test]
+async fn dtls_client_initial_retransmit_follows_the_configuration() {
+    let silent = UdpSocket::bind(LOCAL4).await.expect("bind");
+    let mut cfg = PskClientConfig::new("id", "k");
+    cfg.handshake_timeout = Duration::from_millis(1_700);
+    cfg.initial_retransmit = Some(Duration::from_millis(250));
+    let target = silent.local_addr().expect("addr");
+    let client = tokio::spawn(client_to(target, cfg));
+    let mut arrivals = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((_, _))) =
+        tokio::time::timeout(Duration::from_secs(3), silent.recv_from(&mut buf)).await
+    {
+        arrivals.push(Instant::now());
+        if arrivals.len() == 4 {
+            break;
+        }
+    }
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between ClientHellos: {gaps:?}");
+    // 250 ms, 500 ms, 1 s (plus up to a 100 ms poll tick each); OpenSSL's default would
+    // not have resent before 1 s.
+    assert!(gaps.len() >= 2, "{gaps:?}");
+    assert!(
+        gaps[0] >= Duration::from_millis(200) && gaps[0] < Duration::from_millis(800),
+        "{gaps:?}"
+    );
+    assert!(gaps[1] >= Duration::from_millis(450), "doubling: {gaps:?}");
+    assert!(matches!(
+        within(STEP, client).await.expect("task"),
+        Err(TransportError::HandshakeTimeout { .. })
+    ));
+}
+
 /// Configuration mistakes are refused before any traffic.
 #[test]
 fn dtls_config_is_validated() {
