@@ -340,6 +340,14 @@ mod tests {
     use super::*;
 
     /// A minimal DTLS 1.2 ClientHello record with `cookie`.
+    /// The cookie `secrets` issue for the cookieless first ClientHello of [`peer`].
+    fn issue_for_first_hello(secrets: &CookieSecrets) -> Vec<u8> {
+        let first = client_hello(0, 0, b"");
+        secrets
+            .issue(peer(), &parse_client_hello(&first).unwrap())
+            .unwrap()
+    }
+
     pub(crate) fn client_hello(seq: u8, message_seq: u16, cookie: &[u8]) -> Vec<u8> {
         let mut body = vec![0xFE, 0xFD];
         body.extend_from_slice(&[7u8; 32]);
@@ -451,10 +459,7 @@ mod tests {
     fn cookie_binds_address_port_and_hello() {
         let t0 = Instant::now();
         let secrets = CookieSecrets::new([1; 32], t0, ROTATION);
-        let first = client_hello(0, 0, b"");
-        let cookie = secrets
-            .issue(peer(), &parse_client_hello(&first).unwrap())
-            .unwrap();
+        let cookie = issue_for_first_hello(&secrets);
         assert_eq!(cookie.len(), COOKIE_LEN);
         let second = client_hello(1, 1, &cookie);
         let hello = parse_client_hello(&second).unwrap();
@@ -472,10 +477,7 @@ mod tests {
     fn previous_secret_verifies_until_the_next_rotation() {
         let t0 = Instant::now();
         let mut secrets = CookieSecrets::new([1; 32], t0, ROTATION);
-        let first = client_hello(0, 0, b"");
-        let cookie = secrets
-            .issue(peer(), &parse_client_hello(&first).unwrap())
-            .unwrap();
+        let cookie = issue_for_first_hello(&secrets);
         let second = client_hello(1, 1, &cookie);
         let hello = parse_client_hello(&second).unwrap();
         assert!(!secrets.rotation_due(t0 + ROTATION / 2));
@@ -493,10 +495,7 @@ mod tests {
     fn a_long_idle_gap_drops_both_secrets() {
         let t0 = Instant::now();
         let mut secrets = CookieSecrets::new([1; 32], t0, ROTATION);
-        let first = client_hello(0, 0, b"");
-        let cookie = secrets
-            .issue(peer(), &parse_client_hello(&first).unwrap())
-            .unwrap();
+        let cookie = issue_for_first_hello(&secrets);
         secrets.rotate(t0 + ROTATION * 5, [2; 32]);
         let second = client_hello(1, 1, &cookie);
         assert!(!secrets.verify(peer(), &parse_client_hello(&second).unwrap()));
