@@ -51,7 +51,7 @@ fn main() {
         .map(|i| {
             Arc::new(DeviceConfig {
                 id: format!("dev{i:05}"),
-                uri,
+                reach: privgw::config::Reach::Dialed(uri),
                 profile: Profile::Lwm2m(Default::default()),
                 psk: None,
                 certs: None,

@@ -18,7 +18,9 @@ use crate::acl::lwm2m::Lwm2mPolicy;
 use crate::transport::cert::{CertMatch, CertRule};
 
 mod limits;
+pub mod lwm2m;
 pub use limits::Limits;
+pub use lwm2m::{Account, DeviceProof, Lwm2mConfig, Lwm2mListen, Reach, Registering};
 
 /// A configuration that failed to load; the message names the key and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -218,9 +220,11 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
     pub id: String,
-    pub uri: EndpointUri,
+    /// Dialled at a URI, or reached through its registration.
+    pub reach: Reach,
     pub profile: Profile,
-    /// Credentials the gateway presents to the device on `coaps://`.
+    /// Credentials the gateway presents to a dialled device on `coaps://` (a registering
+    /// device's proof is in [`Reach::Registers`]; these three are then `None`).
     pub psk: Option<Psk>,
     /// Certificate mode towards the device (`coaps://` without PSK, `coaps+tcp://`): what the
     /// gateway presents and which CA verifies the device (device keys, else the gateway's).
@@ -261,6 +265,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub devices: Vec<DeviceConfig>,
     pub groups: Vec<GroupConfig>,
+    /// `[lwm2m]`: where devices register.
+    pub lwm2m: Lwm2mConfig,
     /// `[limits]`: every resource cap (privileges, listing pages, caches, failure reports,
     /// listener admission).
     pub limits: Limits,
@@ -272,6 +278,8 @@ struct RawConfig {
     gateway: RawGateway,
     #[serde(default)]
     limits: limits::RawLimits,
+    #[serde(default)]
+    lwm2m: lwm2m::RawLwm2m,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -336,7 +344,15 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawDevice {
     id: String,
-    uri: String,
+    uri: Option<String>,
+    /// Reached through its LwM2M registration instead of a `uri`.
+    #[serde(default)]
+    registers: bool,
+    /// Its LwM2M endpoint name, when it is not the DeviceID (registering devices).
+    endpoint: Option<String>,
+    /// Lab only: a registering device accepted over `coap://` by its endpoint name.
+    #[serde(default)]
+    nosec: bool,
     #[serde(default = "default_profile")]
     profile: String,
     policy: Option<String>,
@@ -566,6 +582,69 @@ fn cert_rule(
     }
 }
 
+/// A device's `profile` and `policy`.
+fn device_profile(key: &str, profile: &str, policy: Option<&str>) -> Result<Profile, ConfigError> {
+    Ok(match (profile, policy) {
+        ("dm", None) => Profile::Dm(DmPolicy::Replace),
+        ("dm", Some(p)) => Profile::Dm(p.parse().map_err(|_| {
+            invalid(
+                format!("{key}.policy"),
+                format!("'{p}' is not a dm policy (replace | tnd-strict)"),
+            )
+        })?),
+        ("lwm2m", None) => Profile::Lwm2m(Lwm2mPolicy::Owner),
+        ("lwm2m", Some(p)) => Profile::Lwm2m(p.parse().map_err(|_| {
+            invalid(
+                format!("{key}.policy"),
+                format!("'{p}' is not an lwm2m policy (owner | write-bit)"),
+            )
+        })?),
+        (other, _) => {
+            return Err(invalid(
+                format!("{key}.profile"),
+                format!("'{other}' is not a profile (dm | lwm2m)"),
+            ));
+        }
+    })
+}
+
+/// Registering devices need a listener their proof works on: `coaps://` for PSK and
+/// certificates (the latter with the gateway's certificate), `coap://` for `nosec`.
+fn check_registration_listeners(
+    lwm2m: &Lwm2mConfig,
+    devices: &[DeviceConfig],
+    gateway_certs: bool,
+) -> Result<(), ConfigError> {
+    let has = |scheme| lwm2m.listen.iter().any(|l| l.uri.scheme == scheme);
+    if lwm2m.listen.iter().any(|l| l.uri.scheme == Scheme::Coaps)
+        && !gateway_certs
+        && !devices.iter().any(
+            |d| matches!(&d.reach, Reach::Registers(r) if matches!(r.proof, DeviceProof::Psk(_))),
+        )
+    {
+        return Err(invalid(
+            "lwm2m.listen",
+            "a coaps:// registration listener needs PSK devices or the gateway's cert, key and ca",
+        ));
+    }
+    for (i, d) in devices.iter().enumerate() {
+        let Reach::Registers(r) = &d.reach else {
+            continue;
+        };
+        let (scheme, what) = match r.proof {
+            DeviceProof::NoSec => (Scheme::Coap, "nosec = true needs a coap://"),
+            _ => (Scheme::Coaps, "a secured registration needs a coaps://"),
+        };
+        if !has(scheme) {
+            return Err(invalid(
+                format!("devices[{i}]"),
+                format!("{what} listener in [[lwm2m.listen]]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> {
     let g = raw.gateway;
     let raw_limits = raw.limits;
@@ -729,6 +808,8 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     let mut device_ids = BTreeSet::new();
     // The gateway keeps one session per device endpoint, so two devices cannot share one.
     let mut endpoints: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut registering_endpoints = BTreeSet::new();
+    let mut registering_identities = BTreeSet::new();
     for (i, d) in raw.devices.into_iter().enumerate() {
         let key = format!("devices[{i}]");
         check_identifier(&d.id).map_err(|p| invalid(format!("{key}.id"), p))?;
@@ -738,8 +819,87 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
                 format!("'{}' is used twice", d.id),
             ));
         }
-        let uri: EndpointUri = d
-            .uri
+        let profile = device_profile(&key, &d.profile, d.policy.as_deref())?;
+        let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
+        let rule = cert_rule(&key, d.cert_match, d.spki_sha256)?;
+        if d.registers {
+            if d.uri.is_some() {
+                return Err(invalid(
+                    format!("{key}.uri"),
+                    "a registering device is reached through its registration: no uri",
+                ));
+            }
+            if let Some(k) = [
+                ("cert", d.cert.is_some()),
+                ("key", d.key.is_some()),
+                ("ca", d.ca.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(k, set)| set.then_some(k))
+            {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    "a registering device is verified with the gateway's cert and ca (give cert_match)",
+                ));
+            }
+            if !matches!(profile, Profile::Lwm2m(_)) {
+                return Err(invalid(
+                    format!("{key}.profile"),
+                    "only lwm2m devices register",
+                ));
+            }
+            let raw_reg = lwm2m::RawRegistering {
+                endpoint: d.endpoint,
+                nosec: d.nosec,
+            };
+            let registering = lwm2m::registering(&key, &d.id, raw_reg, psk, rule)?;
+            if !registering_endpoints.insert(registering.endpoint.clone()) {
+                return Err(invalid(
+                    format!("{key}.endpoint"),
+                    format!(
+                        "'{}' is the endpoint of another device",
+                        registering.endpoint
+                    ),
+                ));
+            }
+            match &registering.proof {
+                DeviceProof::Psk(p) if !registering_identities.insert(p.identity.clone()) => {
+                    return Err(invalid(
+                        format!("{key}.psk_identity"),
+                        "used by another registering device",
+                    ));
+                }
+                DeviceProof::Certificate(_) if gateway_certs.is_none() => {
+                    return Err(invalid(
+                        format!("{key}.cert_match"),
+                        "certificate identities need the gateway's cert, key and ca",
+                    ));
+                }
+                _ => {}
+            }
+            devices.push(DeviceConfig {
+                id: d.id,
+                reach: Reach::Registers(registering),
+                profile,
+                psk: None,
+                certs: None,
+                cert_rule: None,
+            });
+            continue;
+        }
+        if d.endpoint.is_some() || d.nosec {
+            return Err(invalid(
+                format!("{key}.endpoint"),
+                "endpoint and nosec are for devices with registers = true",
+            ));
+        }
+        let Some(raw_uri) = d.uri else {
+            return Err(invalid(
+                format!("{key}.uri"),
+                "missing: give the device's uri, or registers = true",
+            ));
+        };
+        let uri: EndpointUri = raw_uri
             .parse()
             .map_err(|e| invalid(format!("{key}.uri"), e))?;
         if let Some(other) = endpoints.insert(uri.addr, d.id.clone()) {
@@ -751,31 +911,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
                 ),
             ));
         }
-        let profile = match (d.profile.as_str(), d.policy.as_deref()) {
-            ("dm", None) => Profile::Dm(DmPolicy::Replace),
-            ("dm", Some(p)) => Profile::Dm(p.parse().map_err(|_| {
-                invalid(
-                    format!("{key}.policy"),
-                    format!("'{p}' is not a dm policy (replace | tnd-strict)"),
-                )
-            })?),
-            ("lwm2m", None) => Profile::Lwm2m(Lwm2mPolicy::Owner),
-            ("lwm2m", Some(p)) => Profile::Lwm2m(p.parse().map_err(|_| {
-                invalid(
-                    format!("{key}.policy"),
-                    format!("'{p}' is not an lwm2m policy (owner | write-bit)"),
-                )
-            })?),
-            (other, _) => {
-                return Err(invalid(
-                    format!("{key}.profile"),
-                    format!("'{other}' is not a profile (dm | lwm2m)"),
-                ));
-            }
-        };
-        let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
         let own_certs = device_cert_files(&key, d.cert, d.key, d.ca, &gateway_certs, base)?;
-        let rule = cert_rule(&key, d.cert_match, d.spki_sha256)?;
         // Certificates are used towards a device on coaps+tcp://, and on coaps:// when no
         // PSK is given; the device's own files win over the gateway's.
         let wants_certs =
@@ -808,7 +944,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         }
         devices.push(DeviceConfig {
             id: d.id,
-            uri,
+            reach: Reach::Dialed(uri),
             profile,
             psk,
             certs,
@@ -856,6 +992,9 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         ));
     }
 
+    let lwm2m = raw.lwm2m.validate(&server_ids, &listen)?;
+    check_registration_listeners(&lwm2m, &devices, gateway_certs.is_some())?;
+
     for name in privileges_acl.named_servers() {
         if !server_ids.contains(name) {
             return Err(invalid(
@@ -879,6 +1018,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         servers,
         devices,
         groups,
+        lwm2m,
         limits: raw_limits.validate()?,
     })
 }
@@ -1032,7 +1172,10 @@ cert_match = "cn:devA"
             c.devices[0].certs, c.gateway.certs,
             "devices default to the gateway's files"
         );
-        assert_eq!(c.devices[0].uri.scheme, Scheme::CoapsTcp);
+        assert_eq!(
+            c.devices[0].reach.dialed().unwrap().scheme,
+            Scheme::CoapsTcp
+        );
     }
 
     #[test]
@@ -1107,5 +1250,123 @@ cert_match = "cn:devA"
         assert_eq!((u.scheme, u.addr.port()), (Scheme::CoapsTcp, 5684));
         let u: EndpointUri = "coap+tcp://127.0.0.1".parse().unwrap();
         assert_eq!((u.scheme, u.addr.port()), (Scheme::CoapTcp, 5683));
+    }
+
+    const REGISTERING: &str = r#"
+[gateway]
+listen = ["coaps://127.0.0.1:5684"]
+
+[[servers]]
+id = "ServerA"
+ssid = 101
+psk_identity = "serverA"
+psk_key = "secretA"
+
+[[lwm2m.listen]]
+uri = "coaps://127.0.0.1:5784"
+[[lwm2m.listen]]
+uri = "coaps://127.0.0.1:5785"
+account = "ServerA"
+[[lwm2m.listen]]
+uri = "coap://127.0.0.1:5783"
+
+[[devices]]
+id = "dev1"
+registers = true
+profile = "lwm2m"
+policy = "owner"
+psk_identity = "dev1"
+psk_key_hex = "0102"
+
+[[devices]]
+id = "dev2"
+registers = true
+endpoint = "urn:imei:490154203237518"
+nosec = true
+"#;
+
+    #[test]
+    fn registering_devices_and_their_listeners_load() {
+        let c = Config::parse(REGISTERING).unwrap();
+        assert_eq!(c.lwm2m.listen.len(), 3);
+        assert_eq!(c.lwm2m.listen[0].account, Account::Gateway);
+        assert_eq!(c.lwm2m.listen[1].account, Account::Server("ServerA".into()));
+        assert_eq!(c.lwm2m.queue_awake, Duration::from_secs(93));
+        let Reach::Registers(r) = &c.devices[0].reach else {
+            panic!("dev1 registers")
+        };
+        assert_eq!(r.endpoint, "dev1");
+        assert!(
+            matches!(&r.proof, DeviceProof::Psk(p) if p.identity == b"dev1" && p.key == [1, 2])
+        );
+        assert!(c.devices[0].psk.is_none(), "no dialling credentials");
+        let Reach::Registers(r) = &c.devices[1].reach else {
+            panic!("dev2 registers")
+        };
+        assert_eq!(r.endpoint, "urn:imei:490154203237518");
+        assert_eq!(r.proof, DeviceProof::NoSec);
+    }
+
+    #[test]
+    fn registering_device_mistakes_name_the_key() {
+        let cases = [
+            (
+                REGISTERING.replace(
+                    "id = \"dev1\"\nregisters = true",
+                    "id = \"dev1\"\nregisters = true\nuri = \"coap://127.0.0.1:1\"",
+                ),
+                "devices[0].uri",
+            ),
+            (
+                REGISTERING.replace("account = \"ServerA\"", "account = \"ServerZ\""),
+                "lwm2m.listen[1].account",
+            ),
+            (
+                REGISTERING.replace("coaps://127.0.0.1:5785", "coaps://127.0.0.1:5684"),
+                "lwm2m.listen[1].uri",
+            ),
+            (
+                REGISTERING.replace("coap://127.0.0.1:5783", "coap+tcp://127.0.0.1:5783"),
+                "lwm2m.listen[2].uri",
+            ),
+            (
+                REGISTERING.replace(
+                    "nosec = true",
+                    "nosec = true\npsk_identity = \"x\"\npsk_key = \"y\"",
+                ),
+                "devices[1]",
+            ),
+            (REGISTERING.replace("nosec = true", ""), "devices[1]"),
+            (
+                REGISTERING.replace("urn:imei:490154203237518", "dev1"),
+                "devices[1].endpoint",
+            ),
+            (
+                REGISTERING.replace("[[lwm2m.listen]]\nuri = \"coap://127.0.0.1:5783\"", ""),
+                "devices[1]",
+            ),
+            (
+                REGISTERING.replace(
+                    "profile = \"lwm2m\"\npolicy = \"owner\"",
+                    "profile = \"dm\"",
+                ),
+                "devices[0].profile",
+            ),
+            (
+                REGISTERING.replace(
+                    "psk_key_hex = \"0102\"",
+                    "psk_key_hex = \"0102\"\nca = \"ca.pem\"",
+                ),
+                "devices[0].ca",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = error_of(&text);
+            assert!(e.starts_with(key), "expected {key}: {e}");
+        }
+        let e = error_of(&GOOD.replace("id = \"devB\"", "id = \"devB\"\nnosec = true"));
+        assert!(e.contains("devices[1].endpoint"), "{e}");
+        let e = error_of(&GOOD.replace("uri = \"coap://127.0.0.1:15683\"\n", ""));
+        assert!(e.contains("devices[1].uri"), "{e}");
     }
 }

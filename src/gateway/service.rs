@@ -788,7 +788,7 @@ fn member_ids(members: &[crate::mo::DeviceRef]) -> Value {
 fn device_value(d: &crate::config::DeviceConfig) -> Value {
     Value::map([
         ("DeviceID", Value::text(&d.id)),
-        ("URI", Value::text(d.uri.to_string())),
+        ("URI", Value::text(d.reach.to_string())),
         ("Profile", Value::text(d.profile.to_string())),
     ])
 }

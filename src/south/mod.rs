@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::coap::{ClientError, Packet, TransportTuning};
-use crate::config::{Config, DeviceConfig, Scheme};
+use crate::config::{Config, DeviceConfig, EndpointUri, Reach, Scheme};
 use crate::runtime::{
     Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError,
     StreamRequestError,
@@ -113,7 +113,10 @@ impl South {
         let patience = budget.saturating_mul(HANDSHAKE_PATIENCE);
         let mut security = HashMap::new();
         for d in &config.devices {
-            match (d.uri.scheme, &d.psk, &d.certs) {
+            let Some(uri) = d.reach.dialed() else {
+                continue;
+            };
+            match (uri.scheme, &d.psk, &d.certs) {
                 (Scheme::Coaps, Some(psk), _) => {
                     let mut cfg = PskClientConfig::new(psk.identity.clone(), psk.key.clone());
                     cfg.handshake_timeout = patience;
@@ -195,8 +198,9 @@ impl South {
     async fn spawn_connect(
         &self,
         device: &DeviceConfig,
+        uri: EndpointUri,
     ) -> Result<tokio::task::JoinHandle<Result<Channel, ReadFailure>>, ReadFailure> {
-        let mux = self.mux_for(device.uri.addr).await?;
+        let mux = self.mux_for(uri.addr).await?;
         let security = self
             .security
             .get(&device.id)
@@ -205,7 +209,7 @@ impl South {
         let tuning = self.tuning.clone();
         let device = device.clone();
         Ok(tokio::spawn(async move {
-            connect(&device, &mux, &security, &tuning).await
+            connect(&device, uri, &mux, &security, &tuning).await
         }))
     }
 
@@ -215,6 +219,7 @@ impl South {
         &self,
         state: &'a mut LinkState,
         device: &DeviceConfig,
+        uri: EndpointUri,
     ) -> Result<&'a mut Channel, ReadFailure> {
         if let LinkState::Open(channel) = state {
             if !channel.is_reusable() {
@@ -227,7 +232,7 @@ impl South {
         }
         adopt_finished_connect(state).await;
         if matches!(state, LinkState::Idle) {
-            *state = LinkState::Connecting(self.spawn_connect(device).await?);
+            *state = LinkState::Connecting(self.spawn_connect(device, uri).await?);
         }
         if let LinkState::Connecting(task) = state {
             match tokio::time::timeout(self.handshake_wait, &mut *task).await {
@@ -236,7 +241,7 @@ impl South {
                         "DTLS handshake with {} not complete after {:?}: no alert, so lost \
                          flights, a silent device, or credentials it drops silently (the \
                          handshake goes on in the background for the next read)",
-                        device.uri.addr, self.handshake_wait
+                        uri.addr, self.handshake_wait
                     )));
                 }
                 Ok(Ok(Ok(channel))) => *state = LinkState::Open(Box::new(channel)),
@@ -263,9 +268,21 @@ impl South {
         device: &DeviceConfig,
         request: Packet,
     ) -> Result<Packet, ReadFailure> {
+        match &device.reach {
+            Reach::Dialed(uri) => self.request_dialed(device, *uri, request).await,
+            Reach::Registers(_) => Err(ReadFailure::Unreachable("not registered".into())),
+        }
+    }
+
+    async fn request_dialed(
+        &self,
+        device: &DeviceConfig,
+        uri: EndpointUri,
+        request: Packet,
+    ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
-        let channel = self.open(&mut guard, device).await?;
+        let channel = self.open(&mut guard, device, uri).await?;
         let result = channel.request(request).await.map_err(request_failure);
         if result.is_err() {
             // Say goodbye so the device drops its side too; the next read starts afresh.
@@ -298,11 +315,12 @@ async fn adopt_finished_connect(state: &mut LinkState) {
 /// Opens a channel to `device` and checks the identity it proved.
 async fn connect(
     device: &DeviceConfig,
+    uri: EndpointUri,
     mux: &Arc<DatagramMux>,
     security: &ChannelSecurity,
     tuning: &ChannelTuning,
 ) -> Result<Channel, ReadFailure> {
-    let (channel, peer) = Channel::open(device.uri, mux, security, tuning)
+    let (channel, peer) = Channel::open(uri, mux, security, tuning)
         .await
         .map_err(|e| match e {
             OpenError::Transport(t) => handshake_failure(t),

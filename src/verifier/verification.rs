@@ -179,7 +179,9 @@ mod tests {
     fn device(id: &str) -> DeviceRef {
         Arc::new(DeviceConfig {
             id: id.into(),
-            uri: "coap://127.0.0.1:1".parse::<EndpointUri>().unwrap(),
+            reach: crate::config::Reach::Dialed(
+                "coap://127.0.0.1:1".parse::<EndpointUri>().unwrap(),
+            ),
             profile: Profile::Dm(DmPolicy::Replace),
             psk: None,
             certs: None,
