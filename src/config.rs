@@ -809,7 +809,9 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     // The gateway keeps one session per device endpoint, so two devices cannot share one.
     let mut endpoints: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut registering_endpoints = BTreeSet::new();
-    let mut registering_identities = BTreeSet::new();
+    // A device's PSK identity is also known to the north listeners (it gets 4.01 there), so
+    // it must not be a server's.
+    let mut registering_identities = identities.clone();
     for (i, d) in raw.devices.into_iter().enumerate() {
         let key = format!("devices[{i}]");
         check_identifier(&d.id).map_err(|p| invalid(format!("{key}.id"), p))?;
@@ -866,7 +868,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
                 DeviceProof::Psk(p) if !registering_identities.insert(p.identity.clone()) => {
                     return Err(invalid(
                         format!("{key}.psk_identity"),
-                        "used by another registering device",
+                        "used by a server or another registering device",
                     ));
                 }
                 DeviceProof::Certificate(_) if gateway_certs.is_none() => {

@@ -29,6 +29,7 @@
 //! tcp_max_per_ip = 16                #   from one IPv4 address or IPv6 /64
 //! tcp_max_pre_auth = 64              #   not yet authenticated
 //! tcp_auth_timeout_ms = 2000         # accept → TLS handshake and first CSM
+//! max_registrations = 100000         # LwM2M registrations held (all listeners, all accounts)
 //! ```
 
 use serde::Deserialize;
@@ -91,6 +92,8 @@ pub struct Limits {
     /// From accept to TLS handshake done and first CSM received (`tcp_auth_timeout_ms`).
     /// Default 2 s.
     pub tcp_auth_timeout: Duration,
+    /// LwM2M registrations held, all listeners and accounts together. Default 100 000.
+    pub max_registrations: usize,
 }
 
 impl Default for Limits {
@@ -120,6 +123,7 @@ impl Default for Limits {
             tcp_max_per_ip: stream.admission.max_per_source,
             tcp_max_pre_auth: stream.admission.max_pre_auth,
             tcp_auth_timeout: stream.auth_timeout,
+            max_registrations: 100_000,
         }
     }
 }
@@ -198,6 +202,7 @@ pub(super) struct RawLimits {
     tcp_max_per_ip: Option<usize>,
     tcp_max_pre_auth: Option<usize>,
     tcp_auth_timeout_ms: Option<u64>,
+    max_registrations: Option<usize>,
 }
 
 /// `limits.<key>` must be at least 1 (and at most `max`).
@@ -385,6 +390,12 @@ impl RawLimits {
                 (100, 60_000),
                 "100 to 60000 ms",
             )?),
+            max_registrations: positive(
+                "max_registrations",
+                self.max_registrations,
+                d.max_registrations,
+                10_000_000,
+            )?,
             ..l
         };
         if l.max_privileges_per_server > l.max_privileges {
