@@ -32,6 +32,8 @@
 
 pub mod link_format;
 pub mod params;
+pub mod request;
 
 pub use link_format::{LinkFormatError, ObjectLink, ObjectList, ObjectVersion};
 pub use params::{Binding, DEFAULT_LIFETIME_S, RegisterParams, UpdateParams, Version};
+pub use request::{RegistrationRequest, RequestError, targets_registry};
