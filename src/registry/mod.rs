@@ -33,7 +33,12 @@
 pub mod link_format;
 pub mod params;
 pub mod request;
+pub mod table;
 
 pub use link_format::{LinkFormatError, ObjectLink, ObjectList, ObjectVersion};
 pub use params::{Binding, DEFAULT_LIFETIME_S, RegisterParams, UpdateParams, Version};
 pub use request::{RegistrationRequest, RequestError, targets_registry};
+pub use table::{
+    Account, EventKind, Lookup, Registered, Registration, Registry, RegistryConfig, RegistryError,
+    RegistryEvent,
+};
