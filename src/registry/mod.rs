@@ -30,11 +30,13 @@
 //! * [`table`] — [`Registry`]: registrations per (endpoint, [`Account`]), lifetimes, events.
 //! * [`formats`] — Accept order for reading `/2`, and [`FormatMemory`].
 
+pub mod formats;
 pub mod link_format;
 pub mod params;
 pub mod request;
 pub mod table;
 
+pub use formats::{FormatMemory, read_formats};
 pub use link_format::{LinkFormatError, ObjectLink, ObjectList, ObjectVersion};
 pub use params::{Binding, DEFAULT_LIFETIME_S, RegisterParams, UpdateParams, Version};
 pub use request::{RegistrationRequest, RequestError, targets_registry};
