@@ -20,16 +20,18 @@
 //!
 //! The listener's driver parses each request to `/rd`, checks the endpoint name against the
 //! session's identity, applies it to the [`Registry`], answers with the code
-//! ([`RequestError::coap_code`], [`RegistryError::coap_code`], or 2.01 with the location's
-//! Location-Path / 2.04 / 2.02), drains [`Registry::poll_event`] and re-arms one timer from
+//! (built by [`answer`]: [`RequestError::coap_code`], [`RegistryError::coap_code`], or 2.01
+//! with the location's Location-Path / 2.04 / 2.02), drains [`Registry::poll_event`] and re-arms one timer from
 //! [`Registry::poll_timeout`] that calls [`Registry::handle_timeout`].
 //!
 //! * [`link_format`] — strict RFC 6690 parser and the typed [`ObjectList`].
 //! * [`params`] — [`Version`], [`Binding`], [`RegisterParams`], [`UpdateParams`].
 //! * [`request`] — CoAP request → [`RegistrationRequest`], and the refusal codes.
 //! * [`table`] — [`Registry`]: registrations per (endpoint, [`Account`]), lifetimes, events.
+//! * [`answer`] — the responses: 2.01 with Location-Path, 2.04, 2.02, refusals.
 //! * [`formats`] — Accept order for reading `/2`, and [`FormatMemory`].
 
+pub mod answer;
 pub mod formats;
 pub mod link_format;
 pub mod params;

@@ -250,6 +250,7 @@ pub struct RegistryEvent {
     pub location: String,
 }
 
+#[derive(Debug)]
 struct Entry<P> {
     registration: Registration,
     peer: P,
@@ -266,6 +267,7 @@ struct Entry<P> {
 /// [`handle_timeout`](Self::handle_timeout)) and outputs ([`poll_timeout`](Self::poll_timeout),
 /// [`poll_event`](Self::poll_event)). After each input, the driver drains `poll_event` and
 /// re-arms one timer from `poll_timeout`.
+#[derive(Debug)]
 pub struct Registry<P: Clone> {
     config: RegistryConfig,
     next_id: u64,

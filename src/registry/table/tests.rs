@@ -327,6 +327,24 @@ fn queue_mode_awake_window() {
     assert!(!r.lookup("q", &own(), at(593)).unwrap().awake);
 }
 
+/// Anjay in queue mode wakes up with a full Register on a new socket (PEERS.md): awake again,
+/// over the new session.
+#[test]
+fn queue_mode_wake_up_by_register() {
+    let mut r = registry(10);
+    r.register(at(0), &own(), "anjay", queue_params(86_400), 1)
+        .unwrap();
+    assert!(!r.lookup("anjay", &own(), at(200)).unwrap().awake);
+    let again = r
+        .register(at(300), &own(), "anjay", queue_params(86_400), 2)
+        .unwrap();
+    assert!(again.replaced);
+    let found = r.lookup("anjay", &own(), at(301)).unwrap();
+    assert!(found.awake);
+    assert_eq!(found.peer, 2);
+    assert_eq!(found.registration.registered_at(), at(300));
+}
+
 #[test]
 fn awake_window_is_configurable_and_binding_uq_means_queue() {
     let config = RegistryConfig {
