@@ -21,7 +21,7 @@
 //! * `sms`, `sn` and unknown arguments are ignored (forward compatibility); a known argument
 //!   given twice is 4.00. An Update must not carry `ep` or `lwm2m` (identity and version are
 //!   fixed by the Register): 4.00. `Q` in an Update is ignored (queue mode is fixed by the
-//!   Register too, but a client repeating it is harmless, and Leshan tolerates it).
+//!   Register too, but a client repeating it is harmless).
 //! * A Register must carry an object list (LwM2M 1.0/1.1: mandatory); an Update's empty
 //!   payload means "objects unchanged". The payload is Content-Format 40 or has none;
 //!   another format is 4.15.
