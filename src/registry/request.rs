@@ -19,8 +19,9 @@
 //! * `b` is `U` or `UQ` (absent: `U`); other bindings (S, T, N, …) are 4.00 because the
 //!   listeners serve UDP/DTLS only. `Q` takes no value. `Q` is honoured for every version.
 //! * `sms`, `sn` and unknown arguments are ignored (forward compatibility); a known argument
-//!   given twice is 4.00. An Update must not carry `ep`, `lwm2m` or `Q` (identity and version
-//!   are fixed by the Register): 4.00.
+//!   given twice is 4.00. An Update must not carry `ep` or `lwm2m` (identity and version are
+//!   fixed by the Register): 4.00. `Q` in an Update is ignored (queue mode is fixed by the
+//!   Register too, but a client repeating it is harmless).
 //! * A Register must carry an object list (LwM2M 1.0/1.1: mandatory); an Update's empty
 //!   payload means "objects unchanged". The payload is Content-Format 40 or has none;
 //!   another format is 4.15.
@@ -141,7 +142,7 @@ pub enum RequestError {
     /// `Q` with a value: 4.00.
     #[error("queue mode flag Q takes no value")]
     BadQueueFlag,
-    /// `ep`, `lwm2m` or `Q` in an Update: 4.00.
+    /// `ep` or `lwm2m` in an Update: 4.00.
     #[error("{name} is not allowed in an Update")]
     NotAllowedInUpdate {
         /// The argument name.
@@ -246,7 +247,7 @@ fn register(p: &Packet) -> Result<RegistrationRequest, RequestError> {
 
 fn update(p: &Packet, location: String) -> Result<RegistrationRequest, RequestError> {
     let q = Query::of(p)?;
-    for name in ["ep", "lwm2m", "Q"] {
+    for name in ["ep", "lwm2m"] {
         if q.has(name) {
             return Err(RequestError::NotAllowedInUpdate { name });
         }

@@ -259,9 +259,15 @@ fn update_with_lifetime_binding_and_objects() {
 }
 
 #[test]
+fn update_ignores_q_sms_and_unknown_arguments() {
+    let r = RegistrationRequest::parse(&post("/rd/7?Q&sms=1&sn=2&x", b"")).unwrap();
+    assert!(matches!(r, RegistrationRequest::Update { .. }));
+}
+
+#[test]
 fn update_refusals() {
     use ResponseType::*;
-    for (arg, name) in [("ep=e", "ep"), ("lwm2m=1.1", "lwm2m"), ("Q", "Q")] {
+    for (arg, name) in [("ep=e", "ep"), ("lwm2m=1.1", "lwm2m")] {
         let e = refused(&post(&format!("/rd/7?{arg}"), b""), BadRequest);
         assert_eq!(e, RequestError::NotAllowedInUpdate { name });
     }
