@@ -56,6 +56,10 @@ pub enum ClientError {
     /// The request given to [`ClientExchange::new`] cannot be sent (our fault).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Too many requests already wait for this peer (the [`super::Endpoint`]'s NSTART
+    /// queue is full); nothing was sent.
+    #[error("too many requests queued for this peer")]
+    Busy,
 }
 
 /// The outcome of an exchange, returned once by [`ClientExchange::poll_event`].
@@ -253,6 +257,22 @@ impl ClientExchange {
     /// The first MID this exchange has not used: give it to the next exchange with the peer.
     pub fn next_mid(&self) -> u16 {
         self.next_mid
+    }
+
+    /// Sets the MID the next (Block2 follow-up) request of this exchange uses: an
+    /// [`super::Endpoint`] lends its one MID space to each exchange around each input call,
+    /// so concurrent exchanges never pick the same MID.
+    pub fn set_next_mid(&mut self, mid: u16) {
+        self.next_mid = mid;
+    }
+
+    /// UDP mode: the MID of the request currently in flight (ACKs and RSTs match it), until
+    /// the outcome.
+    pub fn current_mid(&self) -> Option<u16> {
+        if self.reliable.is_some() {
+            return None;
+        }
+        self.current.as_ref().map(|c| c.mid)
     }
 
     /// The exchange's token: in reliable mode, the token of the request currently in flight

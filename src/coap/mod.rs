@@ -2,8 +2,9 @@
 //! block-wise (Block2) transfer, for CoAP over UDP/DTLS (RFC 7252, RFC 7959) and over TCP/TLS
 //! (RFC 8323).
 //!
-//! The two stack shapes: UDP/DTLS is token ([`ClientExchange`]) → message ([`ServerExchanges`],
-//! MIDs, retransmission) → datagram; TCP/TLS has no message layer and is token
+//! The two stack shapes: UDP/DTLS is one [`Endpoint`] per peer session — tokens both ways
+//! ([`ClientExchange`] per outgoing request) → message ([`ServerExchanges`], one MID space,
+//! retransmission, separate responses) → datagram; TCP/TLS has no message layer and is token
 //! ([`ClientExchange::new_reliable`]) → framing ([`StreamConnection`]). Block2 reassembly is the
 //! same code for both.
 //!
@@ -21,6 +22,10 @@
 //! instantiated once per peer session and no peer address appears here.
 //!
 //! * [`tuning`] — [`TransportTuning`]: RFC 7252 transmission parameters and derived times.
+//! * [`endpoint`] — [`Endpoint`]: one datagram peer session in both roles. Owns the one MID
+//!   space, the table of our outgoing exchanges (NSTART and its queue), the matching of
+//!   responses to them, separate responses of the server role and the session's one timer
+//!   table; reuses [`ServerExchanges`] and [`ClientExchange`] for the rest.
 //! * [`server`] — [`ServerExchanges`]: the server role of one peer session. Owns the
 //!   dedup table of request MIDs and the cached responses for duplicate replay.
 //! * [`client`] — [`ClientExchange`]: one outgoing request/response exchange, with CON
@@ -46,6 +51,7 @@
 pub mod block;
 pub mod budget;
 pub mod client;
+pub mod endpoint;
 pub mod server;
 pub mod stream;
 pub mod tcp;
@@ -62,6 +68,7 @@ pub use client::{ClientError, ClientEvent, ClientExchange};
 pub use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
+pub use endpoint::{Endpoint, EndpointEvent, RequestId};
 pub use server::{Inbound, Responder, ServerExchanges};
 pub use stream::{StreamConnection, StreamEvent};
 pub use tcp::{FrameError, Signal, decode_frame, encode_frame};

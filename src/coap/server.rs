@@ -6,9 +6,12 @@
 //! for our NON responses.
 //! Does not own: executing requests (the upper layer gets [`Inbound::Request`] and hands the
 //! [`Responder`] back to [`ServerExchanges::respond`]), block-wise ([`super::block`]), or the
-//! client role ([`super::client`]). Separate responses are not produced: a CON is always
-//! answered piggybacked; a duplicate that arrives while the handler runs is ignored, and the
-//! client's next retransmission after `respond` gets the stored reply.
+//! client role ([`super::client`]). Separate responses are the [`super::Endpoint`]'s decision:
+//! on its own this table answers a CON piggybacked, and a duplicate that arrives while the
+//! handler runs is ignored, so the client's next retransmission after `respond` gets the
+//! stored reply. Once the endpoint has sent an empty ACK
+//! ([`ServerExchanges::acknowledge_pending`]), duplicates replay that ACK, and after
+//! [`ServerExchanges::respond_separate`] they replay the CON response.
 //!
 //! # Critical options
 //!
@@ -100,6 +103,8 @@ impl Responder {
 enum Slot {
     /// Handed to the upper layer; no response yet.
     Pending,
+    /// Still in the upper layer, but an empty ACK went out: duplicates replay it.
+    Acked,
     /// Encoded response, replayed for duplicates.
     Done(Vec<u8>),
 }
@@ -163,6 +168,17 @@ impl ServerExchanges {
     pub fn with_first_mid(mut self, mid: u16) -> Self {
         self.next_mid = mid;
         self
+    }
+
+    /// The MID the next NON response will use.
+    pub fn next_mid(&self) -> u16 {
+        self.next_mid
+    }
+
+    /// Sets the MID the next NON response uses: an [`super::Endpoint`] keeps one MID space
+    /// for both roles and lends it to this table around each call.
+    pub fn set_next_mid(&mut self, mid: u16) {
+        self.next_mid = mid;
     }
 
     /// The transmission parameters in use.
@@ -234,6 +250,10 @@ impl ServerExchanges {
                 Slot::Pending => {
                     tracing::debug!(mid, "duplicate of a request still being processed");
                     Inbound::Ignore
+                }
+                Slot::Acked => {
+                    tracing::debug!(mid, "duplicate of a request answered separately, re-ACK");
+                    Inbound::Reply(empty_message(MessageType::Acknowledgement, mid))
                 }
             };
         }
@@ -390,6 +410,42 @@ impl ServerExchanges {
         if !responder.confirmable {
             self.next_mid = self.next_mid.wrapping_add(1);
         }
+        self.store_response(responder.mid, &bytes);
+        Ok(bytes)
+    }
+
+    /// Promises a separate response for the pending CON request `mid` (RFC 7252 §5.2.2):
+    /// returns the empty ACK to send now, and from now on a duplicate of the request replays
+    /// that ACK instead of being ignored. `None` if `mid` is not pending (already answered,
+    /// evicted, or never seen).
+    pub fn acknowledge_pending(&mut self, mid: u16) -> Option<Vec<u8>> {
+        let entry = self.entries.get_mut(&mid)?;
+        if !matches!(entry.slot, Slot::Pending) {
+            return None;
+        }
+        entry.slot = Slot::Acked;
+        Some(empty_message(MessageType::Acknowledgement, mid))
+    }
+
+    /// Finishes a CON request as a separate response: a CON with `mid` (a fresh MID of the
+    /// caller's), the request's token, stored so a later duplicate of the request replays it.
+    /// The caller retransmits it until it is ACKed. Errors as for [`respond`](Self::respond).
+    pub fn respond_separate(
+        &mut self,
+        now: Instant,
+        responder: Responder,
+        mut response: Packet,
+        mid: u16,
+    ) -> Result<Vec<u8>, CoapError> {
+        let _ = now;
+        if !matches!(response.header.code, MessageClass::Response(_)) {
+            return Err(CoapError::NotAResponse(response.header.code.to_string()));
+        }
+        response.header.set_version(1);
+        response.header.set_type(MessageType::Confirmable);
+        response.header.message_id = mid;
+        response.set_token(responder.token);
+        let bytes = encode(&response)?;
         self.store_response(responder.mid, &bytes);
         Ok(bytes)
     }

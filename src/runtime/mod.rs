@@ -1,6 +1,7 @@
 //! The tokio drivers around the sans-IO CoAP core: a listener accepts peers on one socket,
-//! a session runs the server message layer for one peer and hands requests to a
-//! [`Handler`], and a client runs request/response exchanges over one session.
+//! a session drives one [`Endpoint`](crate::coap::Endpoint) per datagram peer — both roles:
+//! it hands the peer's requests to a [`Handler`] and carries our requests to the peer from a
+//! [`PeerLink`] — and a client runs request/response exchanges over a session it owns.
 //!
 //! The same runtime serves the gateway (north) and the simulated devices, and carries the
 //! gateway's requests to devices (south) and the `ctl` client's to the gateway.
@@ -8,6 +9,7 @@
 pub mod channel;
 pub mod client;
 pub mod listener;
+pub mod peer_link;
 pub mod pipeline;
 pub mod session;
 pub mod stream_client;
@@ -23,7 +25,8 @@ use crate::transport::PeerInfo;
 pub use channel::{Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError};
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
-pub use session::serve_session;
+pub use peer_link::{LinkError, LinkInbox, PeerLink};
+pub use session::{serve_session, serve_session_linked, spawn_session};
 pub use stream_client::{Io, StreamClient, StreamRequestError};
 pub use stream_listener::{AnyListener, StreamListener, StreamSecurity};
 pub use stream_session::serve_stream;
@@ -51,6 +54,22 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Packet> + Send {
         let _ = max_payload;
         self.handle(peer, request)
+    }
+
+    /// [`handle_within`](Self::handle_within), given the [`PeerLink`] of the session the
+    /// request came on, so the handler can send requests back to this peer over the same
+    /// session (an LwM2M server reading the device that just registered), now or later with
+    /// a kept clone. The pipeline calls this one; the default ignores the link. On
+    /// transports without a link (TCP, TLS) the link is [`PeerLink::closed`].
+    fn handle_on_link(
+        &self,
+        peer: &PeerInfo,
+        link: &PeerLink,
+        request: Packet,
+        max_payload: usize,
+    ) -> impl Future<Output = Packet> + Send {
+        let _ = link;
+        self.handle_within(peer, request, max_payload)
     }
 }
 

@@ -8,6 +8,9 @@
 //! block-wise errors). The handler learns what one message carries ([`max_payload`]) and
 //! keeps its error bodies within it.
 //!
+//! The handler is called through [`Handler::handle_on_link`] with the session's
+//! [`PeerLink`] ([`Pipeline::with_link`]; a closed link by default, as on TCP/TLS).
+//!
 //! A handler that panics is our fault, not the peer's: the request is answered 5.00 and its
 //! slot in the handler cap is released like any other.
 
@@ -26,7 +29,7 @@ use crate::coap::block::cache_key;
 use crate::coap::{
     Block2Cache, BlockOption, CoapOption, MessageClass, Packet, ResponseType, response_to,
 };
-use crate::runtime::Handler;
+use crate::runtime::{Handler, PeerLink};
 use crate::transport::PeerInfo;
 
 /// Requests one peer may have in the handler at once; more are answered 5.03 at once.
@@ -80,6 +83,7 @@ pub struct Pipeline<H, C> {
     done_tx: mpsc::Sender<Finished<C>>,
     done_rx: mpsc::Receiver<Finished<C>>,
     in_handler: usize,
+    link: PeerLink,
 }
 
 impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
@@ -95,7 +99,14 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
             done_tx,
             done_rx,
             in_handler: 0,
+            link: PeerLink::closed(),
         }
+    }
+
+    /// Gives every handler call the link of this session (default: a closed link).
+    pub fn with_link(mut self, link: PeerLink) -> Self {
+        self.link = link;
+        self
     }
 
     pub fn peer(&self) -> &PeerInfo {
@@ -149,20 +160,19 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
         let handler = self.handler.clone();
         let peer = self.peer.clone();
         let done = self.done_tx.clone();
+        let link = self.link.clone();
         let token = request.get_token().to_vec();
         let max_payload = max_payload(block2, max_message_size);
         tokio::spawn(
             async move {
-                let mut response =
-                    match CatchPanic(Box::pin(handler.handle_within(&peer, request, max_payload)))
-                        .await
-                    {
-                        Some(response) => response,
-                        None => {
-                            tracing::error!("request handler panicked: answering 5.00");
-                            internal_error()
-                        }
-                    };
+                let call = handler.handle_on_link(&peer, &link, request, max_payload);
+                let mut response = match CatchPanic(Box::pin(call)).await {
+                    Some(response) => response,
+                    None => {
+                        tracing::error!("request handler panicked: answering 5.00");
+                        internal_error()
+                    }
+                };
                 response.set_token(token);
                 // The session may be gone (shutdown); then nobody waits for the answer.
                 let _ = done

@@ -1,46 +1,118 @@
-//! One peer session on a datagram transport (UDP or DTLS): datagrams in →
-//! [`ServerExchanges`] (dedup, ping, bad options) → the shared [`Pipeline`] → back out. A
-//! retransmitted request is answered from the dedup cache and never executed twice.
+//! The serve loop of one peer session on a datagram transport (UDP or DTLS), whichever side
+//! opened it: datagrams in → one [`Endpoint`] (both roles: dedup, ping, bad options, our
+//! outstanding requests, separate responses) → the peer's requests to the shared
+//! [`Pipeline`] and our responses back out; our own requests come in from a [`PeerLink`]
+//! and their outcomes go back to it. A retransmitted request is answered from the dedup
+//! cache and never executed twice.
+//!
+//! Owns: the tokio side of one session — the socket calls, the single sleep re-armed from
+//! [`Endpoint::poll_timeout`], the randomness the endpoint is given (first MID, tokens,
+//! timeout fractions), the map from the endpoint's [`RequestId`]s to the waiting link
+//! callers, and the idle timeout.
+//! Does not own: protocol state (all in the [`Endpoint`]), executing requests (the
+//! [`Pipeline`] and the [`Handler`]).
+//!
+//! # Entry points
+//!
+//! * [`serve_session`] — a session accepted by a listener: the link is created here and
+//!   reaches handlers through [`Handler::handle_on_link`].
+//! * [`serve_session_linked`] — any session, with a link made beforehand by
+//!   [`PeerLink::new`]: the side that dialed (a device registering with the gateway) keeps
+//!   the [`PeerLink`] and serves the peer's requests on the same socket.
+//! * [`spawn_session`] — [`serve_session_linked`] spawned, returning the link and the task.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::coap::{Inbound, Packet, Responder, ServerExchanges, TransportTuning};
+use crate::coap::{Endpoint, EndpointEvent, Packet, RequestId, Responder, TransportTuning};
+use crate::runtime::client::random_bytes;
+use crate::runtime::peer_link::{LINK_CAPACITY, LinkError, LinkInbox, PeerLink};
 use crate::runtime::pipeline::{DRAIN_LIMIT, Pipeline, Start};
 use crate::runtime::{Handler, Shutdown, stopped};
 use crate::transport::{DatagramSession, PeerInfo};
 
-/// A session with no traffic for this long ends (its peer slot is freed).
+/// A session with no traffic for this long ends (its peer slot is freed), unless a request
+/// of ours or of the peer's is still outstanding.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Serves one peer until it goes quiet, its transport closes, or `shutdown`.
+/// Serves one peer until it goes quiet, its transport closes, or `shutdown`. Handlers get
+/// this session's [`PeerLink`] through [`Handler::handle_on_link`].
 pub async fn serve_session<S: DatagramSession, H: Handler>(
+    session: S,
+    peer: PeerInfo,
+    handler: Arc<H>,
+    tuning: TransportTuning,
+    shutdown: Shutdown,
+) {
+    let (_link, inbox) = PeerLink::new(LINK_CAPACITY);
+    serve_session_linked(session, peer, handler, tuning, shutdown, inbox).await;
+}
+
+/// Spawns [`serve_session_linked`] with a new link; returns the link (to send requests to
+/// the peer) and the task (it ends as [`serve_session`] does).
+pub fn spawn_session<S: DatagramSession + 'static, H: Handler>(
+    session: S,
+    peer: PeerInfo,
+    handler: Arc<H>,
+    tuning: TransportTuning,
+    shutdown: Shutdown,
+) -> (PeerLink, JoinHandle<()>) {
+    let (link, inbox) = PeerLink::new(LINK_CAPACITY);
+    let task = tokio::spawn(serve_session_linked(
+        session, peer, handler, tuning, shutdown, inbox,
+    ));
+    (link, task)
+}
+
+/// A random fraction in `[0, 1)` for the initial retransmission timeout.
+fn random_fraction() -> f64 {
+    f64::from(u16::from_be_bytes(random_bytes::<2>())) / 65536.0
+}
+
+/// Serves one peer in both roles — its requests to `handler`, ours from `inbox`'s
+/// [`PeerLink`] — until it goes quiet, its transport closes, or `shutdown`. When it returns
+/// the link is closed: requests still waiting fail with [`LinkError::Closed`].
+pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
     mut session: S,
     peer: PeerInfo,
     handler: Arc<H>,
     tuning: TransportTuning,
     mut shutdown: Shutdown,
+    inbox: LinkInbox,
 ) {
-    // RFC 7252 §4.4: our NON responses' MIDs start at a random value in every session.
-    let first_mid = u16::from_be_bytes(crate::runtime::client::random_bytes::<2>());
-    let mut exchanges = ServerExchanges::new(tuning.clone())
-        .with_first_mid(first_mid)
-        .with_account(handler.cache_limits().dedup_account());
-    let mut pipeline: Pipeline<H, Responder> =
-        Pipeline::new(handler, peer, tuning.exchange_lifetime());
+    // RFC 7252 §4.4: our MIDs start at a random value in every session.
+    let first_mid = u16::from_be_bytes(random_bytes::<2>());
+    let LinkInbox { mut rx, link } = inbox;
+    let mut driver = Driver {
+        endpoint: Endpoint::new(tuning.clone(), first_mid)
+            .with_account(handler.cache_limits().dedup_account())
+            .with_rng_fraction(random_fraction()),
+        pipeline: Pipeline::new(handler, peer, tuning.exchange_lifetime()).with_link(link),
+        waiting: HashMap::new(),
+    };
     let mut last_heard = Instant::now();
 
     loop {
+        driver.settle(&mut session).await;
         let now = Instant::now();
-        let wake = [exchanges.poll_timeout(), pipeline.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .map(Instant::from_std)
-            .min()
-            .unwrap_or(now + IDLE_TIMEOUT)
-            .min(last_heard + IDLE_TIMEOUT);
+        // Only an idle session may time out: a request of ours or of the peer's in progress
+        // keeps it open (and must not make the sleep below spin).
+        let idle_at = driver.is_idle().then_some(last_heard + IDLE_TIMEOUT);
+        let wake = [
+            driver.endpoint.poll_timeout(),
+            driver.pipeline.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Instant::from_std)
+        .chain(idle_at)
+        .min()
+        .unwrap_or(now + IDLE_TIMEOUT);
         tokio::select! {
             received = session.recv() => {
                 let bytes = match received {
@@ -51,61 +123,249 @@ pub async fn serve_session<S: DatagramSession, H: Handler>(
                     }
                 };
                 last_heard = Instant::now();
-                let now = last_heard.into_std();
-                match exchanges.handle_datagram(now, &bytes) {
-                    Inbound::Request { request, responder } => {
-                        if let Start::Answer(responder, answer) = pipeline.start(now, request, responder) {
-                            send_answer(&mut session, &mut exchanges, now, responder, answer).await;
-                        }
-                    }
-                    Inbound::Reply(bytes) => {
-                        if let Err(e) = session.send(&bytes).await {
-                            tracing::debug!("send failed: {e}");
-                        }
-                    }
-                    Inbound::Ignore => {}
-                }
+                driver.endpoint.handle_datagram(last_heard.into_std(), &bytes);
             }
-            Some(done) = pipeline.finished() => {
-                let now = std::time::Instant::now();
-                let (responder, response) = pipeline.complete(now, done, None);
-                send_answer(&mut session, &mut exchanges, now, responder, response).await;
+            Some(done) = driver.pipeline.finished() => {
+                let now = Instant::now().into_std();
+                let (responder, response) = driver.pipeline.complete(now, done, None);
+                driver.respond(now, responder, response);
+            }
+            Some((request, reply)) = rx.recv() => {
+                if reply.is_closed() {
+                    continue; // The caller gave up before we got to it.
+                }
+                let token = random_bytes::<4>().to_vec();
+                let now = Instant::now().into_std();
+                let id = driver.endpoint.start_request(now, request, token, random_fraction());
+                driver.waiting.insert(id, reply);
             }
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
-                if now >= last_heard + IDLE_TIMEOUT && pipeline.in_handler() == 0 {
+                if idle_at.is_some_and(|t| now >= t) && driver.is_idle() {
                     tracing::debug!("session idle, closing");
                     break;
                 }
-                exchanges.handle_timeout(now.into_std());
-                pipeline.handle_timeout(now.into_std());
+                driver.endpoint.handle_timeout(now.into_std());
+                driver.pipeline.handle_timeout(now.into_std());
             }
             _ = stopped(&mut shutdown) => break,
         }
     }
+    // No new requests either way: the link closes and callers still waiting get `Closed`.
+    drop(rx);
+    driver.waiting.clear();
     // Requests already in the handler are finished and answered (each is bounded by the
-    // device deadline); no new ones are taken.
+    // device deadline).
     let drain_until = Instant::now() + DRAIN_LIMIT;
-    while let Some(done) = pipeline.drain_next(drain_until).await {
-        let now = std::time::Instant::now();
-        let (responder, response) = pipeline.complete(now, done, None);
-        send_answer(&mut session, &mut exchanges, now, responder, response).await;
+    while let Some(done) = driver.pipeline.drain_next(drain_until).await {
+        let now = Instant::now().into_std();
+        let (responder, response) = driver.pipeline.complete(now, done, None);
+        driver.respond(now, responder, response);
+        driver.settle(&mut session).await;
     }
 }
 
-async fn send_answer<S: DatagramSession>(
-    session: &mut S,
-    exchanges: &mut ServerExchanges,
-    now: std::time::Instant,
-    responder: Responder,
-    response: Packet,
-) {
-    match exchanges.respond(now, responder, response) {
-        Ok(bytes) => {
-            if let Err(e) = session.send(&bytes).await {
-                tracing::debug!("send failed: {e}");
+/// The state one serve loop drives.
+struct Driver<H> {
+    endpoint: Endpoint,
+    pipeline: Pipeline<H, Responder>,
+    /// Link callers waiting for the outcome of our requests.
+    waiting: HashMap<RequestId, oneshot::Sender<Result<Packet, LinkError>>>,
+}
+
+impl<H: Handler> Driver<H> {
+    /// Nothing in progress in either role.
+    fn is_idle(&self) -> bool {
+        self.endpoint.is_idle() && self.waiting.is_empty() && self.pipeline.in_handler() == 0
+    }
+
+    /// Sends what the endpoint has to send and dispatches its events, until neither is left.
+    async fn settle<S: DatagramSession>(&mut self, session: &mut S) {
+        loop {
+            while let Some(bytes) = self.endpoint.poll_transmit() {
+                if let Err(e) = session.send(&bytes).await {
+                    tracing::debug!("send failed: {e}");
+                }
+            }
+            let Some(event) = self.endpoint.poll_event() else {
+                return;
+            };
+            match event {
+                EndpointEvent::Request { request, responder } => {
+                    let now = Instant::now().into_std();
+                    if let Start::Answer(responder, answer) =
+                        self.pipeline.start(now, request, responder)
+                    {
+                        self.respond(now, responder, answer);
+                    }
+                }
+                EndpointEvent::Response { id, result } => {
+                    if let Some(reply) = self.waiting.remove(&id) {
+                        // The caller may have given up; the exchange finished anyway.
+                        let _ = reply.send(result.map_err(LinkError::from));
+                    }
+                }
             }
         }
-        Err(e) => tracing::error!("cannot encode our response: {e}"),
+    }
+
+    fn respond(&mut self, now: std::time::Instant, responder: Responder, response: Packet) {
+        if let Err(e) = self.endpoint.respond(now, responder, response) {
+            tracing::error!("cannot encode our response: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The serve loop over an in-memory session in paused tokio time.
+
+    use std::net::SocketAddr;
+
+    use tokio::sync::{mpsc, watch};
+
+    use super::*;
+    use crate::coap::{MessageClass, MessageType, RequestType, ResponseType, decode, encode};
+    use crate::transport::{CloseCause, Identity, TransportError, TransportKind};
+
+    /// Our side of an in-memory datagram pipe; the test plays the peer on the other side.
+    struct FakeSession {
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+        rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    }
+
+    struct FakePeer {
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+        rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5683))
+    }
+
+    fn info() -> PeerInfo {
+        PeerInfo {
+            addr: addr(),
+            kind: TransportKind::Udp,
+            identity: Identity::Address(addr().ip()),
+        }
+    }
+
+    fn pipe() -> (FakeSession, FakePeer) {
+        let (to_peer, from_us) = mpsc::unbounded_channel();
+        let (to_us, from_peer) = mpsc::unbounded_channel();
+        (
+            FakeSession {
+                tx: to_peer,
+                rx: from_peer,
+            },
+            FakePeer {
+                tx: to_us,
+                rx: from_us,
+            },
+        )
+    }
+
+    impl DatagramSession for FakeSession {
+        async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
+            self.rx.recv().await.ok_or(TransportError::Closed {
+                peer: addr(),
+                cause: CloseCause::Shutdown,
+            })
+        }
+
+        async fn send(&mut self, datagram: &[u8]) -> Result<(), TransportError> {
+            let _ = self.tx.send(datagram.to_vec());
+            Ok(())
+        }
+
+        fn peer(&self) -> SocketAddr {
+            addr()
+        }
+
+        fn peer_info(&self) -> PeerInfo {
+            info()
+        }
+    }
+
+    struct NotFound;
+
+    impl Handler for NotFound {
+        async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+            crate::coap::response_to(&request, ResponseType::NotFound)
+        }
+    }
+
+    fn get() -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(RequestType::Get);
+        crate::coap::set_uri(&mut p, "/3/0");
+        p
+    }
+
+    /// A link request the peer answers only after longer than IDLE_TIMEOUT (its
+    /// retransmissions spaced 100 s and more apart) keeps the session open; once answered
+    /// and quiet for IDLE_TIMEOUT, the session ends and the link closes.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_waits_for_an_outstanding_link_request() {
+        let (session, mut peer) = pipe();
+        let tuning = TransportTuning::unreliable().with_ack_timeout(Duration::from_secs(100));
+        let (_stop, shutdown) = watch::channel(false);
+        let (link, task) = spawn_session(session, info(), Arc::new(NotFound), tuning, shutdown);
+        let asking = {
+            let link = link.clone();
+            tokio::spawn(async move { link.request(get()).await })
+        };
+        let first = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(first.header.get_type(), MessageType::Confirmable);
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(100)).await;
+        assert!(!link.is_closed(), "still waiting for the answer");
+        let mut answer = crate::coap::response_to(&first, ResponseType::Content);
+        answer.payload = b"late".to_vec();
+        peer.tx.send(encode(&answer).unwrap()).unwrap();
+        assert_eq!(asking.await.unwrap().unwrap().payload, b"late");
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(link.is_closed(), "idle after the answer: closed");
+        task.await.unwrap();
+    }
+
+    /// A request the peer sends while ours is outstanding is served, and both complete.
+    #[tokio::test(start_paused = true)]
+    async fn the_peers_request_is_served_while_ours_is_outstanding() {
+        let (session, mut peer) = pipe();
+        let (_stop, shutdown) = watch::channel(false);
+        let (link, _task) = spawn_session(
+            session,
+            info(),
+            Arc::new(NotFound),
+            TransportTuning::unreliable(),
+            shutdown,
+        );
+        let asking = {
+            let link = link.clone();
+            tokio::spawn(async move { link.request(get()).await })
+        };
+        let ours = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        let mut theirs = get();
+        theirs.header.message_id = 77;
+        theirs.set_token(vec![0xee]);
+        peer.tx.send(encode(&theirs).unwrap()).unwrap();
+        let answer = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(answer.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(
+            (answer.header.message_id, answer.get_token()),
+            (77, &[0xee][..])
+        );
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::NotFound)
+        );
+        let reply = crate::coap::response_to(&ours, ResponseType::Content);
+        peer.tx.send(encode(&reply).unwrap()).unwrap();
+        let got = asking.await.unwrap().unwrap();
+        assert_eq!(
+            got.header.code,
+            MessageClass::Response(ResponseType::Content)
+        );
     }
 }
