@@ -45,6 +45,7 @@ fn device_config(id: &str, key: &str) -> DeviceSimConfig {
         behaviour: Behaviour::Normal,
         access_control: vec![ac(0, 3, SSID_A), ac(1, 4, owner_4), ac(2, 5, owner_5)],
         acls: Default::default(),
+        ..DeviceSimConfig::default()
     }
 }
 

@@ -86,6 +86,7 @@ pub async fn run(args: LoadArgs) -> CliResult<()> {
                 acl: Default::default(),
             }],
             acls: Default::default(),
+            ..DeviceSimConfig::default()
         };
         devices.push(RunningDevice::start(&cfg).await?);
     }

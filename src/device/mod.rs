@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod registering;
+
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -50,7 +52,24 @@ pub enum Behaviour {
 #[serde(deny_unknown_fields)]
 pub struct DeviceSimConfig {
     pub id: String,
+    /// Where it serves as a CoAP server (a dialled device). Empty for a registering one.
+    #[serde(default)]
     pub listen: String,
+    /// Registering mode: the LwM2M server(s) it registers with, one per account (a URI or a
+    /// list); it then listens nowhere and answers over its registrations' sessions only.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub register: Vec<String>,
+    /// Its LwM2M endpoint name (default: `id`).
+    pub endpoint: Option<String>,
+    /// Registration lifetime `lt` in seconds (default 300).
+    pub lifetime_s: Option<u64>,
+    /// `lwm2m=` of its Register: `1.0`, `1.1` (default) or `1.2`.
+    pub lwm2m_version: Option<String>,
+    /// Queue mode: `Q` in its Register; it goes quiet `queue_awake_s` after each Register
+    /// or Update (default 93) and registers again at the next Update time.
+    #[serde(default)]
+    pub queue: bool,
+    pub queue_awake_s: Option<u64>,
     /// `lwm2m` or `dm`.
     #[serde(default = "default_profile")]
     pub profile: String,
@@ -74,6 +93,20 @@ pub struct DeviceSimConfig {
 
 fn default_profile() -> String {
     "lwm2m".into()
+}
+
+/// `register = "uri"` or `register = ["uri", …]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// One AC instance in config form.
@@ -154,6 +187,31 @@ enum Model {
     Dm(BTreeMap<String, String>),
 }
 
+impl Model {
+    /// The link-format object list a registering device sends: its Server, Access Control
+    /// and Device instances, and the objects its AC instances govern.
+    fn object_list(&self) -> String {
+        let mut links = std::collections::BTreeSet::from([(1u16, Some(0u16)), (3, Some(0))]);
+        if let Model::Lwm2m(instances) = self {
+            links.insert((2, None));
+            for ac in instances {
+                links.insert((2, Some(ac.instance)));
+                let instance = (ac.object_instance_id != crate::acl::lwm2m::OBJECT_LEVEL)
+                    .then_some(ac.object_instance_id);
+                links.insert((ac.object_id, instance));
+            }
+        }
+        links
+            .into_iter()
+            .map(|(o, i)| match i {
+                Some(i) => format!("</{o}/{i}>"),
+                None => format!("</{o}>"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// The device's request handler.
 pub struct DeviceHandler {
     id: String,
@@ -164,6 +222,16 @@ pub struct DeviceHandler {
 }
 
 impl DeviceHandler {
+    fn new(config: &DeviceSimConfig, model: Model) -> Arc<DeviceHandler> {
+        Arc::new(DeviceHandler {
+            id: config.id.clone(),
+            model,
+            behaviour: config.behaviour,
+            requests: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
     fn record(&self, line: String) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() < 1000 {
@@ -317,19 +385,19 @@ impl Handler for DeviceHandler {
 
 /// A running simulated device.
 pub struct RunningDevice {
+    /// Where it listens; for a registering device, the scheme of its first registration and
+    /// the local address its sessions come from.
     uri: EndpointUri,
     handler: Arc<DeviceHandler>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Registering mode: each account's location while registered.
+    accounts: Vec<registering::AccountState>,
 }
 
 impl RunningDevice {
     /// Binds and starts serving.
     pub async fn start(config: &DeviceSimConfig) -> Result<RunningDevice, DeviceError> {
-        let uri: EndpointUri = config
-            .listen
-            .parse()
-            .map_err(|e| DeviceError::Invalid(format!("listen: {e}")))?;
         let model = match config.profile.as_str() {
             "lwm2m" => Model::Lwm2m(config.instances()?),
             "dm" => Model::Dm(config.acls.clone()),
@@ -355,6 +423,18 @@ impl RunningDevice {
                 ));
             }
         };
+        if !config.register.is_empty() {
+            return Self::start_registering(config, model, psk).await;
+        }
+        if config.endpoint.is_some() || config.lifetime_s.is_some() || config.queue {
+            return Err(DeviceError::Invalid(
+                "endpoint, lifetime_s and queue are for a device with register = \"…\"".into(),
+            ));
+        }
+        let uri: EndpointUri = config
+            .listen
+            .parse()
+            .map_err(|e| DeviceError::Invalid(format!("listen: {e}")))?;
         let tls_creds = match (&config.cert, &config.key, &config.ca) {
             (Some(c), Some(k), Some(a)) => {
                 Some(TlsCredentials::from_pem_files(c, k, a).map_err(DeviceError::Credentials)?)
@@ -401,13 +481,7 @@ impl RunningDevice {
             }
         };
         let uri = listener.uri();
-        let handler = Arc::new(DeviceHandler {
-            id: config.id.clone(),
-            model,
-            behaviour: config.behaviour,
-            requests: AtomicU64::new(0),
-            log: Mutex::new(Vec::new()),
-        });
+        let handler = DeviceHandler::new(config, model);
         let (stop, shutdown) = watch::channel(false);
         let task =
             tokio::spawn(listener.run(handler.clone(), TransportTuning::unreliable(), shutdown));
@@ -415,7 +489,92 @@ impl RunningDevice {
             uri,
             handler,
             stop,
-            task,
+            tasks: vec![task],
+            accounts: Vec::new(),
+        })
+    }
+
+    /// Registering mode: one task per account, all from one local port.
+    async fn start_registering(
+        config: &DeviceSimConfig,
+        model: Model,
+        psk: Option<Psk>,
+    ) -> Result<RunningDevice, DeviceError> {
+        if !config.listen.is_empty() {
+            return Err(DeviceError::Invalid(
+                "a registering device listens nowhere: give register or listen, not both".into(),
+            ));
+        }
+        if config.cert.is_some() || config.key.is_some() || config.ca.is_some() {
+            return Err(DeviceError::Invalid(
+                "a registering device uses DTLS-PSK or NoSec (no certificates yet)".into(),
+            ));
+        }
+        let servers = config
+            .register
+            .iter()
+            .map(|s| {
+                s.parse::<EndpointUri>()
+                    .map_err(|e| DeviceError::Invalid(format!("register: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(bad) = servers.iter().find(|u| u.scheme.is_stream()) {
+            return Err(DeviceError::Invalid(format!(
+                "register: {bad}: devices register over coap:// or coaps://"
+            )));
+        }
+        if servers.iter().any(|u| u.scheme == Scheme::Coaps) && psk.is_none() {
+            return Err(DeviceError::Invalid(
+                "register over coaps:// needs psk_identity and psk_key".into(),
+            ));
+        }
+        let version = config.lwm2m_version.clone().unwrap_or_else(|| "1.1".into());
+        if !["1.0", "1.1", "1.2"].contains(&version.as_str()) {
+            return Err(DeviceError::Invalid(format!(
+                "lwm2m_version '{version}' (1.0 | 1.1 | 1.2)"
+            )));
+        }
+        let lifetime = Duration::from_secs(config.lifetime_s.unwrap_or(300).max(1));
+        let awake = Duration::from_secs(config.queue_awake_s.unwrap_or(93).max(1));
+        let objects = model.object_list();
+        let mux = registering::bind_for(servers[0].addr)
+            .await
+            .map_err(DeviceError::Dtls)?;
+        let uri = EndpointUri {
+            scheme: servers[0].scheme,
+            addr: mux.local_addr(),
+        };
+        let handler = DeviceHandler::new(config, model);
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut accounts = Vec::new();
+        for server in servers {
+            let registration = registering::Registration {
+                server,
+                endpoint: config.endpoint.clone().unwrap_or_else(|| config.id.clone()),
+                lifetime,
+                version: version.clone(),
+                queue: config.queue,
+                awake,
+                psk: psk.clone(),
+                objects: objects.clone(),
+            };
+            let (state, watcher) = watch::channel(None);
+            accounts.push(watcher);
+            tasks.push(tokio::spawn(registering::run(
+                registration,
+                handler.clone(),
+                mux.clone(),
+                state,
+                shutdown.clone(),
+            )));
+        }
+        Ok(RunningDevice {
+            uri,
+            handler,
+            stop,
+            tasks,
+            accounts,
         })
     }
 
@@ -437,8 +596,29 @@ impl RunningDevice {
         std::mem::take(&mut *self.handler.log.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Registering mode: waits until every account is registered (false after `timeout`).
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        let all = async {
+            for account in &self.accounts {
+                let mut account = account.clone();
+                if account.wait_for(|l| l.is_some()).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, all).await.unwrap_or(false)
+    }
+
+    /// Registering mode: each account's location (`rd/<id>`) while registered.
+    pub fn locations(&self) -> Vec<Option<String>> {
+        self.accounts.iter().map(|a| a.borrow().clone()).collect()
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }

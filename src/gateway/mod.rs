@@ -6,6 +6,8 @@
 //! and waits for every task.
 
 pub mod quota;
+pub mod registration_front;
+pub mod registrations;
 pub mod reports;
 pub mod service;
 
@@ -18,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::coap::{MessageClass, Packet, ResponseType, TransportTuning};
-use crate::config::{Config, EndpointUri, Scheme, ServerConfig};
+use crate::config::{Config, DeviceProof, EndpointUri, Reach, Registering, Scheme, ServerConfig};
 use crate::runtime::{
     AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
 };
@@ -29,6 +31,8 @@ use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError, TransportKind};
+use registration_front::{DeviceDirectory, RegistrationFront};
+use registrations::Registrations;
 
 pub use service::{Answer, Service};
 
@@ -215,12 +219,81 @@ fn scoped_rules(
     Ok(rules)
 }
 
+/// Binds every `[[lwm2m.listen]]` listener with its registration front. Their DTLS server
+/// knows the registering devices' keys only (a server identity is refused at the handshake)
+/// and trusts only the gateway's own `ca` for device certificates.
+async fn bind_registration_listeners(
+    config: &Config,
+    registrations: &Arc<Registrations>,
+) -> Result<Vec<(Listener, Arc<RegistrationFront>)>, GatewayError> {
+    let directory = Arc::new(DeviceDirectory::from_config(config));
+    let mut dtls: Option<Arc<DtlsServer>> = None;
+    let mut bound = Vec::new();
+    for listen in &config.lwm2m.listen {
+        let security = match listen.uri.scheme {
+            // Lab only: NoSec devices are known by the endpoint name they send.
+            Scheme::Coap => Security::NoSec,
+            _ => {
+                let server = match &dtls {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = Arc::new(device_dtls_server(config)?);
+                        dtls = Some(s.clone());
+                        s
+                    }
+                };
+                Security::Dtls(server)
+            }
+        };
+        let listener =
+            Listener::bind_with_limits(listen.uri, security, config.limits.datagram_limits())
+                .await?;
+        let account = crate::registry::Account::new(listen.account.name());
+        let front = RegistrationFront::new(account, registrations.clone(), directory.clone());
+        tracing::info!(uri = %listener.uri(), account = %listen.account, "LwM2M registration listener");
+        bound.push((listener, Arc::new(front)));
+    }
+    Ok(bound)
+}
+
+/// The DTLS server devices register with: their PSKs, and the gateway's certificate with
+/// only the gateway's `ca` as trust anchor.
+fn device_dtls_server(config: &Config) -> Result<DtlsServer, GatewayError> {
+    let keys: HashMap<Vec<u8>, Vec<u8>> = registering_psks(config)
+        .map(|p| (p.identity.clone(), p.key.clone()))
+        .collect();
+    let psk = PskServerConfig::new(Arc::new(move |id: &[u8]| keys.get(id).cloned()));
+    let server = match &config.gateway.certs {
+        Some(files) => {
+            let x509 = X509Credentials::from_pem_files(&files.cert, &files.key, &files.ca)
+                .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+            DtlsServer::new(psk.with_x509(x509))
+        }
+        None => DtlsServer::new(psk),
+    };
+    server.map_err(GatewayError::Dtls)
+}
+
+/// The PSKs of the devices that register.
+fn registering_psks(config: &Config) -> impl Iterator<Item = &crate::config::Psk> {
+    config.devices.iter().filter_map(|d| match &d.reach {
+        Reach::Registers(Registering {
+            proof: DeviceProof::Psk(psk),
+            ..
+        }) => Some(psk),
+        _ => None,
+    })
+}
+
 /// Bound on a northbound TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running gateway.
 pub struct Gateway {
     listeners: Vec<EndpointUri>,
+    /// The `[[lwm2m.listen]]` listeners with their bound ports, in config order.
+    lwm2m_listeners: Vec<EndpointUri>,
+    registrations: Arc<Registrations>,
     /// The socket of each `coap://` / `coaps://` listener, by its bound URI.
     muxes: Vec<(EndpointUri, Arc<DatagramMux>)>,
     service: Arc<Service<South>>,
@@ -233,8 +306,14 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let config = Arc::new(config);
         let store = Arc::new(RedbStore::open(&config.gateway.store)?);
-        let south = Arc::new(South::new(&config).map_err(Box::new)?);
-        let service = Arc::new(Service::new(config.clone(), store, south));
+        let registrations = Arc::new(Registrations::new(
+            config.limits.max_registrations,
+            config.lwm2m.queue_awake,
+        ));
+        let south = Arc::new(South::new(&config, registrations.clone()).map_err(Box::new)?);
+        let service = Arc::new(
+            Service::new(config.clone(), store, south).with_registrations(registrations.clone()),
+        );
 
         let servers: Vec<Arc<ServerConfig>> =
             config.servers.iter().cloned().map(Arc::new).collect();
@@ -247,10 +326,14 @@ impl Gateway {
             .filter_map(|s| s.nosec_address.map(|a| (a, s.clone())))
             .collect();
         let by_certificate = scoped_rules(&config, &servers)?;
+        // A registering device's identity completes a handshake on a north listener too, and
+        // is then no server: 4.01 there, rather than a handshake failure that looks like loss.
         let keys: HashMap<Vec<u8>, Vec<u8>> = config
             .servers
             .iter()
-            .filter_map(|s| s.psk.as_ref().map(|p| (p.identity.clone(), p.key.clone())))
+            .filter_map(|s| s.psk.as_ref())
+            .chain(registering_psks(&config))
+            .map(|p| (p.identity.clone(), p.key.clone()))
             .collect();
         let north = Arc::new(North {
             service: service.clone(),
@@ -331,6 +414,14 @@ impl Gateway {
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let listeners = bound.iter().map(AnyListener::uri).collect();
+        let lwm2m_bound = bind_registration_listeners(&config, &registrations).await?;
+        let lwm2m_listeners = lwm2m_bound.iter().map(|(l, _)| l.uri()).collect();
+        let device_tuning =
+            TransportTuning::unreliable().with_ack_timeout(config.gateway.ack_timeout);
+        for (listener, front) in lwm2m_bound {
+            tasks.spawn(listener.run(front, device_tuning.clone(), shutdown.clone()));
+        }
+        tasks.spawn(registrations.clone().run_expiry(shutdown.clone()));
         let muxes = bound
             .iter()
             .filter_map(|l| match l {
@@ -345,6 +436,8 @@ impl Gateway {
         }
         Ok(Gateway {
             listeners,
+            lwm2m_listeners,
+            registrations,
             muxes,
             service,
             stop,
@@ -355,6 +448,16 @@ impl Gateway {
     /// The listeners with their bound ports.
     pub fn listeners(&self) -> &[EndpointUri] {
         &self.listeners
+    }
+
+    /// The LwM2M registration listeners with their bound ports, in config order.
+    pub fn lwm2m_listeners(&self) -> &[EndpointUri] {
+        &self.lwm2m_listeners
+    }
+
+    /// The registrations of the gateway's devices.
+    pub fn registrations(&self) -> &Arc<Registrations> {
+        &self.registrations
     }
 
     /// The mux of the `coap://` or `coaps://` listener bound at `uri`, to watch its counters

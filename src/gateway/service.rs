@@ -15,10 +15,12 @@ use crate::config::{Config, Profile, ServerConfig};
 use crate::front::{
     Command, Format, FrontError, Precondition, Write, parse_request, refusal, render_value,
 };
+use crate::gateway::registrations::{RegistrationView, Registrations};
 use crate::gateway::reports::{REPORTS_PATH, ReportStore, new_report_id};
 use crate::lwm2m::content_format;
 use crate::mo::privilege::rfc3339;
 use crate::mo::{Change, ChangeKind, Inventory, Privilege, PrivilegeName, Value};
+use crate::registry::Account as RegistryAccount;
 use crate::south::fanout::{self, AclReader};
 use crate::store::dedup::unix_ms;
 use crate::store::{Commit, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError};
@@ -191,9 +193,43 @@ pub struct Service<R: AclReader> {
     /// Complete failure lists of refused writes whose answer was truncated.
     reports: Mutex<ReportStore>,
     reservations: Reservations,
+    /// The registrations of devices that register, and the accounts they may be on.
+    registrations: Option<(Arc<Registrations>, Vec<RegistryAccount>)>,
 }
 
 impl<R: AclReader> Service<R> {
+    /// Shows each registering device's registrations in `/GwConfig/Devices`.
+    pub fn with_registrations(mut self, registrations: Arc<Registrations>) -> Self {
+        let mut accounts = vec![registrations.own_account().clone()];
+        for listen in &self.config.lwm2m.listen {
+            let account = RegistryAccount::new(listen.account.name());
+            if !accounts.contains(&account) {
+                accounts.push(account);
+            }
+        }
+        self.registrations = Some((registrations, accounts));
+        self
+    }
+
+    fn device_value(&self, d: &crate::config::DeviceConfig) -> Value {
+        let mut fields = vec![
+            ("DeviceID".to_owned(), Value::text(&d.id)),
+            ("URI".to_owned(), Value::text(d.reach.to_string())),
+            ("Profile".to_owned(), Value::text(d.profile.to_string())),
+        ];
+        if let (crate::config::Reach::Registers(r), Some((registrations, accounts))) =
+            (&d.reach, &self.registrations)
+        {
+            fields.push(("Endpoint".to_owned(), Value::text(&r.endpoint)));
+            let views = registrations.views(&r.endpoint, accounts);
+            fields.push((
+                "Registrations".to_owned(),
+                Value::Array(views.iter().map(registration_value).collect()),
+            ));
+        }
+        Value::Map(fields)
+    }
+
     pub fn new(config: Arc<Config>, store: Arc<dyn PrivilegeStore>, reader: Arc<R>) -> Self {
         let inventory = Inventory::from_config(&config);
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
@@ -209,6 +245,7 @@ impl<R: AclReader> Service<R> {
             quota,
             reports,
             reservations: Reservations::default(),
+            registrations: None,
         }
     }
 
@@ -320,8 +357,12 @@ impl<R: AclReader> Service<R> {
             }
             Command::ListDevices => {
                 let format = format()?;
-                let value =
-                    Value::Array(self.inventory.devices().map(|d| device_value(d)).collect());
+                let value = Value::Array(
+                    self.inventory
+                        .devices()
+                        .map(|d| self.device_value(d))
+                        .collect(),
+                );
                 Ok(Answer::document(ResponseType::Content, &value, format))
             }
             Command::GetDevice(id) => {
@@ -332,7 +373,7 @@ impl<R: AclReader> Service<R> {
                     .ok_or_else(|| FrontError::NotFound(format!("device '{id}'")))?;
                 Ok(Answer::document(
                     ResponseType::Content,
-                    &device_value(device),
+                    &self.device_value(device),
                     format,
                 ))
             }
@@ -785,11 +826,20 @@ fn member_ids(members: &[crate::mo::DeviceRef]) -> Value {
     Value::Array(members.iter().map(|d| Value::text(&d.id)).collect())
 }
 
-fn device_value(d: &crate::config::DeviceConfig) -> Value {
+fn registration_value(v: &RegistrationView) -> Value {
+    let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
     Value::map([
-        ("DeviceID", Value::text(&d.id)),
-        ("URI", Value::text(d.reach.to_string())),
-        ("Profile", Value::text(d.profile.to_string())),
+        ("Account", Value::text(&v.account)),
+        ("Location", Value::text(&v.location)),
+        ("LwM2M", Value::text(&v.version)),
+        ("Binding", Value::text(&v.binding)),
+        ("QueueMode", Value::Bool(v.queue_mode)),
+        ("Lifetime", int(v.lifetime_s)),
+        ("RegisteredAt", int(v.registered_at)),
+        ("UpdatedAt", int(v.updated_at)),
+        ("Transport", Value::text(&v.transport)),
+        ("Address", Value::text(&v.address)),
+        ("Objects", Value::text(&v.objects)),
     ])
 }
 

@@ -106,6 +106,12 @@ impl PeerLink {
         answer.await.unwrap_or(Err(LinkError::Closed))
     }
 
+    /// How many handles to this session exist (this one included): the serve loop keeps an
+    /// idle session open while anyone besides itself holds one (a registration does).
+    pub fn holders(&self) -> usize {
+        self.tx.strong_count()
+    }
+
     /// The session's serve loop has ended: requests fail with [`LinkError::Closed`].
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()

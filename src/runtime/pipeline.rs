@@ -103,6 +103,12 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
         }
     }
 
+    /// Whether a handle to this session's link is held outside the pipeline (a handler kept
+    /// it, e.g. the registration of the device on the other end).
+    pub fn link_held(&self) -> bool {
+        !self.link.is_closed() && self.link.holders() > 1
+    }
+
     /// Gives every handler call the link of this session (default: a closed link).
     pub fn with_link(mut self, link: PeerLink) -> Self {
         self.link = link;

@@ -101,8 +101,10 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
         driver.settle(&mut session).await;
         let now = Instant::now();
         // Only an idle session may time out: a request of ours or of the peer's in progress
-        // keeps it open (and must not make the sleep below spin).
-        let idle_at = driver.is_idle().then_some(last_heard + IDLE_TIMEOUT);
+        // keeps it open (and must not make the sleep below spin), and so does a handler that
+        // kept the link (a device's registration lives as long as its lifetime says).
+        let idle_at =
+            (driver.is_idle() && !driver.pipeline.link_held()).then_some(last_heard + IDLE_TIMEOUT);
         let wake = [
             driver.endpoint.poll_timeout(),
             driver.pipeline.poll_timeout(),
@@ -141,7 +143,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
             }
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
-                if idle_at.is_some_and(|t| now >= t) && driver.is_idle() {
+                if idle_at.is_some_and(|t| now >= t) && driver.is_idle() && !driver.pipeline.link_held() {
                     tracing::debug!("session idle, closing");
                     break;
                 }

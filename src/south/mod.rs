@@ -21,8 +21,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::coap::{ClientError, Packet, TransportTuning};
+use crate::coap::{ClientError, MessageClass, Packet, RequestType, ResponseType, TransportTuning};
 use crate::config::{Config, DeviceConfig, EndpointUri, Reach, Scheme};
+use crate::gateway::registrations::{Registrations, Route};
+use crate::lwm2m::content_format;
+use crate::registry::{Account, FormatMemory};
+use crate::runtime::LinkError;
 use crate::runtime::{
     Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError,
     StreamRequestError,
@@ -67,8 +71,12 @@ pub struct South {
     security: HashMap<String, ChannelSecurity>,
     links: Mutex<HashMap<String, Link>>,
     tuning: ChannelTuning,
-    /// How long a read waits for its link's handshake.
+    /// How long a read waits for its link's handshake (or for a sleeping device to wake).
     handshake_wait: Duration,
+    /// Devices that register are reached over their registration's session.
+    registrations: Arc<Registrations>,
+    /// Per registering device, the `/2` content format that last worked.
+    formats: Mutex<HashMap<String, FormatMemory>>,
 }
 
 impl Drop for South {
@@ -108,7 +116,7 @@ pub enum SouthError {
 
 impl South {
     /// Prepares DTLS and TLS contexts for every secured device; sockets open on first use.
-    pub fn new(config: &Config) -> Result<South, SouthError> {
+    pub fn new(config: &Config, registrations: Arc<Registrations>) -> Result<South, SouthError> {
         let budget = handshake_budget(config.gateway.device_timeout);
         let patience = budget.saturating_mul(HANDSHAKE_PATIENCE);
         let mut security = HashMap::new();
@@ -168,6 +176,8 @@ impl South {
             links: Mutex::new(HashMap::new()),
             tuning,
             handshake_wait: budget,
+            registrations,
+            formats: Mutex::new(HashMap::new()),
         })
     }
 
@@ -266,12 +276,34 @@ impl South {
     pub async fn request(
         &self,
         device: &DeviceConfig,
+        on_behalf: &Account,
         request: Packet,
     ) -> Result<Packet, ReadFailure> {
         match &device.reach {
             Reach::Dialed(uri) => self.request_dialed(device, *uri, request).await,
-            Reach::Registers(_) => Err(ReadFailure::Unreachable("not registered".into())),
+            Reach::Registers(r) => {
+                self.request_registered(&r.endpoint, on_behalf, request)
+                    .await
+            }
         }
+    }
+
+    /// One request over the session of the device's registration: on `on_behalf`'s account
+    /// if it has one there, else on the gateway's own. A sleeping queue-mode device is waited
+    /// for (within the handshake budget, so the failure is classified before the deadline).
+    async fn request_registered(
+        &self,
+        endpoint: &str,
+        on_behalf: &Account,
+        request: Packet,
+    ) -> Result<Packet, ReadFailure> {
+        self.route(endpoint, on_behalf)
+            .await?
+            .session
+            .link
+            .request(request)
+            .await
+            .map_err(link_failure)
     }
 
     async fn request_dialed(
@@ -291,6 +323,61 @@ impl South {
             }
         }
         result
+    }
+
+    async fn route(&self, endpoint: &str, on_behalf: &Account) -> Result<Route, ReadFailure> {
+        let route = self
+            .registrations
+            .wait_route(endpoint, on_behalf, self.handshake_wait)
+            .await
+            .map_err(|e| ReadFailure::Unreachable(e.to_string()))?;
+        tracing::debug!(account = %route.account, addr = %route.session.addr, "over the registration");
+        Ok(route)
+    }
+
+    /// Reads a device's `/2` (Access Control object): with Accept TLV from a dialled device;
+    /// from a registered one over its registration, in the formats its LwM2M version allows
+    /// (the one that last worked first, the next one on 4.06). Returns the device's answer.
+    pub async fn read_ac_object(
+        &self,
+        device: &DeviceConfig,
+        on_behalf: &Account,
+    ) -> Result<Packet, ReadFailure> {
+        let Reach::Registers(r) = &device.reach else {
+            return self
+                .request(device, on_behalf, get_ac_object(content_format::TLV))
+                .await;
+        };
+        let route = self.route(&r.endpoint, on_behalf).await?;
+        let order = {
+            let mut formats = self.formats.lock().unwrap_or_else(|p| p.into_inner());
+            let memory = formats
+                .entry(device.id.clone())
+                .or_insert_with(|| FormatMemory::new(route.version));
+            memory.set_version(route.version);
+            memory.order()
+        };
+        let mut answer = None;
+        for accept in order {
+            let response = route
+                .session
+                .link
+                .request(get_ac_object(accept))
+                .await
+                .map_err(link_failure)?;
+            if response.header.code != MessageClass::Response(ResponseType::NotAcceptable) {
+                if response.header.code == MessageClass::Response(ResponseType::Content) {
+                    let mut formats = self.formats.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(memory) = formats.get_mut(&device.id) {
+                        memory.worked(accept);
+                    }
+                }
+                return Ok(response);
+            }
+            tracing::debug!(accept, "device answered 4.06, trying the next format");
+            answer = Some(response);
+        }
+        answer.ok_or_else(|| ReadFailure::BadAnswer("no content format to ask for".into()))
     }
 }
 
@@ -370,6 +457,35 @@ fn request_failure(e: ChannelError) -> ReadFailure {
     }
 }
 
+/// `GET /2` with `Accept: accept`.
+fn get_ac_object(accept: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Request(RequestType::Get);
+    crate::coap::set_uri(&mut p, "/2");
+    crate::coap::set_accept(&mut p, accept);
+    p
+}
+
+/// Classifies a failed request over a registration's session.
+fn link_failure(e: LinkError) -> ReadFailure {
+    match e {
+        LinkError::Closed => {
+            ReadFailure::Unreachable("the registration's session has ended".into())
+        }
+        LinkError::Busy => {
+            ReadFailure::Unreachable("too many requests waiting for the device".into())
+        }
+        LinkError::Coap(ClientError::TimedOut) => {
+            ReadFailure::Unreachable("no CoAP response (retransmissions exhausted)".into())
+        }
+        LinkError::Coap(ClientError::TooLarge { limit }) => {
+            ReadFailure::BadAnswer(format!("answer larger than {limit} bytes"))
+        }
+        LinkError::Coap(ClientError::Reset) => ReadFailure::DeviceError { code: "RST".into() },
+        LinkError::Coap(other) => ReadFailure::BadAnswer(other.to_string()),
+    }
+}
+
 /// How long sending a close_notify to a failed device may take.
 const CLOSE_NOTIFY_BUDGET: Duration = Duration::from_millis(200);
 
@@ -406,7 +522,7 @@ fn handshake_failure(e: TransportError) -> ReadFailure {
 
 impl AclReader for South {
     async fn read_acl(&self, device: &DeviceConfig, uri: &str) -> Result<AclReading, ReadFailure> {
-        profile::read_acl(self, device, uri).await
+        profile::read_acl(self, device, &Account::new("gateway"), uri).await
     }
 }
 

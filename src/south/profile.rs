@@ -3,12 +3,15 @@
 //! * `dm`: `GET <uri>?prop=ACL` (text/plain); an empty ACL inherits, so walk up to the root
 //!   until one is not empty. Policy `tnd-strict` also asks `?prop=Format` to know whether the
 //!   node is interior (`node`).
-//! * `lwm2m`: `GET /2` with Accept TLV (11542); the payload goes to the verifier as is.
+//! * `lwm2m`: `GET /2` with Accept TLV (11542) from a dialled device, in the formats of its
+//!   LwM2M version from a registered one ([`South::read_ac_object`]); the payload goes to the
+//!   verifier as is.
 
 use crate::acl::dm::DmPolicy;
 use crate::coap::{self, MessageClass, Packet, RequestType, ResponseType};
 use crate::config::{DeviceConfig, Profile};
 use crate::lwm2m::content_format;
+use crate::registry::Account;
 use crate::south::South;
 use crate::verifier::{AclReading, ReadFailure};
 
@@ -60,13 +63,12 @@ fn parent(path: &str) -> Option<&str> {
 pub async fn read_acl(
     south: &South,
     device: &DeviceConfig,
+    on_behalf: &Account,
     uri: &str,
 ) -> Result<AclReading, ReadFailure> {
     match device.profile {
         Profile::Lwm2m(_) => {
-            let mut request = get("/2");
-            coap::set_accept(&mut request, content_format::TLV);
-            let response = content(south.request(device, request).await?)?;
+            let response = content(south.read_ac_object(device, on_behalf).await?)?;
             let cf = coap::content_format(&response).unwrap_or(content_format::TLV);
             tracing::debug!(
                 content_format = cf,
@@ -84,7 +86,7 @@ pub async fn read_acl(
                 DmPolicy::TndStrict => {
                     let response = content(
                         south
-                            .request(device, get(&format!("{uri}?prop=Format")))
+                            .request(device, on_behalf, get(&format!("{uri}?prop=Format")))
                             .await?,
                     )?;
                     text(&response)? == "node"
@@ -97,7 +99,7 @@ pub async fn read_acl(
             loop {
                 let response = content(
                     south
-                        .request(device, get(&format!("{path}?prop=ACL")))
+                        .request(device, on_behalf, get(&format!("{path}?prop=ACL")))
                         .await?,
                 )?;
                 let acl = text(&response)?;

@@ -221,6 +221,7 @@ impl FleetBuilder {
             behaviour: Behaviour::Normal,
             access_control: Vec::new(),
             acls: BTreeMap::new(),
+            ..DeviceSimConfig::default()
         }
     }
 

@@ -1,0 +1,188 @@
+//! The handler of one `[[lwm2m.listen]]` listener: the registration interface (`/rd`) for
+//! the LwM2M Server account that listener stands for. It checks that the channel's proof
+//! (DTLS-PSK identity, certificate, or — lab only — a NoSec endpoint name) belongs to the
+//! endpoint a request names (LwM2M Core §7.1.1: the server MUST check this), applies the
+//! request to the [`Registrations`], and keeps the session's [`PeerLink`] so the gateway can
+//! read the device over the session it registered on.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::coap::{Packet, ResponseType};
+use crate::config::{Config, DeviceProof, Reach};
+use crate::gateway::registrations::{DeviceSession, Registrations};
+use crate::registry::{Account, RegistrationRequest, answer, targets_registry};
+use crate::runtime::{Handler, PeerLink};
+use crate::transport::cert::CertRule;
+use crate::transport::{Identity, PeerInfo, TransportKind};
+
+/// Which endpoint names each proof may act as (built once from the config).
+#[derive(Default)]
+pub struct DeviceDirectory {
+    by_psk: HashMap<Vec<u8>, String>,
+    by_certificate: Vec<(CertRule, String)>,
+    nosec: BTreeSet<String>,
+}
+
+impl DeviceDirectory {
+    pub fn from_config(config: &Config) -> DeviceDirectory {
+        let mut directory = DeviceDirectory::default();
+        for d in &config.devices {
+            let Reach::Registers(r) = &d.reach else {
+                continue;
+            };
+            let endpoint = r.endpoint.clone();
+            match &r.proof {
+                DeviceProof::Psk(psk) => {
+                    directory.by_psk.insert(psk.identity.clone(), endpoint);
+                }
+                DeviceProof::Certificate(rule) => {
+                    directory.by_certificate.push((rule.clone(), endpoint));
+                }
+                DeviceProof::NoSec => {
+                    directory.nosec.insert(endpoint);
+                }
+            }
+        }
+        directory
+    }
+
+    /// The PSK of every registering device, for the DTLS server of the LwM2M listeners.
+    pub fn knows_psk(&self, identity: &[u8]) -> bool {
+        self.by_psk.contains_key(identity)
+    }
+
+    /// Whether a peer that proved `peer.identity` may act as `endpoint`.
+    pub fn may_act_as(&self, peer: &PeerInfo, endpoint: &str) -> bool {
+        match &peer.identity {
+            Identity::Psk(id) => self.by_psk.get(id).is_some_and(|e| e == endpoint),
+            Identity::Certificate(cert) => self
+                .by_certificate
+                .iter()
+                .any(|(rule, e)| e == endpoint && rule.matches(cert)),
+            Identity::Address(_) => {
+                peer.kind == TransportKind::Udp && self.nosec.contains(endpoint)
+            }
+        }
+    }
+}
+
+/// The registration interface of one listener.
+pub struct RegistrationFront {
+    account: Account,
+    registrations: Arc<Registrations>,
+    directory: Arc<DeviceDirectory>,
+}
+
+impl RegistrationFront {
+    pub fn new(
+        account: Account,
+        registrations: Arc<Registrations>,
+        directory: Arc<DeviceDirectory>,
+    ) -> RegistrationFront {
+        RegistrationFront {
+            account,
+            registrations,
+            directory,
+        }
+    }
+
+    fn answer(&self, peer: &PeerInfo, link: &PeerLink, request: &Packet) -> Packet {
+        if !targets_registry(request) {
+            return answer::refused(request, ResponseType::NotFound);
+        }
+        let parsed = match RegistrationRequest::parse(request) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::info!(addr = %peer.addr, account = %self.account, "registration refused: {e}");
+                return answer::refused(request, e.coap_code());
+            }
+        };
+        let session = DeviceSession {
+            link: link.clone(),
+            addr: peer.addr,
+            transport: peer.kind,
+        };
+        let account = &self.account;
+        match parsed {
+            RegistrationRequest::Register { endpoint, params } => {
+                if !self.directory.may_act_as(peer, &endpoint) {
+                    tracing::info!(
+                        %endpoint, %account, addr = %peer.addr, identity = %peer.identity,
+                        "register refused: not a configured endpoint, or not this channel's (4.03)"
+                    );
+                    return answer::refused(request, ResponseType::Forbidden);
+                }
+                tracing::debug!(
+                    %endpoint, %account, addr = %peer.addr, version = %params.version,
+                    binding = %params.binding, lifetime_s = params.lifetime_s, "register"
+                );
+                let registered = self
+                    .registrations
+                    .with(|r, now| r.register(now, account, &endpoint, params, session));
+                match registered {
+                    Ok(registered) => answer::created(request, &registered),
+                    Err(e) => {
+                        tracing::warn!(%endpoint, %account, "register refused: {e}");
+                        answer::refused(request, e.coap_code())
+                    }
+                }
+            }
+            RegistrationRequest::Update { location, params } => {
+                let outcome = self.registrations.with(|r, now| {
+                    let endpoint = self.owner_of(r.get(&location), peer)?;
+                    r.update(now, account, &endpoint, &location, session, params)
+                        .ok()
+                });
+                match outcome {
+                    Some(()) => answer::changed(request),
+                    None => {
+                        tracing::info!(%location, %account, addr = %peer.addr, "update of an unknown registration: 4.04");
+                        answer::refused(request, ResponseType::NotFound)
+                    }
+                }
+            }
+            RegistrationRequest::Deregister { location } => {
+                let outcome = self.registrations.with(|r, now| {
+                    let endpoint = self.owner_of(r.get(&location), peer)?;
+                    r.deregister(now, account, &endpoint, &location).ok()
+                });
+                match outcome {
+                    Some(()) => answer::deleted(request),
+                    None => answer::refused(request, ResponseType::NotFound),
+                }
+            }
+        }
+    }
+
+    /// The endpoint of a registration this peer may change; `None` (answered 4.04, which
+    /// hides other devices' locations) when there is none or it is another's.
+    fn owner_of(
+        &self,
+        registration: Option<&crate::registry::Registration>,
+        peer: &PeerInfo,
+    ) -> Option<String> {
+        let endpoint = registration?.endpoint();
+        self.directory
+            .may_act_as(peer, endpoint)
+            .then(|| endpoint.to_owned())
+    }
+}
+
+impl Handler for RegistrationFront {
+    async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
+        // Without the session's link a registration could not be used: only the pipeline's
+        // `handle_on_link` registers.
+        self.answer(peer, &PeerLink::closed(), &request)
+    }
+
+    async fn handle_on_link(
+        &self,
+        peer: &PeerInfo,
+        link: &PeerLink,
+        request: Packet,
+        _max_payload: usize,
+    ) -> Packet {
+        self.answer(peer, link, &request)
+    }
+}
