@@ -11,10 +11,9 @@ use privgw::acl::lwm2m::{AccessControl, Rights};
 use privgw::coap::{
     self, MessageClass, Packet, RequestType, ResponseType, ServerExchanges, TransportTuning,
 };
-use privgw::config::{DeviceConfig, EndpointUri, Profile, ServerConfig};
+use privgw::config::{DeviceConfig, EndpointUri, Profile};
 use privgw::lwm2m::{content_format, decode_access_control, encode_access_control};
-use privgw::mo::Check;
-use privgw::verifier::{AclReading, Verification};
+use privgw::verifier::{AclReading, Member, Operation, Principal, Verification};
 
 const SAMPLES: usize = 15;
 
@@ -38,14 +37,7 @@ fn bench(name: &str, iterations: u32, mut f: impl FnMut()) {
 
 fn main() {
     // Verifier: a 10 000-device group, every reply an lwm2m /2 owned by the server.
-    let server = Arc::new(ServerConfig {
-        id: "ServerA".into(),
-        ssid: 101,
-        psk: None,
-        nosec_address: None,
-        cert_rule: None,
-        ca: None,
-    });
+    let principal = Principal::new("ServerA", 101).expect("principal");
     let uri: EndpointUri = "coap://127.0.0.1:5683".parse().expect("uri");
     let devices: Vec<Arc<DeviceConfig>> = (0..10_000)
         .map(|i| {
@@ -65,14 +57,12 @@ fn main() {
         "verifier: 10 000-device group, plan + replies + decision",
         3,
         || {
-            let checks = devices
-                .iter()
-                .map(|d| Check {
-                    device: d.clone(),
-                    uri: "/3/0".into(),
-                })
-                .collect();
-            let mut v = Verification::new(server.clone(), checks);
+            let members = devices.iter().map(|d| Member {
+                id: d.id.clone(),
+                profile: d.profile,
+                device: d.clone(),
+            });
+            let mut v = Verification::new(Operation::GRANT, principal.clone(), "/3/0", members);
             while let Some(q) = v.poll_query() {
                 v.handle_reply(
                     q.index,
@@ -119,7 +109,8 @@ fn main() {
             DmPolicy::Replace,
             &[parsed],
             true,
-            "ServerA",
+            Operation::GRANT,
+            &principal,
         ));
     });
 

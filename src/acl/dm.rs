@@ -1,5 +1,6 @@
 //! OMA DM TND ACL strings: strict parsing, canonical printing, and the
-//! `replace` / `tnd-strict` policies that turn an ACL chain into a [`Verdict`].
+//! `replace` / `tnd-strict` policies that turn an ACL chain into a [`Verdict`]
+//! on whether a [`Principal`] may perform an [`Operation`].
 //!
 //! # Format
 //!
@@ -20,22 +21,22 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{DmCommand, Verdict, snippet, truncate};
+use super::{DmCommand, Operation, Principal, Verdict, snippet, truncate};
 
-/// Who an ACL entry names.
+/// Who an ACL entry names (the server asking is a [`Principal`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Principal {
+pub enum Grantee {
     /// `*`: every server.
     Any,
     /// One DM ServerID.
     Server(String),
 }
 
-impl fmt::Display for Principal {
+impl fmt::Display for Grantee {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Principal::Any => f.write_str("*"),
-            Principal::Server(id) => f.write_str(id),
+            Grantee::Any => f.write_str("*"),
+            Grantee::Server(id) => f.write_str(id),
         }
     }
 }
@@ -44,7 +45,7 @@ impl fmt::Display for Principal {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DmAclEntry {
     command: DmCommand,
-    principals: Vec<Principal>,
+    grantees: Vec<Grantee>,
 }
 
 impl DmAclEntry {
@@ -53,9 +54,9 @@ impl DmAclEntry {
         self.command
     }
 
-    /// The principals it is granted to, in the order written (never empty).
-    pub fn principals(&self) -> &[Principal] {
-        &self.principals
+    /// Who the entry grants its command to, in the order written (never empty).
+    pub fn grantees(&self) -> &[Grantee] {
+        &self.grantees
     }
 }
 
@@ -130,25 +131,22 @@ impl DmAcl {
     }
 
     /// An ACL from already-validated entries, e.g. to build one in code.
-    /// Each id is checked as [`DmAcl::parse`] would; `principals` must not be empty.
+    /// Each id is checked as [`DmAcl::parse`] would; `grantees` must not be empty.
     pub fn from_entries<I>(entries: I) -> Result<DmAcl, DmAclError>
     where
-        I: IntoIterator<Item = (DmCommand, Vec<Principal>)>,
+        I: IntoIterator<Item = (DmCommand, Vec<Grantee>)>,
     {
         let mut out = Vec::new();
-        for (command, principals) in entries {
-            if principals.is_empty() {
+        for (command, grantees) in entries {
+            if grantees.is_empty() {
                 return Err(DmAclError::EmptyId { pos: 0 });
             }
-            for p in &principals {
-                if let Principal::Server(id) = p {
+            for p in &grantees {
+                if let Grantee::Server(id) = p {
                     check_id(id, 0)?;
                 }
             }
-            out.push(DmAclEntry {
-                command,
-                principals,
-            });
+            out.push(DmAclEntry { command, grantees });
         }
         Ok(DmAcl { entries: out })
     }
@@ -168,10 +166,10 @@ impl DmAcl {
         self.entries
             .iter()
             .filter(|e| e.command == cmd)
-            .flat_map(|e| e.principals.iter())
+            .flat_map(|e| e.grantees.iter())
             .any(|p| match p {
-                Principal::Any => true,
-                Principal::Server(id) => id == server_id,
+                Grantee::Any => true,
+                Grantee::Server(id) => id == server_id,
             })
     }
 
@@ -180,10 +178,10 @@ impl DmAcl {
     pub fn named_servers(&self) -> impl Iterator<Item = &str> {
         self.entries
             .iter()
-            .flat_map(|e| e.principals.iter())
+            .flat_map(|e| e.grantees.iter())
             .filter_map(|p| match p {
-                Principal::Any => None,
-                Principal::Server(id) => Some(id.as_str()),
+                Grantee::Any => None,
+                Grantee::Server(id) => Some(id.as_str()),
             })
     }
 }
@@ -205,24 +203,21 @@ fn parse_entry(raw: &str, pos: usize) -> Result<DmAclEntry, DmAclError> {
             found: snippet(cmd),
         })?;
     let mut id_pos = pos.saturating_add(cmd.len()).saturating_add(1);
-    let mut principals = Vec::new();
+    let mut grantees = Vec::new();
     for id in ids.split('+') {
         if id == "*" {
-            principals.push(Principal::Any);
+            grantees.push(Grantee::Any);
         } else {
             check_id(id, id_pos)?;
-            principals.push(Principal::Server(id.to_owned()));
+            grantees.push(Grantee::Server(id.to_owned()));
         }
         id_pos = id_pos.saturating_add(id.len()).saturating_add(1);
     }
-    Ok(DmAclEntry {
-        command,
-        principals,
-    })
+    Ok(DmAclEntry { command, grantees })
 }
 
 /// Check a non-wildcard server id; `pos` is where it starts.
-fn check_id(id: &str, pos: usize) -> Result<(), DmAclError> {
+pub(crate) fn check_id(id: &str, pos: usize) -> Result<(), DmAclError> {
     if id.is_empty() {
         return Err(DmAclError::EmptyId { pos });
     }
@@ -246,7 +241,7 @@ impl fmt::Display for DmAcl {
                 f.write_str("&")?;
             }
             write!(f, "{}=", e.command)?;
-            for (j, p) in e.principals.iter().enumerate() {
+            for (j, p) in e.grantees.iter().enumerate() {
                 if j > 0 {
                     f.write_str("+")?;
                 }
@@ -265,7 +260,8 @@ impl FromStr for DmAcl {
     }
 }
 
-/// How a `dm`-profile device's ACL decides whether a server may change a grant.
+/// How a `dm`-profile device's ACL decides whether a server may change a grant
+/// ([`Operation::Replace`]); every other operation reads the node's effective ACL under either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DmPolicy {
     /// The CR read literally: the effective ACL of the URI must grant Replace.
@@ -304,14 +300,20 @@ impl fmt::Display for DmPolicy {
     }
 }
 
-/// Decide whether `server_id` may change a grant on a node.
+/// Decide whether `principal` may perform `operation` on a node.
 ///
 /// `chain`: the node's own ACL first, then its parent's, … up to the root, as
 /// read from the device (the reader may stop after the first non-empty one).
 /// `is_interior`: whether the node at the URI is an interior node.
 ///
-/// * [`DmPolicy::Replace`]: allowed iff the effective ACL (first non-empty in
-///   `chain`) grants Replace to `server_id` (or `*`).
+/// `Get`, `Add`, `Delete`, `Exec`: allowed iff the effective ACL (first
+/// non-empty in `chain`) has an entry for that command naming the principal's
+/// ServerID (or `*`), under either policy.
+///
+/// `Replace` — the granting question — follows the policy:
+///
+/// * [`DmPolicy::Replace`]: allowed iff the effective ACL grants Replace to the
+///   principal's ServerID (or `*`).
 /// * [`DmPolicy::TndStrict`]: interior node → as above; leaf → the same rule on
 ///   the parent's effective ACL (`chain[1..]`; the leaf's own ACL is ignored, so
 ///   for a leaf the reader must read past a non-empty leaf ACL to the parent).
@@ -322,12 +324,13 @@ pub fn dm_verdict(
     policy: DmPolicy,
     chain: &[DmAcl],
     is_interior: bool,
-    server_id: &str,
+    operation: Operation,
+    principal: &Principal,
 ) -> Verdict {
-    let (start, what) = match policy {
-        DmPolicy::TndStrict if !is_interior => (1usize, "the leaf's parent"),
-        DmPolicy::TndStrict => (0, "the interior node"),
-        DmPolicy::Replace => (0, "the node"),
+    let (start, what) = match (operation, policy) {
+        (Operation::Replace, DmPolicy::TndStrict) if !is_interior => (1usize, "the leaf's parent"),
+        (Operation::Replace, DmPolicy::TndStrict) => (0, "the interior node"),
+        _ => (0, "the node"),
     };
     let searched = chain.get(start..).unwrap_or(&[]);
     let found = searched.iter().enumerate().find(|(_, acl)| !acl.is_empty());
@@ -339,7 +342,9 @@ pub fn dm_verdict(
             ),
         };
     };
-    if acl.grants(DmCommand::Replace, server_id) {
+    let command = operation.dm_command();
+    let server_id = principal.server_id();
+    if acl.grants(command, server_id) {
         return Verdict::Allowed;
     }
     let level = i.saturating_add(start);
@@ -350,7 +355,7 @@ pub fn dm_verdict(
     };
     Verdict::Denied {
         detail: format!(
-            "ACL \"{}\" (on {place}, policy {policy}) does not grant Replace to {server_id:?}",
+            "ACL \"{}\" (on {place}, policy {policy}) does not grant {command} to {server_id:?}",
             truncate(&acl.to_string(), 256)
         ),
     }
@@ -359,6 +364,13 @@ pub fn dm_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn who(server_id: &str) -> Principal {
+        match Principal::new(server_id, 101) {
+            Ok(p) => p,
+            Err(e) => panic!("test principal {server_id:?} should be valid: {e}"),
+        }
+    }
 
     fn acl(s: &str) -> DmAcl {
         match DmAcl::parse(s) {
@@ -381,10 +393,10 @@ mod tests {
         assert_eq!(a.entries().len(), 2);
         assert_eq!(a.entries()[0].command(), DmCommand::Get);
         assert_eq!(
-            a.entries()[0].principals(),
-            &[Principal::Server("A".into()), Principal::Server("B".into())]
+            a.entries()[0].grantees(),
+            &[Grantee::Server("A".into()), Grantee::Server("B".into())]
         );
-        assert_eq!(a.entries()[1].principals(), &[Principal::Any]);
+        assert_eq!(a.entries()[1].grantees(), &[Grantee::Any]);
     }
 
     #[test]
@@ -524,10 +536,10 @@ mod tests {
 
     #[test]
     fn from_entries_validates_ids() {
-        let ok = DmAcl::from_entries([(DmCommand::Get, vec![Principal::Server("B".into())])]);
+        let ok = DmAcl::from_entries([(DmCommand::Get, vec![Grantee::Server("B".into())])]);
         assert_eq!(ok.map(|a| a.to_string()), Ok("Get=B".to_owned()));
         assert!(
-            DmAcl::from_entries([(DmCommand::Get, vec![Principal::Server("a b".into())])]).is_err()
+            DmAcl::from_entries([(DmCommand::Get, vec![Grantee::Server("a b".into())])]).is_err()
         );
         assert!(DmAcl::from_entries([(DmCommand::Get, vec![])]).is_err());
     }
@@ -572,11 +584,23 @@ mod tests {
     fn replace_policy_uses_first_non_empty_acl_in_chain() {
         let chain = [acl(""), acl("Replace=A"), acl("Replace=B")];
         assert_eq!(
-            dm_verdict(DmPolicy::Replace, &chain, false, "A"),
+            dm_verdict(
+                DmPolicy::Replace,
+                &chain,
+                false,
+                Operation::Replace,
+                &who("A")
+            ),
             Verdict::Allowed
         );
         assert!(matches!(
-            dm_verdict(DmPolicy::Replace, &chain, false, "B"),
+            dm_verdict(
+                DmPolicy::Replace,
+                &chain,
+                false,
+                Operation::Replace,
+                &who("B")
+            ),
             Verdict::Denied { .. }
         ));
     }
@@ -585,7 +609,13 @@ mod tests {
     fn replace_policy_honours_wildcard() {
         let chain = [acl("Get=A&Replace=*")];
         assert_eq!(
-            dm_verdict(DmPolicy::Replace, &chain, true, "Z"),
+            dm_verdict(
+                DmPolicy::Replace,
+                &chain,
+                true,
+                Operation::Replace,
+                &who("Z")
+            ),
             Verdict::Allowed
         );
     }
@@ -593,7 +623,13 @@ mod tests {
     #[test]
     fn replace_policy_denies_get_only_and_names_the_acl() {
         let chain = [acl(""), acl("Get=A")];
-        let v = dm_verdict(DmPolicy::Replace, &chain, false, "A");
+        let v = dm_verdict(
+            DmPolicy::Replace,
+            &chain,
+            false,
+            Operation::Replace,
+            &who("A"),
+        );
         let Verdict::Denied { detail } = v else {
             panic!("expected Denied, got {v:?}");
         };
@@ -604,11 +640,17 @@ mod tests {
     #[test]
     fn no_non_empty_acl_is_no_acl() {
         assert!(matches!(
-            dm_verdict(DmPolicy::Replace, &[], false, "A"),
+            dm_verdict(DmPolicy::Replace, &[], false, Operation::Replace, &who("A")),
             Verdict::NoAcl { .. }
         ));
         assert!(matches!(
-            dm_verdict(DmPolicy::Replace, &[acl(""), acl("")], true, "A"),
+            dm_verdict(
+                DmPolicy::Replace,
+                &[acl(""), acl("")],
+                true,
+                Operation::Replace,
+                &who("A")
+            ),
             Verdict::NoAcl { .. }
         ));
     }
@@ -617,11 +659,23 @@ mod tests {
     fn tnd_strict_leaf_checks_parent_not_own_acl() {
         let chain = [acl("Replace=A"), acl("Replace=B")];
         assert!(matches!(
-            dm_verdict(DmPolicy::TndStrict, &chain, false, "A"),
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                false,
+                Operation::Replace,
+                &who("A")
+            ),
             Verdict::Denied { .. }
         ));
         assert_eq!(
-            dm_verdict(DmPolicy::TndStrict, &chain, false, "B"),
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                false,
+                Operation::Replace,
+                &who("B")
+            ),
             Verdict::Allowed
         );
     }
@@ -629,7 +683,13 @@ mod tests {
     #[test]
     fn tnd_strict_leaf_without_parent_is_no_acl() {
         assert!(matches!(
-            dm_verdict(DmPolicy::TndStrict, &[acl("Replace=A")], false, "A"),
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &[acl("Replace=A")],
+                false,
+                Operation::Replace,
+                &who("A")
+            ),
             Verdict::NoAcl { .. }
         ));
     }
@@ -638,12 +698,146 @@ mod tests {
     fn tnd_strict_interior_checks_its_own_effective_acl() {
         let chain = [acl("Replace=A"), acl("Replace=B")];
         assert_eq!(
-            dm_verdict(DmPolicy::TndStrict, &chain, true, "A"),
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                true,
+                Operation::Replace,
+                &who("A")
+            ),
             Verdict::Allowed
         );
         assert!(matches!(
-            dm_verdict(DmPolicy::TndStrict, &chain, true, "B"),
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                true,
+                Operation::Replace,
+                &who("B")
+            ),
             Verdict::Denied { .. }
         ));
+    }
+
+    #[test]
+    fn get_is_allowed_by_a_get_entry_for_the_principal_or_wildcard() {
+        let chain = [acl(""), acl("Get=ServerB&Replace=ServerA")];
+        assert_eq!(
+            dm_verdict(
+                DmPolicy::Replace,
+                &chain,
+                false,
+                Operation::Get,
+                &who("ServerB")
+            ),
+            Verdict::Allowed
+        );
+        let chain = [acl("Get=*")];
+        assert_eq!(
+            dm_verdict(
+                DmPolicy::Replace,
+                &chain,
+                true,
+                Operation::Get,
+                &who("ServerZ")
+            ),
+            Verdict::Allowed
+        );
+    }
+
+    #[test]
+    fn get_is_denied_without_a_get_entry_even_with_replace() {
+        let chain = [acl("Replace=ServerB&Get=ServerA")];
+        let v = dm_verdict(
+            DmPolicy::Replace,
+            &chain,
+            true,
+            Operation::Get,
+            &who("ServerB"),
+        );
+        let Verdict::Denied { detail } = v else {
+            panic!("expected Denied, got {v:?}");
+        };
+        assert!(
+            detail.contains("does not grant Get to \"ServerB\""),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn get_uses_the_effective_acl_under_tnd_strict_too() {
+        // A leaf's own non-empty ACL decides a Get; only Replace looks at the parent.
+        let chain = [acl("Get=ServerB"), acl("Replace=ServerA")];
+        assert_eq!(
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                false,
+                Operation::Get,
+                &who("ServerB")
+            ),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                false,
+                Operation::Get,
+                &who("ServerA")
+            ),
+            Verdict::Denied { .. }
+        ));
+        assert_eq!(
+            dm_verdict(
+                DmPolicy::TndStrict,
+                &chain,
+                false,
+                Operation::Replace,
+                &who("ServerA")
+            ),
+            Verdict::Allowed
+        );
+    }
+
+    #[test]
+    fn exec_add_and_delete_check_their_own_entries() {
+        let chain = [acl("Exec=ServerB&Delete=ServerC&Add=ServerD")];
+        let verdict = |op, id| dm_verdict(DmPolicy::Replace, &chain, true, op, &who(id));
+        assert_eq!(verdict(Operation::Exec, "ServerB"), Verdict::Allowed);
+        assert_eq!(verdict(Operation::Delete, "ServerC"), Verdict::Allowed);
+        assert_eq!(verdict(Operation::Add, "ServerD"), Verdict::Allowed);
+        for (op, id) in [
+            (Operation::Exec, "ServerC"),
+            (Operation::Delete, "ServerB"),
+            (Operation::Add, "ServerB"),
+            (Operation::Get, "ServerB"),
+            (Operation::Replace, "ServerB"),
+        ] {
+            assert!(
+                matches!(verdict(op, id), Verdict::Denied { .. }),
+                "{op} by {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_principal_named_nowhere_fails_closed_for_every_operation() {
+        let chain = [acl("Add=A&Delete=A&Exec=A&Get=A+B&Replace=A")];
+        for op in Operation::ALL {
+            for policy in [DmPolicy::Replace, DmPolicy::TndStrict] {
+                assert!(
+                    matches!(
+                        dm_verdict(policy, &chain, true, op, &who("ServerX")),
+                        Verdict::Denied { .. }
+                    ),
+                    "{op} under {policy}"
+                );
+            }
+            assert!(matches!(
+                dm_verdict(DmPolicy::Replace, &[acl("")], true, op, &who("ServerX")),
+                Verdict::NoAcl { .. }
+            ));
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The LwM2M Access Control object (ID 2) as plain values, device paths, and
-//! the `owner` / `write-bit` policies that turn AC instances into a [`Verdict`].
+//! the `owner` / `write-bit` policies that turn AC instances into a [`Verdict`]
+//! on whether a [`Principal`] (by its Short Server ID) may perform an
+//! [`Operation`] (by its right: R, W, E, D or C).
 //!
 //! An AC instance says, for one (Object ID, Object Instance ID) pair — instance
 //! [`OBJECT_LEVEL`] meaning the object itself — which rights each Short Server
@@ -15,7 +17,7 @@ use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 use std::str::FromStr;
 
-use super::{Verdict, snippet};
+use super::{Operation, Principal, Verdict, snippet};
 
 /// LwM2M access rights bit set: R=1 W=2 E=4 D=8 C=16. Always ≤ 31.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
@@ -140,7 +142,8 @@ impl AccessControl {
     }
 }
 
-/// How an `lwm2m`-profile device's AC object decides whether a server may change a grant.
+/// How an `lwm2m`-profile device's AC object decides whether a server may change a grant
+/// ([`Operation::Replace`]); every other operation reads [`effective_rights`] under either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Lwm2mPolicy {
     /// The spec's rule: only the AC instance's owner may manage it.
@@ -337,10 +340,16 @@ pub fn effective_rights(ac: &AccessControl, ssid: u16) -> Rights {
     ac.acl.get(&0).copied().unwrap_or(Rights::NONE)
 }
 
-/// Decide whether server `ssid` may change a grant on `path`.
+/// Decide whether `principal` may perform `operation` on `path`, by the AC
+/// instance for `path.ac_key()` and the principal's Short Server ID.
 ///
-/// * [`Lwm2mPolicy::Owner`]: allowed iff the AC instance for `path.ac_key()`
-///   exists and its owner is `ssid` (owner 0 or 65535 never passes).
+/// `Get`, `Add`, `Delete`, `Exec`: allowed iff [`effective_rights`] include the
+/// operation's right (R, C, D, E), under either policy.
+///
+/// `Replace` — the granting question — follows the policy:
+///
+/// * [`Lwm2mPolicy::Owner`]: allowed iff the AC instance exists and its owner
+///   is the principal (owner 0 or 65535 never passes), whatever its W bit.
 /// * [`Lwm2mPolicy::WriteBit`]: allowed iff [`effective_rights`] include W.
 ///
 /// No AC instance for the key → [`Verdict::NoAcl`]. If a (misbehaving) device
@@ -349,6 +358,19 @@ pub fn lwm2m_verdict(
     policy: Lwm2mPolicy,
     instances: &[AccessControl],
     path: &LwPath,
+    operation: Operation,
+    principal: &Principal,
+) -> Verdict {
+    ssid_verdict(policy, instances, path, operation, principal.ssid())
+}
+
+/// [`lwm2m_verdict`] for a raw Short Server ID (which a [`Principal`] never
+/// holds reserved; the tests also feed reserved ones).
+fn ssid_verdict(
+    policy: Lwm2mPolicy,
+    instances: &[AccessControl],
+    path: &LwPath,
+    operation: Operation,
     ssid: u16,
 ) -> Verdict {
     let key = path.ac_key();
@@ -366,26 +388,31 @@ pub fn lwm2m_verdict(
             ),
         };
     }
+    let owner_decides = operation == Operation::Replace && policy == Lwm2mPolicy::Owner;
+    let needed = operation.lwm2m_right();
     for ac in matching {
-        let denied = match policy {
-            Lwm2mPolicy::Owner if !is_real_ssid(ac.owner) => Some(format!(
-                "AC instance /2/{} for {path} has reserved owner {}, server is {ssid}",
-                ac.instance, ac.owner
-            )),
-            Lwm2mPolicy::Owner if ac.owner != ssid => Some(format!(
-                "AC instance /2/{} for {path}: owner is {}, server is {ssid}",
-                ac.instance, ac.owner
-            )),
-            Lwm2mPolicy::Owner => None,
-            Lwm2mPolicy::WriteBit => {
-                let r = effective_rights(ac, ssid);
-                (!r.contains(Rights::WRITE)).then(|| {
-                    format!(
-                        "AC instance /2/{} for {path}: server {ssid} has rights {r} (no W), owner is {}",
-                        ac.instance, ac.owner
-                    )
-                })
+        let denied = if owner_decides {
+            if !is_real_ssid(ac.owner) {
+                Some(format!(
+                    "AC instance /2/{} for {path} has reserved owner {}, server is {ssid}",
+                    ac.instance, ac.owner
+                ))
+            } else if ac.owner != ssid {
+                Some(format!(
+                    "AC instance /2/{} for {path}: owner is {}, server is {ssid}",
+                    ac.instance, ac.owner
+                ))
+            } else {
+                None
             }
+        } else {
+            let r = effective_rights(ac, ssid);
+            (!r.contains(needed)).then(|| {
+                format!(
+                    "AC instance /2/{} for {path}: server {ssid} has rights {r} (no {needed}), owner is {}",
+                    ac.instance, ac.owner
+                )
+            })
         };
         if let Some(detail) = denied {
             return Verdict::Denied { detail };
@@ -402,6 +429,13 @@ mod tests {
         match LwPath::parse(s) {
             Ok(p) => p,
             Err(e) => panic!("test path {s:?} should parse: {e}"),
+        }
+    }
+
+    fn server(ssid: u16) -> Principal {
+        match Principal::new(format!("Server{ssid}"), ssid) {
+            Ok(p) => p,
+            Err(e) => panic!("test principal {ssid} should be valid: {e}"),
         }
     }
 
@@ -538,11 +572,23 @@ mod tests {
     fn owner_policy_allows_owner_only() {
         let acs = [dev_ac()];
         assert_eq!(
-            lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3/0/1"), 123),
+            lwm2m_verdict(
+                Lwm2mPolicy::Owner,
+                &acs,
+                &path("/3/0/1"),
+                Operation::Replace,
+                &server(123)
+            ),
             Verdict::Allowed
         );
         assert_eq!(
-            lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3/0/1"), 101),
+            lwm2m_verdict(
+                Lwm2mPolicy::Owner,
+                &acs,
+                &path("/3/0/1"),
+                Operation::Replace,
+                &server(101)
+            ),
             Verdict::Denied {
                 detail: "AC instance /2/0 for /3/0/1: owner is 123, server is 101".into()
             }
@@ -553,7 +599,13 @@ mod tests {
     fn owner_policy_denies_even_with_write_bit() {
         let acs = [dev_ac().with_rights(101, Rights::FULL)];
         assert!(matches!(
-            lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3/0"), 101),
+            lwm2m_verdict(
+                Lwm2mPolicy::Owner,
+                &acs,
+                &path("/3/0"),
+                Operation::Replace,
+                &server(101)
+            ),
             Verdict::Denied { .. }
         ));
     }
@@ -564,7 +616,13 @@ mod tests {
             let acs = [AccessControl::new(0, 3, 0, owner)];
             for ssid in [0, 65535] {
                 assert!(matches!(
-                    lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3/0"), ssid),
+                    ssid_verdict(
+                        Lwm2mPolicy::Owner,
+                        &acs,
+                        &path("/3/0"),
+                        Operation::Replace,
+                        ssid
+                    ),
                     Verdict::Denied { .. }
                 ));
             }
@@ -577,7 +635,7 @@ mod tests {
         for p in ["/3/1", "/3", "/4/0"] {
             for policy in [Lwm2mPolicy::Owner, Lwm2mPolicy::WriteBit] {
                 assert!(matches!(
-                    lwm2m_verdict(policy, &acs, &path(p), 123),
+                    lwm2m_verdict(policy, &acs, &path(p), Operation::Replace, &server(123)),
                     Verdict::NoAcl { .. }
                 ));
             }
@@ -588,7 +646,13 @@ mod tests {
     fn object_level_path_uses_65535_instance() {
         let acs = [AccessControl::new(7, 3, OBJECT_LEVEL, 101)];
         assert_eq!(
-            lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3"), 101),
+            lwm2m_verdict(
+                Lwm2mPolicy::Owner,
+                &acs,
+                &path("/3"),
+                Operation::Replace,
+                &server(101)
+            ),
             Verdict::Allowed
         );
     }
@@ -598,17 +662,35 @@ mod tests {
         let acs = [dev_ac()];
         // 999 has explicit R only.
         assert!(matches!(
-            lwm2m_verdict(Lwm2mPolicy::WriteBit, &acs, &path("/3/0"), 999),
+            lwm2m_verdict(
+                Lwm2mPolicy::WriteBit,
+                &acs,
+                &path("/3/0"),
+                Operation::Replace,
+                &server(999)
+            ),
             Verdict::Denied { .. }
         ));
         // 5 falls back to default 0x0F (includes W).
         assert_eq!(
-            lwm2m_verdict(Lwm2mPolicy::WriteBit, &acs, &path("/3/0"), 5),
+            lwm2m_verdict(
+                Lwm2mPolicy::WriteBit,
+                &acs,
+                &path("/3/0"),
+                Operation::Replace,
+                &server(5)
+            ),
             Verdict::Allowed
         );
         // Owner without entry has full rights.
         assert_eq!(
-            lwm2m_verdict(Lwm2mPolicy::WriteBit, &acs, &path("/3/0"), 123),
+            lwm2m_verdict(
+                Lwm2mPolicy::WriteBit,
+                &acs,
+                &path("/3/0"),
+                Operation::Replace,
+                &server(123)
+            ),
             Verdict::Allowed
         );
     }
@@ -617,7 +699,13 @@ mod tests {
     fn duplicate_instances_must_all_allow() {
         let acs = [dev_ac(), AccessControl::new(1, 3, 0, 101)];
         assert!(matches!(
-            lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3/0"), 123),
+            lwm2m_verdict(
+                Lwm2mPolicy::Owner,
+                &acs,
+                &path("/3/0"),
+                Operation::Replace,
+                &server(123)
+            ),
             Verdict::Denied { .. }
         ));
     }
@@ -628,5 +716,94 @@ mod tests {
         assert_eq!("write-bit".parse(), Ok(Lwm2mPolicy::WriteBit));
         assert!("Owner".parse::<Lwm2mPolicy>().is_err());
         assert_eq!(Lwm2mPolicy::WriteBit.to_string(), "write-bit");
+    }
+
+    #[test]
+    fn get_needs_the_read_bit_in_the_principals_effective_rights() {
+        let acs = [dev_ac().with_rights(102, Rights::WRITE)];
+        for policy in [Lwm2mPolicy::Owner, Lwm2mPolicy::WriteBit] {
+            let get =
+                |ssid| lwm2m_verdict(policy, &acs, &path("/3/0/1"), Operation::Get, &server(ssid));
+            // 999: explicit R. 5: no entry, default 0x0F. 123: owner without entry, full.
+            assert_eq!(get(999), Verdict::Allowed, "{policy}");
+            assert_eq!(get(5), Verdict::Allowed, "{policy}");
+            assert_eq!(get(123), Verdict::Allowed, "{policy}");
+            // 102: an explicit W-only entry overrides the default's R.
+            assert_eq!(
+                get(102),
+                Verdict::Denied {
+                    detail:
+                        "AC instance /2/0 for /3/0/1: server 102 has rights W (no R), owner is 123"
+                            .into()
+                },
+                "{policy}"
+            );
+        }
+    }
+
+    #[test]
+    fn get_without_entry_default_or_ownership_fails_closed() {
+        let acs = [AccessControl::new(0, 3, 0, 123).with_rights(999, Rights::READ)];
+        for policy in [Lwm2mPolicy::Owner, Lwm2mPolicy::WriteBit] {
+            assert!(matches!(
+                lwm2m_verdict(policy, &acs, &path("/3/0"), Operation::Get, &server(5)),
+                Verdict::Denied { .. }
+            ));
+            assert!(matches!(
+                lwm2m_verdict(policy, &acs, &path("/4/0"), Operation::Get, &server(999)),
+                Verdict::NoAcl { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn exec_delete_and_add_map_to_e_d_and_c() {
+        let acs = [AccessControl::new(0, 3, 0, 123)
+            .with_rights(0, Rights::READ)
+            .with_rights(102, Rights::EXECUTE)
+            .with_rights(103, Rights::DELETE)
+            .with_rights(104, Rights::CREATE)];
+        let verdict =
+            |op, ssid| lwm2m_verdict(Lwm2mPolicy::Owner, &acs, &path("/3/0"), op, &server(ssid));
+        for (op, allowed) in [
+            (Operation::Exec, 102),
+            (Operation::Delete, 103),
+            (Operation::Add, 104),
+        ] {
+            for ssid in [102, 103, 104, 5] {
+                let v = verdict(op, ssid);
+                if ssid == allowed {
+                    assert_eq!(v, Verdict::Allowed, "{op} by {ssid}");
+                } else {
+                    assert!(matches!(v, Verdict::Denied { .. }), "{op} by {ssid}: {v:?}");
+                }
+            }
+        }
+        // The owner holds every right, so every verb passes for it.
+        for op in Operation::ALL {
+            assert_eq!(verdict(op, 123), Verdict::Allowed, "{op}");
+        }
+    }
+
+    #[test]
+    fn replace_keeps_owner_vs_write_bit_semantics() {
+        // 102 holds W explicitly but does not own the instance.
+        let acs = [dev_ac().with_rights(102, Rights::READ | Rights::WRITE)];
+        let replace = |policy, ssid| {
+            lwm2m_verdict(
+                policy,
+                &acs,
+                &path("/3/0"),
+                Operation::Replace,
+                &server(ssid),
+            )
+        };
+        assert!(matches!(
+            replace(Lwm2mPolicy::Owner, 102),
+            Verdict::Denied { .. }
+        ));
+        assert_eq!(replace(Lwm2mPolicy::WriteBit, 102), Verdict::Allowed);
+        assert_eq!(replace(Lwm2mPolicy::Owner, 123), Verdict::Allowed);
+        assert_eq!(replace(Lwm2mPolicy::WriteBit, 123), Verdict::Allowed);
     }
 }

@@ -1,7 +1,8 @@
 //! The two ACL models found on end devices, parsed once and evaluated pure.
 //!
 //! This module owns the vocabulary shared by both models: the DM command set
-//! ([`DmCommand`]) and the outcome of checking one device's ACL for one server
+//! ([`DmCommand`]), the question asked of an ACL — which [`Operation`] by which
+//! [`Principal`] — and the outcome of checking one device's ACL for it
 //! ([`Verdict`]).
 //!
 //! * [`dm`] — OMA DM TND ACL strings (`Get=A+B&Replace=*`) and the `replace` /
@@ -15,6 +16,11 @@
 
 pub mod dm;
 pub mod lwm2m;
+pub mod operation;
+pub mod principal;
+
+pub use operation::Operation;
+pub use principal::{Principal, PrincipalError};
 
 use std::fmt;
 use std::str::FromStr;
@@ -93,12 +99,12 @@ impl FromStr for DmCommand {
     }
 }
 
-/// Outcome of evaluating one device's ACL for one server.
+/// Outcome of evaluating one device's ACL for one principal and operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The ACL grants the checked right.
+    /// The ACL grants the operation to the principal.
     Allowed,
-    /// An ACL was found and it does not grant the right; `detail` says which ACL and why.
+    /// An ACL was found and it does not grant the operation; `detail` says which ACL and why.
     Denied {
         /// Human-readable explanation, e.g. `"owner is 123, server is 101"`.
         detail: String,

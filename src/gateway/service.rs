@@ -24,7 +24,7 @@ use crate::registry::Account as RegistryAccount;
 use crate::south::fanout::{self, AclReader};
 use crate::store::dedup::unix_ms;
 use crate::store::{Commit, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError};
-use crate::verifier::{Decision, Failure, RejectKind, Verification};
+use crate::verifier::{Decision, Failure, Member, Operation, Principal, RejectKind, Verification};
 
 use super::quota::{Quota, QuotaError};
 use crate::front::page::{ListQuery, Listing};
@@ -649,7 +649,21 @@ impl<R: AclReader> Service<R> {
             })
             .unwrap_or_default();
 
-        let mut verification = Verification::new(server.clone(), checks);
+        // The verifier sees the server only as the device ACLs name it, without credentials.
+        let principal = Principal::new(server.id.clone(), server.ssid)
+            .map_err(|e| FrontError::Internal(format!("server '{}': {e}", server.id)))?;
+        let mut verification = Verification::with_uris(
+            Operation::GRANT,
+            principal,
+            checks.into_iter().map(|check| {
+                let member = Member {
+                    id: check.device.id.clone(),
+                    profile: check.device.profile,
+                    device: check.device,
+                };
+                (member, check.uri)
+            }),
+        );
         fanout::run(
             self.reader.clone(),
             &mut verification,

@@ -29,7 +29,7 @@ pub trait AclReader: Send + Sync + 'static {
 /// decision is then `verification.poll_decision()`.
 pub async fn run<R: AclReader>(
     reader: Arc<R>,
-    verification: &mut Verification,
+    verification: &mut Verification<Arc<DeviceConfig>>,
     in_flight: Arc<Semaphore>,
     deadline: Duration,
 ) {

@@ -5,7 +5,7 @@ use std::fmt;
 /// Why one device failed the check. The string forms are the wire contract (`Reason` in `Failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
-    /// The ACL was read and the requesting server lacks Replace.
+    /// The ACL was read and it does not grant the operation to the principal.
     Denied,
     /// There is no ACL / AC instance for that URI.
     NoAcl,

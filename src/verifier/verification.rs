@@ -1,47 +1,112 @@
-//! One verification as a state machine: it hands out ACL reads ([`Verification::poll_query`]),
-//! takes the replies in any order ([`Verification::handle_reply`]) and, once every read has
-//! an outcome, gives the decision ([`Verification::poll_decision`]). The driver decides how
-//! many reads run at once and how long each may take; the verifier only counts and judges.
+//! One verification as a state machine: it asks one question — may this [`Principal`]
+//! perform this [`Operation`] on these URIs of these devices? — hands out the ACL reads
+//! ([`Verification::poll_query`]), takes the replies in any order
+//! ([`Verification::handle_reply`]) and, once every read has an outcome, gives the decision
+//! ([`Verification::poll_decision`]). The driver decides how many reads run at once and how
+//! long each may take; the verifier only counts and judges.
 //!
-//! Work is linear in the number of checks: no step looks at more than one reply.
+//! A device is a [`Member`]: its DeviceID and profile, plus an opaque handle of the driver's
+//! (how to reach it) that the verifier hands back in each [`Query`] and never looks into —
+//! device credentials stay with the driver.
+//!
+//! Planning sorts the reads once; after that no step looks at more than one reply.
 
-use std::sync::Arc;
-
-use crate::config::ServerConfig;
-use crate::mo::{Check, DeviceRef};
+use crate::acl::{Operation, Principal};
+use crate::config::Profile;
 use crate::verifier::decision::truncate_detail;
 use crate::verifier::{
     AclReading, Decision, Failure, Outcome, ReadFailure, Reason, RejectKind, evaluate,
 };
 
+/// One device to verify: what the verifier needs of it, and the driver's handle `device`.
+#[derive(Debug, Clone)]
+pub struct Member<D> {
+    /// The DeviceID, as it appears in the answer's `Verified` and `Failed` lists.
+    pub id: String,
+    /// How the device's ACL is read and judged.
+    pub profile: Profile,
+    /// The driver's handle for reading the device, handed back in [`Query::device`].
+    pub device: D,
+}
+
 /// One ACL read to perform: `index` identifies it in [`Verification::handle_reply`].
 #[derive(Debug, Clone)]
-pub struct Query {
+pub struct Query<D> {
     pub index: usize,
-    pub device: DeviceRef,
+    /// The handle given in the device's [`Member`].
+    pub device: D,
     pub uri: String,
 }
 
+/// One planned read: a device and a URI on it.
 #[derive(Debug)]
-pub struct Verification {
-    server: Arc<ServerConfig>,
-    checks: Vec<Check>,
+struct Check<D> {
+    member: Member<D>,
+    uri: String,
+}
+
+#[derive(Debug)]
+pub struct Verification<D> {
+    operation: Operation,
+    principal: Principal,
+    checks: Vec<Check<D>>,
     outcomes: Vec<Option<Outcome>>,
     next_query: usize,
     answered: usize,
 }
 
-impl Verification {
-    /// `checks` as produced by [`crate::mo::Change::checks`]: sorted by DeviceID, then URI.
-    pub fn new(server: Arc<ServerConfig>, checks: Vec<Check>) -> Verification {
-        let outcomes = vec![None; checks.len()];
+impl<D> Verification<D> {
+    /// May `principal` perform `operation` on `uri` of every one of `devices`? A device
+    /// target is a group of one.
+    pub fn new(
+        operation: Operation,
+        principal: Principal,
+        uri: impl Into<String>,
+        devices: impl IntoIterator<Item = Member<D>>,
+    ) -> Verification<D> {
+        let uri = uri.into();
+        Verification::with_uris(
+            operation,
+            principal,
+            devices.into_iter().map(|member| (member, uri.clone())),
+        )
+    }
+
+    /// As [`Verification::new`], with a URI per read: a Replace that moves a grant is
+    /// verified on the old and the new (device, URI) places at once. The same (DeviceID,
+    /// URI) twice is read once.
+    pub fn with_uris(
+        operation: Operation,
+        principal: Principal,
+        checks: impl IntoIterator<Item = (Member<D>, String)>,
+    ) -> Verification<D> {
+        let mut checks: Vec<Check<D>> = checks
+            .into_iter()
+            .map(|(member, uri)| Check { member, uri })
+            .collect();
+        // Sorted by DeviceID, then URI: a device's reads are adjacent, and the answer's
+        // lists come out sorted.
+        checks.sort_by(|a, b| (&a.member.id, &a.uri).cmp(&(&b.member.id, &b.uri)));
+        checks.dedup_by(|a, b| a.member.id == b.member.id && a.uri == b.uri);
+        let outcomes = std::iter::repeat_with(|| None).take(checks.len()).collect();
         Verification {
-            server,
+            operation,
+            principal,
             checks,
             outcomes,
             next_query: 0,
             answered: 0,
         }
+    }
+
+    /// The operation asked about.
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+
+    /// Who asks.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
     }
 
     pub fn len(&self) -> usize {
@@ -54,11 +119,14 @@ impl Verification {
 
     /// The next read to start, each exactly once.
     #[must_use]
-    pub fn poll_query(&mut self) -> Option<Query> {
+    pub fn poll_query(&mut self) -> Option<Query<D>>
+    where
+        D: Clone,
+    {
         let check = self.checks.get(self.next_query)?;
         let query = Query {
             index: self.next_query,
-            device: check.device.clone(),
+            device: check.member.device.clone(),
             uri: check.uri.clone(),
         };
         self.next_query += 1;
@@ -80,7 +148,13 @@ impl Verification {
         if slot.is_some() {
             return None;
         }
-        let outcome = match evaluate(check.device.profile, &check.uri, &self.server, reply) {
+        let outcome = match evaluate(
+            check.member.profile,
+            self.operation,
+            &check.uri,
+            &self.principal,
+            reply,
+        ) {
             Outcome::Failed { reason, detail } => Outcome::Failed {
                 reason,
                 detail: truncate_detail(&detail),
@@ -122,7 +196,7 @@ impl Verification {
         // Checks are sorted by device, so a device's checks are adjacent. A device is
         // verified only if none of its checks failed.
         for (check, outcome) in self.checks.iter().zip(&self.outcomes) {
-            let id = &check.device.id;
+            let id = &check.member.id;
             match outcome.as_ref().unwrap_or(&no_reply) {
                 Outcome::Allowed => {
                     if verified.last() != Some(id) {
@@ -154,7 +228,7 @@ impl Verification {
         self.checks
             .iter()
             .zip(&self.outcomes)
-            .map(|(c, o)| (c.device.id.as_str(), c.uri.as_str(), o.as_ref()))
+            .map(|(c, o)| (c.member.id.as_str(), c.uri.as_str(), o.as_ref()))
     }
 }
 
@@ -162,40 +236,28 @@ impl Verification {
 mod tests {
     use super::*;
     use crate::acl::dm::DmPolicy;
-    use crate::config::{DeviceConfig, EndpointUri, Profile};
     use crate::verifier::Reason;
 
-    fn server() -> Arc<ServerConfig> {
-        Arc::new(ServerConfig {
-            id: "ServerA".into(),
-            ssid: 101,
-            psk: None,
-            nosec_address: None,
-            cert_rule: None,
-            ca: None,
-        })
+    fn principal() -> Principal {
+        Principal::new("ServerA", 101).expect("valid principal")
     }
 
-    fn device(id: &str) -> DeviceRef {
-        Arc::new(DeviceConfig {
+    fn member(id: &str) -> Member<()> {
+        Member {
             id: id.into(),
-            reach: crate::config::Reach::Dialed(
-                "coap://127.0.0.1:1".parse::<EndpointUri>().unwrap(),
-            ),
             profile: Profile::Dm(DmPolicy::Replace),
-            psk: None,
-            certs: None,
-            cert_rule: None,
-        })
+            device: (),
+        }
     }
 
-    fn checks(ids: &[&str]) -> Vec<Check> {
-        ids.iter()
-            .map(|id| Check {
-                device: device(id),
-                uri: "/3/0".into(),
-            })
-            .collect()
+    /// The grant question on `/3/0` of each of `ids`.
+    fn plan(ids: &[&str]) -> Verification<()> {
+        Verification::new(
+            Operation::GRANT,
+            principal(),
+            "/3/0",
+            ids.iter().map(|id| member(id)),
+        )
     }
 
     fn dm(acl: &str) -> Result<AclReading, ReadFailure> {
@@ -206,8 +268,8 @@ mod tests {
     }
 
     fn run(ids: &[&str], replies: Vec<Result<AclReading, ReadFailure>>) -> Decision {
-        let mut v = Verification::new(server(), checks(ids));
-        let queries: Vec<Query> = std::iter::from_fn(|| v.poll_query()).collect();
+        let mut v = plan(ids);
+        let queries: Vec<Query<()>> = std::iter::from_fn(|| v.poll_query()).collect();
         assert_eq!(queries.len(), ids.len());
         // Replies arrive in reverse order: order must not matter.
         for (q, r) in queries.iter().zip(replies).rev() {
@@ -279,8 +341,8 @@ mod tests {
     /// loop counted a missing outcome as verified.
     #[test]
     fn a_missing_outcome_fails_closed() {
-        let mut v = Verification::new(server(), checks(&["a", "b", "c"]));
-        let queries: Vec<Query> = std::iter::from_fn(|| v.poll_query()).collect();
+        let mut v = plan(&["a", "b", "c"]);
+        let queries: Vec<Query<()>> = std::iter::from_fn(|| v.poll_query()).collect();
         v.handle_reply(queries[0].index, dm("Replace=ServerA"));
         v.handle_reply(queries[2].index, dm("Replace=ServerA"));
         assert!(v.poll_decision().is_none(), "b is still pending");
@@ -294,9 +356,9 @@ mod tests {
             other => panic!("must not commit: {other:?}"),
         }
         // Nothing asked at all: no decision (and never a commit).
-        let v = Verification::new(server(), checks(&["a"]));
+        let v = plan(&["a"]);
         assert!(matches!(v.conclude(), Some(Decision::Reject { .. })));
-        assert!(Verification::new(server(), Vec::new()).conclude().is_none());
+        assert!(plan(&[]).conclude().is_none());
     }
 
     /// A device's 300 KB malformed ACL becomes a `Detail` of at most 200 characters (it was
@@ -304,7 +366,7 @@ mod tests {
     #[test]
     fn long_details_are_truncated() {
         let acl = "Get=".to_owned() + &"é".repeat(150_000);
-        let mut v = Verification::new(server(), checks(&["a"]));
+        let mut v = plan(&["a"]);
         let q = v.poll_query().unwrap();
         match v.handle_reply(q.index, dm(&acl)) {
             Some(Outcome::Failed { reason, detail }) => {
@@ -326,7 +388,7 @@ mod tests {
 
     #[test]
     fn duplicate_and_unknown_replies_are_ignored() {
-        let mut v = Verification::new(server(), checks(&["a", "b"]));
+        let mut v = plan(&["a", "b"]);
         let q = v.poll_query().unwrap();
         assert!(
             v.handle_reply(1, dm("Replace=ServerA")).is_none(),
@@ -370,5 +432,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The proxy's question: may ServerB Get /3/0/1? The verification judges the operation
+    /// and principal it was planned with, not the grant question.
+    #[test]
+    fn a_get_verification_judges_its_own_operation_and_principal() {
+        let b = Principal::new("ServerB", 102).expect("valid principal");
+        let mut v = Verification::new(
+            Operation::Get,
+            b.clone(),
+            "/3/0/1",
+            ["dev1", "dev2"].iter().map(|id| member(id)),
+        );
+        assert_eq!(v.operation(), Operation::Get);
+        assert_eq!(v.principal(), &b);
+        let q1 = v.poll_query().expect("dev1");
+        let q2 = v.poll_query().expect("dev2");
+        assert_eq!(q1.uri, "/3/0/1");
+        assert_eq!(
+            v.handle_reply(q1.index, dm("Get=ServerB")),
+            Some(&Outcome::Allowed)
+        );
+        v.handle_reply(q2.index, dm("Replace=ServerB&Get=ServerA"));
+        match v.poll_decision() {
+            Some(Decision::Reject { kind, failed }) => {
+                assert_eq!(kind, RejectKind::Forbidden);
+                assert_eq!(failed.len(), 1);
+                assert_eq!(failed[0].device_id, "dev2");
+                assert_eq!(failed[0].reason, Reason::Denied);
+                assert!(
+                    failed[0].detail.contains("Get to \"ServerB\""),
+                    "{}",
+                    failed[0].detail
+                );
+            }
+            other => panic!("expected reject, got {other:?}"),
+        }
+    }
+
+    /// Reads are planned sorted by DeviceID then URI, each (device, URI) once, whatever
+    /// order the caller gives them in.
+    #[test]
+    fn reads_are_sorted_and_deduplicated() {
+        let mut v = Verification::with_uris(
+            Operation::GRANT,
+            principal(),
+            [
+                (member("b"), "/3/0".to_owned()),
+                (member("a"), "/4/0".to_owned()),
+                (member("a"), "/3/0".to_owned()),
+                (member("b"), "/3/0".to_owned()),
+            ],
+        );
+        assert_eq!(v.len(), 3);
+        let planned: Vec<(usize, String)> = std::iter::from_fn(|| v.poll_query())
+            .map(|q| (q.index, q.uri))
+            .collect();
+        let expected = [(0, "/3/0"), (1, "/4/0"), (2, "/3/0")].map(|(i, u)| (i, u.to_owned()));
+        assert_eq!(planned, expected);
+        let ids: Vec<&str> = v.outcomes().map(|(id, _, _)| id).collect();
+        assert_eq!(ids, ["a", "a", "b"]);
     }
 }
