@@ -13,14 +13,16 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::DeviceConfig;
-use crate::verifier::{AclReading, Outcome, ReadFailure, Verification};
+use crate::verifier::{AclReading, Outcome, Principal, ReadFailure, Verification};
 
-/// Reads the ACL that governs `uri` on a device. Implemented by [`crate::south::South`] over
-/// real sockets; tests may supply their own.
+/// Reads the ACL that governs `uri` on a device, for a question `on_behalf` a server asks
+/// (a registered device is read over that server's account if it has one there).
+/// Implemented by [`crate::south::South`] over real sockets; tests may supply their own.
 pub trait AclReader: Send + Sync + 'static {
     fn read_acl(
         &self,
         device: &DeviceConfig,
+        on_behalf: &Principal,
         uri: &str,
     ) -> impl Future<Output = Result<AclReading, ReadFailure>> + Send;
 }
@@ -35,8 +37,10 @@ pub async fn run<R: AclReader>(
 ) {
     let mut tasks = JoinSet::new();
     let mut index_of_task = HashMap::new();
+    let principal = verification.principal().clone();
     while let Some(query) = verification.poll_query() {
         let reader = reader.clone();
+        let principal = principal.clone();
         let in_flight = in_flight.clone();
         let span = tracing::info_span!("device", id = %query.device.id, uri = %query.uri);
         let index = query.index;
@@ -47,7 +51,7 @@ pub async fn run<R: AclReader>(
                 tracing::debug!("reading ACL");
                 let reply = match tokio::time::timeout(
                     deadline,
-                    reader.read_acl(&query.device, &query.uri),
+                    reader.read_acl(&query.device, &principal, &query.uri),
                 )
                 .await
                 {

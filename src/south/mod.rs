@@ -35,7 +35,7 @@ use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
 use crate::transport::{Identity, TransportError};
-use crate::verifier::{AclReading, ReadFailure};
+use crate::verifier::{AclReading, Principal, ReadFailure};
 
 use fanout::AclReader;
 
@@ -521,8 +521,14 @@ fn handshake_failure(e: TransportError) -> ReadFailure {
 }
 
 impl AclReader for South {
-    async fn read_acl(&self, device: &DeviceConfig, uri: &str) -> Result<AclReading, ReadFailure> {
-        profile::read_acl(self, device, &Account::new("gateway"), uri).await
+    async fn read_acl(
+        &self,
+        device: &DeviceConfig,
+        on_behalf: &Principal,
+        uri: &str,
+    ) -> Result<AclReading, ReadFailure> {
+        let account = Account::new(on_behalf.server_id());
+        profile::read_acl(self, device, &account, uri).await
     }
 }
 

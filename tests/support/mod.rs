@@ -75,6 +75,9 @@ enum Kind {
     Simulated(Box<DeviceSimConfig>),
     /// A URI nobody answers on (`coap://` or `coaps://`).
     Dead(Scheme),
+    /// A simulated LwM2M client that registers, started after the gateway, on these
+    /// `[[lwm2m.listen]]` listeners (indices into [`FleetBuilder::lwm2m_listen`]).
+    Registering(Box<DeviceSimConfig>, Vec<usize>),
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,9 @@ pub struct FleetBuilder {
     limits_lines: Vec<String>,
     /// Devices reached through a lossy [`relay::Relay`], by DeviceID.
     relays: BTreeMap<String, relay::LinkConfig>,
+    /// `[[lwm2m.listen]]`: scheme and account (`None`: the gateway's own). Default when a
+    /// device registers: one `coaps://` listener for the gateway's own account.
+    lwm2m_listen: Vec<(Scheme, Option<&'static str>)>,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -198,6 +204,7 @@ impl FleetBuilder {
             device_psk: true,
             limits_lines: Vec::new(),
             relays: BTreeMap::new(),
+            lwm2m_listen: Vec::new(),
         }
     }
 
@@ -275,6 +282,47 @@ impl FleetBuilder {
             .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
             .collect();
         self.push(id, "dm", policy, Kind::Simulated(Box::new(cfg)));
+        self
+    }
+
+    /// An LwM2M device (policy `owner`) that registers with the gateway's first
+    /// `[[lwm2m.listen]]` listener over DTLS-PSK (identity = its id), as a real client would.
+    pub fn registering(self, id: &str, access_control: Vec<AcInstance>) -> Self {
+        self.registering_with(id, &[0], access_control, |_| {})
+    }
+
+    /// A registering device on the listeners `accounts` (indices into
+    /// [`lwm2m_listen`](Self::lwm2m_listen)); `adjust` changes its simulator config
+    /// (lifetime, queue mode, LwM2M version…). Over `coap://` listeners it is a NoSec device.
+    pub fn registering_with(
+        mut self,
+        id: &str,
+        accounts: &[usize],
+        access_control: Vec<AcInstance>,
+        adjust: impl FnOnce(&mut DeviceSimConfig),
+    ) -> Self {
+        let mut cfg = DeviceSimConfig {
+            id: id.to_owned(),
+            profile: "lwm2m".to_owned(),
+            psk_identity: Some(id.to_owned()),
+            psk_key: Some(format!("devkey-{id}")),
+            access_control,
+            ..DeviceSimConfig::default()
+        };
+        adjust(&mut cfg);
+        self.push(
+            id,
+            "lwm2m",
+            None,
+            Kind::Registering(Box::new(cfg), accounts.to_vec()),
+        );
+        self
+    }
+
+    /// Replaces the `[[lwm2m.listen]]` listeners: scheme and account (`None`: the gateway's
+    /// own account). Ports are chosen when the fleet starts and kept across restarts.
+    pub fn lwm2m_listen(mut self, listeners: &[(Scheme, Option<&'static str>)]) -> Self {
+        self.lwm2m_listen = listeners.to_vec();
         self
     }
 
@@ -382,6 +430,10 @@ impl FleetBuilder {
         let mut uris = Vec::new();
         for spec in &self.devices {
             let uri = match &spec.kind {
+                Kind::Registering(..) => EndpointUri {
+                    scheme: Scheme::Coaps,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                },
                 Kind::Simulated(cfg) => {
                     let dev = RunningDevice::start(cfg).await.expect("device starts");
                     let mut uri = dev.uri();
@@ -402,8 +454,27 @@ impl FleetBuilder {
             };
             uris.push(uri);
         }
-        let config_text = self.config_text(&store, &uris);
+        let lwm2m_uris = self.lwm2m_uris();
+        let config_text = self.config_text(&store, &uris, &lwm2m_uris);
         let gateway = start_gateway(&config_text).await;
+        for spec in &self.devices {
+            let Kind::Registering(cfg, accounts) = &spec.kind else {
+                continue;
+            };
+            let mut cfg = (**cfg).clone();
+            cfg.register = accounts
+                .iter()
+                .map(|&i| lwm2m_uris[i].to_string())
+                .collect();
+            let dev = RunningDevice::start(&cfg).await.expect("device starts");
+            assert!(
+                dev.wait_registered(Duration::from_secs(10)).await,
+                "{} did not register with {:?}",
+                spec.id,
+                cfg.register
+            );
+            devices.push((spec.id.clone(), dev));
+        }
         Fleet {
             gateway: Some(gateway),
             devices,
@@ -419,7 +490,31 @@ impl FleetBuilder {
         }
     }
 
-    fn config_text(&self, store: &std::path::Path, uris: &[EndpointUri]) -> String {
+    /// The `[[lwm2m.listen]]` URIs, on free loopback ports (kept across gateway restarts).
+    fn lwm2m_uris(&self) -> Vec<EndpointUri> {
+        let mut listen = self.lwm2m_listen.clone();
+        let registers = self
+            .devices
+            .iter()
+            .any(|d| matches!(d.kind, Kind::Registering(..)));
+        if listen.is_empty() && registers {
+            listen.push((Scheme::Coaps, None));
+        }
+        listen
+            .iter()
+            .map(|(scheme, _)| EndpointUri {
+                scheme: *scheme,
+                addr: unused_udp_addr(),
+            })
+            .collect()
+    }
+
+    fn config_text(
+        &self,
+        store: &std::path::Path,
+        uris: &[EndpointUri],
+        lwm2m_uris: &[EndpointUri],
+    ) -> String {
         let listen: Vec<String> = self.listen.iter().map(|l| format!("{l:?}")).collect();
         let mut toml = format!(
             "[gateway]\nlisten = [{}]\nstore = {:?}\ndevice_timeout_ms = {}\n",
@@ -457,7 +552,37 @@ impl FleetBuilder {
                 writeln!(toml, "{line}").unwrap();
             }
         }
+        for (i, uri) in lwm2m_uris.iter().enumerate() {
+            write!(toml, "\n[[lwm2m.listen]]\nuri = \"{uri}\"\n").unwrap();
+            if let Some(Some(account)) = self.lwm2m_listen.get(i).map(|(_, a)| a) {
+                writeln!(toml, "account = \"{account}\"").unwrap();
+            }
+        }
         for (spec, uri) in self.devices.iter().zip(uris) {
+            if let Kind::Registering(cfg, accounts) = &spec.kind {
+                write!(
+                    toml,
+                    "\n[[devices]]\nid = \"{}\"\nregisters = true\nprofile = \"lwm2m\"\n",
+                    spec.id
+                )
+                .unwrap();
+                if let Some(endpoint) = &cfg.endpoint {
+                    writeln!(toml, "endpoint = {endpoint:?}").unwrap();
+                }
+                let secured = accounts
+                    .iter()
+                    .any(|&a| lwm2m_uris[a].scheme == Scheme::Coaps);
+                match (&cfg.psk_identity, &cfg.psk_key) {
+                    (Some(identity), Some(key)) if secured => {
+                        writeln!(toml, "psk_identity = {identity:?}\npsk_key = {key:?}").unwrap()
+                    }
+                    _ => writeln!(toml, "nosec = true").unwrap(),
+                }
+                for line in self.device_lines.get(&spec.id).into_iter().flatten() {
+                    writeln!(toml, "{line}").unwrap();
+                }
+                continue;
+            }
             write!(
                 toml,
                 "\n[[devices]]\nid = \"{}\"\nuri = \"{uri}\"\nprofile = \"{}\"\n",
