@@ -8,6 +8,8 @@ mod support;
 
 use std::time::Duration;
 
+use privgw::cli::ctl::{GatewayClient, Reply};
+use privgw::coap::RequestType;
 use privgw::config::Scheme;
 use support::*;
 
@@ -75,4 +77,287 @@ async fn seed_sequences_with_devices_registered_over_dtls_psk() {
 #[tokio::test]
 async fn seed_sequences_with_devices_registered_over_nosec_udp() {
     bounded(seed_sequences(Scheme::Coap)).await;
+}
+
+/// A client at a registration listener with `identity`'s PSK (as a device would be).
+async fn at_listener(fleet: &Fleet, identity: &str) -> GatewayClient {
+    connect(fleet.lwm2m_uri(0), identity, &format!("devkey-{identity}")).await
+}
+
+async fn post(client: &mut GatewayClient, path: &str, payload: &[u8]) -> Reply {
+    client
+        .request(
+            RequestType::Post,
+            path,
+            Some((40, payload.to_vec())),
+            None,
+            &[],
+        )
+        .await
+        .expect("answered")
+}
+
+#[tokio::test]
+async fn registration_refusals_and_the_registration_lifecycle_on_the_wire() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering("devA", vec![ac(0, 3, 0, SSID_A)])
+            .registering_with("devB", &[], vec![], |_| {})
+            .start()
+            .await;
+        let mut dev = at_listener(&fleet, "devA").await;
+        let objects = b"</1/0>,</2/0>,</3/0>";
+        let cases: [(&str, &[u8], &str); 6] = [
+            ("/rd?lt=60&lwm2m=1.1", objects, "4.00"),         // no ep
+            ("/rd?ep=devB&lt=60&lwm2m=1.1", objects, "4.03"), // another device's endpoint
+            ("/rd?ep=stranger&lt=60&lwm2m=1.1", objects, "4.03"), // not configured
+            ("/rd?ep=devA&lt=60&lwm2m=2.0", objects, "4.12"), // unsupported version
+            ("/rd?ep=devA&lt=60&lwm2m=1.1", b"<3/0", "4.00"), // bad link-format
+            ("/rd/nowhere", b"", "4.04"),                     // unknown location
+        ];
+        for (path, payload, code) in cases {
+            let reply = post(&mut dev, path, payload).await;
+            assert_eq!(reply.code, code, "POST {path}: {}", reply.render());
+        }
+        let reply = post(&mut dev, "/rd?ep=devA&lt=60&lwm2m=1.1", objects).await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let location = reply.location.expect("Location-Path");
+        assert!(location.starts_with("/rd/"), "{location}");
+        assert_eq!(post(&mut dev, &location, b"").await.code, "2.04");
+        let reply = dev
+            .request(RequestType::Delete, &location, None, None, &[])
+            .await
+            .expect("answered");
+        assert_eq!(reply.code, "2.02");
+        assert_eq!(post(&mut dev, &location, b"").await.code, "4.04");
+
+        // devB's own channel may not touch devA's registration either.
+        let mut b = at_listener(&fleet, "devB").await;
+        let reply = post(&mut b, "/rd?ep=devA&lt=60&lwm2m=1.1", objects).await;
+        assert_eq!(reply.code, "4.03", "{}", reply.render());
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn identities_are_never_mixed_between_north_and_registration_listeners() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering("devA", vec![ac(0, 3, 0, SSID_A)])
+            .start()
+            .await;
+        // A device identity on the north listener completes its handshake and is no server.
+        let mut dev = connect(fleet.coaps(), "devA", "devkey-devA").await;
+        let reply = get(&mut dev, "/GwConfig/Privileges").await;
+        assert_eq!(reply.code, "4.01", "{}", reply.render());
+        // A server identity on a registration listener is refused at the handshake.
+        let refused = GatewayClient::connect(
+            fleet.lwm2m_uri(0),
+            Some((b"serverA".to_vec(), b"secretA".to_vec())),
+        )
+        .await;
+        assert!(
+            refused.is_err(),
+            "serverA's PSK opened a registration session"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_device_that_has_not_registered_is_unreachable_not_registered() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering_with("devA", &[], vec![ac(0, 3, 0, SSID_A)], |_| {})
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "5.04", "{}", reply.render());
+        let body = reply.render();
+        assert!(
+            body.contains("unreachable") && body.contains("not registered"),
+            "{body}"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_registration_ends_and_the_device_is_unreachable() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.lifetime_s = Some(2)
+            })
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        // Stopped without a De-register (as real clients on SIGTERM): the lifetime ends it.
+        let mut fleet = fleet;
+        fleet.stop_device("devA").await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerA").await;
+        assert_eq!(reply.code, "5.04", "{}", reply.render());
+        assert!(
+            reply.render().contains("not registered"),
+            "{}",
+            reply.render()
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// After a restart the gateway knows no registration: over UDP the device's next Update gets
+/// 4.04; over DTLS it is dropped (the new gateway has no session) until it times out. Either
+/// way the device registers again and is read as before.
+async fn register_again_after_restart(scheme: Scheme) {
+    let mut fleet = Fleet::builder()
+        .lwm2m_listen(&[(scheme, None)])
+        .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+            c.lifetime_s = Some(4);
+            c.ack_timeout_ms = Some(100);
+        })
+        .start()
+        .await;
+    let before = fleet.device("devA").locations();
+    fleet.restart_gateway().await;
+    let mut registered_again = false;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = fleet.device("devA").locations();
+        if now[0].is_some() && now != before {
+            registered_again = true;
+            break;
+        }
+    }
+    assert!(registered_again, "devA did not register again: {before:?}");
+    let mut a = fleet.server_a().await;
+    let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "2.01", "{}", reply.render());
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn devices_register_again_after_a_gateway_restart_over_udp() {
+    bounded(register_again_after_restart(Scheme::Coap)).await;
+}
+
+#[tokio::test]
+async fn devices_register_again_after_a_gateway_restart_over_dtls() {
+    bounded(register_again_after_restart(Scheme::Coaps)).await;
+}
+
+#[tokio::test]
+async fn a_read_for_a_sleeping_queue_mode_device_waits_for_its_next_register() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m_toml("queue_awake_s = 1")
+            .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.queue = true;
+                c.queue_awake_s = Some(1);
+                c.lifetime_s = Some(6); // an Update (here: a fresh Register) every 3 s
+            })
+            .start()
+            .await;
+        // Wait until it sleeps (its session closed).
+        for _ in 0..40 {
+            if fleet.device("devA").locations()[0].is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            fleet.device("devA").locations()[0].is_none(),
+            "devA never slept"
+        );
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        // Server A's question went over A's account, so the device judged it as A.
+        let dev = fleet.device("devA");
+        assert!(
+            dev.requests_from(fleet.lwm2m_uri(1).addr) >= 1,
+            "not read over A's account"
+        );
+        assert_eq!(
+            dev.requests_from(fleet.lwm2m_uri(0).addr),
+            0,
+            "read over the gateway's own"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_queue_mode_device_asleep_past_the_deadline_is_unreachable_asleep() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .device_timeout_ms(1000)
+            .lwm2m_toml("queue_awake_s = 1")
+            .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.queue = true;
+                c.queue_awake_s = Some(1);
+                c.lifetime_s = Some(60)
+            })
+            .start()
+            .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "5.04", "{}", reply.render());
+        assert!(
+            reply.render().contains("queue mode: asleep"),
+            "{}",
+            reply.render()
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_device_with_two_accounts_holds_two_registrations() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m_listen(&[(Scheme::Coaps, None), (Scheme::Coaps, Some("ServerA"))])
+            .registering_with("devA", &[0, 1], vec![ac(0, 3, 0, SSID_A)], |_| {})
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = get(&mut a, "/GwConfig/Devices/devA").await;
+        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        let body = reply.render();
+        for needle in [
+            "Account: \"gateway\"",
+            "Account: \"ServerA\"",
+            "LwM2M: \"1.1\"",
+            "Transport: \"Dtls\"",
+            "</3/0>",
+        ] {
+            assert!(body.contains(needle), "{needle} missing: {body}");
+        }
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        // Server A's question went over A's account, so the device judged it as A.
+        let dev = fleet.device("devA");
+        assert!(
+            dev.requests_from(fleet.lwm2m_uri(1).addr) >= 1,
+            "not read over A's account"
+        );
+        assert_eq!(
+            dev.requests_from(fleet.lwm2m_uri(0).addr),
+            0,
+            "read over the gateway's own"
+        );
+        fleet.stop().await;
+    })
+    .await;
 }

@@ -70,6 +70,8 @@ pub struct DeviceSimConfig {
     #[serde(default)]
     pub queue: bool,
     pub queue_awake_s: Option<u64>,
+    /// CoAP ACK_TIMEOUT of its own requests (Register, Update), ms (default 2000).
+    pub ack_timeout_ms: Option<u64>,
     /// `lwm2m` or `dm`.
     #[serde(default = "default_profile")]
     pub profile: String,
@@ -218,6 +220,8 @@ pub struct DeviceHandler {
     model: Model,
     behaviour: Behaviour,
     requests: AtomicU64,
+    /// Requests served per peer address (a registering device: per server account).
+    by_peer: Mutex<BTreeMap<SocketAddr, u64>>,
     log: Mutex<Vec<String>>,
 }
 
@@ -228,6 +232,7 @@ impl DeviceHandler {
             model,
             behaviour: config.behaviour,
             requests: AtomicU64::new(0),
+            by_peer: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
         })
     }
@@ -377,8 +382,14 @@ impl DeviceHandler {
 }
 
 impl Handler for DeviceHandler {
-    async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+    async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        *self
+            .by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.addr)
+            .or_default() += 1;
         self.answer(&request)
     }
 }
@@ -536,6 +547,8 @@ impl RunningDevice {
         }
         let lifetime = Duration::from_secs(config.lifetime_s.unwrap_or(300).max(1));
         let awake = Duration::from_secs(config.queue_awake_s.unwrap_or(93).max(1));
+        let ack_timeout =
+            Duration::from_millis(config.ack_timeout_ms.unwrap_or(2000).clamp(10, 60_000));
         let objects = model.object_list();
         let mux = registering::bind_for(servers[0].addr)
             .await
@@ -556,6 +569,7 @@ impl RunningDevice {
                 version: version.clone(),
                 queue: config.queue,
                 awake,
+                ack_timeout,
                 psk: psk.clone(),
                 objects: objects.clone(),
             };
@@ -589,6 +603,16 @@ impl RunningDevice {
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.handler.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests served from `peer` (for a registering device: over that server's account).
+    pub fn requests_from(&self, peer: SocketAddr) -> u64 {
+        let by_peer = self
+            .handler
+            .by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        by_peer.get(&peer).copied().unwrap_or(0)
     }
 
     /// What the device answered since the last call.

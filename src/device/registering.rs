@@ -36,6 +36,8 @@ pub struct Registration {
     /// Queue mode: `Q` in the Register (1.1+; `b=UQ` for 1.0), quiet after `awake`.
     pub queue: bool,
     pub awake: Duration,
+    /// ACK_TIMEOUT of its requests.
+    pub ack_timeout: Duration,
     pub psk: Option<Psk>,
     /// The link-format object list sent with Register.
     pub objects: String,
@@ -107,7 +109,7 @@ async fn one_session(
         Err(e) => return SessionEnd::Failed(format!("cannot open the session: {e}")),
     };
     let peer = session.peer_info();
-    let tuning = TransportTuning::unreliable();
+    let tuning = TransportTuning::unreliable().with_ack_timeout(registration.ack_timeout);
     let (link, task) = spawn_session(session, peer, handler.clone(), tuning, shutdown);
     let end = registered_loop(registration, &link, state).await;
     // Ends the serve loop: the device no longer answers on this session.
@@ -282,6 +284,7 @@ mod tests {
             version: "1.1".into(),
             queue: true,
             awake: Duration::from_secs(93),
+            ack_timeout: Duration::from_secs(2),
             psk: None,
             objects: "</1/0>,</2/0>,</3/0>".into(),
         };

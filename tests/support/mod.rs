@@ -123,6 +123,8 @@ pub struct FleetBuilder {
     /// `[[lwm2m.listen]]`: scheme and account (`None`: the gateway's own). Default when a
     /// device registers: one `coaps://` listener for the gateway's own account.
     lwm2m_listen: Vec<(Scheme, Option<&'static str>)>,
+    /// Lines of the `[lwm2m]` table.
+    lwm2m_lines: Vec<String>,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -205,6 +207,7 @@ impl FleetBuilder {
             limits_lines: Vec::new(),
             relays: BTreeMap::new(),
             lwm2m_listen: Vec::new(),
+            lwm2m_lines: Vec::new(),
         }
     }
 
@@ -323,6 +326,12 @@ impl FleetBuilder {
     /// own account). Ports are chosen when the fleet starts and kept across restarts.
     pub fn lwm2m_listen(mut self, listeners: &[(Scheme, Option<&'static str>)]) -> Self {
         self.lwm2m_listen = listeners.to_vec();
+        self
+    }
+
+    /// A line of the gateway's `[lwm2m]` table (`queue_awake_s = 1`).
+    pub fn lwm2m_toml(mut self, line: &str) -> Self {
+        self.lwm2m_lines.push(line.to_owned());
         self
     }
 
@@ -461,6 +470,9 @@ impl FleetBuilder {
             let Kind::Registering(cfg, accounts) = &spec.kind else {
                 continue;
             };
+            if accounts.is_empty() {
+                continue; // Configured, never started: a device that is not registered.
+            }
             let mut cfg = (**cfg).clone();
             cfg.register = accounts
                 .iter()
@@ -552,6 +564,9 @@ impl FleetBuilder {
                 writeln!(toml, "{line}").unwrap();
             }
         }
+        if !self.lwm2m_lines.is_empty() {
+            writeln!(toml, "\n[lwm2m]\n{}", self.lwm2m_lines.join("\n")).unwrap();
+        }
         for (i, uri) in lwm2m_uris.iter().enumerate() {
             write!(toml, "\n[[lwm2m.listen]]\nuri = \"{uri}\"\n").unwrap();
             if let Some(Some(account)) = self.lwm2m_listen.get(i).map(|(_, a)| a) {
@@ -569,9 +584,10 @@ impl FleetBuilder {
                 if let Some(endpoint) = &cfg.endpoint {
                     writeln!(toml, "endpoint = {endpoint:?}").unwrap();
                 }
-                let secured = accounts
-                    .iter()
-                    .any(|&a| lwm2m_uris[a].scheme == Scheme::Coaps);
+                let secured = accounts.is_empty()
+                    || accounts
+                        .iter()
+                        .any(|&a| lwm2m_uris[a].scheme == Scheme::Coaps);
                 match (&cfg.psk_identity, &cfg.psk_key) {
                     (Some(identity), Some(key)) if secured => {
                         writeln!(toml, "psk_identity = {identity:?}\npsk_key = {key:?}").unwrap()
@@ -659,6 +675,11 @@ impl Fleet {
             .iter()
             .find(|l| l.scheme == scheme)
             .expect("a listener with that scheme")
+    }
+
+    /// The gateway's `[[lwm2m.listen]]` listeners, in the builder's order.
+    pub fn lwm2m_uri(&self, index: usize) -> EndpointUri {
+        self.gateway().lwm2m_listeners()[index]
     }
 
     /// The gateway's first `coaps://` listener.
@@ -772,6 +793,14 @@ impl Fleet {
         let config = Config::parse(&self.config_text).expect("valid config");
         self.gateway = Some(Gateway::start(config).await?);
         Ok(())
+    }
+
+    /// Stops one simulated device (a registering one sends no De-register, like real
+    /// clients on SIGTERM).
+    pub async fn stop_device(&mut self, id: &str) {
+        if let Some(i) = self.devices.iter().position(|(d, _)| d == id) {
+            self.devices.remove(i).1.stop().await;
+        }
     }
 
     pub async fn stop(mut self) {
