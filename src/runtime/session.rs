@@ -99,6 +99,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
 
     loop {
         driver.settle(&mut session).await;
+        driver.forget_abandoned();
         let now = Instant::now();
         // Only an idle session may time out: a request of ours or of the peer's in progress
         // keeps it open (and must not make the sleep below spin).
@@ -177,6 +178,20 @@ impl<H: Handler> Driver<H> {
     /// Nothing in progress in either role.
     fn is_idle(&self) -> bool {
         self.endpoint.is_idle() && self.waiting.is_empty() && self.pipeline.in_handler() == 0
+    }
+
+    /// Drops the waits of link callers that gave up (dropped their future); a request of
+    /// theirs still queued for NSTART is withdrawn, one in flight runs to its end.
+    fn forget_abandoned(&mut self) {
+        let endpoint = &mut self.endpoint;
+        self.waiting.retain(|id, reply| {
+            if reply.is_closed() {
+                endpoint.cancel(*id);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Sends what the endpoint has to send and dispatches its events, until neither is left.
