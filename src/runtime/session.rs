@@ -12,6 +12,9 @@
 //! Does not own: protocol state (all in the [`Endpoint`]), executing requests (the
 //! [`Pipeline`] and the [`Handler`]).
 //!
+//! A peer's CON request still in the handler after ACK_TIMEOUT / 2 (the endpoint's default
+//! threshold) gets an empty ACK, and its answer goes out as a CON separate response.
+//!
 //! # Entry points
 //!
 //! * [`serve_session`] — a session accepted by a listener: the link is created here and
