@@ -4,7 +4,12 @@
 //! the client back, and answers with what it heard — request, back-request and both
 //! responses all on one socket pair and one DTLS session.
 
+#[path = "support/relay.rs"]
+#[allow(dead_code)]
+mod relay;
+
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,13 +125,16 @@ impl Handler for Gateway {
 }
 
 /// The dialing side's handler (the "device"): answers `/3/0/0` with its manufacturer after
-/// `delay`.
+/// `delay`, counting executions.
+#[derive(Default)]
 struct Device {
     delay: Duration,
+    executed: AtomicUsize,
 }
 
 impl Handler for Device {
     async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+        self.executed.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         let path = coap::uri_path(&request).unwrap_or_default();
         if path != ["3", "0", "0"] {
@@ -197,6 +205,7 @@ async fn scenario<S: DatagramSession + 'static>(
     let (client_stop, client_shutdown) = watch::channel(false);
     let device = Arc::new(Device {
         delay: device_delay,
+        ..Device::default()
     });
     let (link, task) = spawn_session(session, info, device, tuning, client_shutdown);
     ask(&link, identity).await;
@@ -220,6 +229,18 @@ async fn scenario<S: DatagramSession + 'static>(
         missing.header.code,
         MessageClass::Response(ResponseType::NotFound)
     );
+
+    // Four reads at once: NSTART = 1 queues them in the gateway's endpoint, all complete.
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let kept = kept.clone();
+            tokio::spawn(async move { kept.request(req(RequestType::Get, "/3/0/0", b"")).await })
+        })
+        .collect();
+    for read in reads {
+        let answer = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
+        assert_eq!(answer.expect("a response").payload, b"ACME");
+    }
 
     // The client's serve loop stops: its link is closed.
     client_stop.send(true).unwrap();
@@ -342,4 +363,54 @@ async fn dtls_gateway_asks_the_dialing_client_back_over_the_same_session() {
     // The gateway names the peer by its PSK identity.
     let seen = scenario(session, gateway, fast(), SLOW_DEVICE, "psk:device-1").await;
     assert_separate(&seen);
+}
+
+/// Plain UDP through a lossy relay (10 % loss each way, seeded): every `/ask` gets the right
+/// answer, and despite retransmissions each `/ask` and each back-request ran exactly once
+/// (the endpoints' dedup on both sides). Lost back-requests delay the gateway past the
+/// separate-response threshold, so separate responses get lost and retransmitted too.
+#[tokio::test]
+async fn udp_both_roles_survive_a_lossy_link_exactly_once() {
+    let tuning = TransportTuning::unreliable().with_ack_timeout(Duration::from_millis(200));
+    let gateway = Arc::new(Gateway::default());
+    let (addr, _stop) = listen(
+        Scheme::Coap,
+        Security::NoSec,
+        gateway.clone(),
+        tuning.clone(),
+    )
+    .await;
+    let link =
+        relay::LinkConfig::symmetric(relay::Direction::lossy(0.1, Duration::from_millis(2)), 7);
+    let relay = relay::Relay::start(addr, link).await.unwrap();
+    let mux = client_mux().await;
+    let session = mux.connect(relay.addr());
+    let info = session.peer_info();
+    let (_client_stop, client_shutdown) = watch::channel(false);
+    let device = Arc::new(Device::default());
+    let (link, _task) = spawn_session(session, info, device.clone(), tuning, client_shutdown);
+    const ASKS: usize = 8;
+    for _ in 0..ASKS {
+        let answer = tokio::time::timeout(WAIT, link.request(req(RequestType::Post, "/ask", b"?")))
+            .await
+            .expect("answered in time")
+            .expect("a response despite the loss");
+        assert!(
+            answer.payload.starts_with(b"ACME via "),
+            "{:?}",
+            answer.payload
+        );
+    }
+    assert_eq!(
+        gateway.links.lock().unwrap().len(),
+        ASKS,
+        "each /ask ran once"
+    );
+    assert_eq!(
+        device.executed.load(Ordering::SeqCst),
+        ASKS,
+        "each back-request ran once"
+    );
+    let lost = relay.stats(relay::Dir::ToDevice).lost + relay.stats(relay::Dir::ToGateway).lost;
+    assert!(lost > 0, "the link lost something");
 }

@@ -27,7 +27,8 @@
 //! * input: [`handle_datagram`](Endpoint::handle_datagram),
 //!   [`handle_timeout`](Endpoint::handle_timeout);
 //! * mutators (application commands): [`start_request`](Endpoint::start_request),
-//!   [`respond`](Endpoint::respond), [`abandon`](Endpoint::abandon);
+//!   [`cancel`](Endpoint::cancel), [`respond`](Endpoint::respond),
+//!   [`abandon`](Endpoint::abandon);
 //! * output: [`poll_transmit`](Endpoint::poll_transmit), [`poll_event`](Endpoint::poll_event),
 //!   [`poll_timeout`](Endpoint::poll_timeout).
 //!
@@ -281,6 +282,15 @@ impl Endpoint {
         }
         self.pump(now);
         id
+    }
+
+    /// Withdraws a request still waiting in the NSTART queue: it is never sent and no event
+    /// comes for it. `false` if it is not queued: a request in flight runs to its end (the
+    /// peer may already be executing it) and its event still comes.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let before = self.queued.len();
+        self.queued.retain(|q| q.id != id);
+        self.queued.len() != before
     }
 
     /// Answers a request from [`EndpointEvent::Request`]: piggybacked on the ACK of a CON,

@@ -242,6 +242,37 @@ fn nstart_1_queues_in_order_and_a_full_queue_fails_busy_at_once() {
 }
 
 #[test]
+fn a_cancelled_queued_request_is_never_sent_and_an_in_flight_one_still_completes() {
+    let t0 = Instant::now();
+    let mut e = Endpoint::new(tuning(), 0x700);
+    let a = e.start_request(t0, get("/a"), vec![1], 0.0);
+    let b = e.start_request(t0, get("/b"), vec![2], 0.0);
+    let c = e.start_request(t0, get("/c"), vec![3], 0.0);
+    assert!(e.cancel(b));
+    assert!(!e.cancel(a), "in flight: runs to its end");
+    let pa = sent(&mut e);
+    e.handle_datagram(
+        t0,
+        &peer_response(
+            MessageType::Acknowledgement,
+            pa.header.message_id,
+            &[1],
+            b"",
+        ),
+    );
+    assert_eq!(expect_response(&mut e).0, a);
+    let pc = sent(&mut e);
+    assert_eq!(uri_path(&pc).unwrap(), ["c"], "/b was withdrawn");
+    assert_eq!(pc.header.message_id, 0x701, "no MID spent on /b");
+    e.handle_datagram(
+        t0,
+        &peer_response(MessageType::Acknowledgement, 0x701, &[3], b""),
+    );
+    assert_eq!(expect_response(&mut e).0, c);
+    assert!(e.poll_event().is_none(), "no event for /b");
+}
+
+#[test]
 fn nstart_2_keeps_two_in_flight_with_distinct_mids_and_tokens_in_use_are_refused() {
     let t0 = Instant::now();
     let mut e = Endpoint::new(tuning(), 0xfffe).with_nstart(2);

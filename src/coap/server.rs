@@ -3,7 +3,7 @@
 //!
 //! Owns: the dedup table of this peer's request MIDs (requests only, RFC 7252 §4.5; entries
 //! expire after EXCHANGE_LIFETIME) with the encoded response for each, and the MID counter
-//! for our NON responses.
+//! for our NON responses (an [`super::Endpoint`] lends it its one MID space).
 //! Does not own: executing requests (the upper layer gets [`Inbound::Request`] and hands the
 //! [`Responder`] back to [`ServerExchanges::respond`]), block-wise ([`super::block`]), or the
 //! client role ([`super::client`]). Separate responses are the [`super::Endpoint`]'s decision:
@@ -558,6 +558,37 @@ mod tests {
                 other => panic!("expected replay, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn after_acknowledge_pending_duplicates_replay_the_empty_ack_then_the_separate_response() {
+        let t0 = Instant::now();
+        let mut s = server();
+        let dg = bytes(&request(MessageType::Confirmable, 7));
+        let (req, responder) = expect_request(s.handle_datagram(t0, &dg));
+        let ack = s.acknowledge_pending(7).unwrap();
+        assert_eq!(ack, [0x60, 0, 0, 7]);
+        assert_eq!(s.acknowledge_pending(7), None, "only once");
+        assert_eq!(
+            expect_reply(s.handle_datagram(t0, &dg)),
+            decode(&ack).unwrap()
+        );
+        let out = s
+            .respond_separate(
+                t0,
+                responder,
+                response_to(&req, ResponseType::Content),
+                0x4242,
+            )
+            .unwrap();
+        let p = decode(&out).unwrap();
+        assert_eq!(p.header.get_type(), MessageType::Confirmable);
+        assert_eq!(
+            (p.header.message_id, p.get_token()),
+            (0x4242, &[0xaa, 0xbb][..])
+        );
+        assert_eq!(expect_reply(s.handle_datagram(t0, &dg)), p);
+        assert_eq!(s.acknowledge_pending(99), None, "never seen");
     }
 
     #[test]

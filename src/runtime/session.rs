@@ -12,6 +12,9 @@
 //! Does not own: protocol state (all in the [`Endpoint`]), executing requests (the
 //! [`Pipeline`] and the [`Handler`]).
 //!
+//! A peer's CON request still in the handler after ACK_TIMEOUT / 2 (the endpoint's default
+//! threshold) gets an empty ACK, and its answer goes out as a CON separate response.
+//!
 //! # Entry points
 //!
 //! * [`serve_session`] — a session accepted by a listener: the link is created here and
@@ -99,6 +102,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
 
     loop {
         driver.settle(&mut session).await;
+        driver.forget_abandoned();
         let now = Instant::now();
         // Only an idle session may time out: a request of ours or of the peer's in progress
         // keeps it open (and must not make the sleep below spin), and so does a handler that
@@ -179,6 +183,20 @@ impl<H: Handler> Driver<H> {
     /// Nothing in progress in either role.
     fn is_idle(&self) -> bool {
         self.endpoint.is_idle() && self.waiting.is_empty() && self.pipeline.in_handler() == 0
+    }
+
+    /// Drops the waits of link callers that gave up (dropped their future); a request of
+    /// theirs still queued for NSTART is withdrawn, one in flight runs to its end.
+    fn forget_abandoned(&mut self) {
+        let endpoint = &mut self.endpoint;
+        self.waiting.retain(|id, reply| {
+            if reply.is_closed() {
+                endpoint.cancel(*id);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Sends what the endpoint has to send and dispatches its events, until neither is left.
