@@ -344,8 +344,13 @@ mod tests {
         answer.payload = b"late".to_vec();
         peer.tx.send(encode(&answer).unwrap()).unwrap();
         assert_eq!(asking.await.unwrap().unwrap().payload, b"late");
+        // A link held outside the loop (a registration's) keeps the idle session open…
         tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
-        assert!(link.is_closed(), "idle after the answer: closed");
+        assert!(!link.is_closed(), "a held link keeps the session");
+        // …and once nobody holds it, the idle timeout ends the session.
+        drop(link);
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(task.is_finished(), "idle and unheld: closed");
         task.await.unwrap();
     }
 
