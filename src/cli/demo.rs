@@ -1,6 +1,8 @@
 //! `privgw demo`: the four sequences of the change request, end to end in one process over
 //! real loopback sockets and DTLS-PSK: a gateway, three simulated LwM2M devices A, B, C in
-//! group G1, and server A as a CoAP client. Each sequence is printed like the seed's figures
+//! group G1 — A and B register with the gateway as their LwM2M server (they are the DTLS
+//! clients and answer only over their registration), C is dialled by the gateway — and
+//! server A as a CoAP client. Each sequence is printed like the seed's figures
 //! and checked against what the seed says must happen; any difference exits non-zero.
 
 use std::fmt::Write as _;
@@ -49,15 +51,21 @@ fn device_config(id: &str, key: &str) -> DeviceSimConfig {
     }
 }
 
+/// The devices that register (the others are dialled).
+const REGISTERING: [&str; 2] = ["devA", "devB"];
+
 fn gateway_config(
     store: &std::path::Path,
-    devices: &[(&str, &str, &RunningDevice)],
+    devices: &[(&str, &str, Option<&RunningDevice>)],
 ) -> CliResult<Config> {
     let mut toml = format!(
         r#"[gateway]
 listen = ["coaps://127.0.0.1:0"]
 store = {store:?}
 device_timeout_ms = 3000
+
+[[lwm2m.listen]]
+uri = "coaps://127.0.0.1:0"
 
 [[servers]]
 id = "ServerA"
@@ -72,12 +80,18 @@ psk_identity = "serverB"
 psk_key = "secretB"
 "#
     );
-    for (id, key, dev) in devices {
-        write!(
-            toml,
-            "\n[[devices]]\nid = \"{id}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\npolicy = \"owner\"\npsk_identity = \"gateway\"\npsk_key = \"{key}\"\n",
-            dev.uri()
-        )?;
+    for (id, key, dialled) in devices {
+        match dialled {
+            Some(dev) => write!(
+                toml,
+                "\n[[devices]]\nid = \"{id}\"\nuri = \"{}\"\nprofile = \"lwm2m\"\npolicy = \"owner\"\npsk_identity = \"gateway\"\npsk_key = \"{key}\"\n",
+                dev.uri()
+            )?,
+            None => write!(
+                toml,
+                "\n[[devices]]\nid = \"{id}\"\nregisters = true\nprofile = \"lwm2m\"\npolicy = \"owner\"\npsk_identity = \"{id}\"\npsk_key = \"{key}\"\n"
+            )?,
+        }
     }
     toml.push_str("\n[[groups]]\nid = \"G1\"\nmembers = [\"devA\", \"devB\", \"devC\"]\n");
     Ok(Config::parse(&toml)?)
@@ -132,7 +146,7 @@ const SEQUENCES: [Sequence; 4] = [
     },
 ];
 
-fn print_sequence(seq: &Sequence, devices: &[(&str, &str, &RunningDevice)], reply: &Reply) {
+fn print_sequence(seq: &Sequence, devices: &[(&str, &RunningDevice)], reply: &Reply) {
     println!("\n━━ {}", seq.title);
     println!(
         "Step 1  ServerA → Gateway   POST /GwConfig/Privileges  {{TargetID: {:?}, TargetType: {:?}, URI: {:?}, ACL: {:?}}}  (DTLS-PSK)",
@@ -140,14 +154,18 @@ fn print_sequence(seq: &Sequence, devices: &[(&str, &str, &RunningDevice)], repl
     );
     let asked: Vec<&str> = devices
         .iter()
-        .filter(|(id, _, _)| seq.target_type == "Group" || *id == seq.target)
-        .map(|(id, _, _)| *id)
+        .filter(|(id, _)| seq.target_type == "Group" || *id == seq.target)
+        .map(|(id, _)| *id)
         .collect();
-    println!(
-        "Step 2  Gateway → {}   GET /2 (Access Control object, TLV, DTLS-PSK)",
-        asked.join(", ")
-    );
-    for (_, _, dev) in devices {
+    for id in &asked {
+        let how = if REGISTERING.contains(id) {
+            "over its registration's DTLS session"
+        } else {
+            "dialled, DTLS-PSK"
+        };
+        println!("Step 2  Gateway → {id}   GET /2 (Access Control object, TLV; {how})");
+    }
+    for (_, dev) in devices {
         for line in dev.take_log() {
             println!("Step 3  {line}");
         }
@@ -203,24 +221,56 @@ pub async fn run() -> CliResult<()> {
         ("devB", "devkeyB"),
         ("devC", "devkeyC"),
     ];
-    let mut running = Vec::new();
+    let mut dialled = Vec::new();
     for (id, key) in keys {
-        running.push(RunningDevice::start(&device_config(id, key)).await?);
+        if !REGISTERING.contains(&id) {
+            dialled.push((id, RunningDevice::start(&device_config(id, key)).await?));
+        }
     }
-    let devices: Vec<(&str, &str, &RunningDevice)> = keys
+    let entries: Vec<(&str, &str, Option<&RunningDevice>)> = keys
         .iter()
-        .zip(&running)
-        .map(|((id, key), dev)| (*id, *key, dev))
+        .map(|(id, key)| {
+            (
+                *id,
+                *key,
+                dialled.iter().find(|(d, _)| d == id).map(|(_, r)| r),
+            )
+        })
         .collect();
-    let config = gateway_config(&dir.join("privgw-demo.redb"), &devices)?;
+    let config = gateway_config(&dir.join("privgw-demo.redb"), &entries)?;
     let gateway = Gateway::start(config).await?;
     let gw_uri = gateway.listeners()[0];
+    let lwm2m_uri = gateway.lwm2m_listeners()[0];
     println!(
-        "privgw demo: gateway on {gw_uri}; devices devA, devB, devC (LwM2M, DTLS-PSK) in group G1"
+        "privgw demo: gateway on {gw_uri} (servers), {lwm2m_uri} (LwM2M registrations); devices devA, devB, devC (LwM2M, DTLS-PSK) in group G1"
     );
-    for (id, _, dev) in &devices {
-        println!("  {id} at {}", dev.uri());
+    let mut running = Vec::new();
+    for (id, key) in keys {
+        if let Some(i) = dialled.iter().position(|(d, _)| *d == id) {
+            let (id, dev) = dialled.remove(i);
+            println!("  {id}: dialled by the gateway at {}", dev.uri());
+            running.push((id, dev));
+            continue;
+        }
+        let mut cfg = device_config(id, key);
+        cfg.listen.clear();
+        cfg.register = vec![lwm2m_uri.to_string()];
+        cfg.psk_identity = Some(id.to_owned());
+        let dev = RunningDevice::start(&cfg).await?;
+        if !dev
+            .wait_registered(std::time::Duration::from_secs(10))
+            .await
+        {
+            return Err(format!("{id} did not register with {lwm2m_uri}").into());
+        }
+        println!(
+            "  {id}: registered from {} → POST /rd?ep={id}&lt=300&lwm2m=1.1 → 2.01 Location-Path {}",
+            dev.addr(),
+            dev.locations()[0].as_deref().unwrap_or("?")
+        );
+        running.push((id, dev));
     }
+    let devices: Vec<(&str, &RunningDevice)> = running.iter().map(|(id, d)| (*id, d)).collect();
 
     let mut server_a =
         GatewayClient::connect(gw_uri, Some((b"serverA".to_vec(), b"secretA".to_vec()))).await?;
@@ -262,7 +312,7 @@ pub async fn run() -> CliResult<()> {
     }
 
     gateway.stop().await;
-    for dev in running {
+    for (_, dev) in running {
         dev.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
