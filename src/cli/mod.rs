@@ -35,7 +35,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a simulated end device serving a dm or lwm2m ACL set.
+    /// Run a simulated end device serving a dm or lwm2m ACL set (listening, or registering
+    /// with an LwM2M server when its config has `register`).
     Device {
         /// The device's TOML config (see examples/devA.toml).
         #[arg(long, short)]
@@ -85,6 +86,9 @@ async fn serve(config: PathBuf) -> CliResult<()> {
     for uri in gateway.listeners() {
         eprintln!("privgw listening on {uri}");
     }
+    for uri in gateway.lwm2m_listeners() {
+        eprintln!("privgw taking LwM2M registrations on {uri}");
+    }
     gateway.run_until(ctrl_c()).await;
     Ok(())
 }
@@ -92,12 +96,22 @@ async fn serve(config: PathBuf) -> CliResult<()> {
 async fn device(config: PathBuf) -> CliResult<()> {
     let config = DeviceSimConfig::load(&config)?;
     let device = RunningDevice::start(&config).await?;
-    eprintln!(
-        "device {} ({}) listening on {}",
-        config.id,
-        config.profile,
-        device.uri()
-    );
+    if config.register.is_empty() {
+        eprintln!(
+            "device {} ({}) listening on {}",
+            config.id,
+            config.profile,
+            device.uri()
+        );
+    } else {
+        eprintln!(
+            "device {} ({}) registering from {} with {}",
+            config.id,
+            config.profile,
+            device.addr(),
+            config.register.join(", ")
+        );
+    }
     ctrl_c().await;
     device.stop().await;
     Ok(())
