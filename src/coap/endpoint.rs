@@ -58,11 +58,18 @@ use std::time::{Duration, Instant};
 
 use super::budget::Account;
 use super::client::DEFAULT_MAX_BODY;
+use super::observe::{
+    ClientObservations, DEFAULT_MAX_OBSERVERS, ObservationId, ObserveEnd, ObserverRemoval,
+    Observers,
+};
 use super::tuning::deadline;
 use super::{
     ClientError, ClientEvent, ClientExchange, CoapError, Inbound, MessageType, Packet, Responder,
     ServerExchanges, TransportTuning, decode, empty_message, peek_header,
 };
+
+#[path = "endpoint_observe.rs"]
+mod observe_glue;
 
 /// Default bound on requests waiting for an NSTART slot.
 pub const DEFAULT_QUEUE_LIMIT: usize = 32;
@@ -94,6 +101,30 @@ pub enum EndpointEvent {
         /// The response, or the failure ([`ClientError::Busy`] when the NSTART queue was
         /// full and nothing was sent).
         result: Result<Packet, ClientError>,
+    },
+    /// A notification of one of our observations (client role), in §3.4 order: the first
+    /// response to the registration, then every newer notification; older ones and
+    /// duplicates never show up. CON notifications were ACKed.
+    Notification {
+        /// As returned by [`Endpoint::start_observe`].
+        id: ObservationId,
+        /// The notification, Observe option included.
+        response: Packet,
+    },
+    /// One of our observations ended; no event for it follows.
+    ObservationEnded {
+        /// As returned by [`Endpoint::start_observe`].
+        id: ObservationId,
+        /// Cancelled, ended by the peer, or failed.
+        reason: ObserveEnd,
+    },
+    /// The peer's observation of one of our resources ended (server role), or a
+    /// registration was refused for the observer cap.
+    ObserverRemoved {
+        /// The observation's token.
+        token: Vec<u8>,
+        /// Why.
+        reason: ObserverRemoval,
     },
 }
 
@@ -139,6 +170,12 @@ pub struct Endpoint {
     separate: Vec<SeparateResponse>,
     /// `(expiry, mid)` of CON responses we ACKed, in arrival order.
     acked_responses: VecDeque<(Instant, u16)>,
+    /// Our observations of the peer's resources (client role).
+    observations: ClientObservations,
+    /// The peer's observations of our resources (server role).
+    observers: Observers,
+    /// The peer's GET requests with Observe = 0 in the handler: request MID → token.
+    registering: BTreeMap<u16, Vec<u8>>,
     outbox: VecDeque<Vec<u8>>,
     events: VecDeque<EndpointEvent>,
 }
@@ -165,6 +202,9 @@ impl Endpoint {
             in_handler: BTreeMap::new(),
             separate: Vec::new(),
             acked_responses: VecDeque::new(),
+            observations: ClientObservations::default(),
+            observers: Observers::new(DEFAULT_MAX_OBSERVERS),
+            registering: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -243,9 +283,14 @@ impl Endpoint {
     }
 
     /// Nothing of ours is outstanding: no request in flight or queued, no separate response
-    /// awaiting its ACK. (The peer's requests in the handler are the driver's to count.)
+    /// or CON notification awaiting its ACK, no observation of ours. (The peer's requests in
+    /// the handler and its observations of our resources are the driver's to count.)
     pub fn is_idle(&self) -> bool {
-        self.active.is_empty() && self.queued.is_empty() && self.separate.is_empty()
+        self.active.is_empty()
+            && self.queued.is_empty()
+            && self.separate.is_empty()
+            && self.observations.len() == 0
+            && !self.observers.con_in_flight()
     }
 
     /// Starts one of our requests: `request` carries code, options and payload (CON unless
@@ -273,10 +318,7 @@ impl Endpoint {
             self.launch(now, queued);
         } else if self.queued.len() >= self.queue_limit {
             tracing::info!(queued = self.queued.len(), "request queue full, refusing");
-            self.events.push_back(EndpointEvent::Response {
-                id,
-                result: Err(ClientError::Busy),
-            });
+            self.outcome(now, id, Err(ClientError::Busy));
         } else {
             self.queued.push_back(queued);
         }
@@ -304,6 +346,7 @@ impl Endpoint {
         responder: Responder,
         response: Packet,
     ) -> Result<(), CoapError> {
+        let response = self.observe_response(now, &responder, response);
         let request_mid = responder.request_mid();
         let separate = responder.is_confirmable()
             && matches!(self.in_handler.remove(&request_mid), Some(None));
@@ -335,6 +378,7 @@ impl Endpoint {
     /// ignored (or re-ACKed) until the dedup entry expires.
     pub fn abandon(&mut self, responder: Responder) {
         self.in_handler.remove(&responder.request_mid());
+        self.registering.remove(&responder.request_mid());
         self.server.abandon(responder);
     }
 
@@ -403,6 +447,7 @@ impl Endpoint {
         while self.acked_responses.front().is_some_and(|(t, _)| *t <= now) {
             self.acked_responses.pop_front();
         }
+        self.observers_timeout(now);
         self.pump(now);
     }
 
@@ -434,6 +479,7 @@ impl Endpoint {
             .chain(separate)
             .chain(acked)
             .chain(self.server.poll_timeout())
+            .chain(self.observers.poll_timeout())
             .min()
     }
 
@@ -449,6 +495,7 @@ impl Endpoint {
                 {
                     self.in_handler.insert(mid, Some(deadline(now, after)));
                 }
+                self.observe_request(&request, mid);
                 self.events
                     .push_back(EndpointEvent::Request { request, responder });
             }
@@ -467,6 +514,9 @@ impl Endpoint {
     ) {
         if decode(bytes).is_err() {
             tracing::debug!(mid, "malformed empty message ignored");
+            return;
+        }
+        if self.observer_ack_or_rst(mtype, mid) {
             return;
         }
         if let Some(pos) = self.separate.iter().position(|s| s.mid == mid) {
@@ -508,6 +558,9 @@ impl Endpoint {
                     return;
                 }
                 let Some(id) = self.exchange_by_token(packet.get_token()) else {
+                    if self.handle_notification(now, mtype, mid, packet) {
+                        return;
+                    }
                     tracing::info!(mid, "CON response matching no request of ours, RST");
                     self.outbox
                         .push_back(empty_message(MessageType::Reset, mid));
@@ -523,9 +576,20 @@ impl Endpoint {
             MessageType::NonConfirmable => {
                 if let Some(id) = self.exchange_by_token(packet.get_token()) {
                     self.feed(now, id, bytes);
+                } else {
+                    let _ = self.handle_notification(now, mtype, mid, packet);
                 }
             }
             MessageType::Reset => {}
+        }
+    }
+
+    /// The outcome of one of our requests: to its observation if it is one's, else to the
+    /// driver as [`EndpointEvent::Response`].
+    fn outcome(&mut self, now: Instant, id: RequestId, result: Result<Packet, ClientError>) {
+        if let Some(result) = self.observation_outcome(now, id, result) {
+            self.events
+                .push_back(EndpointEvent::Response { id, result });
         }
     }
 
@@ -569,12 +633,8 @@ impl Endpoint {
             .values()
             .any(|e| e.token() == q.token.as_slice())
         {
-            self.events.push_back(EndpointEvent::Response {
-                id: q.id,
-                result: Err(ClientError::InvalidRequest(
-                    "token already in use on this session".into(),
-                )),
-            });
+            let e = ClientError::InvalidRequest("token already in use on this session".into());
+            self.outcome(now, q.id, Err(e));
             return;
         }
         let exchange = ClientExchange::new(
@@ -595,6 +655,7 @@ impl Endpoint {
     fn pump(&mut self, now: Instant) {
         loop {
             let mut finished = Vec::new();
+            let mut outcomes = Vec::new();
             for (id, exchange) in self.active.iter_mut() {
                 while let Some(bytes) = exchange.poll_transmit(now) {
                     self.outbox.push_back(bytes);
@@ -604,8 +665,7 @@ impl Endpoint {
                         ClientEvent::Response(p) => Ok(p),
                         ClientEvent::Failed(e) => Err(e),
                     };
-                    self.events
-                        .push_back(EndpointEvent::Response { id: *id, result });
+                    outcomes.push((*id, result));
                 }
                 if exchange.is_done() {
                     finished.push(*id);
@@ -613,6 +673,9 @@ impl Endpoint {
             }
             for id in finished {
                 self.active.remove(&id);
+            }
+            for (id, result) in outcomes {
+                self.outcome(now, id, result);
             }
             let mut launched = false;
             while self.active.len() < self.nstart {

@@ -516,6 +516,11 @@ struct Side {
     running: Vec<(Instant, Packet, Responder)>,
     executed: HashMap<String, usize>,
     responses: Vec<(RequestId, Result<Packet, ClientError>)>,
+    /// Notifications of our observations, in delivery order.
+    notifications: Vec<(ObservationId, Packet)>,
+    /// Ends of our observations, and removals of the peer's observers.
+    ended: Vec<(ObservationId, ObserveEnd)>,
+    removed: Vec<(Vec<u8>, ObserverRemoval)>,
     /// MIDs of every CON/NON we sent, with the time they were first used.
     mids: Vec<(Instant, u16)>,
 }
@@ -529,6 +534,9 @@ impl Side {
             running: Vec::new(),
             executed: HashMap::new(),
             responses: Vec::new(),
+            notifications: Vec::new(),
+            ended: Vec::new(),
+            removed: Vec::new(),
             mids: Vec::new(),
         }
     }
@@ -542,6 +550,13 @@ impl Side {
                     self.running.push((now + self.delay, request, responder));
                 }
                 EndpointEvent::Response { id, result } => self.responses.push((id, result)),
+                EndpointEvent::Notification { id, response } => {
+                    self.notifications.push((id, response));
+                }
+                EndpointEvent::ObservationEnded { id, reason } => self.ended.push((id, reason)),
+                EndpointEvent::ObserverRemoved { token, reason } => {
+                    self.removed.push((token, reason));
+                }
             }
         }
     }
@@ -553,9 +568,12 @@ impl Side {
         for (_, request, responder) in due {
             let path = uri_path(&request).unwrap().join("/");
             let body = format!("{}:{path}", self.name).into_bytes();
-            self.ep
-                .respond(now, responder, content(&request, &body))
-                .unwrap();
+            let mut answer = content(&request, &body);
+            // A registration is accepted: the answer carries Observe.
+            if crate::coap::observe::observe_value(&request) == Some(0) {
+                crate::coap::observe::set_observe(&mut answer, 0);
+            }
+            self.ep.respond(now, responder, answer).unwrap();
         }
     }
 
@@ -831,3 +849,6 @@ fn mids_are_never_reused_within_exchange_lifetime_across_both_roles() {
         let _ = pair.a.response(id);
     }
 }
+
+#[path = "observe_tests.rs"]
+mod observe_tests;
