@@ -5,8 +5,8 @@
 //! observes the other.
 
 use super::*;
-use crate::coap::{CoapOption, NotifyError};
 use crate::coap::observe::{CON_INTERVAL, observe_value, set_observe};
+use crate::coap::{CoapOption, NotifyError};
 
 /// A notification (or response) from the peer with Observe `seq` (`None`: no Observe).
 fn notification(t: MessageType, mid: u16, token: &[u8], seq: Option<u32>, body: &[u8]) -> Vec<u8> {

@@ -519,6 +519,67 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// Answers a registration after 100 ms with Observe, having asked its observer handle
+    /// to notify at once: the notification waits for the answer.
+    struct EagerObserved {
+        notified: std::sync::Mutex<Option<JoinHandle<Result<(), ObserverError>>>>,
+    }
+
+    impl Handler for EagerObserved {
+        async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+            crate::coap::response_to(&request, ResponseType::NotFound)
+        }
+
+        async fn handle_on_link(
+            &self,
+            _peer: &PeerInfo,
+            link: &PeerLink,
+            request: Packet,
+            _max_payload: usize,
+        ) -> Packet {
+            let observer = link.observer(&request);
+            let mut change = Packet::new();
+            change.header.code = MessageClass::Response(ResponseType::Content);
+            change.payload = b"1".to_vec();
+            let task = tokio::spawn(async move { observer.notify(change).await });
+            *self.notified.lock().unwrap() = Some(task);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut answer = crate::coap::response_to(&request, ResponseType::Content);
+            crate::coap::observe::set_observe(&mut answer, 0);
+            answer
+        }
+    }
+
+    /// A notification sent while its registration is still in the handler is held until the
+    /// answer (with Observe) went out, then sent with the next sequence number.
+    #[tokio::test(start_paused = true)]
+    async fn a_notification_before_the_registration_is_answered_waits_for_it() {
+        let (session, mut peer) = pipe();
+        let (_stop, shutdown) = watch::channel(false);
+        let handler = Arc::new(EagerObserved {
+            notified: std::sync::Mutex::new(None),
+        });
+        let tuning = TransportTuning::unreliable();
+        let (_link, _task) = spawn_session(session, info(), handler.clone(), tuning, shutdown);
+        let mut register = get();
+        register.header.message_id = 5;
+        register.set_token(vec![0xab]);
+        crate::coap::observe::set_observe(&mut register, 0);
+        peer.tx.send(encode(&register).unwrap()).unwrap();
+        let answer = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(answer.header.get_type(), MessageType::Acknowledgement);
+        let first = crate::coap::observe::observe_value(&answer).expect("added");
+        let note = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(note.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(
+            (note.get_token(), &note.payload[..]),
+            (&[0xab][..], &b"1"[..])
+        );
+        assert_eq!(crate::coap::observe::observe_value(&note), Some(first + 1));
+        let task = handler.notified.lock().unwrap().take().unwrap();
+        assert_eq!(task.await.unwrap(), Ok(()));
+    }
+
     /// A request the peer sends while ours is outstanding is served, and both complete.
     #[tokio::test(start_paused = true)]
     async fn the_peers_request_is_served_while_ours_is_outstanding() {
