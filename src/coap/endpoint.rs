@@ -9,7 +9,9 @@
 //! (RFC 7252 §4.7), the matching of incoming responses to them (ACK/RST by MID, responses by
 //! token), the ACKs of CON responses (replayed when the peer retransmits one), the separate
 //! responses of the server role (empty ACK after a threshold, then the response as a CON,
-//! retransmitted until ACKed), and one timer table over all of it.
+//! retransmitted until ACKed), Observe in both roles (RFC 7641: our observations and the
+//! peer's observers, state in [`super::observe`], wiring in `endpoint_observe.rs`), and one
+//! timer table over all of it.
 //! Reuses, does not copy: [`ServerExchanges`] (dedup of the peer's requests and replay of our
 //! stored answers, critical options) and [`ClientExchange`] (retransmission, separate
 //! responses, Block2 reassembly).
@@ -23,12 +25,17 @@
 //! * getters: [`tuning`](Endpoint::tuning), [`next_mid`](Endpoint::next_mid),
 //!   [`in_flight`](Endpoint::in_flight), [`queued`](Endpoint::queued),
 //!   [`separate_in_flight`](Endpoint::separate_in_flight), [`is_idle`](Endpoint::is_idle),
-//!   [`dedup_len`](Endpoint::dedup_len);
+//!   [`dedup_len`](Endpoint::dedup_len), [`observations`](Endpoint::observations),
+//!   [`observers`](Endpoint::observers), [`is_observed`](Endpoint::is_observed),
+//!   [`is_registering`](Endpoint::is_registering);
 //! * input: [`handle_datagram`](Endpoint::handle_datagram),
 //!   [`handle_timeout`](Endpoint::handle_timeout);
 //! * mutators (application commands): [`start_request`](Endpoint::start_request),
 //!   [`cancel`](Endpoint::cancel), [`respond`](Endpoint::respond),
-//!   [`abandon`](Endpoint::abandon);
+//!   [`abandon`](Endpoint::abandon), [`start_observe`](Endpoint::start_observe),
+//!   [`reregister`](Endpoint::reregister),
+//!   [`cancel_observation`](Endpoint::cancel_observation),
+//!   [`forget_observation`](Endpoint::forget_observation), [`notify`](Endpoint::notify);
 //! * output: [`poll_transmit`](Endpoint::poll_transmit), [`poll_event`](Endpoint::poll_event),
 //!   [`poll_timeout`](Endpoint::poll_timeout).
 //!
@@ -41,9 +48,9 @@
 //! | message                                  | goes to                                     |
 //! |------------------------------------------|---------------------------------------------|
 //! | request (CON/NON), ping, reserved codes  | [`ServerExchanges`] (dedup, RST, 4.02/4.05) |
-//! | empty ACK / RST                          | our separate response with that MID, else our exchange in flight with that MID, else ignored |
+//! | empty ACK / RST                          | our notification with that MID (an RST removes the observer), else our separate response with that MID, else our exchange in flight with that MID, else ignored |
 //! | piggybacked response (ACK)               | our exchange in flight with that MID        |
-//! | CON / NON response                       | our exchange with that token; a CON is ACKed (and re-ACKed when retransmitted, no second event); a CON matching nothing gets an RST, a NON nothing |
+//! | CON / NON response                       | our exchange with that token, else a notification of our observation with that token; a CON is ACKed (and re-ACKed when retransmitted, no second event); a CON matching nothing gets an RST, a NON nothing |
 //!
 //! # Separate responses (server role)
 //!
@@ -94,7 +101,8 @@ pub enum EndpointEvent {
         /// The obligation to answer it.
         responder: Responder,
     },
-    /// One of our requests finished: the response (Block2 reassembled) or why not.
+    /// One of our requests finished: the response (Block2 reassembled) or why not. (The
+    /// requests of an observation report through the observation's events instead.)
     Response {
         /// As returned by [`Endpoint::start_request`].
         id: RequestId,

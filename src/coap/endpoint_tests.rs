@@ -485,6 +485,11 @@ fn garbage_never_panics() {
         if i % 50 == 0 {
             let _ = e.start_request(now, get("/g"), (i as u16).to_be_bytes().to_vec(), 0.3);
         }
+        if i % 500 == 0 {
+            let _ = e.start_observe(now, get("/o"), vec![(i >> 8) as u8], 0.3);
+            let token = [(next() % 4) as u8];
+            let _ = e.notify(now, &token, content(&get("/"), b"n"), i % 1000 == 0);
+        }
         let len = (next() % 40) as usize;
         let mut dg: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         if let Some(b) = dg.first_mut() {
@@ -494,7 +499,9 @@ fn garbage_never_panics() {
         while e.poll_transmit().is_some() {}
         while let Some(ev) = e.poll_event() {
             if let EndpointEvent::Request { request, responder } = ev {
-                let _ = e.respond(now, responder, content(&request, b""));
+                let mut answer = content(&request, b"");
+                crate::coap::observe::set_observe(&mut answer, 0);
+                let _ = e.respond(now, responder, answer);
             }
         }
         now += Duration::from_millis(7);

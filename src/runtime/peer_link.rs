@@ -113,6 +113,8 @@ pub(crate) enum LinkCommand {
     },
     /// Cancel an observation (GET with Observe = 1).
     StopObserving { id: ObservationId },
+    /// Re-register an observation (GET with Observe = 0, same token).
+    Reregister { id: ObservationId },
     /// Notify the peer's observation with `token`.
     Notify {
         token: Vec<u8>,
@@ -243,6 +245,19 @@ impl Observation {
     /// session closed).
     pub async fn next(&mut self) -> Option<Packet> {
         self.rx.recv().await
+    }
+
+    /// Re-registers (RFC 7641 §3.3.1): sends the GET with Observe = 0 again on the same
+    /// token, e.g. when the last notification's Max-Age ran out; its response arrives as a
+    /// notification (if fresh). Ignored while a request of the observation is in flight;
+    /// [`LinkError::Busy`] or [`LinkError::Closed`] if the session cannot take it.
+    pub fn reregister(&self) -> Result<(), LinkError> {
+        self.link
+            .try_send(LinkCommand::Reregister { id: self.id })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LinkError::Busy,
+                mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
+            })
     }
 
     /// Cancels the observation (the same as dropping it).

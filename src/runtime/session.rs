@@ -248,6 +248,9 @@ impl<H: Handler> Driver<H> {
                 self.observing.insert(id, sink);
             }
             LinkCommand::StopObserving { id } => self.stop_observing(now, id),
+            LinkCommand::Reregister { id } => {
+                let _ = self.endpoint.reregister(now, id, random_fraction());
+            }
             LinkCommand::Notify {
                 token,
                 response,
