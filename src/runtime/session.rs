@@ -583,6 +583,45 @@ mod tests {
         assert_eq!(task.await.unwrap(), Ok(()));
     }
 
+    /// A link's observation: GET with Observe = 0 and an 8-byte token, the first response,
+    /// a NON notification, a stale one dropped; dropping the [`Observation`] sends the GET
+    /// with Observe = 1 on the same token.
+    #[tokio::test(start_paused = true)]
+    async fn an_observation_yields_fresh_notifications_and_cancels_on_drop() {
+        use crate::coap::observe::{observe_value, set_observe};
+        let (session, mut peer) = pipe();
+        let (_stop, shutdown) = watch::channel(false);
+        let tuning = TransportTuning::unreliable();
+        let (link, _task) = spawn_session(session, info(), Arc::new(NotFound), tuning, shutdown);
+        let observing = tokio::spawn(async move { link.observe(get()).await });
+        let register = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(observe_value(&register), Some(0));
+        let token = register.get_token().to_vec();
+        assert_eq!(token.len(), 8);
+        let mut first = crate::coap::response_to(&register, ResponseType::Content);
+        set_observe(&mut first, 10);
+        peer.tx.send(encode(&first).unwrap()).unwrap();
+        let mut observation = observing.await.unwrap().unwrap();
+        assert_eq!(observe_value(observation.first()), Some(10));
+        for (mid, seq) in [(1, 9), (2, 11)] {
+            let mut n = first.clone();
+            n.header.set_type(MessageType::NonConfirmable);
+            n.header.message_id = mid;
+            set_observe(&mut n, seq);
+            peer.tx.send(encode(&n).unwrap()).unwrap();
+        }
+        let next = observation.next().await.unwrap();
+        assert_eq!(
+            observe_value(&next),
+            Some(11),
+            "9 is older than 10: dropped"
+        );
+        drop(observation);
+        let cancel = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(observe_value(&cancel), Some(1));
+        assert_eq!(cancel.get_token(), token);
+    }
+
     /// A request the peer sends while ours is outstanding is served, and both complete.
     #[tokio::test(start_paused = true)]
     async fn the_peers_request_is_served_while_ours_is_outstanding() {
