@@ -7,9 +7,9 @@
 //! our observations, the observer cap, the "a CON at least every 24 h" clock of each observer
 //! (§4.5), and the MIDs of the notifications each observer may answer with an RST.
 //! Does not own: MIDs or tokens (the [`super::Endpoint`] lends its one MID space, the caller
-//! picks tokens), encoding, routing datagrams, or timers outside this state (the endpoint
-//! folds [`Observers::poll_timeout`] into its one timer table). Block-wise notifications are
-//! not handled: a notification must fit one message.
+//! picks tokens), encoding, routing datagrams, or a timer of its own (the endpoint folds the
+//! retransmission deadlines of CON notifications into its one timer table). Block-wise
+//! notifications are not handled: a notification must fit one message.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
