@@ -9,7 +9,9 @@
 //! (RFC 7252 §4.7), the matching of incoming responses to them (ACK/RST by MID, responses by
 //! token), the ACKs of CON responses (replayed when the peer retransmits one), the separate
 //! responses of the server role (empty ACK after a threshold, then the response as a CON,
-//! retransmitted until ACKed), and one timer table over all of it.
+//! retransmitted until ACKed), Observe in both roles (RFC 7641: our observations and the
+//! peer's observers, state in [`super::observe`], wiring in `endpoint_observe.rs`), and one
+//! timer table over all of it.
 //! Reuses, does not copy: [`ServerExchanges`] (dedup of the peer's requests and replay of our
 //! stored answers, critical options) and [`ClientExchange`] (retransmission, separate
 //! responses, Block2 reassembly).
@@ -23,12 +25,17 @@
 //! * getters: [`tuning`](Endpoint::tuning), [`next_mid`](Endpoint::next_mid),
 //!   [`in_flight`](Endpoint::in_flight), [`queued`](Endpoint::queued),
 //!   [`separate_in_flight`](Endpoint::separate_in_flight), [`is_idle`](Endpoint::is_idle),
-//!   [`dedup_len`](Endpoint::dedup_len);
+//!   [`dedup_len`](Endpoint::dedup_len), [`observations`](Endpoint::observations),
+//!   [`observers`](Endpoint::observers), [`is_observed`](Endpoint::is_observed),
+//!   [`is_registering`](Endpoint::is_registering);
 //! * input: [`handle_datagram`](Endpoint::handle_datagram),
 //!   [`handle_timeout`](Endpoint::handle_timeout);
 //! * mutators (application commands): [`start_request`](Endpoint::start_request),
 //!   [`cancel`](Endpoint::cancel), [`respond`](Endpoint::respond),
-//!   [`abandon`](Endpoint::abandon);
+//!   [`abandon`](Endpoint::abandon), [`start_observe`](Endpoint::start_observe),
+//!   [`reregister`](Endpoint::reregister),
+//!   [`cancel_observation`](Endpoint::cancel_observation),
+//!   [`forget_observation`](Endpoint::forget_observation), [`notify`](Endpoint::notify);
 //! * output: [`poll_transmit`](Endpoint::poll_transmit), [`poll_event`](Endpoint::poll_event),
 //!   [`poll_timeout`](Endpoint::poll_timeout).
 //!
@@ -41,9 +48,9 @@
 //! | message                                  | goes to                                     |
 //! |------------------------------------------|---------------------------------------------|
 //! | request (CON/NON), ping, reserved codes  | [`ServerExchanges`] (dedup, RST, 4.02/4.05) |
-//! | empty ACK / RST                          | our separate response with that MID, else our exchange in flight with that MID, else ignored |
+//! | empty ACK / RST                          | our notification with that MID (an RST removes the observer), else our separate response with that MID, else our exchange in flight with that MID, else ignored |
 //! | piggybacked response (ACK)               | our exchange in flight with that MID        |
-//! | CON / NON response                       | our exchange with that token; a CON is ACKed (and re-ACKed when retransmitted, no second event); a CON matching nothing gets an RST, a NON nothing |
+//! | CON / NON response                       | our exchange with that token, else a notification of our observation with that token; a CON is ACKed (and re-ACKed when retransmitted, no second event); a CON matching nothing gets an RST, a NON nothing |
 //!
 //! # Separate responses (server role)
 //!
@@ -58,11 +65,18 @@ use std::time::{Duration, Instant};
 
 use super::budget::Account;
 use super::client::DEFAULT_MAX_BODY;
+use super::observe::{
+    ClientObservations, DEFAULT_MAX_OBSERVERS, ObservationId, ObserveEnd, ObserverRemoval,
+    Observers,
+};
 use super::tuning::deadline;
 use super::{
     ClientError, ClientEvent, ClientExchange, CoapError, Inbound, MessageType, Packet, Responder,
     ServerExchanges, TransportTuning, decode, empty_message, peek_header,
 };
+
+#[path = "endpoint_observe.rs"]
+mod observe_glue;
 
 /// Default bound on requests waiting for an NSTART slot.
 pub const DEFAULT_QUEUE_LIMIT: usize = 32;
@@ -87,13 +101,38 @@ pub enum EndpointEvent {
         /// The obligation to answer it.
         responder: Responder,
     },
-    /// One of our requests finished: the response (Block2 reassembled) or why not.
+    /// One of our requests finished: the response (Block2 reassembled) or why not. (The
+    /// requests of an observation report through the observation's events instead.)
     Response {
         /// As returned by [`Endpoint::start_request`].
         id: RequestId,
         /// The response, or the failure ([`ClientError::Busy`] when the NSTART queue was
         /// full and nothing was sent).
         result: Result<Packet, ClientError>,
+    },
+    /// A notification of one of our observations (client role), in §3.4 order: the first
+    /// response to the registration, then every newer notification; older ones and
+    /// duplicates never show up. CON notifications were ACKed.
+    Notification {
+        /// As returned by [`Endpoint::start_observe`].
+        id: ObservationId,
+        /// The notification, Observe option included.
+        response: Packet,
+    },
+    /// One of our observations ended; no event for it follows.
+    ObservationEnded {
+        /// As returned by [`Endpoint::start_observe`].
+        id: ObservationId,
+        /// Cancelled, ended by the peer, or failed.
+        reason: ObserveEnd,
+    },
+    /// The peer's observation of one of our resources ended (server role), or a
+    /// registration was refused for the observer cap.
+    ObserverRemoved {
+        /// The observation's token.
+        token: Vec<u8>,
+        /// Why.
+        reason: ObserverRemoval,
     },
 }
 
@@ -139,6 +178,12 @@ pub struct Endpoint {
     separate: Vec<SeparateResponse>,
     /// `(expiry, mid)` of CON responses we ACKed, in arrival order.
     acked_responses: VecDeque<(Instant, u16)>,
+    /// Our observations of the peer's resources (client role).
+    observations: ClientObservations,
+    /// The peer's observations of our resources (server role).
+    observers: Observers,
+    /// The peer's GET requests with Observe = 0 in the handler: request MID → token.
+    registering: BTreeMap<u16, Vec<u8>>,
     outbox: VecDeque<Vec<u8>>,
     events: VecDeque<EndpointEvent>,
 }
@@ -165,6 +210,9 @@ impl Endpoint {
             in_handler: BTreeMap::new(),
             separate: Vec::new(),
             acked_responses: VecDeque::new(),
+            observations: ClientObservations::default(),
+            observers: Observers::new(DEFAULT_MAX_OBSERVERS),
+            registering: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -243,9 +291,14 @@ impl Endpoint {
     }
 
     /// Nothing of ours is outstanding: no request in flight or queued, no separate response
-    /// awaiting its ACK. (The peer's requests in the handler are the driver's to count.)
+    /// or CON notification awaiting its ACK, no observation of ours. (The peer's requests in
+    /// the handler and its observations of our resources are the driver's to count.)
     pub fn is_idle(&self) -> bool {
-        self.active.is_empty() && self.queued.is_empty() && self.separate.is_empty()
+        self.active.is_empty()
+            && self.queued.is_empty()
+            && self.separate.is_empty()
+            && self.observations.len() == 0
+            && !self.observers.con_in_flight()
     }
 
     /// Starts one of our requests: `request` carries code, options and payload (CON unless
@@ -273,10 +326,7 @@ impl Endpoint {
             self.launch(now, queued);
         } else if self.queued.len() >= self.queue_limit {
             tracing::info!(queued = self.queued.len(), "request queue full, refusing");
-            self.events.push_back(EndpointEvent::Response {
-                id,
-                result: Err(ClientError::Busy),
-            });
+            self.outcome(now, id, Err(ClientError::Busy));
         } else {
             self.queued.push_back(queued);
         }
@@ -304,6 +354,7 @@ impl Endpoint {
         responder: Responder,
         response: Packet,
     ) -> Result<(), CoapError> {
+        let response = self.observe_response(now, &responder, response);
         let request_mid = responder.request_mid();
         let separate = responder.is_confirmable()
             && matches!(self.in_handler.remove(&request_mid), Some(None));
@@ -335,6 +386,7 @@ impl Endpoint {
     /// ignored (or re-ACKed) until the dedup entry expires.
     pub fn abandon(&mut self, responder: Responder) {
         self.in_handler.remove(&responder.request_mid());
+        self.registering.remove(&responder.request_mid());
         self.server.abandon(responder);
     }
 
@@ -403,6 +455,7 @@ impl Endpoint {
         while self.acked_responses.front().is_some_and(|(t, _)| *t <= now) {
             self.acked_responses.pop_front();
         }
+        self.observers_timeout(now);
         self.pump(now);
     }
 
@@ -434,6 +487,7 @@ impl Endpoint {
             .chain(separate)
             .chain(acked)
             .chain(self.server.poll_timeout())
+            .chain(self.observers.poll_timeout())
             .min()
     }
 
@@ -449,6 +503,7 @@ impl Endpoint {
                 {
                     self.in_handler.insert(mid, Some(deadline(now, after)));
                 }
+                self.observe_request(&request, mid);
                 self.events
                     .push_back(EndpointEvent::Request { request, responder });
             }
@@ -467,6 +522,9 @@ impl Endpoint {
     ) {
         if decode(bytes).is_err() {
             tracing::debug!(mid, "malformed empty message ignored");
+            return;
+        }
+        if self.observer_ack_or_rst(mtype, mid) {
             return;
         }
         if let Some(pos) = self.separate.iter().position(|s| s.mid == mid) {
@@ -508,6 +566,9 @@ impl Endpoint {
                     return;
                 }
                 let Some(id) = self.exchange_by_token(packet.get_token()) else {
+                    if self.handle_notification(now, mtype, mid, packet) {
+                        return;
+                    }
                     tracing::info!(mid, "CON response matching no request of ours, RST");
                     self.outbox
                         .push_back(empty_message(MessageType::Reset, mid));
@@ -523,9 +584,20 @@ impl Endpoint {
             MessageType::NonConfirmable => {
                 if let Some(id) = self.exchange_by_token(packet.get_token()) {
                     self.feed(now, id, bytes);
+                } else {
+                    let _ = self.handle_notification(now, mtype, mid, packet);
                 }
             }
             MessageType::Reset => {}
+        }
+    }
+
+    /// The outcome of one of our requests: to its observation if it is one's, else to the
+    /// driver as [`EndpointEvent::Response`].
+    fn outcome(&mut self, now: Instant, id: RequestId, result: Result<Packet, ClientError>) {
+        if let Some(result) = self.observation_outcome(now, id, result) {
+            self.events
+                .push_back(EndpointEvent::Response { id, result });
         }
     }
 
@@ -569,12 +641,8 @@ impl Endpoint {
             .values()
             .any(|e| e.token() == q.token.as_slice())
         {
-            self.events.push_back(EndpointEvent::Response {
-                id: q.id,
-                result: Err(ClientError::InvalidRequest(
-                    "token already in use on this session".into(),
-                )),
-            });
+            let e = ClientError::InvalidRequest("token already in use on this session".into());
+            self.outcome(now, q.id, Err(e));
             return;
         }
         let exchange = ClientExchange::new(
@@ -595,6 +663,7 @@ impl Endpoint {
     fn pump(&mut self, now: Instant) {
         loop {
             let mut finished = Vec::new();
+            let mut outcomes = Vec::new();
             for (id, exchange) in self.active.iter_mut() {
                 while let Some(bytes) = exchange.poll_transmit(now) {
                     self.outbox.push_back(bytes);
@@ -604,8 +673,7 @@ impl Endpoint {
                         ClientEvent::Response(p) => Ok(p),
                         ClientEvent::Failed(e) => Err(e),
                     };
-                    self.events
-                        .push_back(EndpointEvent::Response { id: *id, result });
+                    outcomes.push((*id, result));
                 }
                 if exchange.is_done() {
                     finished.push(*id);
@@ -613,6 +681,9 @@ impl Endpoint {
             }
             for id in finished {
                 self.active.remove(&id);
+            }
+            for (id, result) in outcomes {
+                self.outcome(now, id, result);
             }
             let mut launched = false;
             while self.active.len() < self.nstart {

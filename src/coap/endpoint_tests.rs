@@ -485,6 +485,11 @@ fn garbage_never_panics() {
         if i % 50 == 0 {
             let _ = e.start_request(now, get("/g"), (i as u16).to_be_bytes().to_vec(), 0.3);
         }
+        if i % 500 == 0 {
+            let _ = e.start_observe(now, get("/o"), vec![(i >> 8) as u8], 0.3);
+            let token = [(next() % 4) as u8];
+            let _ = e.notify(now, &token, content(&get("/"), b"n"), i % 1000 == 0);
+        }
         let len = (next() % 40) as usize;
         let mut dg: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         if let Some(b) = dg.first_mut() {
@@ -494,7 +499,9 @@ fn garbage_never_panics() {
         while e.poll_transmit().is_some() {}
         while let Some(ev) = e.poll_event() {
             if let EndpointEvent::Request { request, responder } = ev {
-                let _ = e.respond(now, responder, content(&request, b""));
+                let mut answer = content(&request, b"");
+                crate::coap::observe::set_observe(&mut answer, 0);
+                let _ = e.respond(now, responder, answer);
             }
         }
         now += Duration::from_millis(7);
@@ -516,6 +523,11 @@ struct Side {
     running: Vec<(Instant, Packet, Responder)>,
     executed: HashMap<String, usize>,
     responses: Vec<(RequestId, Result<Packet, ClientError>)>,
+    /// Notifications of our observations, in delivery order.
+    notifications: Vec<(ObservationId, Packet)>,
+    /// Ends of our observations, and removals of the peer's observers.
+    ended: Vec<(ObservationId, ObserveEnd)>,
+    removed: Vec<(Vec<u8>, ObserverRemoval)>,
     /// MIDs of every CON/NON we sent, with the time they were first used.
     mids: Vec<(Instant, u16)>,
 }
@@ -529,6 +541,9 @@ impl Side {
             running: Vec::new(),
             executed: HashMap::new(),
             responses: Vec::new(),
+            notifications: Vec::new(),
+            ended: Vec::new(),
+            removed: Vec::new(),
             mids: Vec::new(),
         }
     }
@@ -542,6 +557,13 @@ impl Side {
                     self.running.push((now + self.delay, request, responder));
                 }
                 EndpointEvent::Response { id, result } => self.responses.push((id, result)),
+                EndpointEvent::Notification { id, response } => {
+                    self.notifications.push((id, response));
+                }
+                EndpointEvent::ObservationEnded { id, reason } => self.ended.push((id, reason)),
+                EndpointEvent::ObserverRemoved { token, reason } => {
+                    self.removed.push((token, reason));
+                }
             }
         }
     }
@@ -553,9 +575,12 @@ impl Side {
         for (_, request, responder) in due {
             let path = uri_path(&request).unwrap().join("/");
             let body = format!("{}:{path}", self.name).into_bytes();
-            self.ep
-                .respond(now, responder, content(&request, &body))
-                .unwrap();
+            let mut answer = content(&request, &body);
+            // A registration is accepted: the answer carries Observe.
+            if crate::coap::observe::observe_value(&request) == Some(0) {
+                crate::coap::observe::set_observe(&mut answer, 0);
+            }
+            self.ep.respond(now, responder, answer).unwrap();
         }
     }
 
@@ -831,3 +856,6 @@ fn mids_are_never_reused_within_exchange_lifetime_across_both_roles() {
         let _ = pair.a.response(id);
     }
 }
+
+#[path = "observe_tests.rs"]
+mod observe_tests;

@@ -26,6 +26,9 @@
 //!   space, the table of our outgoing exchanges (NSTART and its queue), the matching of
 //!   responses to them, separate responses of the server role and the session's one timer
 //!   table; reuses [`ServerExchanges`] and [`ClientExchange`] for the rest.
+//! * [`observe`] — Observe (RFC 7641) state of one session: the 24-bit sequence numbers
+//!   and the §3.4 reorder rule, our observations and the peer's observers (with a cap and
+//!   the 24 h CON rule); the [`Endpoint`] wires them into its routing and timer table.
 //! * [`server`] — [`ServerExchanges`]: the server role of one peer session. Owns the
 //!   dedup table of request MIDs and the cached responses for duplicate replay.
 //! * [`client`] — [`ClientExchange`]: one outgoing request/response exchange, with CON
@@ -52,6 +55,7 @@ pub mod block;
 pub mod budget;
 pub mod client;
 pub mod endpoint;
+pub mod observe;
 pub mod server;
 pub mod stream;
 pub mod tcp;
@@ -69,6 +73,7 @@ pub use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
 pub use endpoint::{Endpoint, EndpointEvent, RequestId};
+pub use observe::{NotifyError, ObservationId, ObserveEnd, ObserverRemoval};
 pub use server::{Inbound, Responder, ServerExchanges};
 pub use stream::{StreamConnection, StreamEvent};
 pub use tcp::{FrameError, Signal, decode_frame, encode_frame};

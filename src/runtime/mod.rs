@@ -25,7 +25,7 @@ use crate::transport::PeerInfo;
 pub use channel::{Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError};
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
-pub use peer_link::{LinkError, LinkInbox, PeerLink};
+pub use peer_link::{LinkError, LinkInbox, Observation, ObserverError, ObserverHandle, PeerLink};
 pub use session::{serve_session, serve_session_linked, spawn_session};
 pub use stream_client::{Io, StreamClient, StreamRequestError};
 pub use stream_listener::{AnyListener, StreamListener, StreamSecurity};

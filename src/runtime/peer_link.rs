@@ -17,13 +17,28 @@
 //!   inbox to [`serve_session_linked`](crate::runtime::session::serve_session_linked), or
 //!   let [`spawn_session`](crate::runtime::session::spawn_session) do both.
 //!
+//! # Observe (RFC 7641)
+//!
+//! * Client role: [`PeerLink::observe`] registers with a GET carrying Observe = 0 and gives
+//!   an [`Observation`]: the first response, then the fresh notifications in §3.4 order.
+//!   Dropping it (or [`Observation::cancel`]) cancels with a GET carrying Observe = 1.
+//! * Server role: a handler answering a GET with Observe = 0 takes an [`ObserverHandle`]
+//!   from its link ([`PeerLink::observer`]) and answers 2.xx with an Observe option (any
+//!   value: the session sets the sequence numbers); the handle then sends notifications
+//!   until the peer goes away ([`ObserverError::NotObserved`]). The handle keeps the link
+//!   held, so the session stays open while it is kept.
+//!
 //! A link outlives its session harmlessly: once the serve loop has ended,
 //! [`is_closed`](PeerLink::is_closed) is true and every request fails with
 //! [`LinkError::Closed`].
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::coap::{ClientError, Packet};
+use crate::coap::{ClientError, CoapError, NotifyError, ObservationId, Packet};
+
+/// Notifications that may wait in an [`Observation`] for its owner; more are dropped (with
+/// a warning) until the owner catches up.
+pub const OBSERVATION_CAPACITY: usize = 16;
 
 /// Requests that may wait in a link's channel for the serve loop to take them; one more is
 /// refused with [`LinkError::Busy`]. (The endpoint's NSTART queue is behind it.)
@@ -54,21 +69,73 @@ impl From<ClientError> for LinkError {
     }
 }
 
-/// One request handed to the serve loop, with where its outcome goes.
-pub(crate) type LinkRequest = (Packet, oneshot::Sender<Result<Packet, LinkError>>);
+/// Why a notification through an [`ObserverHandle`] was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserverError {
+    /// The session has ended.
+    #[error("the peer session has ended")]
+    Closed,
+    /// The peer does not (or no longer) observe with this token: never registered, refused
+    /// for the observer cap, reset a notification, did not ACK one, or deregistered.
+    #[error("the peer does not observe this resource")]
+    NotObserved,
+    /// The notification cannot be sent (not a response code, too large for one message).
+    #[error(transparent)]
+    Coap(CoapError),
+}
+
+impl From<NotifyError> for ObserverError {
+    fn from(e: NotifyError) -> Self {
+        match e {
+            NotifyError::Coap(e) => ObserverError::Coap(e),
+            _ => ObserverError::NotObserved,
+        }
+    }
+}
+
+/// The first response of an observation and its id, or why there is none.
+pub(crate) type ObserveReply = oneshot::Sender<Result<(ObservationId, Packet), LinkError>>;
+
+/// What a link asks of the serve loop.
+pub(crate) enum LinkCommand {
+    /// One request; its outcome goes to `reply`.
+    Request {
+        request: Packet,
+        reply: oneshot::Sender<Result<Packet, LinkError>>,
+    },
+    /// Start observing: the first response to `reply`, the later notifications to
+    /// `notifications`.
+    Observe {
+        request: Packet,
+        reply: ObserveReply,
+        notifications: mpsc::Sender<Packet>,
+    },
+    /// Cancel an observation (GET with Observe = 1).
+    StopObserving { id: ObservationId },
+    /// Re-register an observation (GET with Observe = 0, same token).
+    Reregister { id: ObservationId },
+    /// Notify the peer's observation with `token`.
+    Notify {
+        token: Vec<u8>,
+        response: Packet,
+        confirmable: bool,
+        reply: oneshot::Sender<Result<(), ObserverError>>,
+    },
+}
 
 /// A handle for sending requests to the peer of one session (see the module doc). Clones
 /// share the session.
 #[derive(Debug, Clone)]
 pub struct PeerLink {
-    tx: mpsc::Sender<LinkRequest>,
+    tx: mpsc::Sender<LinkCommand>,
 }
 
 /// The serve loop's end of a [`PeerLink`]: give it to
 /// [`serve_session_linked`](crate::runtime::session::serve_session_linked).
 #[derive(Debug)]
 pub struct LinkInbox {
-    pub(crate) rx: mpsc::Receiver<LinkRequest>,
+    pub(crate) rx: mpsc::Receiver<LinkCommand>,
     pub(crate) link: PeerLink,
 }
 
@@ -99,11 +166,48 @@ impl PeerLink {
     /// give-up time follow the session's tuning; add an overall deadline as needed.
     pub async fn request(&self, request: Packet) -> Result<Packet, LinkError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.try_send((request, reply)).map_err(|e| match e {
+        self.command(LinkCommand::Request { request, reply })?;
+        answer.await.unwrap_or(Err(LinkError::Closed))
+    }
+
+    /// Observes a resource of the peer (RFC 7641): sends `request` as a GET with Observe = 0
+    /// and waits for the first response. The [`Observation`] then yields the fresh
+    /// notifications in order. If the first response carries no Observe option (or is not
+    /// 2.xx), the peer did not add us and the observation yields nothing more. Errors as for
+    /// [`request`](Self::request).
+    pub async fn observe(&self, request: Packet) -> Result<Observation, LinkError> {
+        let (reply, answer) = oneshot::channel();
+        let (notifications, rx) = mpsc::channel(OBSERVATION_CAPACITY);
+        self.command(LinkCommand::Observe {
+            request,
+            reply,
+            notifications,
+        })?;
+        let (id, first) = answer.await.unwrap_or(Err(LinkError::Closed))?;
+        Ok(Observation {
+            id,
+            first,
+            rx,
+            link: self.tx.clone(),
+        })
+    }
+
+    /// A handle for notifying the peer's observation that `request` (a GET with Observe = 0
+    /// the handler is answering) registers. The registration takes effect when the handler's
+    /// 2.xx answer with an Observe option goes out; notifications sent before that wait for
+    /// it.
+    pub fn observer(&self, request: &Packet) -> ObserverHandle {
+        ObserverHandle {
+            token: request.get_token().to_vec(),
+            link: self.tx.clone(),
+        }
+    }
+
+    fn command(&self, command: LinkCommand) -> Result<(), LinkError> {
+        self.tx.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => LinkError::Busy,
             mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
-        })?;
-        answer.await.unwrap_or(Err(LinkError::Closed))
+        })
     }
 
     /// How many handles to this session exist (this one included): the serve loop keeps an
@@ -115,6 +219,98 @@ impl PeerLink {
     /// The session's serve loop has ended: requests fail with [`LinkError::Closed`].
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// Our observation of a resource on the peer (client role), from [`PeerLink::observe`].
+/// Dropping it cancels the observation (a GET with Observe = 1, or an RST to the next
+/// notification if the session is too busy to take the cancellation).
+#[derive(Debug)]
+pub struct Observation {
+    id: ObservationId,
+    first: Packet,
+    rx: mpsc::Receiver<Packet>,
+    link: mpsc::Sender<LinkCommand>,
+}
+
+impl Observation {
+    /// The response to the registration (the first notification, or a refusal without
+    /// Observe).
+    pub fn first(&self) -> &Packet {
+        &self.first
+    }
+
+    /// The next fresh notification; `None` once the observation has ended (cancelled by the
+    /// peer with a final response, which is the last item, re-registration failed, or the
+    /// session closed).
+    pub async fn next(&mut self) -> Option<Packet> {
+        self.rx.recv().await
+    }
+
+    /// Re-registers (RFC 7641 §3.3.1): sends the GET with Observe = 0 again on the same
+    /// token, e.g. when the last notification's Max-Age ran out; its response arrives as a
+    /// notification (if fresh). Ignored while a request of the observation is in flight;
+    /// [`LinkError::Busy`] or [`LinkError::Closed`] if the session cannot take it.
+    pub fn reregister(&self) -> Result<(), LinkError> {
+        self.link
+            .try_send(LinkCommand::Reregister { id: self.id })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LinkError::Busy,
+                mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
+            })
+    }
+
+    /// Cancels the observation (the same as dropping it).
+    pub fn cancel(self) {}
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        let _ = self
+            .link
+            .try_send(LinkCommand::StopObserving { id: self.id });
+    }
+}
+
+/// The server-role handle of the peer's observation of one of our resources, named by its
+/// token on this session (from [`PeerLink::observer`]). Clones notify the same observation.
+#[derive(Debug, Clone)]
+pub struct ObserverHandle {
+    token: Vec<u8>,
+    link: mpsc::Sender<LinkCommand>,
+}
+
+impl ObserverHandle {
+    /// The observation's token.
+    pub fn token(&self) -> &[u8] {
+        &self.token
+    }
+
+    /// Sends a notification: `response` carries code, options and payload (the session sets
+    /// type, MID, token and Observe). NON, except a CON at least every 24 h (RFC 7641 §4.5);
+    /// a non-2.xx response is the final one. Returns once it went out (not once ACKed).
+    pub async fn notify(&self, response: Packet) -> Result<(), ObserverError> {
+        self.send(response, false).await
+    }
+
+    /// [`notify`](Self::notify) as a CON, retransmitted until ACKed; an observer that never
+    /// ACKs is removed.
+    pub async fn notify_confirmable(&self, response: Packet) -> Result<(), ObserverError> {
+        self.send(response, true).await
+    }
+
+    async fn send(&self, response: Packet, confirmable: bool) -> Result<(), ObserverError> {
+        let (reply, answer) = oneshot::channel();
+        let command = LinkCommand::Notify {
+            token: self.token.clone(),
+            response,
+            confirmable,
+            reply,
+        };
+        if self.link.send(command).await.is_err() {
+            return Err(ObserverError::Closed);
+        }
+        answer.await.unwrap_or(Err(ObserverError::Closed))
     }
 }
 

@@ -12,6 +12,12 @@
 //! Does not own: protocol state (all in the [`Endpoint`]), executing requests (the
 //! [`Pipeline`] and the [`Handler`]).
 //!
+//! Observe (RFC 7641) rides on the same loop: the link's observations (client role) get a
+//! random 8-byte token and their notifications are forwarded to the [`Observation`]'s
+//! channel; the handlers' [`ObserverHandle`]s (server role) become [`Endpoint::notify`]
+//! calls, a notification sent while its registration is still in the handler waiting for
+//! the answer to go out.
+//!
 //! A peer's CON request still in the handler after ACK_TIMEOUT / 2 (the endpoint's default
 //! threshold) gets an empty ACK, and its answer goes out as a CON separate response.
 //!
@@ -32,9 +38,18 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::coap::{Endpoint, EndpointEvent, Packet, RequestId, Responder, TransportTuning};
+use tokio::sync::mpsc;
+
+use crate::coap::{
+    Endpoint, EndpointEvent, ObservationId, ObserveEnd, Packet, RequestId, Responder,
+    TransportTuning,
+};
 use crate::runtime::client::random_bytes;
-use crate::runtime::peer_link::{LINK_CAPACITY, LinkError, LinkInbox, PeerLink};
+use crate::runtime::peer_link::{
+    LINK_CAPACITY, LinkCommand, LinkError, LinkInbox, ObserveReply, ObserverError, PeerLink,
+};
+#[cfg(doc)]
+use crate::runtime::peer_link::{Observation, ObserverHandle};
 use crate::runtime::pipeline::{DRAIN_LIMIT, Pipeline, Start};
 use crate::runtime::{Handler, Shutdown, stopped};
 use crate::transport::{DatagramSession, PeerInfo};
@@ -97,6 +112,8 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
             .with_rng_fraction(random_fraction()),
         pipeline: Pipeline::new(handler, peer, tuning.exchange_lifetime()).with_link(link),
         waiting: HashMap::new(),
+        observing: HashMap::new(),
+        parked: Vec::new(),
     };
     let mut last_heard = Instant::now();
 
@@ -136,15 +153,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
                 let (responder, response) = driver.pipeline.complete(now, done, None);
                 driver.respond(now, responder, response);
             }
-            Some((request, reply)) = rx.recv() => {
-                if reply.is_closed() {
-                    continue; // The caller gave up before we got to it.
-                }
-                let token = random_bytes::<4>().to_vec();
-                let now = Instant::now().into_std();
-                let id = driver.endpoint.start_request(now, request, token, random_fraction());
-                driver.waiting.insert(id, reply);
-            }
+            Some(command) = rx.recv() => driver.command(Instant::now().into_std(), command),
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if idle_at.is_some_and(|t| now >= t) && driver.is_idle() && !driver.pipeline.link_held() {
@@ -177,12 +186,159 @@ struct Driver<H> {
     pipeline: Pipeline<H, Responder>,
     /// Link callers waiting for the outcome of our requests.
     waiting: HashMap<RequestId, oneshot::Sender<Result<Packet, LinkError>>>,
+    /// Our observations (client role) and where their notifications go.
+    observing: HashMap<ObservationId, Sink>,
+    /// Notifications whose registration is still in the handler.
+    parked: Vec<Parked>,
+}
+
+/// Where one observation's output goes: the first response to the waiting
+/// [`PeerLink::observe`] call, the rest into the [`Observation`]'s channel.
+struct Sink {
+    first: Option<ObserveReply>,
+    notifications: mpsc::Sender<Packet>,
+}
+
+/// A notification waiting for its registration's answer to go out.
+struct Parked {
+    token: Vec<u8>,
+    response: Packet,
+    confirmable: bool,
+    reply: oneshot::Sender<Result<(), ObserverError>>,
 }
 
 impl<H: Handler> Driver<H> {
     /// Nothing in progress in either role.
     fn is_idle(&self) -> bool {
-        self.endpoint.is_idle() && self.waiting.is_empty() && self.pipeline.in_handler() == 0
+        self.endpoint.is_idle()
+            && self.waiting.is_empty()
+            && self.observing.is_empty()
+            && self.pipeline.in_handler() == 0
+    }
+
+    /// One command from the link.
+    fn command(&mut self, now: std::time::Instant, command: LinkCommand) {
+        match command {
+            LinkCommand::Request { request, reply } => {
+                if reply.is_closed() {
+                    return; // The caller gave up before we got to it.
+                }
+                let token = random_bytes::<4>().to_vec();
+                let id = self
+                    .endpoint
+                    .start_request(now, request, token, random_fraction());
+                self.waiting.insert(id, reply);
+            }
+            LinkCommand::Observe {
+                request,
+                reply,
+                notifications,
+            } => {
+                if reply.is_closed() {
+                    return;
+                }
+                let token = random_bytes::<8>().to_vec();
+                let id = self
+                    .endpoint
+                    .start_observe(now, request, token, random_fraction());
+                let sink = Sink {
+                    first: Some(reply),
+                    notifications,
+                };
+                self.observing.insert(id, sink);
+            }
+            LinkCommand::StopObserving { id } => self.stop_observing(now, id),
+            LinkCommand::Reregister { id } => {
+                let _ = self.endpoint.reregister(now, id, random_fraction());
+            }
+            LinkCommand::Notify {
+                token,
+                response,
+                confirmable,
+                reply,
+            } => self.notify(
+                now,
+                Parked {
+                    token,
+                    response,
+                    confirmable,
+                    reply,
+                },
+            ),
+        }
+    }
+
+    /// Cancels an observation whose owner let go: a GET with Observe = 1, or, if a request
+    /// of the observation is in flight, forgetting it (an RST answers its next notification).
+    fn stop_observing(&mut self, now: std::time::Instant, id: ObservationId) {
+        if self.observing.remove(&id).is_none() {
+            return;
+        }
+        if !self.endpoint.cancel_observation(now, id, random_fraction()) {
+            self.endpoint.forget_observation(id);
+        }
+    }
+
+    /// A handler's notification: sent, parked until its registration is answered, or
+    /// refused.
+    fn notify(&mut self, now: std::time::Instant, n: Parked) {
+        if n.reply.is_closed() {
+            return;
+        }
+        if !self.endpoint.is_observed(&n.token) && self.endpoint.is_registering(&n.token) {
+            self.parked.push(n);
+            return;
+        }
+        let sent = self
+            .endpoint
+            .notify(now, &n.token, n.response, n.confirmable);
+        let _ = n.reply.send(sent.map_err(ObserverError::from));
+    }
+
+    /// Retries the parked notifications after an answer went out.
+    fn unpark(&mut self, now: std::time::Instant) {
+        for n in std::mem::take(&mut self.parked) {
+            self.notify(now, n);
+        }
+    }
+
+    /// One observation event for the link's owner.
+    fn observation_event(&mut self, id: ObservationId, response: Option<Packet>, end: bool) {
+        let Some(sink) = self.observing.get_mut(&id) else {
+            return;
+        };
+        let mut closed = false;
+        match (sink.first.take(), response) {
+            (Some(first), Some(p)) => closed = first.send(Ok((id, p))).is_err(),
+            (None, Some(p)) => match sink.notifications.try_send(p) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("observation not read fast enough, notification dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            },
+            (first, None) => sink.first = first,
+        }
+        if end {
+            self.observing.remove(&id);
+        } else if closed {
+            let now = Instant::now().into_std();
+            self.stop_observing(now, id);
+        }
+    }
+
+    /// The end of an observation: its final response is the last item; a failure before
+    /// the first response goes to the waiting caller.
+    fn observation_ended(&mut self, id: ObservationId, reason: ObserveEnd) {
+        match reason {
+            ObserveEnd::Final(p) => self.observation_event(id, Some(p), true),
+            ObserveEnd::Failed(e) => {
+                if let Some(first) = self.observing.remove(&id).and_then(|s| s.first) {
+                    let _ = first.send(Err(LinkError::from(e)));
+                }
+            }
+            _ => self.observation_event(id, None, true),
+        }
     }
 
     /// Drops the waits of link callers that gave up (dropped their future); a request of
@@ -225,6 +381,15 @@ impl<H: Handler> Driver<H> {
                         let _ = reply.send(result.map_err(LinkError::from));
                     }
                 }
+                EndpointEvent::Notification { id, response } => {
+                    self.observation_event(id, Some(response), false);
+                }
+                EndpointEvent::ObservationEnded { id, reason } => {
+                    self.observation_ended(id, reason);
+                }
+                EndpointEvent::ObserverRemoved { token, reason } => {
+                    tracing::debug!(?token, ?reason, "peer's observation ended");
+                }
             }
         }
     }
@@ -232,6 +397,9 @@ impl<H: Handler> Driver<H> {
     fn respond(&mut self, now: std::time::Instant, responder: Responder, response: Packet) {
         if let Err(e) = self.endpoint.respond(now, responder, response) {
             tracing::error!("cannot encode our response: {e}");
+        }
+        if !self.parked.is_empty() {
+            self.unpark(now);
         }
     }
 }
@@ -352,6 +520,106 @@ mod tests {
         tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
         assert!(task.is_finished(), "idle and unheld: closed");
         task.await.unwrap();
+    }
+
+    /// Answers a registration after 100 ms with Observe, having asked its observer handle
+    /// to notify at once: the notification waits for the answer.
+    struct EagerObserved {
+        notified: std::sync::Mutex<Option<JoinHandle<Result<(), ObserverError>>>>,
+    }
+
+    impl Handler for EagerObserved {
+        async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+            crate::coap::response_to(&request, ResponseType::NotFound)
+        }
+
+        async fn handle_on_link(
+            &self,
+            _peer: &PeerInfo,
+            link: &PeerLink,
+            request: Packet,
+            _max_payload: usize,
+        ) -> Packet {
+            let observer = link.observer(&request);
+            let mut change = Packet::new();
+            change.header.code = MessageClass::Response(ResponseType::Content);
+            change.payload = b"1".to_vec();
+            let task = tokio::spawn(async move { observer.notify(change).await });
+            *self.notified.lock().unwrap() = Some(task);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut answer = crate::coap::response_to(&request, ResponseType::Content);
+            crate::coap::observe::set_observe(&mut answer, 0);
+            answer
+        }
+    }
+
+    /// A notification sent while its registration is still in the handler is held until the
+    /// answer (with Observe) went out, then sent with the next sequence number.
+    #[tokio::test(start_paused = true)]
+    async fn a_notification_before_the_registration_is_answered_waits_for_it() {
+        let (session, mut peer) = pipe();
+        let (_stop, shutdown) = watch::channel(false);
+        let handler = Arc::new(EagerObserved {
+            notified: std::sync::Mutex::new(None),
+        });
+        let tuning = TransportTuning::unreliable();
+        let (_link, _task) = spawn_session(session, info(), handler.clone(), tuning, shutdown);
+        let mut register = get();
+        register.header.message_id = 5;
+        register.set_token(vec![0xab]);
+        crate::coap::observe::set_observe(&mut register, 0);
+        peer.tx.send(encode(&register).unwrap()).unwrap();
+        let answer = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(answer.header.get_type(), MessageType::Acknowledgement);
+        let first = crate::coap::observe::observe_value(&answer).expect("added");
+        let note = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(note.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(
+            (note.get_token(), &note.payload[..]),
+            (&[0xab][..], &b"1"[..])
+        );
+        assert_eq!(crate::coap::observe::observe_value(&note), Some(first + 1));
+        let task = handler.notified.lock().unwrap().take().unwrap();
+        assert_eq!(task.await.unwrap(), Ok(()));
+    }
+
+    /// A link's observation: GET with Observe = 0 and an 8-byte token, the first response,
+    /// a NON notification, a stale one dropped; dropping the [`Observation`] sends the GET
+    /// with Observe = 1 on the same token.
+    #[tokio::test(start_paused = true)]
+    async fn an_observation_yields_fresh_notifications_and_cancels_on_drop() {
+        use crate::coap::observe::{observe_value, set_observe};
+        let (session, mut peer) = pipe();
+        let (_stop, shutdown) = watch::channel(false);
+        let tuning = TransportTuning::unreliable();
+        let (link, _task) = spawn_session(session, info(), Arc::new(NotFound), tuning, shutdown);
+        let observing = tokio::spawn(async move { link.observe(get()).await });
+        let register = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(observe_value(&register), Some(0));
+        let token = register.get_token().to_vec();
+        assert_eq!(token.len(), 8);
+        let mut first = crate::coap::response_to(&register, ResponseType::Content);
+        set_observe(&mut first, 10);
+        peer.tx.send(encode(&first).unwrap()).unwrap();
+        let mut observation = observing.await.unwrap().unwrap();
+        assert_eq!(observe_value(observation.first()), Some(10));
+        for (mid, seq) in [(1, 9), (2, 11)] {
+            let mut n = first.clone();
+            n.header.set_type(MessageType::NonConfirmable);
+            n.header.message_id = mid;
+            set_observe(&mut n, seq);
+            peer.tx.send(encode(&n).unwrap()).unwrap();
+        }
+        let next = observation.next().await.unwrap();
+        assert_eq!(
+            observe_value(&next),
+            Some(11),
+            "9 is older than 10: dropped"
+        );
+        drop(observation);
+        let cancel = decode(&peer.rx.recv().await.unwrap()).unwrap();
+        assert_eq!(observe_value(&cancel), Some(1));
+        assert_eq!(cancel.get_token(), token);
     }
 
     /// A request the peer sends while ours is outstanding is served, and both complete.
