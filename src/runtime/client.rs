@@ -43,6 +43,12 @@ impl DatagramSession for AnySession {
             AnySession::Dtls(d) => d.peer_info(),
         }
     }
+
+    async fn close(&mut self) {
+        if let AnySession::Dtls(d) = self {
+            DatagramSession::close(d).await;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

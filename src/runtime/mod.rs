@@ -42,6 +42,12 @@ pub trait Handler: Send + Sync + 'static {
         crate::coap::CacheLimits::process_default()
     }
 
+    /// The largest response body (Block2 reassembled) our requests to this handler's peers
+    /// accept over a [`PeerLink`]; a larger one fails with `ClientError::TooLarge`.
+    fn max_response_body(&self) -> usize {
+        crate::coap::client::DEFAULT_MAX_BODY
+    }
+
     /// [`handle`](Self::handle), told what one message to this peer carries: an error
     /// answer is never sliced into Block2 blocks (clients do not reassemble error bodies), so
     /// a handler with long error bodies keeps them within `max_payload` bytes. The pipeline

@@ -216,6 +216,11 @@ impl PeerLink {
         self.tx.strong_count()
     }
 
+    /// Whether `other` is a handle to the same session.
+    pub fn same_session(&self, other: &PeerLink) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     /// The session's serve loop has ended: requests fail with [`LinkError::Closed`].
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()

@@ -109,6 +109,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
     let mut driver = Driver {
         endpoint: Endpoint::new(tuning.clone(), first_mid)
             .with_account(handler.cache_limits().dedup_account())
+            .with_max_body(handler.max_response_body())
             .with_rng_fraction(random_fraction()),
         pipeline: Pipeline::new(handler, peer, tuning.exchange_lifetime()).with_link(link),
         waiting: HashMap::new(),
@@ -116,6 +117,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
         parked: Vec::new(),
     };
     let mut last_heard = Instant::now();
+    let mut stopping = false;
 
     loop {
         driver.settle(&mut session).await;
@@ -163,7 +165,10 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
                 driver.endpoint.handle_timeout(now.into_std());
                 driver.pipeline.handle_timeout(now.into_std());
             }
-            _ = stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => {
+                stopping = true;
+                break;
+            }
         }
     }
     // No new requests either way: the link closes and callers still waiting get `Closed`.
@@ -178,7 +183,14 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
         driver.respond(now, responder, response);
         driver.settle(&mut session).await;
     }
+    if stopping {
+        // Stopped by its owner (not ended by the peer): say goodbye, briefly.
+        let _ = tokio::time::timeout(CLOSE_BUDGET, session.close()).await;
+    }
 }
+
+/// How long a stopped session may take to send its close_notify.
+const CLOSE_BUDGET: Duration = Duration::from_millis(200);
 
 /// The state one serve loop drives.
 struct Driver<H> {

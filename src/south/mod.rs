@@ -13,6 +13,7 @@
 //! for up to [`HANDSHAKE_PATIENCE`] budgets: if it completes before the next read, that read
 //! finds the session ready instead of starting over; if not, the next read starts afresh.
 
+pub mod dialled;
 pub mod fanout;
 pub mod profile;
 
@@ -28,8 +29,7 @@ use crate::lwm2m::content_format;
 use crate::registry::{Account, FormatMemory};
 use crate::runtime::LinkError;
 use crate::runtime::{
-    Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError,
-    StreamRequestError,
+    ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError, StreamRequestError,
 };
 use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
@@ -37,6 +37,7 @@ use crate::transport::tls::{TlsClient, TlsCredentials};
 use crate::transport::{Identity, TransportError};
 use crate::verifier::{AclReading, Principal, ReadFailure};
 
+use dialled::OpenLink;
 use fanout::AclReader;
 
 /// One device's link.
@@ -49,9 +50,9 @@ enum LinkState {
     #[default]
     Idle,
     /// A connect (handshake) running in its own task.
-    Connecting(tokio::task::JoinHandle<Result<Channel, ReadFailure>>),
-    /// An open channel (boxed: a channel is large, the other states are a word).
-    Open(Box<Channel>),
+    Connecting(tokio::task::JoinHandle<Result<OpenLink, ReadFailure>>),
+    /// An open link.
+    Open(OpenLink),
 }
 
 /// A DTLS handshake may go on in the background for this many handshake budgets.
@@ -209,7 +210,7 @@ impl South {
         &self,
         device: &DeviceConfig,
         uri: EndpointUri,
-    ) -> Result<tokio::task::JoinHandle<Result<Channel, ReadFailure>>, ReadFailure> {
+    ) -> Result<tokio::task::JoinHandle<Result<OpenLink, ReadFailure>>, ReadFailure> {
         let mux = self.mux_for(uri.addr).await?;
         let security = self
             .security
@@ -223,20 +224,20 @@ impl South {
         }))
     }
 
-    /// Brings `state` to an open, reusable channel: replaces a broken one, starts a connect
-    /// if there is none, and waits up to the handshake budget for a connect in progress.
+    /// Brings `state` to an open, usable link: replaces a broken one, starts a connect if
+    /// there is none, and waits up to the handshake budget for a connect in progress.
     async fn open<'a>(
         &self,
         state: &'a mut LinkState,
         device: &DeviceConfig,
         uri: EndpointUri,
-    ) -> Result<&'a mut Channel, ReadFailure> {
-        if let LinkState::Open(channel) = state {
-            if !channel.is_reusable() {
-                // An earlier read was cut off by its deadline mid-send, or the stream closed.
-                tracing::debug!("link not reusable, reconnecting");
-                if let LinkState::Open(channel) = std::mem::take(state) {
-                    (*channel).close(CLOSE_NOTIFY_BUDGET).await;
+    ) -> Result<&'a mut OpenLink, ReadFailure> {
+        if let LinkState::Open(link) = state {
+            if !link.is_usable() {
+                // Its session ended, or a stream read was cut off mid-frame.
+                tracing::debug!("link not usable, reconnecting");
+                if let LinkState::Open(link) = std::mem::take(state) {
+                    link.close(CLOSE_NOTIFY_BUDGET).await;
                 }
             }
         }
@@ -254,7 +255,7 @@ impl South {
                         uri.addr, self.handshake_wait
                     )));
                 }
-                Ok(Ok(Ok(channel))) => *state = LinkState::Open(Box::new(channel)),
+                Ok(Ok(Ok(link))) => *state = LinkState::Open(link),
                 Ok(joined) => {
                     *state = LinkState::Idle;
                     return Err(match joined {
@@ -266,7 +267,7 @@ impl South {
             }
         }
         match state {
-            LinkState::Open(channel) => Ok(&mut **channel),
+            LinkState::Open(link) => Ok(link),
             _ => Err(ReadFailure::Unreachable("no link".into())),
         }
     }
@@ -314,13 +315,30 @@ impl South {
     ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
-        let channel = self.open(&mut guard, device, uri).await?;
+        let session = match self.open(&mut guard, device, uri).await? {
+            OpenLink::Datagram(s) => Some(s.link.clone()),
+            OpenLink::Stream(_) => None,
+        };
+        if let Some(session) = session {
+            // The lock guards the link's state, not the exchange: other reads of this device
+            // go over the same session meanwhile (the endpoint queues beyond NSTART).
+            drop(guard);
+            let result = session.request(request).await.map_err(link_failure);
+            if result.is_err() {
+                let mut guard = link.lock().await;
+                let same = matches!(&*guard, LinkState::Open(OpenLink::Datagram(s)) if s.link.same_session(&session));
+                if same {
+                    close_link(&mut guard).await;
+                }
+            }
+            return result;
+        }
+        let LinkState::Open(OpenLink::Stream(channel)) = &mut *guard else {
+            return Err(ReadFailure::Unreachable("no link".into()));
+        };
         let result = channel.request(request).await.map_err(request_failure);
         if result.is_err() {
-            // Say goodbye so the device drops its side too; the next read starts afresh.
-            if let LinkState::Open(channel) = std::mem::take(&mut *guard) {
-                (*channel).close(CLOSE_NOTIFY_BUDGET).await;
-            }
+            close_link(&mut guard).await;
         }
         result
     }
@@ -381,6 +399,14 @@ impl South {
     }
 }
 
+/// Drops a link that failed, saying goodbye so the device drops its side too; the next read
+/// starts afresh.
+async fn close_link(state: &mut LinkState) {
+    if let LinkState::Open(link) = std::mem::take(state) {
+        link.close(CLOSE_NOTIFY_BUDGET).await;
+    }
+}
+
 /// A connect left running by an earlier read: adopt its channel if it has succeeded since;
 /// replace one that failed (a stale verdict) or is still running (OpenSSL has backed its
 /// retransmission timer off by now, a fresh handshake starts again at 1 s).
@@ -394,25 +420,26 @@ async fn adopt_finished_connect(state: &mut LinkState) {
         return;
     }
     *state = match task.await {
-        Ok(Ok(channel)) => LinkState::Open(Box::new(channel)),
+        Ok(Ok(link)) => LinkState::Open(link),
         _ => LinkState::Idle,
     };
 }
 
-/// Opens a channel to `device` and checks the identity it proved.
+/// Opens a link to `device` and checks the identity it proved.
 async fn connect(
     device: &DeviceConfig,
     uri: EndpointUri,
     mux: &Arc<DatagramMux>,
     security: &ChannelSecurity,
     tuning: &ChannelTuning,
-) -> Result<Channel, ReadFailure> {
-    let (channel, peer) = Channel::open(uri, mux, security, tuning)
-        .await
-        .map_err(|e| match e {
-            OpenError::Transport(t) => handshake_failure(t),
-            other => ReadFailure::SecureChannel(other.to_string()),
-        })?;
+) -> Result<OpenLink, ReadFailure> {
+    let (channel, peer) =
+        OpenLink::open(uri, mux, security, tuning)
+            .await
+            .map_err(|e| match e {
+                OpenError::Transport(t) => handshake_failure(t),
+                other => ReadFailure::SecureChannel(other.to_string()),
+            })?;
     if let Err(e) = check_identity(device, &peer.identity) {
         // Tell the device the session is over (close_notify): it keeps a session per
         // address, and our next handshake comes from this same port.
@@ -466,12 +493,10 @@ fn get_ac_object(accept: u16) -> Packet {
     p
 }
 
-/// Classifies a failed request over a registration's session.
+/// Classifies a failed request over a datagram session (dialled or registered).
 fn link_failure(e: LinkError) -> ReadFailure {
     match e {
-        LinkError::Closed => {
-            ReadFailure::Unreachable("the registration's session has ended".into())
-        }
+        LinkError::Closed => ReadFailure::Unreachable("the device's session has ended".into()),
         LinkError::Busy => {
             ReadFailure::Unreachable("too many requests waiting for the device".into())
         }

@@ -1263,6 +1263,10 @@ impl DatagramSession for DtlsSession {
             identity,
         }
     }
+
+    async fn close(&mut self) {
+        let _ = DtlsSession::close(self).await;
+    }
 }
 
 #[cfg(test)]

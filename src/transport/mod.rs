@@ -107,6 +107,11 @@ pub trait DatagramSession: Send {
     fn peer(&self) -> SocketAddr;
     /// The peer's address, transport kind and proven identity.
     fn peer_info(&self) -> PeerInfo;
+    /// Ends the session politely (DTLS: close_notify, so a peer that keeps one session per
+    /// address does not ignore the next handshake from this port); plain UDP has nothing to say.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Why a session ended.
