@@ -255,6 +255,9 @@ pub struct GatewayConfig {
     pub south_bind: Option<SocketAddr>,
     /// CoAP ACK_TIMEOUT towards devices, in ms (RFC 7252 default 2000).
     pub ack_timeout: Duration,
+    /// NSTART towards one device: our exchanges in flight on its session (RFC 7252 §4.7,
+    /// default 1; more wait in a queue).
+    pub nstart: u32,
     /// The gateway's own certificate, key and trust anchor for X.509 on DTLS and TLS.
     pub certs: Option<CertFiles>,
 }
@@ -303,6 +306,8 @@ struct RawGateway {
     south_bind: Option<String>,
     #[serde(default = "default_ack_timeout_ms")]
     ack_timeout_ms: u64,
+    #[serde(default = "default_nstart")]
+    nstart: u32,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
@@ -319,6 +324,9 @@ fn default_device_timeout_ms() -> u64 {
 }
 fn default_max_in_flight() -> usize {
     256
+}
+fn default_nstart() -> u32 {
+    1
 }
 fn default_ack_timeout_ms() -> u64 {
     2000
@@ -679,6 +687,9 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
     if !(10..=60_000).contains(&g.ack_timeout_ms) {
         return Err(invalid("gateway.ack_timeout_ms", "must be 10 to 60000 ms"));
     }
+    if !(1..=16).contains(&g.nstart) {
+        return Err(invalid("gateway.nstart", "must be 1 to 16"));
+    }
     let south_bind = g
         .south_bind
         .as_deref()
@@ -1015,6 +1026,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             max_in_flight: g.max_in_flight,
             south_bind,
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
+            nstart: g.nstart,
             certs: gateway_certs.clone(),
         },
         servers,
@@ -1370,5 +1382,20 @@ nosec = true
         assert!(e.contains("devices[1].endpoint"), "{e}");
         let e = error_of(&GOOD.replace("uri = \"coap://127.0.0.1:15683\"\n", ""));
         assert!(e.contains("devices[1].uri"), "{e}");
+    }
+
+    #[test]
+    fn nstart_defaults_to_one_and_is_bounded() {
+        assert_eq!(Config::parse(GOOD).unwrap().gateway.nstart, 1);
+        let two = GOOD.replace(
+            "store = \"privgw.redb\"",
+            "store = \"privgw.redb\"\nnstart = 2",
+        );
+        assert_eq!(Config::parse(&two).unwrap().gateway.nstart, 2);
+        let zero = GOOD.replace(
+            "store = \"privgw.redb\"",
+            "store = \"privgw.redb\"\nnstart = 0",
+        );
+        assert!(error_of(&zero).contains("gateway.nstart"));
     }
 }

@@ -343,6 +343,17 @@ impl Endpoint {
         self.queued.len() != before
     }
 
+    /// Gives up one of our requests, queued or in flight: it is not (re)transmitted again,
+    /// its NSTART slot goes to the next queued request, and no event comes for it. A late
+    /// response to it then matches nothing (a CON one gets RST). `false` if it is unknown.
+    pub fn give_up(&mut self, now: Instant, id: RequestId) -> bool {
+        let found = self.cancel(id) || self.active.remove(&id).is_some();
+        if found {
+            self.pump(now);
+        }
+        found
+    }
+
     /// Answers a request from [`EndpointEvent::Request`]: piggybacked on the ACK of a CON,
     /// as a NON (fresh MID) for a NON, or — once the CON got an empty ACK — as a CON separate
     /// response with a fresh MID, retransmitted until ACKed. The bytes come out of

@@ -859,3 +859,41 @@ fn mids_are_never_reused_within_exchange_lifetime_across_both_roles() {
 
 #[path = "observe_tests.rs"]
 mod observe_tests;
+
+/// Issue 6 item 9 again, on the endpoint: a read cut off by its deadline must not hold the
+/// NSTART slot the next read needs, nor keep retransmitting.
+#[test]
+fn a_given_up_request_frees_its_slot_stops_retransmitting_and_its_late_answer_gets_rst() {
+    let t0 = Instant::now();
+    let mut e = Endpoint::new(tuning(), 0x900);
+    let a = e.start_request(t0, get("/a"), vec![1], 0.0);
+    let b = e.start_request(t0, get("/b"), vec![2], 0.0);
+    let pa = sent(&mut e);
+    nothing_sent(&mut e);
+    assert!(e.give_up(t0, a));
+    assert!(!e.give_up(t0, a), "already given up");
+    let pb = sent(&mut e);
+    assert_eq!(uri_path(&pb).unwrap().join("/"), "b");
+    // a's retransmission time comes and goes: only b is retransmitted.
+    let later = t0 + std::time::Duration::from_secs(10);
+    e.handle_timeout(later);
+    let again = sent(&mut e);
+    assert_eq!(again.get_token(), &[2], "only b is retransmitted");
+    // a's late CON response matches nothing: RST, and no event for a.
+    e.handle_datagram(
+        later,
+        &peer_response(MessageType::Confirmable, 0x4242, pa.get_token(), b"late"),
+    );
+    let rst = sent(&mut e);
+    assert_eq!(rst.header.get_type(), MessageType::Reset);
+    e.handle_datagram(
+        later,
+        &peer_response(
+            MessageType::Acknowledgement,
+            pb.header.message_id,
+            &[2],
+            b"",
+        ),
+    );
+    assert_eq!(expect_response(&mut e).0, b);
+}

@@ -74,6 +74,12 @@ impl TransportTuning {
         self
     }
 
+    /// Sets NSTART, our exchanges in flight to one peer at once (default 1; 0 acts as 1).
+    pub fn with_nstart(mut self, nstart: u32) -> Self {
+        self.nstart = nstart.max(1);
+        self
+    }
+
     /// Sets MAX_LATENCY (default 100 s). It dominates EXCHANGE_LIFETIME, so tests that want
     /// dedup entries to expire quickly shorten it. **Danger:** a value below the real worst
     /// case lets a late duplicate CON be executed a second time.

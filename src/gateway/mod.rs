@@ -416,8 +416,9 @@ impl Gateway {
         let listeners = bound.iter().map(AnyListener::uri).collect();
         let lwm2m_bound = bind_registration_listeners(&config, &registrations).await?;
         let lwm2m_listeners = lwm2m_bound.iter().map(|(l, _)| l.uri()).collect();
-        let device_tuning =
-            TransportTuning::unreliable().with_ack_timeout(config.gateway.ack_timeout);
+        let device_tuning = TransportTuning::unreliable()
+            .with_ack_timeout(config.gateway.ack_timeout)
+            .with_nstart(config.gateway.nstart);
         for (listener, front) in lwm2m_bound {
             tasks.spawn(listener.run(front, device_tuning.clone(), shutdown.clone()));
         }

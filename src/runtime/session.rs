@@ -162,6 +162,7 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
                     tracing::debug!("session idle, closing");
                     break;
                 }
+                driver.give_up_abandoned(now.into_std());
                 driver.endpoint.handle_timeout(now.into_std());
                 driver.pipeline.handle_timeout(now.into_std());
             }
@@ -229,12 +230,30 @@ impl<H: Handler> Driver<H> {
     }
 
     /// One command from the link.
+    /// Our requests whose callers stopped waiting (a verification deadline cut them off) are
+    /// given up, so they neither keep retransmitting nor hold the NSTART slot the next
+    /// request needs. Checked when a new request comes and at every timer.
+    fn give_up_abandoned(&mut self, now: std::time::Instant) {
+        let abandoned: Vec<RequestId> = self
+            .waiting
+            .iter()
+            .filter(|(_, reply)| reply.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            self.waiting.remove(&id);
+            self.endpoint.give_up(now, id);
+            tracing::debug!("our request's caller gave up: exchange abandoned");
+        }
+    }
+
     fn command(&mut self, now: std::time::Instant, command: LinkCommand) {
         match command {
             LinkCommand::Request { request, reply } => {
                 if reply.is_closed() {
                     return; // The caller gave up before we got to it.
                 }
+                self.give_up_abandoned(now);
                 let token = random_bytes::<4>().to_vec();
                 let id = self
                     .endpoint

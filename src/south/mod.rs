@@ -164,7 +164,9 @@ impl South {
             }
         }
         let tuning = ChannelTuning {
-            datagram: TransportTuning::unreliable().with_ack_timeout(config.gateway.ack_timeout),
+            datagram: TransportTuning::unreliable()
+                .with_ack_timeout(config.gateway.ack_timeout)
+                .with_nstart(config.gateway.nstart),
             connect_timeout: budget,
             stream_response_timeout: config.gateway.device_timeout,
             stream_max_message_size: STREAM_MAX_MESSAGE_SIZE,
