@@ -1,17 +1,20 @@
 //! South: the gateway's secured CoAP client towards end devices. One UDP socket serves every
-//! device; each device has one link (a DTLS session kept for reuse, or a plain pipe) used by
-//! one exchange at a time. [`South`] reads the ACL that governs a URI per the device's
+//! dialled device; a device that registers is reached over its registration's session
+//! instead ([`Registrations`]). [`South`] reads the ACL that governs a URI per the device's
 //! profile ([`profile`]) and maps every failure onto the verifier's reasons.
 //!
 //! # Links under loss
 //!
 //! Every read runs under the verifier's deadline, which may drop it at any await. A link
-//! stays usable after that: the CoAP client claims its MIDs up front, and a channel cut off
-//! mid-send says so ([`Channel::is_reusable`]) and is replaced. A DTLS handshake runs in its
-//! own task: the read waits for it for [`handshake_budget`] (so a refused handshake is still
-//! classified in time), and one that is merely slow (lost flights) goes on in the background
-//! for up to [`HANDSHAKE_PATIENCE`] budgets: if it completes before the next read, that read
-//! finds the session ready instead of starting over; if not, the next read starts afresh.
+//! stays usable after that: a UDP/DTLS link is a session with its own serve loop
+//! ([`dialled`]), so a dropped read never cuts a send in half, and the session gives up the
+//! abandoned exchange (fresh MID and token for the next one, RFC 7252 §4.5) before the next
+//! read needs its NSTART slot; a stream cut off mid-frame says so and is replaced. A DTLS
+//! handshake runs in its own task: the read waits for it for [`handshake_budget`] (so a
+//! refused handshake is still classified in time), and one that is merely slow (lost
+//! flights) goes on in the background for up to [`HANDSHAKE_PATIENCE`] budgets: if it
+//! completes before the next read, that read finds the session ready instead of starting
+//! over; if not, the next read starts afresh.
 
 pub mod dialled;
 pub mod fanout;
