@@ -350,3 +350,58 @@ async fn a_device_with_two_accounts_holds_two_registrations() {
     })
     .await;
 }
+
+/// A device registering over DTLS-X.509: its certificate (verified to the gateway's `ca`)
+/// must match its `cert_match`; devB's certificate claiming devA's endpoint is refused.
+#[tokio::test]
+async fn devices_register_over_dtls_x509_and_a_certificate_of_another_device_is_refused() {
+    bounded(async {
+        let with_cert = |name: &str| {
+            let certs = CertPaths::committed(name);
+            move |c: &mut privgw::device::DeviceSimConfig| {
+                c.psk_identity = None;
+                c.psk_key = None;
+                c.cert = Some(certs.cert.clone());
+                c.key = Some(certs.key.clone());
+                c.ca = Some(certs.ca.clone());
+            }
+        };
+        let fleet = Fleet::builder()
+            .gateway_certs(CertPaths::committed("gateway"))
+            .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], with_cert("devA"))
+            .device_toml("devA", r#"cert_match = "cn:devA""#)
+            .registering_with("devB", &[], vec![], |_| {})
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let reply = get(&mut a, "/GwConfig/Devices/devA").await;
+        assert!(
+            reply.render().contains("Transport: \"Dtls\""),
+            "{}",
+            reply.render()
+        );
+
+        // devB's certificate (same CA) registering as devA: the channel proves devB.
+        let impostor = privgw::device::DeviceSimConfig {
+            id: "devA".into(),
+            register: vec![fleet.lwm2m_uri(0).to_string()],
+            profile: "lwm2m".into(),
+            lifetime_s: Some(60),
+            ..Default::default()
+        };
+        let mut impostor = impostor;
+        with_cert("devB")(&mut impostor);
+        let dev = privgw::device::RunningDevice::start(&impostor)
+            .await
+            .unwrap();
+        assert!(
+            !dev.wait_registered(Duration::from_secs(2)).await,
+            "devB's certificate registered as devA"
+        );
+        dev.stop().await;
+        fleet.stop().await;
+    })
+    .await;
+}

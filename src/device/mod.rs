@@ -516,11 +516,13 @@ impl RunningDevice {
                 "a registering device listens nowhere: give register or listen, not both".into(),
             ));
         }
-        if config.cert.is_some() || config.key.is_some() || config.ca.is_some() {
-            return Err(DeviceError::Invalid(
-                "a registering device uses DTLS-PSK or NoSec (no certificates yet)".into(),
-            ));
-        }
+        let certs = match (&config.cert, &config.key, &config.ca) {
+            (Some(c), Some(k), Some(a)) => {
+                Some(X509Credentials::from_pem_files(c, k, a).map_err(DeviceError::Credentials)?)
+            }
+            (None, None, None) => None,
+            _ => return Err(DeviceError::Invalid("cert, key and ca go together".into())),
+        };
         let servers = config
             .register
             .iter()
@@ -534,9 +536,9 @@ impl RunningDevice {
                 "register: {bad}: devices register over coap:// or coaps://"
             )));
         }
-        if servers.iter().any(|u| u.scheme == Scheme::Coaps) && psk.is_none() {
+        if servers.iter().any(|u| u.scheme == Scheme::Coaps) && psk.is_none() && certs.is_none() {
             return Err(DeviceError::Invalid(
-                "register over coaps:// needs psk_identity and psk_key".into(),
+                "register over coaps:// needs psk_identity/psk_key or cert/key/ca".into(),
             ));
         }
         let version = config.lwm2m_version.clone().unwrap_or_else(|| "1.1".into());
@@ -571,6 +573,7 @@ impl RunningDevice {
                 awake,
                 ack_timeout,
                 psk: psk.clone(),
+                certs: certs.clone(),
                 objects: objects.clone(),
             };
             let (state, watcher) = watch::channel(None);

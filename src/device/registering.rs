@@ -21,7 +21,7 @@ use crate::config::{EndpointUri, Psk, Scheme};
 use crate::device::DeviceHandler;
 use crate::lwm2m::content_format;
 use crate::runtime::{AnySession, PeerLink, Shutdown, spawn_session, stopped};
-use crate::transport::dtls::{DtlsClient, PskClientConfig};
+use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::{DatagramSession, TransportError};
 
@@ -39,6 +39,9 @@ pub struct Registration {
     /// ACK_TIMEOUT of its requests.
     pub ack_timeout: Duration,
     pub psk: Option<Psk>,
+    /// DTLS-X.509 instead of PSK: its certificate and key, and the CA that verifies the
+    /// server (whose certificate must be valid for the server's IP address).
+    pub certs: Option<X509Credentials>,
     /// The link-format object list sent with Register.
     pub objects: String,
 }
@@ -159,14 +162,17 @@ async fn open(
     mux: &Arc<DatagramMux>,
 ) -> Result<AnySession, TransportError> {
     let pipe = mux.connect(registration.server.addr);
-    match (registration.server.scheme, &registration.psk) {
-        (Scheme::Coaps, Some(psk)) => {
-            let client =
-                DtlsClient::new(PskClientConfig::new(psk.identity.clone(), psk.key.clone()))?;
-            Ok(AnySession::Dtls(client.connect(pipe).await?))
-        }
-        _ => Ok(AnySession::Plain(pipe)),
+    if registration.server.scheme != Scheme::Coaps {
+        return Ok(AnySession::Plain(pipe));
     }
+    let client = match (&registration.certs, &registration.psk) {
+        (Some(certs), _) => DtlsClient::new(X509ClientConfig::new(certs.clone()))?,
+        (None, Some(psk)) => {
+            DtlsClient::new(PskClientConfig::new(psk.identity.clone(), psk.key.clone()))?
+        }
+        (None, None) => return Ok(AnySession::Plain(pipe)),
+    };
+    Ok(AnySession::Dtls(client.connect(pipe).await?))
 }
 
 /// A socket for the device's sessions, of the server's address family.
@@ -286,6 +292,7 @@ mod tests {
             awake: Duration::from_secs(93),
             ack_timeout: Duration::from_secs(2),
             psk: None,
+            certs: None,
             objects: "</1/0>,</2/0>,</3/0>".into(),
         };
         let p = register_request(&r);

@@ -589,6 +589,8 @@ impl FleetBuilder {
                         .iter()
                         .any(|&a| lwm2m_uris[a].scheme == Scheme::Coaps);
                 match (&cfg.psk_identity, &cfg.psk_key) {
+                    // A certificate device: its cert_match comes from device_toml.
+                    _ if cfg.cert.is_some() => {}
                     (Some(identity), Some(key)) if secured => {
                         writeln!(toml, "psk_identity = {identity:?}\npsk_key = {key:?}").unwrap()
                     }
