@@ -47,11 +47,6 @@ impl DeviceDirectory {
         directory
     }
 
-    /// The PSK of every registering device, for the DTLS server of the LwM2M listeners.
-    pub fn knows_psk(&self, identity: &[u8]) -> bool {
-        self.by_psk.contains_key(identity)
-    }
-
     /// Whether a peer that proved `peer.identity` may act as `endpoint`.
     pub fn may_act_as(&self, peer: &PeerInfo, endpoint: &str) -> bool {
         match &peer.identity {
