@@ -405,3 +405,55 @@ async fn devices_register_over_dtls_x509_and_a_certificate_of_another_device_is_
     })
     .await;
 }
+
+/// A registered LwM2M 1.1 device without TLV and SenML-CBOR (4.06 to those): the gateway
+/// walks on to SenML-JSON, and remembers it, so the next read asks once.
+#[tokio::test]
+async fn the_gateway_falls_back_to_a_format_the_device_has_and_remembers_it() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.formats = vec![110]; // SenML-JSON only
+            })
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let before = fleet.device("devA").requests();
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let first = fleet.device("devA").requests() - before;
+        assert_eq!(first, 3, "TLV (4.06), SenML-CBOR (4.06), SenML-JSON (2.05)");
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerA").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let second = fleet.device("devA").requests() - before - first;
+        assert_eq!(second, 1, "SenML-JSON first this time");
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// A device that registered as LwM2M 1.0 is read in TLV only: a 4.06 to TLV is its answer.
+#[tokio::test]
+async fn an_lwm2m_1_0_device_is_asked_for_tlv_only() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering_with("devA", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.lwm2m_version = Some("1.0".into());
+                c.formats = vec![110];
+            })
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let before = fleet.device("devA").requests();
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "5.02", "{}", reply.render());
+        assert!(
+            reply.render().contains("device answered 4.06"),
+            "{}",
+            reply.render()
+        );
+        assert_eq!(fleet.device("devA").requests() - before, 1);
+        fleet.stop().await;
+    })
+    .await;
+}

@@ -88,6 +88,11 @@ pub struct DeviceSimConfig {
     /// `lwm2m`: the Access Control object instances.
     #[serde(default)]
     pub access_control: Vec<AcInstance>,
+    /// `lwm2m`: the content formats it answers `/2` in (default: TLV, SenML-JSON,
+    /// SenML-CBOR, LwM2M-CBOR); an Accept of another gets 4.06, like a real client that
+    /// lacks a codec.
+    #[serde(default)]
+    pub formats: Vec<u16>,
     /// `dm`: node path → ACL string.
     #[serde(default)]
     pub acls: BTreeMap<String, String>,
@@ -222,6 +227,8 @@ pub struct DeviceHandler {
     requests: AtomicU64,
     /// Requests served per peer address (a registering device: per server account).
     by_peer: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// `lwm2m`: the content formats it answers `/2` in (empty: all four); others get 4.06.
+    formats: Vec<u16>,
     log: Mutex<Vec<String>>,
 }
 
@@ -233,6 +240,7 @@ impl DeviceHandler {
             behaviour: config.behaviour,
             requests: AtomicU64::new(0),
             by_peer: Mutex::new(BTreeMap::new()),
+            formats: config.formats.clone(),
             log: Mutex::new(Vec::new()),
         })
     }
@@ -296,7 +304,8 @@ impl DeviceHandler {
             return coap::response_to(request, ResponseType::NotFound);
         }
         let cf = coap::accept(request).unwrap_or(content_format::TLV);
-        if format_name(cf).is_none() {
+        let refused = !self.formats.is_empty() && !self.formats.contains(&cf);
+        if format_name(cf).is_none() || refused {
             return coap::response_to(request, ResponseType::NotAcceptable);
         }
         let mut response = coap::response_to(request, ResponseType::Content);
