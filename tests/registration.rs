@@ -140,6 +140,59 @@ async fn registration_refusals_and_the_registration_lifecycle_on_the_wire() {
     .await;
 }
 
+/// A Register whose object list comes in 16-byte Block1 blocks (Wakaama `-S 16`): each
+/// block but the last is 2.31 Continue, the last one registers the whole list.
+#[tokio::test]
+async fn a_register_sent_in_block1_blocks_is_reassembled() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .registering_with("devA", &[], vec![ac(0, 3, 0, SSID_A)], |_| {})
+            .start()
+            .await;
+        let mut dev = at_listener(&fleet, "devA").await;
+        let objects: &[u8] = br#"</>;rt="oma.lwm2m";ct=110,</1>;ver=1.1,</1/0>,</2/0>,</3/0>,</31024>;ver=1.0,</31024/10>"#;
+        let chunks: Vec<&[u8]> = objects.chunks(16).collect();
+        let mut last = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let more = i + 1 < chunks.len();
+            let block1 = vec![((i as u8) << 4) | if more { 0x08 } else { 0 }];
+            let reply = dev
+                .request(
+                    RequestType::Post,
+                    "/rd?lwm2m=1.1&ep=devA&b=U&lt=300",
+                    Some((40, chunk.to_vec())),
+                    None,
+                    &[(privgw::coap::CoapOption::Block1, block1)],
+                )
+                .await
+                .expect("answered");
+            let want = if more { "2.31" } else { "2.01" };
+            assert_eq!(reply.code, want, "block {i}: {}", reply.render());
+            last = Some(reply);
+        }
+        let location = last.and_then(|r| r.location).expect("Location-Path");
+        assert!(location.starts_with("/rd/"), "{location}");
+        let mut a = fleet.server_a().await;
+        let reply = get(&mut a, "/GwConfig/Devices/devA").await;
+        let body = reply.render();
+        assert!(body.contains("</31024/10>"), "{body}");
+        // The north listener still refuses Block1 (4.02) as before.
+        let reply = a
+            .request(
+                RequestType::Post,
+                "/GwConfig/Privileges",
+                Some((60, vec![0xa0; 16])),
+                None,
+                &[(privgw::coap::CoapOption::Block1, vec![0x08])],
+            )
+            .await
+            .expect("answered");
+        assert_eq!(reply.code, "4.02", "{}", reply.render());
+        fleet.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn identities_are_never_mixed_between_north_and_registration_listeners() {
     bounded(async {
@@ -280,6 +333,12 @@ async fn a_read_for_a_sleeping_queue_mode_device_waits_for_its_next_register() {
         let mut a = fleet.server_a().await;
         let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(reply.code, "2.01", "{}", reply.render());
+        // Its one registration (the gateway's own account) is what it was read over.
+        let dev = fleet.device("devA");
+        assert!(
+            dev.requests_from(fleet.lwm2m_uri(0).addr) >= 1,
+            "not read over its registration"
+        );
         fleet.stop().await;
     })
     .await;

@@ -4,8 +4,8 @@
 //!
 //! Owns: the Block2 body cache of one peer session, keyed by a caller-supplied cache key.
 //! Does not own: MIDs, types or tokens (the message layer, [`super::server`], sets those on
-//! whatever this module returns), nor Block1 (no Block1 spool yet: the message layer
-//! rejects Block1 requests with 4.02).
+//! whatever this module returns), nor Block1 (the pipeline answers it 4.02 unless the
+//! handler reassembles it: only the LwM2M registration listeners do, `registry::block1`).
 //!
 //! # Key
 //!

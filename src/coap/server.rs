@@ -19,8 +19,9 @@
 //! second instance of a non-repeatable critical option, is answered with 4.02 Bad Option
 //! (token echoed) and never reaches the upper layer (RFC 7252 §5.4.1). Recognised critical
 //! options: If-Match, Uri-Host, If-None-Match, Uri-Port, Uri-Path, Uri-Query, Accept,
-//! Block2, Proxy-Uri and Proxy-Scheme (the upper layer answers 5.05 for proxying it does
-//! not do). Block1 (27) and OSCORE (9) are *not* recognised yet. An unknown method code
+//! Block2, Block1, Proxy-Uri and Proxy-Scheme (the upper layer answers 5.05 for proxying it
+//! does not do; the pipeline answers 4.02 for Block1 unless the handler reassembles it,
+//! [`crate::runtime::Handler::accepts_block1`]). OSCORE (9) is *not* recognised yet. An unknown method code
 //! (class 0, e.g. 0.08) is answered with 4.05 Method Not Allowed the same way.
 //!
 //! # Bounded memory
@@ -48,9 +49,9 @@ use super::{
 };
 
 /// Critical options this stack understands (see the module doc).
-const RECOGNISED_CRITICAL: [u16; 10] = [1, 3, 5, 7, 11, 15, 17, 23, 35, 39];
+const RECOGNISED_CRITICAL: [u16; 11] = [1, 3, 5, 7, 11, 15, 17, 23, 27, 35, 39];
 /// Critical options that may appear at most once.
-const NON_REPEATABLE_CRITICAL: [u16; 6] = [3, 5, 7, 23, 35, 39];
+const NON_REPEATABLE_CRITICAL: [u16; 7] = [3, 5, 7, 23, 27, 35, 39];
 
 /// What the driver must do with one incoming datagram.
 #[derive(Debug)]
@@ -658,11 +659,19 @@ mod tests {
     }
 
     #[test]
-    fn block1_and_repeated_uri_host_are_rejected_as_critical() {
+    fn repeated_block1_and_repeated_uri_host_are_rejected_as_critical() {
         let t0 = Instant::now();
         let mut s = server();
+        // One Block1 goes up (the handler decides); two are 4.02.
+        let mut req = request(MessageType::Confirmable, 3);
+        req.add_option(CoapOption::Block1, vec![0x0e]);
+        assert!(matches!(
+            s.handle_datagram(t0, &bytes(&req)),
+            Inbound::Request { .. }
+        ));
         let mut req = request(MessageType::Confirmable, 1);
         req.add_option(CoapOption::Block1, vec![0x0e]);
+        req.add_option(CoapOption::Block1, vec![0x1e]);
         let p = expect_reply(s.handle_datagram(t0, &bytes(&req)));
         assert_eq!(
             p.header.code,

@@ -6,11 +6,13 @@
 //! read the device over the session it registered on.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use crate::coap::{Packet, ResponseType};
 use crate::config::{Config, DeviceProof, Reach};
 use crate::gateway::registrations::{DeviceSession, Registrations};
+use crate::registry::block1::{Block1Assembler, Step, echo_block1};
 use crate::registry::{Account, RegistrationRequest, answer, targets_registry};
 use crate::runtime::{Handler, PeerLink};
 use crate::transport::cert::CertRule;
@@ -67,6 +69,8 @@ pub struct RegistrationFront {
     account: Account,
     registrations: Arc<Registrations>,
     directory: Arc<DeviceDirectory>,
+    /// Registers and Updates sent in Block1 blocks (a long object list), per session.
+    blocks: Mutex<Block1Assembler<SocketAddr>>,
 }
 
 impl RegistrationFront {
@@ -79,6 +83,35 @@ impl RegistrationFront {
             account,
             registrations,
             directory,
+            blocks: Mutex::new(Block1Assembler::new()),
+        }
+    }
+
+    /// [`answer`](Self::answer) once the request is whole: each Block1 block but the last is
+    /// answered 2.31 Continue, the last one's answer echoes its Block1 (RFC 7959 §2.3).
+    fn answer_blockwise(&self, peer: &PeerInfo, link: &PeerLink, request: Packet) -> Packet {
+        let now = tokio::time::Instant::now().into_std();
+        let step = {
+            let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            blocks.offer(now, peer.addr, request.clone())
+        };
+        match step {
+            Step::Complete(whole, last) => {
+                let mut response = self.answer(peer, link, &whole);
+                if let Some(block) = last {
+                    echo_block1(&mut response, block);
+                }
+                response
+            }
+            Step::Continue(block) => {
+                let mut response = answer::refused(&request, ResponseType::Continue);
+                echo_block1(&mut response, block);
+                response
+            }
+            Step::Refuse(code, why) => {
+                tracing::info!(addr = %peer.addr, account = %self.account, "registration refused: {why}");
+                answer::refused(&request, code)
+            }
         }
     }
 
@@ -168,7 +201,11 @@ impl Handler for RegistrationFront {
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
         // Without the session's link a registration could not be used: only the pipeline's
         // `handle_on_link` registers.
-        self.answer(peer, &PeerLink::closed(), &request)
+        self.answer_blockwise(peer, &PeerLink::closed(), request)
+    }
+
+    fn accepts_block1(&self) -> bool {
+        true
     }
 
     async fn handle_on_link(
@@ -178,6 +215,6 @@ impl Handler for RegistrationFront {
         request: Packet,
         _max_payload: usize,
     ) -> Packet {
-        self.answer(peer, link, &request)
+        self.answer_blockwise(peer, link, request)
     }
 }

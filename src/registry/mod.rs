@@ -30,8 +30,10 @@
 //! * [`table`] — [`Registry`]: registrations per (endpoint, [`Account`]), lifetimes, events.
 //! * [`answer`] — the responses: 2.01 with Location-Path, 2.04, 2.02, refusals.
 //! * [`formats`] — Accept order for reading `/2`, and [`FormatMemory`].
+//! * [`block1`] — Block1 reassembly of a Register or Update sent in blocks.
 
 pub mod answer;
+pub mod block1;
 pub mod formats;
 pub mod link_format;
 pub mod params;

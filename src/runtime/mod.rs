@@ -48,6 +48,13 @@ pub trait Handler: Send + Sync + 'static {
         crate::coap::client::DEFAULT_MAX_BODY
     }
 
+    /// Whether this handler reassembles Block1 requests itself (RFC 7959 §2.5). If not (the
+    /// default), the pipeline answers a request with Block1 4.02 Bad Option, as for any
+    /// critical option it does not implement.
+    fn accepts_block1(&self) -> bool {
+        false
+    }
+
     /// [`handle`](Self::handle), told what one message to this peer carries: an error
     /// answer is never sliced into Block2 blocks (clients do not reassemble error bodies), so
     /// a handler with long error bodies keeps them within `max_payload` bytes. The pipeline

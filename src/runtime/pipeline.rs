@@ -148,6 +148,12 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
             }
             None => None,
         };
+        if request.get_first_option(CoapOption::Block1).is_some() && !self.handler.accepts_block1()
+        {
+            let mut answer = response_to(&request, ResponseType::BadOption);
+            answer.payload = b"Block1 not supported here".to_vec();
+            return Start::Answer(context, answer);
+        }
         if let Some(b) = block2 {
             if let Some(mut cached) = self.blocks.lookup(now, &key, b) {
                 cached.set_token(request.get_token().to_vec());
@@ -308,6 +314,24 @@ mod tests {
 
     fn has(p: &Packet, o: CoapOption) -> bool {
         p.get_first_option(o).is_some()
+    }
+
+    /// A handler that does not reassemble Block1 never sees a block of a body.
+    #[tokio::test]
+    async fn block1_is_4_02_unless_the_handler_reassembles_it() {
+        let mut p = pipeline();
+        let mut request = Packet::new();
+        request.header.code = MessageClass::Request(RequestType::Post);
+        request.add_option(CoapOption::Block1, vec![0x08]);
+        request.payload = vec![b'x'; 16];
+        match p.start(Instant::now(), request, ()) {
+            Start::Answer((), answer) => assert_eq!(
+                answer.header.code,
+                MessageClass::Response(ResponseType::BadOption)
+            ),
+            Start::Running => panic!("the handler was run"),
+        }
+        assert_eq!(p.in_handler(), 0);
     }
 
     #[test]
