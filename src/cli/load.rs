@@ -547,13 +547,17 @@ mod registered {
 
     /// Group writes on `ALL` (Add verified on every device, then Delete): the first Add apart,
     /// then the rest. Bounded by `rounds` and `until`.
+    /// Also returns the gateway's and this process's stats right after the first Add, so CPU
+    /// per write can leave out the first Add (a dialled fleet's handshakes).
     async fn group_writes(
         client: &mut GatewayClient,
+        gateway: &Running,
         n: usize,
         rounds: usize,
         until: Instant,
-    ) -> CliResult<(Duration, Vec<Duration>, Vec<Duration>)> {
+    ) -> CliResult<Writes> {
         let mut first = Duration::ZERO;
+        let mut after_first = (ProcStats::default(), ProcStats::default());
         let mut adds = Vec::new();
         let mut deletes = Vec::new();
         for round in 0..rounds.max(1) {
@@ -574,6 +578,7 @@ mod registered {
             }
             if round == 0 {
                 first = took;
+                after_first = (gateway.stats(), ProcStats::of(std::process::id()));
             } else {
                 adds.push(took);
             }
@@ -587,7 +592,53 @@ mod registered {
                 return Err(format!("round {round}: Delete answered {}", reply.code).into());
             }
         }
-        Ok((first, adds, deletes))
+        Ok(Writes {
+            first,
+            adds,
+            deletes,
+            after_first,
+        })
+    }
+
+    struct Writes {
+        first: Duration,
+        adds: Vec<Duration>,
+        deletes: Vec<Duration>,
+        after_first: (ProcStats, ProcStats),
+    }
+
+    /// CPU per group write: the gateway's (per device read too) and the load tool's.
+    fn cpu_per_write(
+        label: &str,
+        gateway: &Running,
+        (gw_before, tool_before): (ProcStats, ProcStats),
+        writes: usize,
+        n: usize,
+        hz: f64,
+    ) {
+        let gw = gateway
+            .stats()
+            .cpu_ticks
+            .saturating_sub(gw_before.cpu_ticks) as f64
+            / hz;
+        let tool = ProcStats::of(std::process::id())
+            .cpu_ticks
+            .saturating_sub(tool_before.cpu_ticks) as f64
+            / hz;
+        let writes = writes.max(1) as f64;
+        if matches!(gateway.gw, Gw::Child(_)) {
+            println!(
+                "{label}: CPU per group write (Add or Delete, {writes:.0} writes after the first Add): gateway {:.1} ms = {:.1} µs per device read, load tool (the devices) {:.1} ms",
+                1e3 * gw / writes,
+                1e6 * gw / writes / n as f64,
+                1e3 * tool / writes,
+            );
+        } else {
+            println!(
+                "{label}: CPU per group write (Add or Delete, {writes:.0} writes after the first Add), gateway and devices together: {:.1} ms",
+                1e3 * tool / writes
+            );
+        }
     }
 
     fn median_ms(mut samples: Vec<Duration>) -> f64 {
@@ -624,7 +675,7 @@ mod registered {
         if args.no_dialed {
             return Ok(());
         }
-        let dialed_median = dialed_phase(args, dir, until).await?;
+        let dialed_median = dialed_phase(args, dir, until, hz).await?;
         println!(
             "ratio registered/dialed (group Add median, sessions reused, N={n}): {:.2} ({registered_median:.2} ms / {dialed_median:.2} ms)",
             registered_median / dialed_median
@@ -793,7 +844,14 @@ mod registered {
             .into());
         }
 
-        let (first, adds, deletes) = group_writes(&mut client, n, args.rounds, until).await?;
+        let Writes {
+            first,
+            adds,
+            deletes,
+            after_first,
+        } = group_writes(&mut client, &gateway, n, args.rounds, until).await?;
+        let writes = adds.len() + deletes.len();
+        cpu_per_write("registered", &gateway, after_first, writes, n, hz);
         let written = gateway.stats();
         println!(
             "registered: first group Add (every device read over its registration once): {:.2} ms",
@@ -818,7 +876,7 @@ mod registered {
 
     /// The same N as dialled devices (the gateway is their DTLS client). Returns the median
     /// group Add (sessions reused), ms.
-    async fn dialed_phase(args: &LoadArgs, dir: &Path, until: Instant) -> CliResult<f64> {
+    async fn dialed_phase(args: &LoadArgs, dir: &Path, until: Instant, hz: f64) -> CliResult<f64> {
         let n = args.devices;
         let scheme = if args.nosec { "coap" } else { "coaps" };
         let mut devices = Vec::with_capacity(n);
@@ -858,7 +916,14 @@ mod registered {
             gateway.what()
         );
         let before = gateway.stats();
-        let (first, adds, deletes) = group_writes(&mut client, n, args.rounds, until).await?;
+        let Writes {
+            first,
+            adds,
+            deletes,
+            after_first,
+        } = group_writes(&mut client, &gateway, n, args.rounds, until).await?;
+        let writes = adds.len() + deletes.len();
+        cpu_per_write("dialed", &gateway, after_first, writes, n, hz);
         let after = gateway.stats();
         println!(
             "dialed: first group Add (includes {n} handshakes): {:.2} ms",
