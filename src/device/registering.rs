@@ -175,8 +175,26 @@ async fn open(
     Ok(AnySession::Dtls(client.connect(pipe).await?))
 }
 
-/// A socket for the device's sessions, of the server's address family.
+tokio::task_local! {
+    /// The local IP a registering device started inside [`with_local_ip`] binds its socket to.
+    static LOCAL_IP: IpAddr;
+}
+
+/// Runs `start` (e.g. [`RunningDevice::start`](crate::device::RunningDevice::start) of a
+/// registering device) so that the device's socket is bound to `ip` instead of the default
+/// for the server's address. The load tool gives each of thousands of simulated devices its
+/// own source address in 127.0.0.0/8, as a real fleet comes from many addresses (the
+/// gateway's per-IP session and handshake caps then apply per device, not to the fleet).
+pub async fn with_local_ip<F: std::future::Future>(ip: IpAddr, start: F) -> F::Output {
+    LOCAL_IP.scope(ip, start).await
+}
+
+/// A socket for the device's sessions, of the server's address family (or on the IP given
+/// by [`with_local_ip`]).
 pub async fn bind_for(server: SocketAddr) -> Result<Arc<DatagramMux>, TransportError> {
+    if let Ok(ip) = LOCAL_IP.try_with(|ip| *ip) {
+        return Ok(DatagramMux::bind(SocketAddr::new(ip, 0), false).await?.0);
+    }
     let any = if server.is_ipv6() {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     } else if server.ip().is_loopback() {

@@ -22,7 +22,9 @@ use crate::transport::{Identity, PeerInfo, TransportKind};
 #[derive(Default)]
 pub struct DeviceDirectory {
     by_psk: HashMap<Vec<u8>, String>,
-    by_certificate: Vec<(CertRule, String)>,
+    /// By endpoint: a Register names its endpoint, so only that endpoint's rules are tried
+    /// (a linear scan of every device's rule made each Register O(fleet)).
+    by_certificate: HashMap<String, Vec<CertRule>>,
     nosec: BTreeSet<String>,
 }
 
@@ -39,7 +41,11 @@ impl DeviceDirectory {
                     directory.by_psk.insert(psk.identity.clone(), endpoint);
                 }
                 DeviceProof::Certificate(rule) => {
-                    directory.by_certificate.push((rule.clone(), endpoint));
+                    directory
+                        .by_certificate
+                        .entry(endpoint)
+                        .or_default()
+                        .push(rule.clone());
                 }
                 DeviceProof::NoSec => {
                     directory.nosec.insert(endpoint);
@@ -55,8 +61,8 @@ impl DeviceDirectory {
             Identity::Psk(id) => self.by_psk.get(id).is_some_and(|e| e == endpoint),
             Identity::Certificate(cert) => self
                 .by_certificate
-                .iter()
-                .any(|(rule, e)| e == endpoint && rule.matches(cert)),
+                .get(endpoint)
+                .is_some_and(|rules| rules.iter().any(|rule| rule.matches(cert))),
             Identity::Address(_) => {
                 peer.kind == TransportKind::Udp && self.nosec.contains(endpoint)
             }
@@ -216,5 +222,46 @@ impl Handler for RegistrationFront {
         _max_payload: usize,
     ) -> Packet {
         self.answer_blockwise(peer, link, request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::cert::{CertIdentity, CertMatch};
+
+    fn cert(cn: &str) -> PeerInfo {
+        PeerInfo {
+            addr: "127.0.0.1:5684".parse().unwrap(),
+            kind: TransportKind::Dtls,
+            identity: Identity::Certificate(std::sync::Arc::new(CertIdentity {
+                subject_cn: Some(cn.to_owned()),
+                san_dns: Vec::new(),
+                san_uri: Vec::new(),
+                spki_sha256: [0; 32],
+                trust_anchor: None,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_certificate_may_act_only_as_the_endpoint_whose_rule_it_matches() {
+        let mut directory = DeviceDirectory::default();
+        for i in 0..10_000 {
+            directory
+                .by_certificate
+                .entry(format!("dev{i}"))
+                .or_default()
+                .push(CertRule {
+                    matcher: CertMatch::Cn(format!("dev{i}.example")),
+                    spki_sha256: None,
+                });
+        }
+        assert!(directory.may_act_as(&cert("dev9999.example"), "dev9999"));
+        assert!(directory.may_act_as(&cert("dev0.example"), "dev0"));
+        // Another device's certificate, or a name with no rule at all.
+        assert!(!directory.may_act_as(&cert("dev1.example"), "dev9999"));
+        assert!(!directory.may_act_as(&cert("dev1.example"), "stranger"));
+        assert!(!directory.may_act_as(&cert("nobody"), "dev1"));
     }
 }

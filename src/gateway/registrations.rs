@@ -119,22 +119,20 @@ impl Registrations {
         preferred: &Account,
         patience: Duration,
     ) -> Result<Route, RouteError> {
+        // An awake device (every one not in queue mode) is routed at once, without joining
+        // the waiters of `woken`, whose list every read of a group write would otherwise
+        // lock twice.
+        match self.find_route(endpoint, preferred) {
+            None => return Err(RouteError::NotRegistered),
+            Some((route, true)) => return Ok(route),
+            Some((_, false)) => {}
+        }
         let give_up = Instant::now() + patience;
         loop {
             let woken = self.woken.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let found = self.with(|r, now| {
-                r.route(endpoint, preferred, &self.own, now).map(|l| {
-                    let route = Route {
-                        session: l.peer.clone(),
-                        account: l.registration.account().clone(),
-                        version: l.registration.version(),
-                    };
-                    (route, l.awake)
-                })
-            });
-            match found {
+            match self.find_route(endpoint, preferred) {
                 None => return Err(RouteError::NotRegistered),
                 Some((route, true)) => return Ok(route),
                 Some((_, false)) => {
@@ -145,6 +143,22 @@ impl Registrations {
                 }
             }
         }
+    }
+}
+
+impl Registrations {
+    /// The route to `endpoint` for `preferred`, and whether the device is awake.
+    fn find_route(&self, endpoint: &str, preferred: &Account) -> Option<(Route, bool)> {
+        self.with(|r, now| {
+            r.route(endpoint, preferred, &self.own, now).map(|l| {
+                let route = Route {
+                    session: l.peer.clone(),
+                    account: l.registration.account().clone(),
+                    version: l.registration.version(),
+                };
+                (route, l.awake)
+            })
+        })
     }
 }
 
