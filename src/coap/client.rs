@@ -60,6 +60,10 @@ pub enum ClientError {
     /// queue is full); nothing was sent.
     #[error("too many requests queued for this peer")]
     Busy,
+    /// The reliable connection closed (released, aborted, or failed) before the response
+    /// came ([`super::StreamEndpoint`]).
+    #[error("connection closed before the response")]
+    ConnectionClosed,
 }
 
 /// The outcome of an exchange, returned once by [`ClientExchange::poll_event`].

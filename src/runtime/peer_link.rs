@@ -64,6 +64,7 @@ impl From<ClientError> for LinkError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Busy => LinkError::Busy,
+            ClientError::ConnectionClosed => LinkError::Closed,
             other => LinkError::Coap(other),
         }
     }
