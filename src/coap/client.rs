@@ -64,6 +64,10 @@ pub enum ClientError {
     /// came ([`super::StreamEndpoint`]).
     #[error("connection closed before the response")]
     ConnectionClosed,
+    /// Observe was asked of a session that does not offer it (a TCP/TLS connection, whose
+    /// [`super::StreamEndpoint`] serves no observations); nothing was sent.
+    #[error("Observe is not supported on this transport")]
+    ObserveUnsupported,
 }
 
 /// The outcome of an exchange, returned once by [`ClientExchange::poll_event`].
