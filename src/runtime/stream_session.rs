@@ -196,3 +196,223 @@ pub async fn serve_stream_linked<S, H>(
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    //! The serve loop over an in-memory byte stream in paused tokio time; the test plays the
+    //! peer with its own [`StreamEndpoint`].
+
+    use std::net::SocketAddr;
+
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::coap::observe::{observe_value, set_observe};
+    use crate::coap::{ClientError, MessageClass, RequestType, ResponseType, response_to};
+    use crate::runtime::ObserverError;
+    use crate::transport::{Identity, TransportKind};
+
+    fn info() -> PeerInfo {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5683));
+        PeerInfo {
+            addr,
+            kind: TransportKind::Tcp,
+            identity: Identity::Address(addr.ip()),
+        }
+    }
+
+    fn get(path: &str) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(RequestType::Get);
+        crate::coap::set_uri(&mut p, path);
+        p
+    }
+
+    /// `/slow` answers after 5 s; `/observed` tries to notify through its observer handle
+    /// (and reports what happened in the payload), answering with an Observe option.
+    struct Handlers;
+
+    impl Handler for Handlers {
+        async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+            response_to(&request, ResponseType::NotFound)
+        }
+
+        async fn handle_on_link(
+            &self,
+            _peer: &PeerInfo,
+            link: &PeerLink,
+            request: Packet,
+            _max_payload: usize,
+        ) -> Packet {
+            let mut answer = response_to(&request, ResponseType::Content);
+            match crate::coap::uri_path(&request)
+                .unwrap_or_default()
+                .as_slice()
+            {
+                [p] if p == "slow" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    answer.payload = b"slow".to_vec();
+                }
+                [p] if p == "observed" => {
+                    let mut change = response_to(&request, ResponseType::Content);
+                    change.payload = b"1".to_vec();
+                    let notified = link.observer(&request).notify(change).await;
+                    assert_eq!(notified, Err(ObserverError::NotObserved));
+                    set_observe(&mut answer, 7);
+                    answer.payload = b"plain".to_vec();
+                }
+                _ => return response_to(&request, ResponseType::NotFound),
+            }
+            answer
+        }
+    }
+
+    /// The test's side of the connection.
+    struct Peer {
+        endpoint: StreamEndpoint,
+        reader: ReadHalf<DuplexStream>,
+        writer: WriteHalf<DuplexStream>,
+    }
+
+    impl Peer {
+        fn new(stream: DuplexStream) -> Peer {
+            let now = StdInstant::now();
+            let (reader, writer) = tokio::io::split(stream);
+            Peer {
+                endpoint: StreamEndpoint::new(
+                    StreamConnection::new(now, 1 << 20, true),
+                    RESPONSE_TIMEOUT,
+                ),
+                reader,
+                writer,
+            }
+        }
+
+        /// Writes what the peer owes.
+        async fn flush(&mut self) {
+            while let Some(bytes) = self.endpoint.poll_transmit() {
+                self.writer.write_all(&bytes).await.unwrap();
+            }
+        }
+
+        /// Writes what the peer owes, then reads once; `false` at EOF.
+        async fn step(&mut self) -> bool {
+            self.flush().await;
+            let mut buf = vec![0u8; 4096];
+            let n = self.reader.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            self.endpoint
+                .handle_bytes(StdInstant::now(), buf.get(..n).unwrap_or_default());
+            true
+        }
+
+        /// Steps until an event comes.
+        async fn event(&mut self) -> EndpointEvent {
+            loop {
+                if let Some(e) = self.endpoint.poll_event() {
+                    return e;
+                }
+                assert!(self.step().await, "connection ended before the event");
+            }
+        }
+    }
+
+    fn serve_ours(
+        stream: DuplexStream,
+        shutdown: Shutdown,
+    ) -> (PeerLink, tokio::task::JoinHandle<()>) {
+        let (link, inbox) = PeerLink::new(LINK_CAPACITY);
+        let task = tokio::spawn(serve_stream_linked(
+            stream,
+            info(),
+            Arc::new(Handlers),
+            shutdown,
+            None,
+            inbox,
+        ));
+        (link, task)
+    }
+
+    /// On shutdown, a request still in the handler is answered first, then the connection is
+    /// released and closed; our link then fails Closed.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_answers_the_request_in_the_handler_then_releases() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (stop, shutdown) = watch::channel(false);
+        let (link, task) = serve_ours(ours, shutdown);
+        let mut peer = Peer::new(theirs);
+        let id = peer
+            .endpoint
+            .start_request(StdInstant::now(), get("/slow"), vec![1]);
+        while !peer.endpoint.peer_csm_received() {
+            assert!(peer.step().await);
+        }
+        // The request went out once the gateway's CSM came: write it.
+        peer.flush().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.send(true).unwrap();
+        match peer.event().await {
+            EndpointEvent::Response { id: got, result } => {
+                assert_eq!(got, id);
+                assert_eq!(result.unwrap().payload, b"slow");
+            }
+            other => panic!("{other:?}"),
+        }
+        while peer.step().await {}
+        assert!(peer.endpoint.is_closed(), "released by the gateway");
+        task.await.unwrap();
+        assert_eq!(
+            link.request(get("/x")).await,
+            Err(crate::runtime::LinkError::Closed)
+        );
+    }
+
+    /// A peer's GET with Observe is answered as a plain GET (no Observe option; the handler's
+    /// notification is refused NotObserved), and our own observation over the link is
+    /// refused at once with ObserveUnsupported while a plain request works.
+    #[tokio::test(start_paused = true)]
+    async fn observe_is_refused_both_ways_on_a_stream() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (_stop, shutdown) = watch::channel(false);
+        let (link, _task) = serve_ours(ours, shutdown);
+        let mut peer = Peer::new(theirs);
+        let mut register = get("/observed");
+        set_observe(&mut register, 0);
+        let id = peer
+            .endpoint
+            .start_request(StdInstant::now(), register, vec![2]);
+        match peer.event().await {
+            EndpointEvent::Response { id: got, result } => {
+                assert_eq!(got, id);
+                let answer = result.unwrap();
+                assert_eq!(answer.payload, b"plain");
+                assert_eq!(observe_value(&answer), None, "not registered");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            link.observe(get("/3/0")).await.err(),
+            Some(crate::runtime::LinkError::Coap(
+                ClientError::ObserveUnsupported
+            ))
+        );
+        let asking = {
+            let link = link.clone();
+            tokio::spawn(async move { link.request(get("/3/0")).await })
+        };
+        let (request, responder) = match peer.event().await {
+            EndpointEvent::Request { request, responder } => (request, responder),
+            other => panic!("{other:?}"),
+        };
+        let mut answer = response_to(&request, ResponseType::Content);
+        answer.payload = b"device".to_vec();
+        peer.endpoint
+            .respond(StdInstant::now(), responder, answer)
+            .unwrap();
+        peer.flush().await;
+        assert_eq!(asking.await.unwrap().unwrap().payload, b"device");
+    }
+}
