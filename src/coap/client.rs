@@ -60,6 +60,14 @@ pub enum ClientError {
     /// queue is full); nothing was sent.
     #[error("too many requests queued for this peer")]
     Busy,
+    /// The reliable connection closed (released, aborted, or failed) before the response
+    /// came ([`super::StreamEndpoint`]).
+    #[error("connection closed before the response")]
+    ConnectionClosed,
+    /// Observe was asked of a session that does not offer it (a TCP/TLS connection, whose
+    /// [`super::StreamEndpoint`] serves no observations); nothing was sent.
+    #[error("Observe is not supported on this transport")]
+    ObserveUnsupported,
 }
 
 /// The outcome of an exchange, returned once by [`ClientExchange::poll_event`].

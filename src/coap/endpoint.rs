@@ -87,7 +87,7 @@ const ACKED_RESPONSES_LIMIT: usize = 64;
 /// Names one request started with [`Endpoint::start_request`]; its outcome comes back in
 /// [`EndpointEvent::Response`] with the same id, exactly once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(u64);
+pub struct RequestId(pub(super) u64);
 
 /// What the endpoint tells its driver, from [`Endpoint::poll_event`].
 #[derive(Debug)]

@@ -4,8 +4,9 @@
 //!
 //! The two stack shapes: UDP/DTLS is one [`Endpoint`] per peer session — tokens both ways
 //! ([`ClientExchange`] per outgoing request) → message ([`ServerExchanges`], one MID space,
-//! retransmission, separate responses) → datagram; TCP/TLS has no message layer and is token
-//! ([`ClientExchange::new_reliable`]) → framing ([`StreamConnection`]). Block2 reassembly is the
+//! retransmission, separate responses) → datagram; TCP/TLS has no message layer and is one
+//! [`StreamEndpoint`] per connection: token ([`ClientExchange::new_reliable`] per outgoing
+//! request) → framing ([`StreamConnection`]). Block2 reassembly is the
 //! same code for both.
 //!
 //! # What this module never does
@@ -41,6 +42,10 @@
 //!   messages ([`Signal`]) for CoAP over TCP and TLS.
 //! * [`stream`] — [`StreamConnection`]: one reliable connection (either role), with the CSM
 //!   exchange, Ping/Pong, Release/Abort and the peer's Max-Message-Size.
+//! * [`stream_endpoint`] — [`StreamEndpoint`]: one reliable connection in both roles, the
+//!   stream counterpart of [`Endpoint`]: the token layer both ways (the peer's requests as
+//!   [`EndpointEvent::Request`], ours matched by token), NSTART and its queue, one timer
+//!   table over the connection's and the exchanges' timers.
 //! * this file — re-exports of the `coap_lite` message types, strict [`decode`], and small
 //!   option helpers every upper layer needs ([`uri_path`], [`set_uri`], [`content_format`]…).
 //!
@@ -58,6 +63,7 @@ pub mod endpoint;
 pub mod observe;
 pub mod server;
 pub mod stream;
+pub mod stream_endpoint;
 pub mod tcp;
 pub mod tuning;
 
@@ -76,6 +82,7 @@ pub use endpoint::{Endpoint, EndpointEvent, RequestId};
 pub use observe::{NotifyError, ObservationId, ObserveEnd, ObserverRemoval};
 pub use server::{Inbound, Responder, ServerExchanges};
 pub use stream::{StreamConnection, StreamEvent};
+pub use stream_endpoint::StreamEndpoint;
 pub use tcp::{FrameError, Signal, decode_frame, encode_frame};
 pub use tuning::TransportTuning;
 

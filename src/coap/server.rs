@@ -84,6 +84,16 @@ pub struct Responder {
 }
 
 impl Responder {
+    /// The obligation to answer a request on a reliable connection (RFC 8323): no MID, no
+    /// type, only the token to echo.
+    pub(crate) fn for_stream(token: Vec<u8>) -> Self {
+        Responder {
+            mid: 0,
+            token,
+            confirmable: false,
+        }
+    }
+
     /// The MID of the request being answered.
     pub fn request_mid(&self) -> u16 {
         self.mid

@@ -1,7 +1,9 @@
 //! The tokio drivers around the sans-IO CoAP core: a listener accepts peers on one socket,
-//! a session drives one [`Endpoint`](crate::coap::Endpoint) per datagram peer — both roles:
-//! it hands the peer's requests to a [`Handler`] and carries our requests to the peer from a
-//! [`PeerLink`] — and a client runs request/response exchanges over a session it owns.
+//! one serve loop ([`session::serve`]) drives one sans-IO core per peer — an
+//! [`Endpoint`](crate::coap::Endpoint) per datagram session, a
+//! [`StreamEndpoint`](crate::coap::StreamEndpoint) per TCP/TLS connection — in both roles: it
+//! hands the peer's requests to a [`Handler`] and carries our requests to the peer from a
+//! [`PeerLink`]; and a client runs request/response exchanges over a session it owns.
 //!
 //! The same runtime serves the gateway (north) and the simulated devices, and carries the
 //! gateway's requests to devices (south) and the `ctl` client's to the gateway.
@@ -26,10 +28,13 @@ pub use channel::{Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenErr
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
 pub use peer_link::{LinkError, LinkInbox, Observation, ObserverError, ObserverHandle, PeerLink};
-pub use session::{serve_session, serve_session_linked, spawn_session};
+pub use session::{
+    DatagramWire, ServeOptions, SessionCore, Wire, WireGone, serve, serve_session,
+    serve_session_linked, spawn_session,
+};
 pub use stream_client::{Io, StreamClient, StreamRequestError};
 pub use stream_listener::{AnyListener, StreamListener, StreamSecurity};
-pub use stream_session::serve_stream;
+pub use stream_session::{StreamWire, serve_stream, serve_stream_linked};
 
 /// Answers requests. `peer` carries the identity the transport proved; the returned packet
 /// needs only code, options and payload (the message layer sets type, MID and token).
@@ -72,8 +77,8 @@ pub trait Handler: Send + Sync + 'static {
     /// [`handle_within`](Self::handle_within), given the [`PeerLink`] of the session the
     /// request came on, so the handler can send requests back to this peer over the same
     /// session (an LwM2M server reading the device that just registered), now or later with
-    /// a kept clone. The pipeline calls this one; the default ignores the link. On
-    /// transports without a link (TCP, TLS) the link is [`PeerLink::closed`].
+    /// a kept clone. The pipeline calls this one; the default ignores the link. Every
+    /// session has a working link, datagram (UDP, DTLS) or stream (TCP, TLS; no Observe).
     fn handle_on_link(
         &self,
         peer: &PeerInfo,

@@ -1,12 +1,13 @@
 //! [`PeerLink`]: a cheap, cloneable handle for sending *our* requests to the peer of one
-//! datagram session, over that very session (same socket, same DTLS session) — how the
-//! gateway, as LwM2M server, reads a device that registered with it, and how a device that
-//! dialed the gateway registers while serving it on the same socket.
+//! session, over that very session (same socket and DTLS session, or same TCP/TLS
+//! connection) — how the gateway, as LwM2M server, reads a device that registered with it,
+//! and how a device that dialed the gateway registers while serving it on the same socket.
 //!
 //! Owns: the bounded request channel into one session's serve loop
 //! ([`crate::runtime::session`]) and the typed outcome ([`LinkError`]).
-//! Does not own: the exchange itself (the session's [`crate::coap::Endpoint`] retransmits,
-//! applies NSTART and reassembles Block2), tokens or MIDs (the serve loop draws them).
+//! Does not own: the exchange itself (the session's [`crate::coap::Endpoint`] or
+//! [`crate::coap::StreamEndpoint`] retransmits where needed, applies NSTART and reassembles
+//! Block2), tokens or MIDs (the serve loop draws them).
 //!
 //! # Getting one
 //!
@@ -14,8 +15,14 @@
 //!   [`Handler::handle_on_link`](crate::runtime::Handler::handle_on_link) is given the link
 //!   of the session each request came on (keep a clone to use it later).
 //! * On a session we dialed: [`PeerLink::new`] gives the link and its [`LinkInbox`]; pass the
-//!   inbox to [`serve_session_linked`](crate::runtime::session::serve_session_linked), or
-//!   let [`spawn_session`](crate::runtime::session::spawn_session) do both.
+//!   inbox to [`serve_session_linked`](crate::runtime::session::serve_session_linked) (or
+//!   [`serve_stream_linked`](crate::runtime::stream_session::serve_stream_linked) for a
+//!   TCP/TLS connection), or let [`spawn_session`](crate::runtime::session::spawn_session)
+//!   do both.
+//!
+//! On TCP/TLS there is no Observe: [`PeerLink::observe`] fails at once with
+//! `LinkError::Coap(ClientError::ObserveUnsupported)`, and an [`ObserverHandle`] with
+//! [`ObserverError::NotObserved`].
 //!
 //! # Observe (RFC 7641)
 //!
@@ -64,6 +71,7 @@ impl From<ClientError> for LinkError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Busy => LinkError::Busy,
+            ClientError::ConnectionClosed => LinkError::Closed,
             other => LinkError::Coap(other),
         }
     }
@@ -132,7 +140,8 @@ pub struct PeerLink {
 }
 
 /// The serve loop's end of a [`PeerLink`]: give it to
-/// [`serve_session_linked`](crate::runtime::session::serve_session_linked).
+/// [`serve_session_linked`](crate::runtime::session::serve_session_linked) or
+/// [`serve_stream_linked`](crate::runtime::stream_session::serve_stream_linked).
 #[derive(Debug)]
 pub struct LinkInbox {
     pub(crate) rx: mpsc::Receiver<LinkCommand>,
@@ -152,8 +161,8 @@ impl PeerLink {
         (link, inbox)
     }
 
-    /// A link to nowhere: every request fails with [`LinkError::Closed`] (what handlers on
-    /// transports without a link yet, e.g. TCP, are given).
+    /// A link to nowhere: every request fails with [`LinkError::Closed`] (what a handler
+    /// called outside any serve loop is given).
     pub fn closed() -> PeerLink {
         PeerLink::new(1).0
     }

@@ -9,7 +9,8 @@
 //! keeps its error bodies within it.
 //!
 //! The handler is called through [`Handler::handle_on_link`] with the session's
-//! [`PeerLink`] ([`Pipeline::with_link`]; a closed link by default, as on TCP/TLS).
+//! [`PeerLink`] ([`Pipeline::with_link`]; a closed link by default, for pipelines driven
+//! outside a serve loop).
 //!
 //! A handler that panics is our fault, not the peer's: the request is answered 5.00 and its
 //! slot in the handler cap is released like any other.

@@ -1,36 +1,47 @@
-//! The serve loop of one peer session on a datagram transport (UDP or DTLS), whichever side
-//! opened it: datagrams in → one [`Endpoint`] (both roles: dedup, ping, bad options, our
-//! outstanding requests, separate responses) → the peer's requests to the shared
-//! [`Pipeline`] and our responses back out; our own requests come in from a [`PeerLink`]
-//! and their outcomes go back to it. A retransmitted request is answered from the dedup
-//! cache and never executed twice.
+//! The one serve loop of a peer session, whatever the transport and whichever side opened it:
+//! bytes in → one sans-IO core ([`SessionCore`]: the datagram [`Endpoint`] or the RFC 8323
+//! [`StreamEndpoint`], both roles) → the peer's requests to the shared [`Pipeline`] and our
+//! responses back out; our own requests come in from a [`PeerLink`] and their outcomes go
+//! back to it. The wire ([`Wire`]: one datagram session, or one byte stream) only carries
+//! bytes.
 //!
-//! Owns: the tokio side of one session — the socket calls, the single sleep re-armed from
-//! [`Endpoint::poll_timeout`], the randomness the endpoint is given (first MID, tokens,
-//! timeout fractions), the map from the endpoint's [`RequestId`]s to the waiting link
-//! callers, and the idle timeout.
-//! Does not own: protocol state (all in the [`Endpoint`]), executing requests (the
-//! [`Pipeline`] and the [`Handler`]).
+//! Owns: the tokio side of one session — the wire calls, the single sleep re-armed from
+//! [`SessionCore::poll_timeout`], the randomness the core is given (first MID, tokens,
+//! timeout fractions), the map from the core's [`RequestId`]s to the waiting link callers,
+//! the idle timeout (datagram sessions) and the pre-auth deadline (stream connections, see
+//! [`PreAuth`]).
+//! Does not own: protocol state (all in the core), executing requests (the [`Pipeline`] and
+//! the [`Handler`]), the stream specifics (in [`crate::runtime::stream_session`]: the
+//! [`StreamEndpoint`]'s [`SessionCore`] and the byte stream's [`Wire`]).
 //!
-//! Observe (RFC 7641) rides on the same loop: the link's observations (client role) get a
-//! random 8-byte token and their notifications are forwarded to the [`Observation`]'s
-//! channel; the handlers' [`ObserverHandle`]s (server role) become [`Endpoint::notify`]
-//! calls, a notification sent while its registration is still in the handler waiting for
-//! the answer to go out.
+//! On datagrams a retransmitted request is answered from the dedup cache and never executed
+//! twice, and a peer's CON request still in the handler after ACK_TIMEOUT / 2 (the endpoint's
+//! default threshold) gets an empty ACK, its answer going out as a CON separate response. On
+//! streams answers are sliced to the peer's Max-Message-Size, a silent connection is pinged
+//! and closed, and our shutdown sends a Release.
 //!
-//! A peer's CON request still in the handler after ACK_TIMEOUT / 2 (the endpoint's default
-//! threshold) gets an empty ACK, and its answer goes out as a CON separate response.
+//! Observe (RFC 7641) rides on the same loop where the core offers it (datagrams): the link's
+//! observations (client role) get a random 8-byte token and their notifications are
+//! forwarded to the [`Observation`]'s channel; the handlers' [`ObserverHandle`]s (server
+//! role) become [`Endpoint::notify`] calls, a notification sent while its registration is
+//! still in the handler waiting for the answer to go out. On a core without Observe
+//! (streams) an observation ends at once with [`LinkError::Coap`]`(`[`ClientError::ObserveUnsupported`]`)` and a
+//! notification with [`ObserverError::NotObserved`].
 //!
 //! # Entry points
 //!
-//! * [`serve_session`] — a session accepted by a listener: the link is created here and
-//!   reaches handlers through [`Handler::handle_on_link`].
-//! * [`serve_session_linked`] — any session, with a link made beforehand by
+//! * [`serve_session`] — a datagram session accepted by a listener: the link is created
+//!   here and reaches handlers through [`Handler::handle_on_link`].
+//! * [`serve_session_linked`] — any datagram session, with a link made beforehand by
 //!   [`PeerLink::new`]: the side that dialed (a device registering with the gateway) keeps
 //!   the [`PeerLink`] and serves the peer's requests on the same socket.
 //! * [`spawn_session`] — [`serve_session_linked`] spawned, returning the link and the task.
+//! * [`serve`] — the loop itself, for any [`SessionCore`] over any [`Wire`]; the stream entry
+//!   points ([`serve_stream`](crate::runtime::serve_stream),
+//!   [`serve_stream_linked`](crate::runtime::stream_session::serve_stream_linked)) call it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +51,11 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
+#[cfg(doc)]
+use crate::coap::StreamEndpoint;
 use crate::coap::{
-    Endpoint, EndpointEvent, ObservationId, ObserveEnd, Packet, RequestId, Responder,
-    TransportTuning,
+    ClientError, CoapError, Endpoint, EndpointEvent, NotifyError, ObservationId, ObserveEnd,
+    Packet, RequestId, Responder, TransportTuning,
 };
 use crate::runtime::client::random_bytes;
 use crate::runtime::peer_link::{
@@ -52,11 +65,270 @@ use crate::runtime::peer_link::{
 use crate::runtime::peer_link::{Observation, ObserverHandle};
 use crate::runtime::pipeline::{DRAIN_LIMIT, Pipeline, Start};
 use crate::runtime::{Handler, Shutdown, stopped};
+use crate::transport::tcp::PreAuth;
 use crate::transport::{DatagramSession, PeerInfo};
 
-/// A session with no traffic for this long ends (its peer slot is freed), unless a request
-/// of ours or of the peer's is still outstanding.
+/// A datagram session with no traffic for this long ends (its peer slot is freed), unless a
+/// request of ours or of the peer's is still outstanding.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+type StdInstant = std::time::Instant;
+
+/// The sans-IO core one serve loop drives: the protocol state of one peer session in both
+/// roles. Implemented by [`Endpoint`] (UDP, DTLS) and [`StreamEndpoint`] (TCP, TLS; in
+/// `stream_session.rs`). The method classes and poll order are the cores' own: after every
+/// input or mutator, drain `poll_transmit`, then `poll_event`, then re-arm from
+/// `poll_timeout`.
+pub trait SessionCore: Send {
+    /// Input: one chunk from the wire (a datagram, or bytes read from the stream).
+    fn handle_input(&mut self, now: StdInstant, bytes: &[u8]);
+    /// Input: every timer that is due.
+    fn handle_timeout(&mut self, now: StdInstant);
+    /// Output: the next bytes to send (a datagram, or a frame).
+    fn poll_transmit(&mut self) -> Option<Vec<u8>>;
+    /// Output: the next event (a peer's request, the outcome of one of ours, Observe).
+    fn poll_event(&mut self) -> Option<EndpointEvent>;
+    /// Output: when `handle_timeout` is due next.
+    fn poll_timeout(&self) -> Option<StdInstant>;
+    /// Starts one of our requests (`rng_fraction` for the initial retransmission timeout,
+    /// ignored on streams); exactly one [`EndpointEvent::Response`] follows.
+    fn start_request(
+        &mut self,
+        now: StdInstant,
+        request: Packet,
+        token: Vec<u8>,
+        rng_fraction: f64,
+    ) -> RequestId;
+    /// Withdraws a queued request of ours (no event follows); `false` if not queued.
+    fn cancel(&mut self, id: RequestId) -> bool;
+    /// Drops a request of ours, queued or in flight (no event follows).
+    fn give_up(&mut self, now: StdInstant, id: RequestId) -> bool;
+    /// Answers a peer's request.
+    fn respond(
+        &mut self,
+        now: StdInstant,
+        responder: Responder,
+        response: Packet,
+    ) -> Result<(), CoapError>;
+    /// Nothing of ours is outstanding.
+    fn is_idle(&self) -> bool;
+    /// The session is over (a stream was released or aborted); the loop ends once the last
+    /// bytes are out. Datagram sessions never say so: their wire ends instead.
+    fn is_closed(&self) -> bool {
+        false
+    }
+    /// The peer's Max-Message-Size for the pipeline's Block2 slicing and payload budget:
+    /// `None` on datagrams (1024-byte blocks), `Some` on streams.
+    fn max_message_size(&self) -> Option<usize> {
+        None
+    }
+    /// The peer has shown it speaks CoAP on this session (on streams: its CSM arrived), which
+    /// authenticates a pre-auth connection.
+    fn peer_ready(&self) -> bool {
+        true
+    }
+    /// The session ends on our side (shutdown, drained): a stream sends its Release.
+    fn finish(&mut self, now: StdInstant) {
+        let _ = now;
+    }
+    /// Starts observing (client role); `None` if the core offers no Observe.
+    fn start_observe(
+        &mut self,
+        now: StdInstant,
+        request: Packet,
+        token: Vec<u8>,
+        rng_fraction: f64,
+    ) -> Option<ObservationId> {
+        let _ = (now, request, token, rng_fraction);
+        None
+    }
+    /// Cancels an observation with a GET carrying Observe = 1.
+    fn cancel_observation(&mut self, now: StdInstant, id: ObservationId, frac: f64) -> bool {
+        let _ = (now, id, frac);
+        false
+    }
+    /// Forgets an observation at once.
+    fn forget_observation(&mut self, id: ObservationId) -> bool {
+        let _ = id;
+        false
+    }
+    /// Re-registers an observation.
+    fn reregister(&mut self, now: StdInstant, id: ObservationId, frac: f64) -> bool {
+        let _ = (now, id, frac);
+        false
+    }
+    /// The peer observes with this token (server role).
+    fn is_observed(&self, token: &[u8]) -> bool {
+        let _ = token;
+        false
+    }
+    /// A registration with this token is in the handler.
+    fn is_registering(&self, token: &[u8]) -> bool {
+        let _ = token;
+        false
+    }
+    /// Sends a notification to the peer's observation with `token`.
+    fn notify(
+        &mut self,
+        now: StdInstant,
+        token: &[u8],
+        response: Packet,
+        confirmable: bool,
+    ) -> Result<(), NotifyError> {
+        let _ = (now, token, response, confirmable);
+        Err(NotifyError::NotObserved)
+    }
+}
+
+impl SessionCore for Endpoint {
+    fn handle_input(&mut self, now: StdInstant, bytes: &[u8]) {
+        self.handle_datagram(now, bytes);
+    }
+    fn handle_timeout(&mut self, now: StdInstant) {
+        Endpoint::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        Endpoint::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<EndpointEvent> {
+        Endpoint::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<StdInstant> {
+        Endpoint::poll_timeout(self)
+    }
+    fn start_request(
+        &mut self,
+        now: StdInstant,
+        request: Packet,
+        token: Vec<u8>,
+        rng_fraction: f64,
+    ) -> RequestId {
+        Endpoint::start_request(self, now, request, token, rng_fraction)
+    }
+    fn cancel(&mut self, id: RequestId) -> bool {
+        Endpoint::cancel(self, id)
+    }
+    fn give_up(&mut self, now: StdInstant, id: RequestId) -> bool {
+        Endpoint::give_up(self, now, id)
+    }
+    fn respond(
+        &mut self,
+        now: StdInstant,
+        responder: Responder,
+        response: Packet,
+    ) -> Result<(), CoapError> {
+        Endpoint::respond(self, now, responder, response)
+    }
+    fn is_idle(&self) -> bool {
+        Endpoint::is_idle(self)
+    }
+    fn start_observe(
+        &mut self,
+        now: StdInstant,
+        request: Packet,
+        token: Vec<u8>,
+        rng_fraction: f64,
+    ) -> Option<ObservationId> {
+        Some(Endpoint::start_observe(
+            self,
+            now,
+            request,
+            token,
+            rng_fraction,
+        ))
+    }
+    fn cancel_observation(&mut self, now: StdInstant, id: ObservationId, frac: f64) -> bool {
+        Endpoint::cancel_observation(self, now, id, frac)
+    }
+    fn forget_observation(&mut self, id: ObservationId) -> bool {
+        Endpoint::forget_observation(self, id)
+    }
+    fn reregister(&mut self, now: StdInstant, id: ObservationId, frac: f64) -> bool {
+        Endpoint::reregister(self, now, id, frac)
+    }
+    fn is_observed(&self, token: &[u8]) -> bool {
+        Endpoint::is_observed(self, token)
+    }
+    fn is_registering(&self, token: &[u8]) -> bool {
+        Endpoint::is_registering(self, token)
+    }
+    fn notify(
+        &mut self,
+        now: StdInstant,
+        token: &[u8],
+        response: Packet,
+        confirmable: bool,
+    ) -> Result<(), NotifyError> {
+        Endpoint::notify(self, now, token, response, confirmable)
+    }
+}
+
+/// The wire is gone (a stream's write failed): the loop ends at once, owing nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireGone;
+
+/// What one serve loop sends and receives bytes over: one datagram session
+/// ([`DatagramWire`]) or one byte stream (`StreamWire` in `stream_session.rs`).
+pub trait Wire: Send {
+    /// The next chunk from the peer — one datagram, or the bytes one read returned — or
+    /// `None` once the wire has ended. Must be cancel-safe (it races the other inputs).
+    fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// Sends one datagram or frame. A datagram that cannot be sent is only logged; a
+    /// stream that cannot be written is [`WireGone`].
+    fn send(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), WireGone>> + Send;
+    /// Pushes out what `send` buffered (a stream's flush), after each batch.
+    fn flush(&mut self) -> impl Future<Output = Result<(), WireGone>> + Send {
+        async { Ok(()) }
+    }
+    /// Closes politely at the end of the loop. `stopped`: we are shutting down (the peer did
+    /// not end the session).
+    fn close(&mut self, stopped: bool) -> impl Future<Output = ()> + Send;
+}
+
+/// A [`DatagramSession`] as a [`Wire`]: DTLS says close_notify when we stop, briefly.
+pub struct DatagramWire<S>(pub S);
+
+/// How long a stopped datagram session may take to send its close_notify.
+const CLOSE_BUDGET: Duration = Duration::from_millis(200);
+
+impl<S: DatagramSession> Wire for DatagramWire<S> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        match self.0.recv().await {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::debug!("session ends: {e}");
+                None
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), WireGone> {
+        if let Err(e) = self.0.send(bytes).await {
+            tracing::debug!("send failed: {e}");
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, stopped: bool) {
+        if stopped {
+            // Stopped by its owner (not ended by the peer): say goodbye, briefly.
+            let _ = tokio::time::timeout(CLOSE_BUDGET, self.0.close()).await;
+        }
+    }
+}
+
+/// How one serve loop runs, besides its core and wire.
+pub struct ServeOptions {
+    /// End the session after this long without traffic, when nothing is outstanding and no
+    /// link is held elsewhere (datagram sessions: [`IDLE_TIMEOUT`]); `None` never (streams
+    /// keep themselves alive with Ping/Pong instead).
+    pub idle_timeout: Option<Duration>,
+    /// How long a sliced answer stays cached for its follow-up blocks.
+    pub block_lifetime: Duration,
+    /// A connection not yet authenticated: authenticated once [`SessionCore::peer_ready`],
+    /// closed without a word at its [`PreAuth::cut_off`].
+    pub pre_auth: Option<PreAuth>,
+}
 
 /// Serves one peer until it goes quiet, its transport closes, or `shutdown`. Handlers get
 /// this session's [`PeerLink`] through [`Handler::handle_on_link`].
@@ -92,26 +364,73 @@ fn random_fraction() -> f64 {
     f64::from(u16::from_be_bytes(random_bytes::<2>())) / 65536.0
 }
 
-/// Serves one peer in both roles — its requests to `handler`, ours from `inbox`'s
+/// Serves one datagram peer in both roles — its requests to `handler`, ours from `inbox`'s
 /// [`PeerLink`] — until it goes quiet, its transport closes, or `shutdown`. When it returns
 /// the link is closed: requests still waiting fail with [`LinkError::Closed`].
 pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
-    mut session: S,
+    session: S,
     peer: PeerInfo,
     handler: Arc<H>,
     tuning: TransportTuning,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     inbox: LinkInbox,
 ) {
     // RFC 7252 §4.4: our MIDs start at a random value in every session.
     let first_mid = u16::from_be_bytes(random_bytes::<2>());
+    let endpoint = Endpoint::new(tuning.clone(), first_mid)
+        .with_account(handler.cache_limits().dedup_account())
+        .with_max_body(handler.max_response_body())
+        .with_rng_fraction(random_fraction());
+    let options = ServeOptions {
+        idle_timeout: Some(IDLE_TIMEOUT),
+        block_lifetime: tuning.exchange_lifetime(),
+        pre_auth: None,
+    };
+    serve(
+        endpoint,
+        DatagramWire(session),
+        peer,
+        handler,
+        shutdown,
+        inbox,
+        options,
+    )
+    .await;
+}
+
+/// Resolves at the pre-auth cut-off, never without a pre-auth.
+async fn cut_off(pre_auth: &mut Option<PreAuth>) -> crate::transport::tcp::admission::Refusal {
+    match pre_auth {
+        Some(p) => p.cut_off().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The serve loop: one peer in both roles over `wire`, with `core` holding the protocol
+/// state — the peer's requests to `handler`, ours from `inbox`'s [`PeerLink`] — until the
+/// wire ends, the core closes, the session goes idle (see [`ServeOptions`]), a pre-auth
+/// connection is cut off, or `shutdown`. On the way out requests still in the handler are
+/// answered (within [`DRAIN_LIMIT`]), the core finishes (a stream's Release) and the wire
+/// closes. When it returns the link is closed: requests still waiting fail with
+/// [`LinkError::Closed`].
+pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
+    core: C,
+    mut wire: W,
+    peer: PeerInfo,
+    handler: Arc<H>,
+    mut shutdown: Shutdown,
+    inbox: LinkInbox,
+    options: ServeOptions,
+) {
+    let ServeOptions {
+        idle_timeout,
+        block_lifetime,
+        mut pre_auth,
+    } = options;
     let LinkInbox { mut rx, link } = inbox;
     let mut driver = Driver {
-        endpoint: Endpoint::new(tuning.clone(), first_mid)
-            .with_account(handler.cache_limits().dedup_account())
-            .with_max_body(handler.max_response_body())
-            .with_rng_fraction(random_fraction()),
-        pipeline: Pipeline::new(handler, peer, tuning.exchange_lifetime()).with_link(link),
+        core,
+        pipeline: Pipeline::new(handler, peer, block_lifetime).with_link(link),
         waiting: HashMap::new(),
         observing: HashMap::new(),
         parked: Vec::new(),
@@ -120,39 +439,45 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
     let mut stopping = false;
 
     loop {
-        driver.settle(&mut session).await;
+        if driver.settle(&mut wire).await.is_err() {
+            return;
+        }
         driver.forget_abandoned();
+        if driver.core.peer_ready()
+            && let Some(p) = pre_auth.as_mut()
+        {
+            p.authenticated();
+        }
+        if driver.core.is_closed() {
+            break;
+        }
         let now = Instant::now();
         // Only an idle session may time out: a request of ours or of the peer's in progress
         // keeps it open (and must not make the sleep below spin), and so does a handler that
         // kept the link (a device's registration lives as long as its lifetime says).
-        let idle_at =
-            (driver.is_idle() && !driver.pipeline.link_held()).then_some(last_heard + IDLE_TIMEOUT);
-        let wake = [
-            driver.endpoint.poll_timeout(),
-            driver.pipeline.poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(Instant::from_std)
-        .chain(idle_at)
-        .min()
-        .unwrap_or(now + IDLE_TIMEOUT);
+        let idle_at = idle_timeout
+            .filter(|_| driver.is_idle() && !driver.pipeline.link_held())
+            .map(|after| last_heard + after);
+        let wake = [driver.core.poll_timeout(), driver.pipeline.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .map(Instant::from_std)
+            .chain(idle_at)
+            .min()
+            .unwrap_or(now + IDLE_TIMEOUT);
+        let pending_auth = pre_auth.as_ref().is_some_and(PreAuth::is_pending);
         tokio::select! {
-            received = session.recv() => {
-                let bytes = match received {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::debug!("session ends: {e}");
-                        break;
-                    }
+            received = wire.recv() => {
+                let Some(bytes) = received else {
+                    break;
                 };
                 last_heard = Instant::now();
-                driver.endpoint.handle_datagram(last_heard.into_std(), &bytes);
+                driver.core.handle_input(last_heard.into_std(), &bytes);
             }
             Some(done) = driver.pipeline.finished() => {
                 let now = Instant::now().into_std();
-                let (responder, response) = driver.pipeline.complete(now, done, None);
+                let max = driver.core.max_message_size();
+                let (responder, response) = driver.pipeline.complete(now, done, max);
                 driver.respond(now, responder, response);
             }
             Some(command) = rx.recv() => driver.command(Instant::now().into_std(), command),
@@ -163,8 +488,14 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
                     break;
                 }
                 driver.give_up_abandoned(now.into_std());
-                driver.endpoint.handle_timeout(now.into_std());
+                driver.core.handle_timeout(now.into_std());
                 driver.pipeline.handle_timeout(now.into_std());
+            }
+            why = cut_off(&mut pre_auth), if pending_auth => {
+                if let Some(p) = &pre_auth {
+                    p.refused(why, &"no CSM");
+                }
+                return;
             }
             _ = stopped(&mut shutdown) => {
                 stopping = true;
@@ -180,22 +511,21 @@ pub async fn serve_session_linked<S: DatagramSession, H: Handler>(
     let drain_until = Instant::now() + DRAIN_LIMIT;
     while let Some(done) = driver.pipeline.drain_next(drain_until).await {
         let now = Instant::now().into_std();
-        let (responder, response) = driver.pipeline.complete(now, done, None);
+        let max = driver.core.max_message_size();
+        let (responder, response) = driver.pipeline.complete(now, done, max);
         driver.respond(now, responder, response);
-        driver.settle(&mut session).await;
+        if driver.settle(&mut wire).await.is_err() {
+            return;
+        }
     }
-    if stopping {
-        // Stopped by its owner (not ended by the peer): say goodbye, briefly.
-        let _ = tokio::time::timeout(CLOSE_BUDGET, session.close()).await;
-    }
+    driver.core.finish(Instant::now().into_std());
+    let _ = driver.settle(&mut wire).await;
+    wire.close(stopping).await;
 }
 
-/// How long a stopped session may take to send its close_notify.
-const CLOSE_BUDGET: Duration = Duration::from_millis(200);
-
 /// The state one serve loop drives.
-struct Driver<H> {
-    endpoint: Endpoint,
+struct Driver<C, H> {
+    core: C,
     pipeline: Pipeline<H, Responder>,
     /// Link callers waiting for the outcome of our requests.
     waiting: HashMap<RequestId, oneshot::Sender<Result<Packet, LinkError>>>,
@@ -220,10 +550,10 @@ struct Parked {
     reply: oneshot::Sender<Result<(), ObserverError>>,
 }
 
-impl<H: Handler> Driver<H> {
+impl<C: SessionCore, H: Handler> Driver<C, H> {
     /// Nothing in progress in either role.
     fn is_idle(&self) -> bool {
-        self.endpoint.is_idle()
+        self.core.is_idle()
             && self.waiting.is_empty()
             && self.observing.is_empty()
             && self.pipeline.in_handler() == 0
@@ -242,7 +572,7 @@ impl<H: Handler> Driver<H> {
             .collect();
         for id in abandoned {
             self.waiting.remove(&id);
-            self.endpoint.give_up(now, id);
+            self.core.give_up(now, id);
             tracing::debug!("our request's caller gave up: exchange abandoned");
         }
     }
@@ -256,7 +586,7 @@ impl<H: Handler> Driver<H> {
                 self.give_up_abandoned(now);
                 let token = random_bytes::<4>().to_vec();
                 let id = self
-                    .endpoint
+                    .core
                     .start_request(now, request, token, random_fraction());
                 self.waiting.insert(id, reply);
             }
@@ -269,9 +599,13 @@ impl<H: Handler> Driver<H> {
                     return;
                 }
                 let token = random_bytes::<8>().to_vec();
-                let id = self
-                    .endpoint
-                    .start_observe(now, request, token, random_fraction());
+                let Some(id) = self
+                    .core
+                    .start_observe(now, request, token, random_fraction())
+                else {
+                    let _ = reply.send(Err(LinkError::Coap(ClientError::ObserveUnsupported)));
+                    return;
+                };
                 let sink = Sink {
                     first: Some(reply),
                     notifications,
@@ -280,7 +614,7 @@ impl<H: Handler> Driver<H> {
             }
             LinkCommand::StopObserving { id } => self.stop_observing(now, id),
             LinkCommand::Reregister { id } => {
-                let _ = self.endpoint.reregister(now, id, random_fraction());
+                let _ = self.core.reregister(now, id, random_fraction());
             }
             LinkCommand::Notify {
                 token,
@@ -305,8 +639,8 @@ impl<H: Handler> Driver<H> {
         if self.observing.remove(&id).is_none() {
             return;
         }
-        if !self.endpoint.cancel_observation(now, id, random_fraction()) {
-            self.endpoint.forget_observation(id);
+        if !self.core.cancel_observation(now, id, random_fraction()) {
+            self.core.forget_observation(id);
         }
     }
 
@@ -316,13 +650,11 @@ impl<H: Handler> Driver<H> {
         if n.reply.is_closed() {
             return;
         }
-        if !self.endpoint.is_observed(&n.token) && self.endpoint.is_registering(&n.token) {
+        if !self.core.is_observed(&n.token) && self.core.is_registering(&n.token) {
             self.parked.push(n);
             return;
         }
-        let sent = self
-            .endpoint
-            .notify(now, &n.token, n.response, n.confirmable);
+        let sent = self.core.notify(now, &n.token, n.response, n.confirmable);
         let _ = n.reply.send(sent.map_err(ObserverError::from));
     }
 
@@ -375,10 +707,10 @@ impl<H: Handler> Driver<H> {
     /// Drops the waits of link callers that gave up (dropped their future); a request of
     /// theirs still queued for NSTART is withdrawn, one in flight runs to its end.
     fn forget_abandoned(&mut self) {
-        let endpoint = &mut self.endpoint;
+        let core = &mut self.core;
         self.waiting.retain(|id, reply| {
             if reply.is_closed() {
-                endpoint.cancel(*id);
+                core.cancel(*id);
                 false
             } else {
                 true
@@ -386,22 +718,27 @@ impl<H: Handler> Driver<H> {
         });
     }
 
-    /// Sends what the endpoint has to send and dispatches its events, until neither is left.
-    async fn settle<S: DatagramSession>(&mut self, session: &mut S) {
+    /// Sends what the core has to send and dispatches its events, until neither is left.
+    /// [`WireGone`] if a stream could not be written.
+    async fn settle<W: Wire>(&mut self, wire: &mut W) -> Result<(), WireGone> {
         loop {
-            while let Some(bytes) = self.endpoint.poll_transmit() {
-                if let Err(e) = session.send(&bytes).await {
-                    tracing::debug!("send failed: {e}");
-                }
+            let mut sent = false;
+            while let Some(bytes) = self.core.poll_transmit() {
+                wire.send(&bytes).await?;
+                sent = true;
             }
-            let Some(event) = self.endpoint.poll_event() else {
-                return;
+            if sent {
+                wire.flush().await?;
+            }
+            let Some(event) = self.core.poll_event() else {
+                return Ok(());
             };
             match event {
                 EndpointEvent::Request { request, responder } => {
                     let now = Instant::now().into_std();
+                    let max = self.core.max_message_size();
                     if let Start::Answer(responder, answer) =
-                        self.pipeline.start(now, request, responder)
+                        self.pipeline.start_for(now, request, responder, max)
                     {
                         self.respond(now, responder, answer);
                     }
@@ -426,8 +763,10 @@ impl<H: Handler> Driver<H> {
     }
 
     fn respond(&mut self, now: std::time::Instant, responder: Responder, response: Packet) {
-        if let Err(e) = self.endpoint.respond(now, responder, response) {
-            tracing::error!("cannot encode our response: {e}");
+        match self.core.respond(now, responder, response) {
+            Ok(()) => {}
+            Err(CoapError::Closed) => tracing::debug!("connection closed before our answer"),
+            Err(e) => tracing::error!("cannot encode our response: {e}"),
         }
         if !self.parked.is_empty() {
             self.unpark(now);

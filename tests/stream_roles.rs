@@ -1,0 +1,243 @@
+//! One serve loop for streams too, both roles, over real sockets: a client dials a
+//! [`StreamListener`] (plain TCP, then TLS with mutual certificates) and serves on the same
+//! connection with the same loop ([`serve_stream_linked`]); the listener's handler, asked a
+//! question, uses the [`PeerLink`] of that accepted connection to ask the client back and
+//! answers with what it heard — request, back-request and both responses on one
+//! connection. Observe over a stream link is refused at once with a typed error.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use privgw::coap::{self, ClientError, MessageClass, Packet, RequestType, ResponseType};
+use privgw::config::{EndpointUri, Scheme};
+use privgw::runtime::peer_link::LINK_CAPACITY;
+use privgw::runtime::{
+    Handler, LinkError, PeerLink, StreamListener, StreamSecurity, serve_stream_linked,
+};
+use privgw::transport::PeerInfo;
+use privgw::transport::tcp::nosec_peer_info;
+use privgw::transport::tls::{TlsClient, TlsCredentials, TlsServer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Every wait in this file is bounded by this (the machine is loaded).
+const WAIT: Duration = Duration::from_secs(20);
+
+fn req(code: RequestType, path: &str, payload: &[u8]) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Request(code);
+    coap::set_uri(&mut p, path);
+    p.payload = payload.to_vec();
+    p
+}
+
+/// The listener's handler (the "gateway"): on `/ask`, reads `/3/0/0` from the peer over the
+/// connection's link and answers `"<peer answer> via <identity>"`; it keeps the links it
+/// was given so the test can use them afterwards.
+#[derive(Default)]
+struct Gateway {
+    links: Mutex<Vec<PeerLink>>,
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+        coap::response_to(&request, ResponseType::NotFound)
+    }
+
+    async fn handle_on_link(
+        &self,
+        peer: &PeerInfo,
+        link: &PeerLink,
+        request: Packet,
+        _max_payload: usize,
+    ) -> Packet {
+        self.links.lock().unwrap().push(link.clone());
+        if coap::uri_path(&request).unwrap_or_default() != ["ask"] {
+            return coap::response_to(&request, ResponseType::NotFound);
+        }
+        let back = link.request(req(RequestType::Get, "/3/0/0", b"")).await;
+        let mut answer = coap::response_to(&request, ResponseType::Content);
+        answer.payload = match back {
+            Ok(p) => {
+                let mut body = p.payload;
+                body.extend_from_slice(format!(" via {}", peer.identity).as_bytes());
+                body
+            }
+            Err(e) => format!("back-request failed: {e}").into_bytes(),
+        };
+        answer
+    }
+}
+
+/// The dialing side's handler (the "device"): answers `/3/0/0` with its manufacturer.
+struct Device;
+
+impl Handler for Device {
+    async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
+        if coap::uri_path(&request).unwrap_or_default() != ["3", "0", "0"] {
+            return coap::response_to(&request, ResponseType::NotFound);
+        }
+        let mut answer = coap::response_to(&request, ResponseType::Content);
+        answer.payload = b"ACME".to_vec();
+        answer
+    }
+}
+
+async fn listen(
+    scheme: Scheme,
+    security: StreamSecurity,
+    gateway: Arc<Gateway>,
+) -> (SocketAddr, watch::Sender<bool>) {
+    let uri = EndpointUri {
+        scheme,
+        addr: "127.0.0.1:0".parse().unwrap(),
+    };
+    let listener = StreamListener::bind(uri, security).await.unwrap();
+    let addr = listener.uri().addr;
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(listener.run(gateway, shutdown));
+    (addr, stop)
+}
+
+/// Serves a dialed connection with the device handler; returns its link and the task.
+fn dial_side<S>(
+    stream: S,
+    info: PeerInfo,
+    shutdown: watch::Receiver<bool>,
+) -> (PeerLink, JoinHandle<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (link, inbox) = PeerLink::new(LINK_CAPACITY);
+    let task = tokio::spawn(serve_stream_linked(
+        stream,
+        info,
+        Arc::new(Device),
+        shutdown,
+        None,
+        inbox,
+    ));
+    (link, task)
+}
+
+/// Asks `/ask` over `link` and checks the answer carries the device's own answer and our
+/// identity as the gateway saw it (`identity` is a part of it).
+async fn ask(link: &PeerLink, identity: &str) {
+    let answer = tokio::time::timeout(WAIT, link.request(req(RequestType::Post, "/ask", b"?")))
+        .await
+        .expect("answered in time")
+        .expect("a response");
+    assert_eq!(
+        answer.header.code,
+        MessageClass::Response(ResponseType::Content)
+    );
+    let answer = String::from_utf8(answer.payload).unwrap();
+    assert!(
+        answer.starts_with("ACME via ") && answer.contains(identity),
+        "{answer}"
+    );
+}
+
+/// The whole scenario over one dialed connection: ask twice, use the gateway's kept link
+/// directly (also four reads at once through its NSTART queue), see Observe refused both
+/// ways, then stop the client and see both links close.
+async fn scenario<S>(stream: S, info: PeerInfo, gateway: Arc<Gateway>, identity: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client_stop, client_shutdown) = watch::channel(false);
+    let (link, task) = dial_side(stream, info, client_shutdown);
+    ask(&link, identity).await;
+    ask(&link, identity).await;
+
+    let kept = gateway.links.lock().unwrap()[0].clone();
+    assert!(!kept.is_closed());
+    let read = tokio::time::timeout(WAIT, kept.request(req(RequestType::Get, "/3/0/0", b"")))
+        .await
+        .expect("answered in time")
+        .expect("a response");
+    assert_eq!(read.payload, b"ACME");
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let kept = kept.clone();
+            tokio::spawn(async move { kept.request(req(RequestType::Get, "/3/0/0", b"")).await })
+        })
+        .collect();
+    for read in reads {
+        let answer = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
+        assert_eq!(answer.expect("a response").payload, b"ACME");
+    }
+
+    // Observe is not offered on streams: refused at once, in either direction.
+    let observe = tokio::time::timeout(WAIT, kept.observe(req(RequestType::Get, "/3/0/0", b"")))
+        .await
+        .expect("refused at once");
+    assert!(
+        matches!(
+            observe,
+            Err(LinkError::Coap(ClientError::ObserveUnsupported))
+        ),
+        "{observe:?}"
+    );
+
+    client_stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    assert!(link.is_closed());
+    assert_eq!(
+        link.request(req(RequestType::Get, "/", b"")).await,
+        Err(LinkError::Closed)
+    );
+    // The gateway's side sees the Release and ends too.
+    tokio::time::timeout(WAIT, async {
+        while !kept.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the gateway's connection closed after our Release");
+    assert_eq!(
+        kept.request(req(RequestType::Get, "/3/0/0", b"")).await,
+        Err(LinkError::Closed)
+    );
+}
+
+/// Plain TCP: the gateway asks the dialing client back over the accepted connection.
+#[tokio::test]
+async fn tcp_gateway_asks_the_dialing_client_back_over_the_same_connection() {
+    let gateway = Arc::new(Gateway::default());
+    let (addr, _stop) = listen(Scheme::CoapTcp, StreamSecurity::NoSec, gateway.clone()).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let identity = format!("address:{}", tcp.local_addr().unwrap().ip());
+    scenario(tcp, nosec_peer_info(addr), gateway, &identity).await;
+}
+
+fn creds(name: &str) -> TlsCredentials {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    TlsCredentials::from_pem_files(
+        &dir.join(format!("{name}.pem")),
+        &dir.join(format!("{name}.key")),
+        &dir.join("ca.pem"),
+    )
+    .unwrap()
+}
+
+/// TLS with mutual certificates: the same, the gateway's answer naming the client's
+/// certificate identity.
+#[tokio::test]
+async fn tls_gateway_asks_the_dialing_client_back_over_the_same_connection() {
+    let gateway = Arc::new(Gateway::default());
+    let server = Arc::new(TlsServer::new(creds("gateway"), WAIT).unwrap());
+    let (addr, _stop) = listen(
+        Scheme::CoapsTcp,
+        StreamSecurity::Tls(server),
+        gateway.clone(),
+    )
+    .await;
+    let client = TlsClient::new(creds("devA"), WAIT).unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let (stream, info) = client.connect(addr, name).await.unwrap();
+    scenario(stream, info, gateway.clone(), "devA").await;
+}
