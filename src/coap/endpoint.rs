@@ -12,7 +12,8 @@
 //! retransmitted until ACKed), Observe in both roles (RFC 7641: our observations and the
 //! peer's observers, state in [`super::observe`], wiring in `endpoint_observe.rs`), and one
 //! timer table over all of it.
-//! Reuses, does not copy: [`ServerExchanges`] (dedup of the peer's requests and replay of our
+//! Reuses, does not copy: `Nstart` (`nstart.rs`: the NSTART slots and queue, shared with
+//! the stream endpoint), [`ServerExchanges`] (dedup of the peer's requests and replay of our
 //! stored answers, critical options) and [`ClientExchange`] (retransmission, separate
 //! responses, Block2 reassembly).
 //! Does not own: executing requests (the caller gets [`EndpointEvent::Request`] and hands the
@@ -65,21 +66,21 @@ use std::time::{Duration, Instant};
 
 use super::budget::Account;
 use super::client::DEFAULT_MAX_BODY;
+use super::nstart::Nstart;
 use super::observe::{
     ClientObservations, DEFAULT_MAX_OBSERVERS, ObservationId, ObserveEnd, ObserverRemoval,
     Observers,
 };
 use super::tuning::deadline;
 use super::{
-    ClientError, ClientEvent, ClientExchange, CoapError, Inbound, MessageType, Packet, Responder,
+    ClientError, ClientExchange, CoapError, Inbound, MessageType, Packet, Responder,
     ServerExchanges, TransportTuning, decode, empty_message, peek_header,
 };
 
 #[path = "endpoint_observe.rs"]
 mod observe_glue;
 
-/// Default bound on requests waiting for an NSTART slot.
-pub const DEFAULT_QUEUE_LIMIT: usize = 32;
+pub use super::nstart::DEFAULT_QUEUE_LIMIT;
 
 /// CON responses we ACKed, remembered to re-ACK their retransmissions.
 const ACKED_RESPONSES_LIMIT: usize = 64;
@@ -139,7 +140,6 @@ pub enum EndpointEvent {
 /// A request waiting for an NSTART slot.
 #[derive(Debug)]
 struct Queued {
-    id: RequestId,
     request: Packet,
     token: Vec<u8>,
     rng_fraction: f64,
@@ -162,16 +162,11 @@ pub struct Endpoint {
     server: ServerExchanges,
     /// The one MID counter of the session.
     next_mid: u16,
-    next_id: u64,
-    nstart: usize,
-    queue_limit: usize,
     separate_after: Option<Duration>,
     rng_fraction: f64,
     max_body: usize,
-    /// Our exchanges in flight (at most `nstart`).
-    active: BTreeMap<RequestId, ClientExchange>,
-    /// Our requests waiting for a slot, in order.
-    queued: VecDeque<Queued>,
+    /// Our exchanges in flight (at most NSTART) and our requests waiting for a slot.
+    requests: Nstart<Queued>,
     /// The peer's CON requests in the handler, by request MID: `Some(t)` = send an empty ACK
     /// at `t` if still unanswered, `None` = the empty ACK went out (answer separately).
     in_handler: BTreeMap<u16, Option<Instant>>,
@@ -193,20 +188,16 @@ impl Endpoint {
     /// RFC 7252 §4.4). NSTART comes from `tuning.nstart` (at least 1); separate responses
     /// after ACK_TIMEOUT / 2; the NSTART queue holds [`DEFAULT_QUEUE_LIMIT`] requests.
     pub fn new(tuning: TransportTuning, first_mid: u16) -> Self {
-        let nstart = usize::try_from(tuning.nstart).unwrap_or(1).max(1);
+        let nstart = usize::try_from(tuning.nstart).unwrap_or(1);
         let separate_after = Some(tuning.ack_timeout / 2);
         Self {
             server: ServerExchanges::new(tuning.clone()).with_first_mid(first_mid),
             tuning,
             next_mid: first_mid,
-            next_id: 0,
-            nstart,
-            queue_limit: DEFAULT_QUEUE_LIMIT,
             separate_after,
             rng_fraction: 0.0,
             max_body: DEFAULT_MAX_BODY,
-            active: BTreeMap::new(),
-            queued: VecDeque::new(),
+            requests: Nstart::new(nstart),
             in_handler: BTreeMap::new(),
             separate: Vec::new(),
             acked_responses: VecDeque::new(),
@@ -221,14 +212,14 @@ impl Endpoint {
     /// Sets NSTART, our exchanges in flight at once (default `tuning.nstart`, 1; 0 acts as 1).
     /// **Danger:** RFC 7252 §4.7 asks for 1 unless the peer is known to cope with more.
     pub fn with_nstart(mut self, nstart: usize) -> Self {
-        self.nstart = nstart.max(1);
+        self.requests.set_nstart(nstart);
         self
     }
 
     /// Sets how many requests may wait for an NSTART slot (default [`DEFAULT_QUEUE_LIMIT`]);
     /// one more fails at once with [`ClientError::Busy`].
     pub fn with_queue_limit(mut self, limit: usize) -> Self {
-        self.queue_limit = limit;
+        self.requests.set_queue_limit(limit);
         self
     }
 
@@ -272,12 +263,12 @@ impl Endpoint {
 
     /// Our exchanges in flight (at most NSTART).
     pub fn in_flight(&self) -> usize {
-        self.active.len()
+        self.requests.in_flight()
     }
 
     /// Our requests waiting for an NSTART slot.
     pub fn queued(&self) -> usize {
-        self.queued.len()
+        self.requests.queued()
     }
 
     /// Our separate responses not yet ACKed.
@@ -294,8 +285,7 @@ impl Endpoint {
     /// or CON notification awaiting its ACK, no observation of ours. (The peer's requests in
     /// the handler and its observations of our resources are the driver's to count.)
     pub fn is_idle(&self) -> bool {
-        self.active.is_empty()
-            && self.queued.is_empty()
+        self.requests.is_empty()
             && self.separate.is_empty()
             && self.observations.len() == 0
             && !self.observers.con_in_flight()
@@ -314,21 +304,16 @@ impl Endpoint {
         token: Vec<u8>,
         rng_fraction: f64,
     ) -> RequestId {
-        let id = RequestId(self.next_id);
-        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.requests.new_id();
         let queued = Queued {
-            id,
             request,
             token,
             rng_fraction,
         };
-        if self.active.len() < self.nstart && self.queued.is_empty() {
-            self.launch(now, queued);
-        } else if self.queued.len() >= self.queue_limit {
-            tracing::info!(queued = self.queued.len(), "request queue full, refusing");
-            self.outcome(now, id, Err(ClientError::Busy));
-        } else {
-            self.queued.push_back(queued);
+        if self.requests.may_launch_now() {
+            self.launch(now, id, queued);
+        } else if let Err(e) = self.requests.enqueue(id, queued) {
+            self.outcome(now, id, Err(e));
         }
         self.pump(now);
         id
@@ -338,16 +323,14 @@ impl Endpoint {
     /// comes for it. `false` if it is not queued: a request in flight runs to its end (the
     /// peer may already be executing it) and its event still comes.
     pub fn cancel(&mut self, id: RequestId) -> bool {
-        let before = self.queued.len();
-        self.queued.retain(|q| q.id != id);
-        self.queued.len() != before
+        self.requests.cancel(id)
     }
 
     /// Gives up one of our requests, queued or in flight: it is not (re)transmitted again,
     /// its NSTART slot goes to the next queued request, and no event comes for it. A late
     /// response to it then matches nothing (a CON one gets RST). `false` if it is unknown.
     pub fn give_up(&mut self, now: Instant, id: RequestId) -> bool {
-        let found = self.cancel(id) || self.active.remove(&id).is_some();
+        let found = self.requests.give_up(id);
         if found {
             self.pump(now);
         }
@@ -425,7 +408,7 @@ impl Endpoint {
     /// responses.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.server.handle_timeout(now);
-        for exchange in self.active.values_mut() {
+        for exchange in self.requests.active_mut() {
             exchange.handle_timeout(now);
         }
         for (mid, due) in self.in_handler.iter_mut() {
@@ -486,10 +469,7 @@ impl Endpoint {
     /// every timer of the session.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let exchanges = self
-            .active
-            .values()
-            .filter_map(ClientExchange::poll_timeout);
+        let exchanges = self.requests.active().filter_map(|(_, e)| e.poll_timeout());
         let thresholds = self.in_handler.values().filter_map(|t| *t);
         let separate = self.separate.iter().map(|s| s.deadline);
         let acked = self.acked_responses.front().map(|(t, _)| *t);
@@ -621,23 +601,20 @@ impl Endpoint {
     }
 
     fn exchange_by_mid(&self, mid: u16) -> Option<RequestId> {
-        self.active
-            .iter()
+        self.requests
+            .active()
             .find(|(_, e)| e.current_mid() == Some(mid))
             .map(|(id, _)| *id)
     }
 
     fn exchange_by_token(&self, token: &[u8]) -> Option<RequestId> {
-        self.active
-            .iter()
-            .find(|(_, e)| !e.is_done() && e.token() == token)
-            .map(|(id, _)| *id)
+        self.requests.live_by_token(token)
     }
 
     /// Hands a datagram to one exchange, lending it the MID space (a Block2 follow-up takes
     /// the next MID), then collects its output.
     fn feed(&mut self, now: Instant, id: RequestId, bytes: &[u8]) {
-        if let Some(exchange) = self.active.get_mut(&id) {
+        if let Some(exchange) = self.requests.get_mut(id) {
             exchange.set_next_mid(self.next_mid);
             exchange.handle_datagram(now, bytes);
             self.next_mid = exchange.next_mid();
@@ -646,14 +623,10 @@ impl Endpoint {
     }
 
     /// Creates the exchange for a request whose turn has come.
-    fn launch(&mut self, now: Instant, q: Queued) {
-        if self
-            .active
-            .values()
-            .any(|e| e.token() == q.token.as_slice())
-        {
+    fn launch(&mut self, now: Instant, id: RequestId, q: Queued) {
+        if self.requests.token_in_use(&q.token) {
             let e = ClientError::InvalidRequest("token already in use on this session".into());
-            self.outcome(now, q.id, Err(e));
+            self.outcome(now, id, Err(e));
             return;
         }
         let exchange = ClientExchange::new(
@@ -666,42 +639,26 @@ impl Endpoint {
         )
         .with_max_body(self.max_body);
         self.next_mid = exchange.next_mid();
-        self.active.insert(q.id, exchange);
+        self.requests.insert(id, exchange);
     }
 
     /// Moves every exchange's datagrams to the outbox and its outcome to the events, retires
     /// finished exchanges and starts queued requests in their slots.
     fn pump(&mut self, now: Instant) {
         loop {
-            let mut finished = Vec::new();
-            let mut outcomes = Vec::new();
-            for (id, exchange) in self.active.iter_mut() {
+            let outbox = &mut self.outbox;
+            let outcomes = self.requests.collect(|exchange| {
                 while let Some(bytes) = exchange.poll_transmit(now) {
-                    self.outbox.push_back(bytes);
+                    outbox.push_back(bytes);
                 }
-                if let Some(event) = exchange.poll_event() {
-                    let result = match event {
-                        ClientEvent::Response(p) => Ok(p),
-                        ClientEvent::Failed(e) => Err(e),
-                    };
-                    outcomes.push((*id, result));
-                }
-                if exchange.is_done() {
-                    finished.push(*id);
-                }
-            }
-            for id in finished {
-                self.active.remove(&id);
-            }
+                None
+            });
             for (id, result) in outcomes {
                 self.outcome(now, id, result);
             }
             let mut launched = false;
-            while self.active.len() < self.nstart {
-                let Some(q) = self.queued.pop_front() else {
-                    break;
-                };
-                self.launch(now, q);
+            while let Some((id, q)) = self.requests.next_to_launch() {
+                self.launch(now, id, q);
                 launched = true;
             }
             if !launched {

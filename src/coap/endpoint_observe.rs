@@ -246,7 +246,7 @@ impl Endpoint {
         purpose: Purpose,
         rng_fraction: f64,
     ) {
-        let request_id = RequestId(self.next_id);
+        let request_id = self.requests.peek_id();
         let Some(o) = self.observations.get_mut(id) else {
             return;
         };

@@ -60,6 +60,7 @@ pub mod block;
 pub mod budget;
 pub mod client;
 pub mod endpoint;
+mod nstart;
 pub mod observe;
 pub mod server;
 pub mod stream;

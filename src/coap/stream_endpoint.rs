@@ -10,7 +10,8 @@
 //! with [`ClientError::Busy`], [`cancel`](StreamEndpoint::cancel) withdraws a queued request,
 //! [`give_up`](StreamEndpoint::give_up) drops one queued or in flight), and one timer table:
 //! the connection's (CSM wait, keepalive) and the exchanges' response deadlines.
-//! Reuses, does not copy: [`StreamConnection`] (framing, CSM, Ping/Pong, Release/Abort, the
+//! Reuses, does not copy: `Nstart` (`nstart.rs`: the NSTART slots and queue, shared with
+//! the datagram endpoint), [`StreamConnection`] (framing, CSM, Ping/Pong, Release/Abort, the
 //! peer's Max-Message-Size) and [`ClientExchange`] (Block2 follow-ups and reassembly).
 //! Does not own: executing requests, Block2 slicing of our answers (the runtime's pipeline
 //! sizes them to [`peer_max_message_size`](StreamEndpoint::peer_max_message_size)), sockets,
@@ -54,20 +55,20 @@
 //! [`is_closed`](StreamEndpoint::is_closed) and `poll_transmit` is `None`, it closes the
 //! socket. `now` must never go backwards.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::client::DEFAULT_MAX_BODY;
-use super::endpoint::{DEFAULT_QUEUE_LIMIT, RequestId};
+use super::endpoint::RequestId;
+use super::nstart::Nstart;
 use super::{
-    ClientError, ClientEvent, ClientExchange, CoapError, CoapOption, EndpointEvent, Packet,
-    Responder, StreamConnection, StreamEvent, without_option,
+    ClientError, ClientExchange, CoapError, CoapOption, EndpointEvent, Packet, Responder,
+    StreamConnection, StreamEvent, without_option,
 };
 
 /// A request of ours waiting for an NSTART slot (or for the peer's CSM).
 #[derive(Debug)]
 struct Queued {
-    id: RequestId,
     request: Packet,
     token: Vec<u8>,
 }
@@ -77,14 +78,10 @@ struct Queued {
 pub struct StreamEndpoint {
     conn: StreamConnection,
     response_timeout: Duration,
-    nstart: usize,
-    queue_limit: usize,
     max_body: usize,
-    next_id: u64,
-    /// Our exchanges in flight (at most `nstart`).
-    active: BTreeMap<RequestId, ClientExchange>,
-    /// Our requests waiting for a slot (or the peer's CSM), in order.
-    queued: VecDeque<Queued>,
+    /// Our exchanges in flight (at most NSTART) and our requests waiting for a slot (or the
+    /// peer's CSM).
+    requests: Nstart<Queued>,
     events: VecDeque<EndpointEvent>,
     /// The connection's close has been turned into failures of our requests.
     close_reported: bool,
@@ -94,17 +91,13 @@ impl StreamEndpoint {
     /// An endpoint over a fresh connection: `conn` as built by [`StreamConnection::new`]
     /// (its CSM is the first frame out; add keepalive or a CSM timeout there). Each of our
     /// requests, every Block2 follow-up included, must be answered within
-    /// `response_timeout` of its start. NSTART 1, a queue of [`DEFAULT_QUEUE_LIMIT`].
+    /// `response_timeout` of its start. NSTART 1, a queue of [`DEFAULT_QUEUE_LIMIT`](super::endpoint::DEFAULT_QUEUE_LIMIT).
     pub fn new(conn: StreamConnection, response_timeout: Duration) -> Self {
         Self {
             conn,
             response_timeout,
-            nstart: 1,
-            queue_limit: DEFAULT_QUEUE_LIMIT,
             max_body: DEFAULT_MAX_BODY,
-            next_id: 0,
-            active: BTreeMap::new(),
-            queued: VecDeque::new(),
+            requests: Nstart::new(1),
             events: VecDeque::new(),
             close_reported: false,
         }
@@ -112,14 +105,14 @@ impl StreamEndpoint {
 
     /// Sets NSTART, our exchanges in flight at once (default 1; 0 acts as 1).
     pub fn with_nstart(mut self, nstart: usize) -> Self {
-        self.nstart = nstart.max(1);
+        self.requests.set_nstart(nstart);
         self
     }
 
-    /// Sets how many requests may wait for a slot (default [`DEFAULT_QUEUE_LIMIT`]); one
+    /// Sets how many requests may wait for a slot (default [`DEFAULT_QUEUE_LIMIT`](super::endpoint::DEFAULT_QUEUE_LIMIT)); one
     /// more fails at once with [`ClientError::Busy`].
     pub fn with_queue_limit(mut self, limit: usize) -> Self {
-        self.queue_limit = limit;
+        self.requests.set_queue_limit(limit);
         self
     }
 
@@ -147,18 +140,18 @@ impl StreamEndpoint {
 
     /// Our exchanges in flight (at most NSTART).
     pub fn in_flight(&self) -> usize {
-        self.active.len()
+        self.requests.in_flight()
     }
 
     /// Our requests waiting for a slot or for the peer's CSM.
     pub fn queued(&self) -> usize {
-        self.queued.len()
+        self.requests.queued()
     }
 
     /// No request of ours is in flight or queued. (The peer's requests in the handler are
     /// the driver's to count.)
     pub fn is_idle(&self) -> bool {
-        self.active.is_empty() && self.queued.is_empty()
+        self.requests.is_empty()
     }
 
     /// Starts one of our requests: `request` carries code, options and payload (type and MID
@@ -168,15 +161,11 @@ impl StreamEndpoint {
     /// connection fail at once with an event. Either way the outcome comes as exactly one
     /// [`EndpointEvent::Response`] with the returned id.
     pub fn start_request(&mut self, now: Instant, request: Packet, token: Vec<u8>) -> RequestId {
-        let id = RequestId(self.next_id);
-        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.requests.new_id();
         if self.conn.is_closed() {
             self.outcome(id, Err(ClientError::ConnectionClosed));
-        } else if self.queued.len() >= self.queue_limit {
-            tracing::info!(queued = self.queued.len(), "request queue full, refusing");
-            self.outcome(id, Err(ClientError::Busy));
-        } else {
-            self.queued.push_back(Queued { id, request, token });
+        } else if let Err(e) = self.requests.enqueue(id, Queued { request, token }) {
+            self.outcome(id, Err(e));
         }
         self.pump(now);
         id
@@ -185,16 +174,14 @@ impl StreamEndpoint {
     /// Withdraws a request still waiting in the queue: it is never sent and no event comes
     /// for it. `false` if it is not queued (one in flight runs to its end).
     pub fn cancel(&mut self, id: RequestId) -> bool {
-        let before = self.queued.len();
-        self.queued.retain(|q| q.id != id);
-        self.queued.len() != before
+        self.requests.cancel(id)
     }
 
     /// Gives up one of our requests, queued or in flight: no event comes for it, its slot
     /// goes to the next queued request, and a late response to it matches nothing (and is
     /// ignored). `false` if it is unknown.
     pub fn give_up(&mut self, now: Instant, id: RequestId) -> bool {
-        let found = self.cancel(id) || self.active.remove(&id).is_some();
+        let found = self.requests.give_up(id);
         if found {
             self.pump(now);
         }
@@ -246,7 +233,7 @@ impl StreamEndpoint {
     /// response deadlines of our exchanges.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
-        for exchange in self.active.values_mut() {
+        for exchange in self.requests.active_mut() {
             exchange.handle_timeout(now);
         }
         self.drain_connection(now);
@@ -269,9 +256,9 @@ impl StreamEndpoint {
     /// connection's timers and our exchanges' deadlines.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.active
-            .values()
-            .filter_map(ClientExchange::poll_timeout)
+        self.requests
+            .active()
+            .filter_map(|(_, e)| e.poll_timeout())
             .chain(self.conn.poll_timeout())
             .min()
     }
@@ -288,11 +275,8 @@ impl StreamEndpoint {
                 }
                 StreamEvent::Response(response) => {
                     let token = response.get_token();
-                    let found = self
-                        .active
-                        .values_mut()
-                        .find(|e| !e.is_done() && e.token() == token);
-                    match found {
+                    let found = self.requests.live_by_token(token);
+                    match found.and_then(|id| self.requests.get_mut(id)) {
                         Some(exchange) => exchange.handle_response(now, response),
                         None => tracing::debug!(?token, "response matching no request of ours"),
                     }
@@ -311,15 +295,7 @@ impl StreamEndpoint {
             return;
         }
         self.close_reported = true;
-        let ids: Vec<RequestId> = self
-            .active
-            .keys()
-            .copied()
-            .chain(self.queued.iter().map(|q| q.id))
-            .collect();
-        self.active.clear();
-        self.queued.clear();
-        for id in ids {
+        for id in self.requests.clear() {
             self.outcome(id, Err(ClientError::ConnectionClosed));
         }
     }
@@ -333,50 +309,32 @@ impl StreamEndpoint {
     /// retires finished exchanges and starts queued requests in their slots.
     fn pump(&mut self, now: Instant) {
         loop {
-            let mut finished = Vec::new();
-            let mut outcomes = Vec::new();
-            for (id, exchange) in self.active.iter_mut() {
+            let conn = &mut self.conn;
+            let outcomes = self.requests.collect(|exchange| {
+                let mut failure = None;
                 while let Some(p) = exchange.poll_request() {
-                    if let Err(e) = self.conn.send(&p) {
+                    if let Err(e) = conn.send(&p) {
                         tracing::info!(error = %e, "cannot send our request");
-                        let failure = match e {
+                        failure.get_or_insert(match e {
                             CoapError::Closed => ClientError::ConnectionClosed,
                             other => ClientError::InvalidRequest(other.to_string()),
-                        };
-                        outcomes.push((*id, Err(failure)));
-                        finished.push(*id);
+                        });
                     }
                 }
-                if let Some(event) = exchange.poll_event() {
-                    let result = match event {
-                        ClientEvent::Response(p) => Ok(p),
-                        ClientEvent::Failed(e) => Err(e),
-                    };
-                    outcomes.push((*id, result));
-                }
-                if exchange.is_done() {
-                    finished.push(*id);
-                }
-            }
-            for id in &finished {
-                self.active.remove(id);
-            }
-            let mut reported = std::collections::BTreeSet::new();
+                failure
+            });
             for (id, result) in outcomes {
-                if reported.insert(id) {
-                    self.outcome(id, result);
-                }
+                self.outcome(id, result);
             }
             if self.conn.is_closed() {
                 self.report_close();
                 return;
             }
             let mut launched = false;
-            while self.active.len() < self.nstart && self.conn.peer_csm_received() {
-                let Some(q) = self.queued.pop_front() else {
-                    break;
-                };
-                self.launch(now, q);
+            while self.conn.peer_csm_received()
+                && let Some((id, q)) = self.requests.next_to_launch()
+            {
+                self.launch(now, id, q);
                 launched = true;
             }
             if !launched {
@@ -386,19 +344,15 @@ impl StreamEndpoint {
     }
 
     /// Creates the exchange for a request whose turn has come.
-    fn launch(&mut self, now: Instant, q: Queued) {
-        if self
-            .active
-            .values()
-            .any(|e| e.token() == q.token.as_slice())
-        {
+    fn launch(&mut self, now: Instant, id: RequestId, q: Queued) {
+        if self.requests.token_in_use(&q.token) {
             let e = ClientError::InvalidRequest("token already in use on this connection".into());
-            self.outcome(q.id, Err(e));
+            self.outcome(id, Err(e));
             return;
         }
         let exchange = ClientExchange::new_reliable(now, q.request, q.token, self.response_timeout)
             .with_max_body(self.max_body);
-        self.active.insert(q.id, exchange);
+        self.requests.insert(id, exchange);
     }
 }
 
