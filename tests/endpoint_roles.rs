@@ -8,6 +8,9 @@
 #[allow(dead_code)]
 mod relay;
 
+#[path = "support/roles.rs"]
+mod roles;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ use privgw::runtime::{Handler, LinkError, Listener, PeerLink, Security, spawn_se
 use privgw::transport::dtls::{DtlsClient, DtlsServer, PskClientConfig, PskServerConfig};
 use privgw::transport::mux::DatagramMux;
 use privgw::transport::{DatagramSession, PeerInfo, TransportError};
+use roles::{Gateway, req};
 use tokio::sync::watch;
 
 /// Every wait in this file is bounded by this (the machine is loaded).
@@ -77,52 +81,6 @@ const CON: MessageType = MessageType::Confirmable;
 const ACK: MessageType = MessageType::Acknowledgement;
 const EMPTY: MessageClass = MessageClass::Empty;
 const RESPONSE: MessageClass = MessageClass::Response(ResponseType::Content);
-
-fn req(code: RequestType, path: &str, payload: &[u8]) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = MessageClass::Request(code);
-    coap::set_uri(&mut p, path);
-    p.payload = payload.to_vec();
-    p
-}
-
-/// The listener's handler (the "gateway"): on `/ask`, reads `/3/0/0` from the peer over the
-/// session's link and answers `"<peer answer> via <identity>"`; it keeps the link it was
-/// given so the test can use it after the exchange.
-#[derive(Default)]
-struct Gateway {
-    links: Mutex<Vec<PeerLink>>,
-}
-
-impl Handler for Gateway {
-    async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
-        coap::response_to(&request, ResponseType::NotFound)
-    }
-
-    async fn handle_on_link(
-        &self,
-        peer: &PeerInfo,
-        link: &PeerLink,
-        request: Packet,
-        _max_payload: usize,
-    ) -> Packet {
-        self.links.lock().unwrap().push(link.clone());
-        if coap::uri_path(&request).unwrap_or_default() != ["ask"] {
-            return coap::response_to(&request, ResponseType::NotFound);
-        }
-        let back = link.request(req(RequestType::Get, "/3/0/0", b"")).await;
-        let mut answer = coap::response_to(&request, ResponseType::Content);
-        answer.payload = match back {
-            Ok(p) => {
-                let mut body = p.payload;
-                body.extend_from_slice(format!(" via {}", peer.identity).as_bytes());
-                body
-            }
-            Err(e) => format!("back-request failed: {e}").into_bytes(),
-        };
-        answer
-    }
-}
 
 /// The dialing side's handler (the "device"): answers `/3/0/0` with its manufacturer after
 /// `delay`, counting executions.

@@ -5,9 +5,12 @@
 //! answers with what it heard — request, back-request and both responses on one
 //! connection. Observe over a stream link is refused at once with a typed error.
 
+#[path = "support/roles.rs"]
+mod roles;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use privgw::coap::{self, ClientError, MessageClass, Packet, RequestType, ResponseType};
@@ -19,58 +22,13 @@ use privgw::runtime::{
 use privgw::transport::PeerInfo;
 use privgw::transport::tcp::nosec_peer_info;
 use privgw::transport::tls::{TlsClient, TlsCredentials, TlsServer};
+use roles::{Gateway, req};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Every wait in this file is bounded by this (the machine is loaded).
 const WAIT: Duration = Duration::from_secs(20);
-
-fn req(code: RequestType, path: &str, payload: &[u8]) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = MessageClass::Request(code);
-    coap::set_uri(&mut p, path);
-    p.payload = payload.to_vec();
-    p
-}
-
-/// The listener's handler (the "gateway"): on `/ask`, reads `/3/0/0` from the peer over the
-/// connection's link and answers `"<peer answer> via <identity>"`; it keeps the links it
-/// was given so the test can use them afterwards.
-#[derive(Default)]
-struct Gateway {
-    links: Mutex<Vec<PeerLink>>,
-}
-
-impl Handler for Gateway {
-    async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
-        coap::response_to(&request, ResponseType::NotFound)
-    }
-
-    async fn handle_on_link(
-        &self,
-        peer: &PeerInfo,
-        link: &PeerLink,
-        request: Packet,
-        _max_payload: usize,
-    ) -> Packet {
-        self.links.lock().unwrap().push(link.clone());
-        if coap::uri_path(&request).unwrap_or_default() != ["ask"] {
-            return coap::response_to(&request, ResponseType::NotFound);
-        }
-        let back = link.request(req(RequestType::Get, "/3/0/0", b"")).await;
-        let mut answer = coap::response_to(&request, ResponseType::Content);
-        answer.payload = match back {
-            Ok(p) => {
-                let mut body = p.payload;
-                body.extend_from_slice(format!(" via {}", peer.identity).as_bytes());
-                body
-            }
-            Err(e) => format!("back-request failed: {e}").into_bytes(),
-        };
-        answer
-    }
-}
 
 /// The dialing side's handler (the "device"): answers `/3/0/0` with its manufacturer.
 struct Device;
