@@ -24,7 +24,7 @@ use privgw::runtime::{Handler, LinkError, Listener, PeerLink, Security, spawn_se
 use privgw::transport::dtls::{DtlsClient, DtlsServer, PskClientConfig, PskServerConfig};
 use privgw::transport::mux::DatagramMux;
 use privgw::transport::{DatagramSession, PeerInfo, TransportError};
-use roles::{Gateway, req};
+use roles::{Gateway, device_answer, req};
 use tokio::sync::watch;
 
 /// Every wait in this file is bounded by this (the machine is loaded).
@@ -94,13 +94,7 @@ impl Handler for Device {
     async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
         self.executed.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
-        let path = coap::uri_path(&request).unwrap_or_default();
-        if path != ["3", "0", "0"] {
-            return coap::response_to(&request, ResponseType::NotFound);
-        }
-        let mut answer = coap::response_to(&request, ResponseType::Content);
-        answer.payload = b"ACME".to_vec();
-        answer
+        device_answer(&request)
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use privgw::coap::{self, ClientError, MessageClass, Packet, RequestType, ResponseType};
+use privgw::coap::{ClientError, MessageClass, Packet, RequestType, ResponseType};
 use privgw::config::{EndpointUri, Scheme};
 use privgw::runtime::peer_link::LINK_CAPACITY;
 use privgw::runtime::{
@@ -22,7 +22,7 @@ use privgw::runtime::{
 use privgw::transport::PeerInfo;
 use privgw::transport::tcp::nosec_peer_info;
 use privgw::transport::tls::{TlsClient, TlsCredentials, TlsServer};
-use roles::{Gateway, req};
+use roles::{Gateway, device_answer, req};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,12 +35,7 @@ struct Device;
 
 impl Handler for Device {
     async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
-        if coap::uri_path(&request).unwrap_or_default() != ["3", "0", "0"] {
-            return coap::response_to(&request, ResponseType::NotFound);
-        }
-        let mut answer = coap::response_to(&request, ResponseType::Content);
-        answer.payload = b"ACME".to_vec();
-        answer
+        device_answer(&request)
     }
 }
 

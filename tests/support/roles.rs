@@ -1,7 +1,8 @@
 //! The two-role test handler shared by `endpoint_roles.rs` (datagram sessions) and
-//! `stream_roles.rs` (stream connections): the request builder [`req`] and the listener's
-//! [`Gateway`], which asks the peer back over the session's [`PeerLink`]. Included with
-//! `#[path]`; the transport specifics and the dialing side's handlers stay in each test.
+//! `stream_roles.rs` (stream connections): the request builder [`req`], the listener's
+//! [`Gateway`], which asks the peer back over the session's [`PeerLink`], and the dialing
+//! side's answer ([`device_answer`]). Included with `#[path]`; the transport specifics and
+//! the dialing side's handlers (delays, counters) stay in each test.
 
 use std::sync::Mutex;
 
@@ -54,4 +55,15 @@ impl Handler for Gateway {
         };
         answer
     }
+}
+
+/// The dialing side's answer (the "device"): `/3/0/0` is its manufacturer, anything else
+/// 4.04.
+pub fn device_answer(request: &Packet) -> Packet {
+    if coap::uri_path(request).unwrap_or_default() != ["3", "0", "0"] {
+        return coap::response_to(request, ResponseType::NotFound);
+    }
+    let mut answer = coap::response_to(request, ResponseType::Content);
+    answer.payload = b"ACME".to_vec();
+    answer
 }
