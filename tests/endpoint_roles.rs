@@ -20,11 +20,11 @@ use privgw::coap::{
     self, MessageClass, MessageType, Packet, RequestType, ResponseType, TransportTuning,
 };
 use privgw::config::{EndpointUri, Scheme};
-use privgw::runtime::{Handler, LinkError, Listener, PeerLink, Security, spawn_session};
+use privgw::runtime::{Handler, Listener, PeerLink, Security, spawn_session};
 use privgw::transport::dtls::{DtlsClient, DtlsServer, PskClientConfig, PskServerConfig};
 use privgw::transport::mux::DatagramMux;
 use privgw::transport::{DatagramSession, PeerInfo, TransportError};
-use roles::{Gateway, device_answer, req};
+use roles::{Gateway, ask_gateway, device_answer, four_reads_at_once, read_acme, req, stop_client};
 use tokio::sync::watch;
 
 /// Every wait in this file is bounded by this (the machine is loaded).
@@ -124,18 +124,7 @@ async fn client_mux() -> Arc<DatagramMux> {
 
 /// Asks `/ask` over `link` and checks the answer carries the device's own answer.
 async fn ask(link: &PeerLink, identity: &str) {
-    let answer = tokio::time::timeout(WAIT, link.request(req(RequestType::Post, "/ask", b"?")))
-        .await
-        .expect("answered in time")
-        .expect("a response");
-    assert_eq!(
-        answer.header.code,
-        MessageClass::Response(ResponseType::Content)
-    );
-    assert_eq!(
-        String::from_utf8(answer.payload).unwrap(),
-        format!("ACME via {identity}")
-    );
+    assert_eq!(ask_gateway(link).await, format!("ACME via {identity}"));
 }
 
 /// Runs the whole scenario over `session`: ask, then use the gateway's kept link directly,
@@ -168,11 +157,7 @@ async fn scenario<S: DatagramSession + 'static>(
     // The gateway keeps the device's link and reads it later, outside any request.
     let kept = gateway.links.lock().unwrap()[0].clone();
     assert!(!kept.is_closed());
-    let read = tokio::time::timeout(WAIT, kept.request(req(RequestType::Get, "/3/0/0", b"")))
-        .await
-        .expect("answered in time")
-        .expect("a response");
-    assert_eq!(read.payload, b"ACME");
+    read_acme(&kept).await;
     let missing = kept
         .request(req(RequestType::Get, "/5/0", b""))
         .await
@@ -183,25 +168,10 @@ async fn scenario<S: DatagramSession + 'static>(
     );
 
     // Four reads at once: NSTART = 1 queues them in the gateway's endpoint, all complete.
-    let reads: Vec<_> = (0..4)
-        .map(|_| {
-            let kept = kept.clone();
-            tokio::spawn(async move { kept.request(req(RequestType::Get, "/3/0/0", b"")).await })
-        })
-        .collect();
-    for read in reads {
-        let answer = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
-        assert_eq!(answer.expect("a response").payload, b"ACME");
-    }
+    four_reads_at_once(&kept).await;
 
     // The client's serve loop stops: its link is closed.
-    client_stop.send(true).unwrap();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
-    assert!(link.is_closed());
-    assert_eq!(
-        link.request(req(RequestType::Get, "/", b"")).await,
-        Err(LinkError::Closed)
-    );
+    stop_client(&client_stop, task, &link).await;
     first_ask
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use privgw::coap::{ClientError, MessageClass, Packet, RequestType, ResponseType};
+use privgw::coap::{ClientError, Packet, RequestType};
 use privgw::config::{EndpointUri, Scheme};
 use privgw::runtime::peer_link::LINK_CAPACITY;
 use privgw::runtime::{
@@ -22,7 +22,7 @@ use privgw::runtime::{
 use privgw::transport::PeerInfo;
 use privgw::transport::tcp::nosec_peer_info;
 use privgw::transport::tls::{TlsClient, TlsCredentials, TlsServer};
-use roles::{Gateway, device_answer, req};
+use roles::{Gateway, ask_gateway, device_answer, four_reads_at_once, read_acme, req, stop_client};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -79,15 +79,7 @@ where
 /// Asks `/ask` over `link` and checks the answer carries the device's own answer and our
 /// identity as the gateway saw it (`identity` is a part of it).
 async fn ask(link: &PeerLink, identity: &str) {
-    let answer = tokio::time::timeout(WAIT, link.request(req(RequestType::Post, "/ask", b"?")))
-        .await
-        .expect("answered in time")
-        .expect("a response");
-    assert_eq!(
-        answer.header.code,
-        MessageClass::Response(ResponseType::Content)
-    );
-    let answer = String::from_utf8(answer.payload).unwrap();
+    let answer = ask_gateway(link).await;
     assert!(
         answer.starts_with("ACME via ") && answer.contains(identity),
         "{answer}"
@@ -108,21 +100,8 @@ where
 
     let kept = gateway.links.lock().unwrap()[0].clone();
     assert!(!kept.is_closed());
-    let read = tokio::time::timeout(WAIT, kept.request(req(RequestType::Get, "/3/0/0", b"")))
-        .await
-        .expect("answered in time")
-        .expect("a response");
-    assert_eq!(read.payload, b"ACME");
-    let reads: Vec<_> = (0..4)
-        .map(|_| {
-            let kept = kept.clone();
-            tokio::spawn(async move { kept.request(req(RequestType::Get, "/3/0/0", b"")).await })
-        })
-        .collect();
-    for read in reads {
-        let answer = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
-        assert_eq!(answer.expect("a response").payload, b"ACME");
-    }
+    read_acme(&kept).await;
+    four_reads_at_once(&kept).await;
 
     // Observe is not offered on streams: refused at once, in either direction.
     let observe = tokio::time::timeout(WAIT, kept.observe(req(RequestType::Get, "/3/0/0", b"")))
@@ -136,13 +115,7 @@ where
         "{observe:?}"
     );
 
-    client_stop.send(true).unwrap();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
-    assert!(link.is_closed());
-    assert_eq!(
-        link.request(req(RequestType::Get, "/", b"")).await,
-        Err(LinkError::Closed)
-    );
+    stop_client(&client_stop, task, &link).await;
     // The gateway's side sees the Release and ends too.
     tokio::time::timeout(WAIT, async {
         while !kept.is_closed() {
