@@ -14,6 +14,7 @@
 //! * [`lwm2m`] — LwM2M content formats (TLV, SenML-JSON, SenML-CBOR, LwM2M-CBOR) for `/2`.
 //! * [`mo`] — the Gateway Config MO: privileges, groups, devices, and DM commands on them.
 //! * [`verifier`] — the one verifier: plan → replies → decision, for devices and groups.
+//! * [`proxy`] — the secure proxy's enforcement decision: request → command, privilege index.
 //! * [`registry`] — the LwM2M registration interface (`/rd`): requests, registrations, lifetimes.
 //! * [`coap`] — sans-IO CoAP: message layer (dedup, retransmission), tokens, block-wise,
 //!   RFC 8323 framing and signals.
@@ -43,6 +44,7 @@ pub mod gateway;
 pub mod lwm2m;
 pub mod mo;
 pub mod pki;
+pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod south;
