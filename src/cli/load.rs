@@ -641,6 +641,35 @@ mod registered {
         }
     }
 
+    /// Times the group writes of one phase and prints them (CPU per write, the first Add,
+    /// Add and Delete summaries); returns the median group Add (ms) and the gateway's stats
+    /// right after the writes.
+    async fn timed_writes(
+        label: &str,
+        first_add: &str,
+        client: &mut GatewayClient,
+        gateway: &Running,
+        args: &LoadArgs,
+        until: Instant,
+        hz: f64,
+    ) -> CliResult<(f64, ProcStats)> {
+        let n = args.devices;
+        let Writes {
+            first,
+            adds,
+            deletes,
+            after_first,
+        } = group_writes(client, gateway, n, args.rounds, until).await?;
+        let writes = adds.len() + deletes.len();
+        cpu_per_write(label, gateway, after_first, writes, n, hz);
+        let stats = gateway.stats();
+        println!("{label}: {first_add}: {:.2} ms", first.as_secs_f64() * 1e3);
+        let median = median_ms(adds.clone());
+        summary(&format!("{label}: group Add, N={n}"), adds);
+        summary(&format!("{label}: group Delete, N={n}"), deletes);
+        Ok((median, stats))
+    }
+
     fn median_ms(mut samples: Vec<Duration>) -> f64 {
         samples.sort();
         percentile(&samples, 0.5).as_secs_f64() * 1e3
@@ -844,22 +873,17 @@ mod registered {
             .into());
         }
 
-        let Writes {
-            first,
-            adds,
-            deletes,
-            after_first,
-        } = group_writes(&mut client, &gateway, n, args.rounds, until).await?;
-        let writes = adds.len() + deletes.len();
-        cpu_per_write("registered", &gateway, after_first, writes, n, hz);
-        let written = gateway.stats();
-        println!(
-            "registered: first group Add (every device read over its registration once): {:.2} ms",
-            first.as_secs_f64() * 1e3
-        );
-        let median = median_ms(adds.clone());
-        summary(&format!("registered: group Add, N={n}"), adds);
-        summary(&format!("registered: group Delete, N={n}"), deletes);
+        let first_add = "first group Add (every device read over its registration once)";
+        let (median, written) = timed_writes(
+            "registered",
+            first_add,
+            &mut client,
+            &gateway,
+            args,
+            until,
+            hz,
+        )
+        .await?;
         println!(
             "{} after the group writes: {:.1} MiB",
             gateway.rss_label(),
@@ -916,22 +940,9 @@ mod registered {
             gateway.what()
         );
         let before = gateway.stats();
-        let Writes {
-            first,
-            adds,
-            deletes,
-            after_first,
-        } = group_writes(&mut client, &gateway, n, args.rounds, until).await?;
-        let writes = adds.len() + deletes.len();
-        cpu_per_write("dialed", &gateway, after_first, writes, n, hz);
-        let after = gateway.stats();
-        println!(
-            "dialed: first group Add (includes {n} handshakes): {:.2} ms",
-            first.as_secs_f64() * 1e3
-        );
-        let median = median_ms(adds.clone());
-        summary(&format!("dialed: group Add, N={n}"), adds);
-        summary(&format!("dialed: group Delete, N={n}"), deletes);
+        let first_add = format!("first group Add (includes {n} handshakes)");
+        let (median, after) =
+            timed_writes("dialed", &first_add, &mut client, &gateway, args, until, hz).await?;
         println!(
             "dialed: {} before the first group Add {:.1} MiB, after the group writes {:.1} MiB → {:.0} bytes per dialled device; threads {} → {}, open fds {} → {}",
             gateway.rss_label(),
