@@ -103,7 +103,7 @@ fn walk(d: &mut Decoder<'_>, path: &mut Vec<u16>, asm: &mut Assembler) -> Result
             return Err(not_ac(path));
         }
         if let Some(&instance) = path.get(1) {
-            asm.touch_instance(instance);
+            asm.touch_instance(instance)?;
         }
         let len = d.input().len();
         if matches!(

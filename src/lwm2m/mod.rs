@@ -275,6 +275,25 @@ fn res_path(instance: u16, resource: u16, resource_instance: Option<u16>) -> Str
     }
 }
 
+/// LwM2M ids are 0..=65534: 65535 is reserved (it never names an instance, and
+/// it is no Short Server ID, so no ACL key). Every format is held to it here, so
+/// what one decoder accepts, every encoder can express and every decoder accepts.
+fn check_id(
+    format: &'static str,
+    path: impl FnOnce() -> String,
+    id: u16,
+) -> Result<(), CodecError> {
+    if id == u16::MAX {
+        return Err(CodecError::OutOfRange {
+            format,
+            path: path(),
+            value: id.to_string(),
+            range: "ids 0..=65534",
+        });
+    }
+    Ok(())
+}
+
 impl Assembler {
     pub(crate) fn new(format: &'static str) -> Self {
         Assembler {
@@ -286,6 +305,7 @@ impl Assembler {
     /// Declare an instance (so that an instance with no resources is reported
     /// as missing them). Declaring the same instance twice is an error.
     pub(crate) fn declare_instance(&mut self, instance: u16) -> Result<(), CodecError> {
+        check_id(self.format, || format!("/2/{instance}"), instance)?;
         match self.instances.entry(instance) {
             Entry::Occupied(_) => Err(CodecError::Duplicate {
                 format: self.format,
@@ -299,8 +319,10 @@ impl Assembler {
     }
 
     /// Declare that an instance has the (multiple) ACL resource, possibly empty.
-    pub(crate) fn touch_instance(&mut self, instance: u16) {
+    pub(crate) fn touch_instance(&mut self, instance: u16) -> Result<(), CodecError> {
+        check_id(self.format, || format!("/2/{instance}"), instance)?;
         self.instances.entry(instance).or_default();
+        Ok(())
     }
 
     /// Record one resource (instance) value.
@@ -313,6 +335,10 @@ impl Assembler {
     ) -> Result<(), CodecError> {
         let format = self.format;
         let path = || res_path(instance, resource, resource_instance);
+        check_id(format, path, instance)?;
+        if let Some(ri) = resource_instance {
+            check_id(format, path, ri)?;
+        }
         if resource > resource::OWNER {
             return Ok(()); // Not part of the AC object as we know it: ignore.
         }
@@ -453,6 +479,56 @@ pub(crate) mod testdata {
 mod tests {
     use super::testdata::*;
     use super::*;
+
+    /// Found by the `lwm2m_ac` fuzz target: TLV took ACL key 65535 (a reserved id), which
+    /// SenML names cannot carry, so the SenML-JSON re-encoding did not decode.
+    #[test]
+    fn reserved_id_65535_is_refused_by_every_decoder() {
+        let tlv_fuzz_case = [
+            193, 0, 3, 193, 1, 0, 135, 2, 65, 93, 15, 97, 255, 255, 1, 193, 3, 115,
+        ];
+        assert!(matches!(
+            tlv::decode_with_default_instance(&tlv_fuzz_case, 128),
+            Err(CodecError::OutOfRange { .. })
+        ));
+        let acl_key = [AccessControl::new(1, 3, 0, 101).with_rights(65534, Rights::READ)];
+        let instance = [AccessControl::new(65534, 3, 0, 101)];
+        for format in [
+            content_format::TLV,
+            content_format::SENML_JSON,
+            content_format::SENML_CBOR,
+            content_format::LWM2M_CBOR,
+        ] {
+            for (good, needle, patch) in [(&acl_key, 65534u16, 65535u16), (&instance, 65534, 65535)]
+            {
+                let bytes = encode_access_control(format, good).unwrap();
+                assert_eq!(
+                    decode_access_control(format, &bytes).unwrap(),
+                    good.to_vec()
+                );
+                let bad = replace_id(format, &bytes, needle, patch);
+                assert!(
+                    decode_access_control(format, &bad).is_err(),
+                    "{format}: id {patch} accepted"
+                );
+            }
+        }
+    }
+
+    /// `bytes` with the id `from` replaced by `to`, in the format's own spelling of ids.
+    fn replace_id(format: u16, bytes: &[u8], from: u16, to: u16) -> Vec<u8> {
+        let (from, to): (Vec<u8>, Vec<u8>) = match format {
+            content_format::SENML_JSON | content_format::SENML_CBOR => {
+                (from.to_string().into(), to.to_string().into())
+            }
+            _ => (from.to_be_bytes().to_vec(), to.to_be_bytes().to_vec()),
+        };
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_slice())
+            .unwrap_or_else(|| panic!("{format}: id not found in {bytes:?}"));
+        [&bytes[..at], &to, &bytes[at + from.len()..]].concat()
+    }
 
     #[test]
     fn unsupported_content_format_is_an_error_both_ways() {

@@ -226,7 +226,7 @@ pub fn decode_with_default_instance(
             }
             Kind::ResourceInstance => return Err(misplaced(&tlv, "the payload's top level")),
             Kind::MultipleResource | Kind::Resource => {
-                asm.touch_instance(default_instance);
+                asm.touch_instance(default_instance)?;
                 resource(&mut asm, default_instance, tlv)?;
             }
         }
