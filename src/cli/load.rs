@@ -19,6 +19,9 @@ use crate::config::{Config, EndpointUri};
 use crate::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use crate::gateway::Gateway;
 
+#[path = "load_proxy.rs"]
+mod proxy;
+
 #[derive(Args, Debug)]
 pub struct LoadArgs {
     /// Devices in the group.
@@ -58,6 +61,32 @@ pub struct LoadArgs {
     /// Registering mode: skip the dialled comparison.
     #[arg(long)]
     no_dialed: bool,
+    /// Proxy mode: proxied GETs of `--path` to one simulated DTLS-PSK device, through
+    /// privgw (`GET /dev0<path>` from ServerB, granted by ServerA) and through libcoap's
+    /// forward proxy (`coap-server-openssl -P`, `Proxy-Uri`), same device, same load, same
+    /// run; prints both rates and the ratio privgw/libcoap. The gateway runs as a child
+    /// `privgw serve` unless `--in-process`.
+    #[arg(long)]
+    proxy: bool,
+    /// Proxy mode: client UDP endpoints per side (each its own source port).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Proxy mode: CON requests in flight per endpoint (closed loop).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Proxy mode: requests per side per run.
+    #[arg(long, default_value_t = 50_000)]
+    requests: u64,
+    /// Proxy mode: runs (libcoap then privgw in each); medians are printed.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Proxy mode: time bound of one side's run, seconds.
+    #[arg(long, default_value_t = 10)]
+    run_seconds: u64,
+    /// Proxy mode: the device path read (an LwM2M object instance or below; the simulated
+    /// device serves `/2/<instance>`, its Access Control object).
+    #[arg(long, default_value = "/2/0")]
+    path: String,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -80,6 +109,9 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 }
 
 pub async fn run(args: LoadArgs) -> CliResult<()> {
+    if args.proxy {
+        return proxy::run(&args).await;
+    }
     if args.register {
         return registered::run(&args).await;
     }
@@ -360,16 +392,16 @@ mod registered {
 
     /// What `/proc/<pid>` says about a process.
     #[derive(Debug, Clone, Copy, Default)]
-    struct ProcStats {
+    pub(super) struct ProcStats {
         rss_kib: u64,
         threads: u64,
         fds: u64,
         /// utime + stime, clock ticks.
-        cpu_ticks: u64,
+        pub(super) cpu_ticks: u64,
     }
 
     impl ProcStats {
-        fn of(pid: u32) -> ProcStats {
+        pub(super) fn of(pid: u32) -> ProcStats {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             let field = |name: &str| {
                 status
@@ -400,7 +432,7 @@ mod registered {
         }
     }
 
-    fn clock_ticks_per_second() -> f64 {
+    pub(super) fn clock_ticks_per_second() -> f64 {
         std::process::Command::new("getconf")
             .arg("CLK_TCK")
             .output()
@@ -431,14 +463,14 @@ mod registered {
         InProcess(Gateway),
     }
 
-    struct Running {
+    pub(super) struct Running {
         gw: Gw,
         north: EndpointUri,
         log: Option<PathBuf>,
     }
 
     impl Running {
-        async fn start(
+        pub(super) async fn start(
             toml: &str,
             dir: &Path,
             name: &str,
@@ -474,18 +506,18 @@ mod registered {
             })
         }
 
-        fn pid(&self) -> u32 {
+        pub(super) fn pid(&self) -> u32 {
             match &self.gw {
                 Gw::Child(c) => c.0.id(),
                 Gw::InProcess(_) => std::process::id(),
             }
         }
 
-        fn stats(&self) -> ProcStats {
+        pub(super) fn stats(&self) -> ProcStats {
             ProcStats::of(self.pid())
         }
 
-        fn what(&self) -> String {
+        pub(super) fn what(&self) -> String {
             match &self.gw {
                 Gw::Child(_) => format!("gateway in a child process (pid {})", self.pid()),
                 Gw::InProcess(_) => "gateway in this process".into(),
@@ -500,7 +532,7 @@ mod registered {
         }
 
         /// Server A's client, once the gateway answers (bounded).
-        async fn client(&mut self, within: Duration) -> CliResult<GatewayClient> {
+        pub(super) async fn client(&mut self, within: Duration) -> CliResult<GatewayClient> {
             let give_up = Instant::now() + within;
             loop {
                 if let Gw::Child(c) = &mut self.gw {
@@ -537,7 +569,7 @@ mod registered {
             }
         }
 
-        async fn stop(self) {
+        pub(super) async fn stop(self) {
             match self.gw {
                 Gw::Child(c) => drop(c),
                 Gw::InProcess(g) => g.stop().await,
