@@ -57,6 +57,7 @@ fn main() {
         .map(|i| {
             Arc::new(DeviceConfig {
                 id: format!("dev{i:05}"),
+                prefix: format!("dev{i:05}"),
                 reach: privgw::config::Reach::Dialed(uri),
                 profile: Profile::Lwm2m(Default::default()),
                 psk: None,

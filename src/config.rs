@@ -19,6 +19,7 @@ use crate::transport::cert::{CertMatch, CertRule};
 
 mod limits;
 pub mod lwm2m;
+pub mod proxy;
 pub use limits::Limits;
 pub use lwm2m::{Account, DeviceProof, Lwm2mConfig, Lwm2mListen, Reach, Registering};
 
@@ -220,6 +221,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
     pub id: String,
+    /// The first path segment servers address this device by through the proxy
+    /// (`/<prefix>/<path>`); its id unless configured.
+    pub prefix: String,
     /// Dialled at a URI, or reached through its registration.
     pub reach: Reach,
     pub profile: Profile,
@@ -273,6 +277,8 @@ pub struct Config {
     /// `[limits]`: every resource cap (privileges, listing pages, caches, failure reports,
     /// listener admission).
     pub limits: Limits,
+    /// `[proxy]`: how servers reach devices through the gateway.
+    pub proxy: proxy::ProxyConfig,
 }
 
 #[derive(Deserialize)]
@@ -283,6 +289,8 @@ struct RawConfig {
     limits: limits::RawLimits,
     #[serde(default)]
     lwm2m: lwm2m::RawLwm2m,
+    #[serde(default)]
+    proxy: proxy::RawProxy,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -352,6 +360,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawDevice {
     id: String,
+    /// The proxy path prefix, when it is not the id.
+    prefix: Option<String>,
     uri: Option<String>,
     /// Reached through its LwM2M registration instead of a `uri`.
     #[serde(default)]
@@ -833,6 +843,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             ));
         }
         let profile = device_profile(&key, &d.profile, d.policy.as_deref())?;
+        let prefix = d.prefix.unwrap_or_else(|| d.id.clone());
         let psk = psk_from(&key, d.psk_identity, d.psk_key, d.psk_key_hex)?;
         let rule = cert_rule(&key, d.cert_match, d.spki_sha256)?;
         if d.registers {
@@ -892,6 +903,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             }
             devices.push(DeviceConfig {
                 id: d.id,
+                prefix,
                 reach: Reach::Registers(registering),
                 profile,
                 psk: None,
@@ -957,6 +969,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         }
         devices.push(DeviceConfig {
             id: d.id,
+            prefix,
             reach: Reach::Dialed(uri),
             profile,
             psk,
@@ -1005,6 +1018,12 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         ));
     }
 
+    proxy::check_prefixes(
+        devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("devices[{i}]"), d.prefix.as_str())),
+    )?;
     let lwm2m = raw.lwm2m.validate(&server_ids, &listen)?;
     check_registration_listeners(&lwm2m, &devices, gateway_certs.is_some())?;
 
@@ -1034,6 +1053,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         groups,
         lwm2m,
         limits: raw_limits.validate()?,
+        proxy: raw.proxy.validate()?,
     })
 }
 

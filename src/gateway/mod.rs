@@ -5,6 +5,7 @@
 //! ports), spawns the tasks and returns a handle; [`Gateway::stop`] flips the shutdown signal
 //! and waits for every task.
 
+pub mod proxy;
 pub mod quota;
 pub mod registration_front;
 pub mod registrations;
@@ -19,12 +20,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::coap::{MessageClass, Packet, ResponseType, TransportTuning};
+use crate::coap::{CoapOption, MessageClass, Packet, ResponseType, TransportTuning};
 use crate::config::{Config, DeviceProof, EndpointUri, Reach, Registering, Scheme, ServerConfig};
+use crate::proxy::forward::refusal as proxy_refusal;
+use crate::proxy::{Destination, Membership, PrivilegeIndex};
+use crate::registry::block1::{Block1Assembler, echo_block1};
 use crate::runtime::{
     AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
 };
 use crate::south::{South, SouthError};
+use crate::store::PrivilegeStore;
 use crate::store::{Fingerprint, RedbStore, StoreError};
 use crate::transport::cert::{Anchors, ScopedRule};
 use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
@@ -50,9 +55,13 @@ pub enum GatewayError {
     Credentials(String),
 }
 
-/// Answers northbound requests: identity from the channel, then the service.
+/// Answers northbound requests: identity from the channel, then by the first path segment
+/// the service (the Gateway Config MO) or the proxy (a device prefix).
 pub struct North {
     service: Arc<Service<South>>,
+    proxy: Arc<proxy::Proxy>,
+    /// Requests that came in Block1 blocks, per session, until whole.
+    blocks: std::sync::Mutex<Block1Assembler<std::net::SocketAddr>>,
     /// `[limits]` cache bounds, with budgets shared by every northbound session.
     cache_limits: crate::coap::CacheLimits,
     by_psk: HashMap<Vec<u8>, Arc<ServerConfig>>,
@@ -93,6 +102,11 @@ impl Handler for North {
         self.cache_limits.clone()
     }
 
+    /// Proxied writes may be longer than one message: reassembled here, then forwarded.
+    fn accepts_block1(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
         self.handle_within(peer, request, service::DEFAULT_MAX_PAYLOAD)
             .await
@@ -106,29 +120,83 @@ impl Handler for North {
             p.payload = b"unknown server identity".to_vec();
             return p;
         };
-        let path = crate::coap::uri_path(&request)
-            .map(|p| format!("/{}", p.join("/")))
-            .unwrap_or_default();
+        let (request, last_block) = match self.whole(peer, request) {
+            Ok(whole) => whole,
+            Err(answer_now) => return answer_now,
+        };
+        let segments = crate::coap::uri_path(&request).unwrap_or_default();
+        let path = format!("/{}", segments.join("/"));
         let span = tracing::info_span!(
             "request",
             server = %server.id,
             method = method_name(request.header.code),
             %path
         );
+        let mut answer = match self.proxy.prefixes().route(&segments) {
+            Destination::Device { device, path } => {
+                self.proxy
+                    .handle(server, device, path, &request)
+                    .instrument(span)
+                    .await
+            }
+            Destination::Unknown(prefix) => {
+                tracing::info!(parent: &span, %prefix, "no such device prefix: 4.04");
+                proxy_refusal(
+                    ResponseType::NotFound,
+                    format!("no device with prefix '{prefix}'"),
+                )
+            }
+            Destination::Gateway | Destination::GatewayObject(_) => {
+                self.serve_locally(peer, server, request, max_payload)
+                    .instrument(span)
+                    .await
+            }
+        };
+        if let Some(block) = last_block {
+            echo_block1(&mut answer, block);
+        }
+        answer
+    }
+}
+
+impl North {
+    /// The request whole: as it came, or reassembled from its Block1 blocks; `Err` is the
+    /// answer to give a block now (2.31 Continue, or a refusal).
+    fn whole(
+        &self,
+        peer: &PeerInfo,
+        request: Packet,
+    ) -> Result<(Packet, Option<crate::coap::BlockOption>), Packet> {
+        if request.get_first_option(CoapOption::Block1).is_none() {
+            return Ok((request, None));
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let step = self.blocks.lock().unwrap_or_else(|p| p.into_inner()).offer(
+            now,
+            peer.addr,
+            request.clone(),
+        );
+        step.into_whole(&request)
+    }
+
+    /// A request for the Gateway Config MO, answered by the service.
+    async fn serve_locally(
+        &self,
+        peer: &PeerInfo,
+        server: &Arc<ServerConfig>,
+        request: Packet,
+        max_payload: usize,
+    ) -> Packet {
         // Over UDP/DTLS a client retransmits with the same MID and token: the fingerprint
         // lets a committed write be answered again after a restart (RFC 8323 has no MIDs).
         let fingerprint = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls)
             .then(|| Fingerprint::of_request(&server.id, &request));
-        async {
-            let answer = self
-                .service
-                .handle_exchange(server, &request, fingerprint, max_payload)
-                .await;
-            tracing::info!(code = %service::code_str(answer.code), "answered");
-            answer.into_packet()
-        }
-        .instrument(span)
-        .await
+        let answer = self
+            .service
+            .handle_exchange(server, &request, fingerprint, max_payload)
+            .await;
+        tracing::info!(code = %service::code_str(answer.code), "answered");
+        answer.into_packet()
     }
 }
 
@@ -249,7 +317,8 @@ async fn bind_registration_listeners(
             Listener::bind_with_limits(listen.uri, security, config.limits.datagram_limits())
                 .await?;
         let account = crate::registry::Account::new(listen.account.name());
-        let front = RegistrationFront::new(account, registrations.clone(), directory.clone());
+        let front = RegistrationFront::new(account, registrations.clone(), directory.clone())
+            .with_max_response_body(config.proxy.max_body);
         tracing::info!(uri = %listener.uri(), account = %listen.account, "LwM2M registration listener");
         bound.push((listener, Arc::new(front)));
     }
@@ -311,6 +380,11 @@ impl Gateway {
             config.lwm2m.queue_awake,
         ));
         let south = Arc::new(South::new(&config, registrations.clone()).map_err(Box::new)?);
+        let index = Arc::new(std::sync::RwLock::new(PrivilegeIndex::new(
+            store.list()?,
+            Membership::from_groups(config.groups.iter().map(|g| (&g.id, &g.members))),
+        )));
+        let proxy = Arc::new(proxy::Proxy::new(&config, index, south.clone()));
         let service = Arc::new(
             Service::new(config.clone(), store, south).with_registrations(registrations.clone()),
         );
@@ -337,6 +411,8 @@ impl Gateway {
             .collect();
         let north = Arc::new(North {
             service: service.clone(),
+            proxy,
+            blocks: std::sync::Mutex::new(Block1Assembler::with_max_body(config.proxy.max_body)),
             cache_limits: config.limits.cache_limits(),
             by_psk,
             by_address,

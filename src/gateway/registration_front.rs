@@ -77,6 +77,8 @@ pub struct RegistrationFront {
     directory: Arc<DeviceDirectory>,
     /// Registers and Updates sent in Block1 blocks (a long object list), per session.
     blocks: Mutex<Block1Assembler<SocketAddr>>,
+    /// The largest answer body the gateway's requests to these devices accept.
+    max_response_body: usize,
 }
 
 impl RegistrationFront {
@@ -90,7 +92,15 @@ impl RegistrationFront {
             registrations,
             directory,
             blocks: Mutex::new(Block1Assembler::new()),
+            max_response_body: crate::south::MAX_DEVICE_BODY,
         }
+    }
+
+    /// Accept answers up to `max` bytes from the devices (the proxy forwards larger bodies
+    /// than an ACL read needs).
+    pub fn with_max_response_body(mut self, max: usize) -> Self {
+        self.max_response_body = max.max(crate::south::MAX_DEVICE_BODY);
+        self
     }
 
     /// [`answer`](Self::answer) once the request is whole: each Block1 block but the last is
@@ -101,23 +111,18 @@ impl RegistrationFront {
             let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
             blocks.offer(now, peer.addr, request.clone())
         };
-        match step {
-            Step::Complete(whole, last) => {
+        if let Step::Refuse(_, why) = &step {
+            tracing::info!(addr = %peer.addr, account = %self.account, "registration refused: {why}");
+        }
+        match step.into_whole(&request) {
+            Ok((whole, last)) => {
                 let mut response = self.answer(peer, link, &whole);
                 if let Some(block) = last {
                     echo_block1(&mut response, block);
                 }
                 response
             }
-            Step::Continue(block) => {
-                let mut response = answer::refused(&request, ResponseType::Continue);
-                echo_block1(&mut response, block);
-                response
-            }
-            Step::Refuse(code, why) => {
-                tracing::info!(addr = %peer.addr, account = %self.account, "registration refused: {why}");
-                answer::refused(&request, code)
-            }
+            Err(now) => now,
         }
     }
 
@@ -212,6 +217,10 @@ impl Handler for RegistrationFront {
 
     fn accepts_block1(&self) -> bool {
         true
+    }
+
+    fn max_response_body(&self) -> usize {
+        self.max_response_body
     }
 
     async fn handle_on_link(

@@ -19,7 +19,10 @@
 //! and the audit trail. Nothing here touches a socket, a clock or a lock.
 
 pub mod command;
+pub mod forward;
 pub mod index;
+pub mod route;
 
 pub use command::{CommandError, command_of};
 pub use index::{Decision, Membership, PrivilegeGrant, PrivilegeIndex};
+pub use route::{Destination, Prefixes};

@@ -45,12 +45,15 @@ struct Partial {
 /// Partial Block1 bodies by session key.
 pub struct Block1Assembler<K> {
     partial: HashMap<K, Partial>,
+    /// The largest body reassembled; a longer one is 4.13.
+    max_body: usize,
 }
 
 impl<K: Hash + Eq + Clone> Default for Block1Assembler<K> {
     fn default() -> Self {
         Block1Assembler {
             partial: HashMap::new(),
+            max_body: MAX_PAYLOAD,
         }
     }
 }
@@ -58,6 +61,15 @@ impl<K: Hash + Eq + Clone> Default for Block1Assembler<K> {
 impl<K: Hash + Eq + Clone> Block1Assembler<K> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An assembler of bodies up to `max_body` bytes (the default is an object list's
+    /// [`MAX_PAYLOAD`]); the proxy reassembles what servers send to devices with it.
+    pub fn with_max_body(max_body: usize) -> Self {
+        Block1Assembler {
+            partial: HashMap::new(),
+            max_body,
+        }
     }
 
     /// Partial bodies held now.
@@ -105,9 +117,9 @@ impl<K: Hash + Eq + Clone> Block1Assembler<K> {
                 }
             }
         };
-        if body.len() + payload.len() > MAX_PAYLOAD {
+        if body.len() + payload.len() > self.max_body {
             self.partial.remove(&key);
-            return Step::Refuse(ResponseType::RequestEntityTooLarge, "object list too long");
+            return Step::Refuse(ResponseType::RequestEntityTooLarge, "body too long");
         }
         body.extend_from_slice(&payload);
         if block.more {
@@ -154,6 +166,27 @@ fn request_id(p: &Packet) -> Vec<u8> {
         id.push(0xff);
     }
     id
+}
+
+impl Step {
+    /// The whole request to handle (with the last block's option, to echo in its answer),
+    /// or the answer to give `request` at once: 2.31 Continue with its Block1, or the
+    /// refusal with its reason as diagnostic payload.
+    pub fn into_whole(self, request: &Packet) -> Result<(Packet, Option<BlockOption>), Packet> {
+        match self {
+            Step::Complete(whole, last) => Ok((whole, last)),
+            Step::Continue(block) => {
+                let mut response = crate::coap::response_to(request, ResponseType::Continue);
+                echo_block1(&mut response, block);
+                Err(response)
+            }
+            Step::Refuse(code, why) => {
+                let mut response = crate::coap::response_to(request, code);
+                response.payload = why.as_bytes().to_vec();
+                Err(response)
+            }
+        }
+    }
 }
 
 /// Adds `block` as the Block1 option of `response` (2.31 Continue, or the final answer).

@@ -173,7 +173,8 @@ impl South {
             connect_timeout: budget,
             stream_response_timeout: config.gateway.device_timeout,
             stream_max_message_size: STREAM_MAX_MESSAGE_SIZE,
-            max_body: MAX_DEVICE_BODY,
+            // Proxied answers may be larger than an ACL; reads check MAX_DEVICE_BODY themselves.
+            max_body: MAX_DEVICE_BODY.max(config.proxy.max_body),
         };
         Ok(South {
             muxes: tokio::sync::Mutex::new(HashMap::new()),
@@ -310,6 +311,35 @@ impl South {
             .request(request)
             .await
             .map_err(link_failure)
+    }
+
+    /// A proxied request (issue 8): like [`request`](Self::request), but a sleeping
+    /// queue-mode device is waited for up to `patience` (the proxy's deadline, not the
+    /// verifier's handshake budget). Returns the answer and, for a registered device, the
+    /// account it went over (`on_behalf`'s if the device has one for it, else the gateway's).
+    pub async fn forward(
+        &self,
+        device: &DeviceConfig,
+        on_behalf: &Account,
+        request: Packet,
+        patience: Duration,
+    ) -> Result<(Packet, Option<Account>), ReadFailure> {
+        let Reach::Registers(r) = &device.reach else {
+            return Ok((self.request(device, on_behalf, request).await?, None));
+        };
+        let route = self
+            .registrations
+            .wait_route(&r.endpoint, on_behalf, patience)
+            .await
+            .map_err(|e| ReadFailure::Unreachable(e.to_string()))?;
+        tracing::debug!(account = %route.account, addr = %route.session.addr, "over the registration");
+        let answer = route
+            .session
+            .link
+            .request(request)
+            .await
+            .map_err(link_failure)?;
+        Ok((answer, Some(route.account)))
     }
 
     async fn request_dialed(

@@ -27,6 +27,12 @@ fn get(uri: &str) -> Packet {
 
 /// Checks a 2.05 and returns it, or classifies the device's answer.
 fn content(response: Packet) -> Result<Packet, ReadFailure> {
+    if response.payload.len() > super::MAX_DEVICE_BODY {
+        return Err(ReadFailure::BadAnswer(format!(
+            "answer larger than {} bytes",
+            super::MAX_DEVICE_BODY
+        )));
+    }
     match response.header.code {
         MessageClass::Response(ResponseType::Content) => Ok(response),
         other => Err(ReadFailure::DeviceError {

@@ -1,0 +1,364 @@
+//! The secure proxy at run time (issue 8, DESIGN.md §6): a server's `METHOD /<prefix>/<path>`
+//! is decided before anything reaches the device, then forwarded over the device's secured
+//! channel and the answer handed back.
+//!
+//! One request, in order:
+//! 1. **Command** of the request ([`command_of`]); none → 4.05/4.00, no device traffic.
+//! 2. **Options** ([`forward::outbound`]): an unknown critical option → 4.02, Proxy-Uri → 5.05.
+//! 3. **Decision**: the [`PrivilegeIndex`] (longest covering URI); no privilege covers the
+//!    path → the device's own ACL for the server, read and judged by the verifier's code,
+//!    reused for `device_acl_ttl_ms`. Denied → 4.03 with a diagnostic, no device traffic.
+//! 4. **Delegation**: allowed by a privilege → over the grantor's account registration (the
+//!    device sees the server that holds the right), else the gateway's own; allowed by the
+//!    device's ACL → over the server's own account if the device has one.
+//! 5. **Forwarding** under the proxy deadline: no answer by then → 5.04, a failed channel →
+//!    5.02; the device's answer goes back with [`forward::inbound`]. The server-side pipeline
+//!    turns a slow answer into a separate response and slices a long one into Block2 blocks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
+
+use crate::acl::{Operation, Principal};
+use crate::config::{Config, DeviceConfig, Profile, ServerConfig};
+use crate::proxy::forward::{self, refusal};
+use crate::proxy::{Decision, Prefixes, PrivilegeIndex, command_of};
+use crate::registry::Account;
+use crate::south::South;
+use crate::south::fanout::AclReader;
+use crate::verifier::{AclReading, Outcome, ReadFailure, Reason, evaluate};
+
+/// Device ACL readings kept for fallback decisions, at most.
+const ACL_CACHE_ENTRIES: usize = 4096;
+
+/// Why the proxy let a request through: what the audit trail and the log say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grounds {
+    /// A stored privilege, made by `grantor`.
+    Privilege { name: String, grantor: String },
+    /// The device's own ACL grants the server the command.
+    DeviceAcl,
+}
+
+/// The proxy: the privilege index, the devices by prefix, and South to reach them.
+pub struct Proxy {
+    devices: HashMap<String, Arc<DeviceConfig>>,
+    prefixes: Prefixes,
+    index: Arc<RwLock<PrivilegeIndex>>,
+    south: Arc<South>,
+    acl_cache: Mutex<AclCache>,
+    deadline: Duration,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, index: Arc<RwLock<PrivilegeIndex>>, south: Arc<South>) -> Proxy {
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| (d.id.clone(), Arc::new(d.clone())))
+            .collect();
+        Proxy {
+            devices,
+            prefixes: Prefixes::new(
+                config
+                    .devices
+                    .iter()
+                    .map(|d| (d.prefix.clone(), d.id.clone())),
+            ),
+            index,
+            south,
+            acl_cache: Mutex::new(AclCache::new(config.proxy.device_acl_ttl)),
+            deadline: config.proxy.deadline,
+        }
+    }
+
+    /// The device prefixes (routing).
+    pub fn prefixes(&self) -> &Prefixes {
+        &self.prefixes
+    }
+
+    /// The privilege index the decisions use.
+    pub fn index(&self) -> &Arc<RwLock<PrivilegeIndex>> {
+        &self.index
+    }
+
+    /// Answers `server`'s `request` for `path` on device `device_id` (routed by prefix).
+    pub async fn handle(
+        &self,
+        server: &ServerConfig,
+        device_id: &str,
+        path: &[String],
+        request: &Packet,
+    ) -> Packet {
+        let Some(device) = self.devices.get(device_id) else {
+            return refusal(ResponseType::NotFound, format!("no device '{device_id}'"));
+        };
+        let started = Instant::now();
+        let device_path = format!("/{}", path.join("/"));
+        let span = tracing::debug_span!("proxy", device = %device.id, path = %device_path);
+        let answer = self
+            .answer(server, device, path, &device_path, request)
+            .instrument(span)
+            .await;
+        let code = answer.header.code;
+        tracing::info!(
+            device = %device.id,
+            path = %device_path,
+            code = %code,
+            latency_us = started.elapsed().as_micros() as u64,
+            "proxied"
+        );
+        answer
+    }
+
+    async fn answer(
+        &self,
+        server: &ServerConfig,
+        device: &Arc<DeviceConfig>,
+        path: &[String],
+        device_path: &str,
+        request: &Packet,
+    ) -> Packet {
+        let method = match request.header.code {
+            MessageClass::Request(m) => m,
+            _ => return refusal(ResponseType::BadRequest, "not a request"),
+        };
+        let command = match command_of(method, path, device.profile) {
+            Ok(c) => c,
+            Err(e) => return refusal(e.code(), e.to_string()),
+        };
+        let mut outbound = match forward::outbound(request, path) {
+            Ok(p) => p,
+            Err(e) => return refusal(e.code(), e.to_string()),
+        };
+        if method == RequestType::Get && request.get_first_option(CoapOption::Observe).is_some() {
+            // Not relayed yet: answered as a plain GET, which RFC 7641 §2 allows (the
+            // response carries no Observe, so the client knows it is not observing).
+            outbound.clear_option(CoapOption::Observe);
+        }
+        let Ok(principal) = Principal::new(server.id.clone(), server.ssid) else {
+            return refusal(
+                ResponseType::InternalServerError,
+                "server has no valid SSID",
+            );
+        };
+        let work = async {
+            let grounds = match self.decide(&principal, device, device_path, command).await {
+                Ok(g) => g,
+                Err(answer) => return answer,
+            };
+            let account = match &grounds {
+                Grounds::Privilege { grantor, .. } => Account::new(grantor.clone()),
+                Grounds::DeviceAcl => Account::new(server.id.clone()),
+            };
+            tracing::debug!(?grounds, %account, %command, "allowed");
+            match self
+                .south
+                .forward(device, &account, outbound, self.deadline)
+                .await
+            {
+                Ok((response, _)) => forward::inbound(&response, &device.prefix),
+                Err(failure) => channel_failure(&failure),
+            }
+        };
+        match tokio::time::timeout(self.deadline, work).await {
+            Ok(answer) => answer,
+            Err(_) => refusal(
+                ResponseType::GatewayTimeout,
+                format!("no answer from {} within {:?}", device.id, self.deadline),
+            ),
+        }
+    }
+
+    /// May `principal` perform `command` on `path` of `device`? The privileges first, then
+    /// the device's own ACL. `Err` is the refusal to send.
+    async fn decide(
+        &self,
+        principal: &Principal,
+        device: &Arc<DeviceConfig>,
+        path: &str,
+        command: Operation,
+    ) -> Result<Grounds, Packet> {
+        let decision = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .decide(principal, &device.id, path, command);
+        match decision {
+            Decision::Allowed { by } => {
+                return Ok(Grounds::Privilege {
+                    name: by.name.as_str().to_owned(),
+                    grantor: by.grantor,
+                });
+            }
+            Decision::Denied { by, uri } => {
+                tracing::info!(privilege = %by, %uri, %command, "denied by privilege");
+                return Err(refusal(
+                    ResponseType::Forbidden,
+                    format!(
+                        "privilege {by} on {uri} does not grant {command} to {}",
+                        principal.server_id()
+                    ),
+                ));
+            }
+            Decision::NoPrivilege => {}
+        }
+        let reading = self.device_acl(principal, device, path).await;
+        match evaluate(device.profile, command, path, principal, reading) {
+            Outcome::Allowed => Ok(Grounds::DeviceAcl),
+            Outcome::Failed { reason, detail } => {
+                tracing::info!(%reason, %detail, %command, "denied: no privilege, device ACL");
+                let code = match reason {
+                    Reason::Unreachable => ResponseType::GatewayTimeout,
+                    Reason::SecureChannel => ResponseType::BadGateway,
+                    _ => ResponseType::Forbidden,
+                };
+                Err(refusal(
+                    code,
+                    format!(
+                        "no privilege grants {command} on {path}, and the device's ACL: {reason}: {detail}",
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The device's own ACL governing `path`, read on `principal`'s behalf, from the cache
+    /// while fresh.
+    async fn device_acl(
+        &self,
+        principal: &Principal,
+        device: &Arc<DeviceConfig>,
+        path: &str,
+    ) -> Result<AclReading, ReadFailure> {
+        let key = AclKey {
+            device: device.id.clone(),
+            server: principal.server_id().to_owned(),
+            // An LwM2M device's whole /2 governs every path; a DM ACL chain is per node.
+            path: match device.profile {
+                Profile::Lwm2m(_) => String::new(),
+                Profile::Dm(_) => path.to_owned(),
+            },
+        };
+        let now = Instant::now();
+        if let Some(hit) = self.cache().get(&key, now) {
+            return Ok(hit);
+        }
+        let reading = self.south.read_acl(device, principal, path).await?;
+        self.cache().put(key, reading.clone(), Instant::now());
+        Ok(reading)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, AclCache> {
+        self.acl_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The answer for a forward that failed on the device's channel.
+fn channel_failure(failure: &ReadFailure) -> Packet {
+    let code = match failure {
+        ReadFailure::Unreachable(_) => ResponseType::GatewayTimeout,
+        _ => ResponseType::BadGateway,
+    };
+    refusal(code, failure.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AclKey {
+    device: String,
+    server: String,
+    path: String,
+}
+
+/// Device ACL readings by (device, server, path), each reused until `ttl` old.
+struct AclCache {
+    ttl: Duration,
+    entries: HashMap<AclKey, (Instant, AclReading)>,
+}
+
+impl AclCache {
+    fn new(ttl: Duration) -> AclCache {
+        AclCache {
+            ttl,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &AclKey, now: Instant) -> Option<AclReading> {
+        let (at, reading) = self.entries.get(key)?;
+        (now.saturating_duration_since(*at) < self.ttl).then(|| reading.clone())
+    }
+
+    fn put(&mut self, key: AclKey, reading: AclReading, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if self.entries.len() >= ACL_CACHE_ENTRIES && !self.entries.contains_key(&key) {
+            let ttl = self.ttl;
+            self.entries
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+            if self.entries.len() >= ACL_CACHE_ENTRIES {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.entries.remove(&k);
+                }
+            }
+        }
+        self.entries.insert(key, (now, reading));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(device: &str) -> AclKey {
+        AclKey {
+            device: device.into(),
+            server: "ServerB".into(),
+            path: String::new(),
+        }
+    }
+
+    fn reading() -> AclReading {
+        AclReading::Lwm2m {
+            content_format: 11542,
+            payload: vec![1],
+        }
+    }
+
+    #[test]
+    fn a_reading_is_reused_until_its_ttl_and_zero_ttl_keeps_nothing() {
+        let t0 = Instant::now();
+        let mut cache = AclCache::new(Duration::from_secs(10));
+        cache.put(key("d"), reading(), t0);
+        assert!(cache.get(&key("d"), t0 + Duration::from_secs(9)).is_some());
+        assert!(cache.get(&key("d"), t0 + Duration::from_secs(10)).is_none());
+        let mut none = AclCache::new(Duration::ZERO);
+        none.put(key("d"), reading(), t0);
+        assert!(none.get(&key("d"), t0).is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let t0 = Instant::now();
+        let mut cache = AclCache::new(Duration::from_secs(10));
+        for i in 0..ACL_CACHE_ENTRIES + 10 {
+            cache.put(
+                key(&i.to_string()),
+                reading(),
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        assert_eq!(cache.entries.len(), ACL_CACHE_ENTRIES);
+        assert!(cache.get(&key("0"), t0).is_none(), "the oldest went first");
+    }
+}
