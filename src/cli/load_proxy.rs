@@ -48,6 +48,8 @@ const SEPARATE_PATIENCE: Duration = Duration::from_secs(10);
 /// After a run's deadline, how long outstanding requests are still waited for.
 const DRAIN: Duration = Duration::from_secs(3);
 const TOKEN_LEN: usize = 4;
+/// 4.03 Forbidden.
+const FORBIDDEN: u8 = 0x83;
 
 /// One request form on the wire: a CON GET with a 4-byte token, encoded once; each request
 /// is the template with its MID and token patched in.
@@ -183,6 +185,21 @@ pub(crate) fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Why a side's warm-up failed: the first unexpected code, if an answer had one.
+#[derive(Debug)]
+struct WarmFailure {
+    code: Option<u8>,
+    message: String,
+}
+
+impl std::fmt::Display for WarmFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WarmFailure {}
+
 /// One request of one endpoint still waiting for its answer.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -202,6 +219,8 @@ pub(crate) struct Tally {
     /// Answers with another code than expected, and the first such code.
     wrong: u64,
     first_wrong: Option<u8>,
+    /// The payload of that first wrong answer (a proxy's diagnostic).
+    wrong_body: Option<String>,
     lost: u64,
     retransmissions: u64,
     resets: u64,
@@ -215,6 +234,7 @@ impl Tally {
         self.ok += other.ok;
         self.wrong += other.wrong;
         self.first_wrong = self.first_wrong.or(other.first_wrong);
+        self.wrong_body = self.wrong_body.take().or(other.wrong_body);
         self.lost += other.lost;
         self.retransmissions += other.retransmissions;
         self.resets += other.resets;
@@ -354,7 +374,12 @@ impl Endpoint {
                         .push(u32::try_from(us).unwrap_or(u32::MAX));
                 } else {
                     tally.wrong += 1;
-                    tally.first_wrong.get_or_insert(code);
+                    if tally.first_wrong.is_none() {
+                        tally.first_wrong = Some(code);
+                        tally.wrong_body = coap::decode(d)
+                            .ok()
+                            .map(|p| String::from_utf8_lossy(&p.payload).into_owned());
+                    }
                 }
                 tally.last_answer = Some(now);
             }
@@ -460,34 +485,43 @@ impl Side {
         Ok((all, elapsed))
     }
 
-    /// Every endpoint completes [`WARM_REQUESTS`] with the expected code, or an error says
+    /// Every endpoint completes [`WARM_REQUESTS`] with the expected code, or the failure says
     /// what the proxy answered instead.
-    async fn warm(&mut self, expect: u8, within: Duration) -> CliResult<()> {
+    async fn warm(&mut self, expect: u8, within: Duration) -> Result<(), WarmFailure> {
         let n = self.endpoints.len() as u64;
         let (tally, took) = self
             .drive(expect, 1, None, WARM_REQUESTS, Instant::now() + within)
-            .await?;
+            .await
+            .map_err(|e| WarmFailure {
+                code: None,
+                message: e.to_string(),
+            })?;
         if let Some(code) = tally.first_wrong {
-            return Err(format!(
-                "{} proxy: warm-up answered {} where the device itself answers {} ({} of {} requests)",
-                self.name,
-                code_text(code),
-                code_text(expect),
-                tally.wrong,
-                n * WARM_REQUESTS as u64
-            )
-            .into());
+            return Err(WarmFailure {
+                code: Some(code),
+                message: format!(
+                    "{} proxy: warm-up answered {} {:?} where the device itself answers {} ({} of {} requests)",
+                    self.name,
+                    code_text(code),
+                    tally.wrong_body.as_deref().unwrap_or(""),
+                    code_text(expect),
+                    tally.wrong,
+                    n * WARM_REQUESTS as u64
+                ),
+            });
         }
         if tally.ok < n * WARM_REQUESTS as u64 {
-            return Err(format!(
-                "{} proxy: warm-up got {} of {} answers in {took:.1?} ({} lost, {} resets)",
-                self.name,
-                tally.ok,
-                n * WARM_REQUESTS as u64,
-                tally.lost,
-                tally.resets
-            )
-            .into());
+            return Err(WarmFailure {
+                code: None,
+                message: format!(
+                    "{} proxy: warm-up got {} of {} answers in {took:.1?} ({} lost, {} resets)",
+                    self.name,
+                    tally.ok,
+                    n * WARM_REQUESTS as u64,
+                    tally.lost,
+                    tally.resets
+                ),
+            });
         }
         Ok(())
     }
@@ -701,9 +735,10 @@ async fn with_device(
     let secure: EndpointUri = format!("coaps://127.0.0.1:{}", free_udp_port()?).parse()?;
     let plain: EndpointUri = format!("coap://127.0.0.1:{}", free_udp_port()?).parse()?;
     let toml = gateway_toml(&dir.join("proxy.redb"), secure, plain, device_uri);
-    let mut gateway = Running::start(&toml, dir, "proxy", args.in_process, secure).await?;
+    let mut gateway = Some(Running::start(&toml, dir, "proxy", args.in_process, secure).await?);
     let outcome = async {
-        let mut a = gateway.client(Duration::from_secs(30)).await?;
+        let gw = gateway.as_mut().ok_or("no gateway")?;
+        let mut a = gw.client(Duration::from_secs(30)).await?;
         let grant = a
             .add(DEVICE_ID, "Device", &args.path, "Get=ServerB")
             .await?;
@@ -733,7 +768,7 @@ async fn with_device(
         );
         println!(
             "  privgw:  {} on {plain}, GET /{DEVICE_ID}{} from ServerB (nosec_address 127.0.0.1), Get on {} granted by ServerA",
-            gateway.what(),
+            gw.what(),
             args.path,
             args.path
         );
@@ -748,7 +783,7 @@ async fn with_device(
                 name: "privgw",
                 template: Arc::new(Template::prefixed_path(DEVICE_ID, &args.path)?),
                 endpoints: Vec::new(),
-                pid: gateway.pid(),
+                pid: gw.pid(),
             },
         ];
         for (k, side) in sides.iter_mut().enumerate() {
@@ -759,7 +794,10 @@ async fn with_device(
             }
         }
         // Warm both (libcoap may still be starting: retry its warm-up briefly).
-        let mut warmed = Err("not tried".into());
+        let mut warmed = Err(WarmFailure {
+            code: None,
+            message: "not tried".into(),
+        });
         for _ in 0..10 {
             warmed = sides[0].warm(expect, Duration::from_secs(3)).await;
             if warmed.is_ok() {
@@ -767,11 +805,27 @@ async fn with_device(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        warmed.map_err(|e: Box<dyn std::error::Error + Send + Sync>| {
+        warmed.map_err(|e| {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             format!("{e}; coap-server-openssl said: {}", log.trim())
         })?;
-        let privgw_ok = sides[1].warm(expect, Duration::from_secs(10)).await;
+        let mut privgw_ok = sides[1].warm(expect, Duration::from_secs(10)).await;
+        if privgw_ok.as_ref().is_err_and(|e| e.code == Some(FORBIDDEN)) {
+            // A build whose privilege index is only loaded at start does not see the grant
+            // yet: restart the gateway on the same store, then it does.
+            println!(
+                "  privgw refused after the grant ({}); restarting the gateway on the same store (its privilege index is loaded at start)",
+                privgw_ok.as_ref().map_or_else(|e| e.message.clone(), |_| String::new())
+            );
+            if let Some(old) = gateway.take() {
+                old.stop().await;
+            }
+            let mut fresh = Running::start(&toml, dir, "proxy", args.in_process, secure).await?;
+            fresh.client(Duration::from_secs(30)).await?;
+            sides[1].pid = fresh.pid();
+            gateway = Some(fresh);
+            privgw_ok = sides[1].warm(expect, Duration::from_secs(10)).await;
+        }
         if let Err(e) = &privgw_ok {
             println!("  privgw not measured: {e}");
         }
@@ -816,10 +870,12 @@ async fn with_device(
                 median(&rates[0])
             );
         }
-        privgw_ok
+        privgw_ok.map_err(Into::into)
     }
     .await;
-    gateway.stop().await;
+    if let Some(gw) = gateway {
+        gw.stop().await;
+    }
     drop(libcoap);
     outcome
 }
