@@ -14,9 +14,13 @@
 //! * [`gateway_object`] — discovery: the LwM2M Gateway object `/25` v2.0 (Device ID, Prefix,
 //!   IoT Device Objects) in TLV and SenML-JSON ([`gateway_object::read`]), and the device
 //!   prefix links of `/.well-known/core` ([`gateway_object::well_known_core`]).
+//! * [`relay`] — the Observe relay state machine ([`Relay`]): one upstream observation per
+//!   (device, path, Accept), fan-out with per-observer Observe numbers, the cached latest
+//!   value, restart on re-registration, 4.03 on revocation, bounded observers; events in,
+//!   [`RelayAction`]s out.
 //!
-//! Still to come (later sessions): prefix routing (`/<prefix>/<path>`), the Observe relay,
-//! the fallback to the device's own ACL on [`Decision::NoPrivilege`]
+//! Still to come (later sessions): prefix routing (`/<prefix>/<path>`) and the runtime that
+//! drives [`relay`], the fallback to the device's own ACL on [`Decision::NoPrivilege`]
 //! (through the verifier, cached), delegation over the grantor's account, faithful
 //! forwarding (options, block-wise, separate responses) and the audit trail. Nothing here
 //! touches a socket, a clock or a lock.
@@ -24,7 +28,11 @@
 pub mod command;
 pub mod gateway_object;
 pub mod index;
+pub mod relay;
 
 pub use command::{CommandError, command_of};
 pub use gateway_object::{GatewayDevice, GatewayObjectError};
 pub use index::{Decision, Membership, PrivilegeGrant, PrivilegeIndex};
+pub use relay::{
+    NotificationBody, ObserverId, Relay, RelayAction, RelayError, RelayLimits, UpstreamKey,
+};
