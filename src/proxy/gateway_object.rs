@@ -28,7 +28,7 @@
 //! * **TLV shapes** (LwM2M Core §7.4.3): the object is one Object Instance TLV per instance;
 //!   an instance is its resource TLVs, unwrapped (as a client answers `/2/<n>`, see
 //!   [`crate::lwm2m::tlv`]); a resource is one Resource TLV. Strings and the Corelnk are their
-//!   UTF-8 bytes. The writer is [`tlv::write_tlv`](crate::lwm2m::tlv::write_tlv), which is
+//!   UTF-8 bytes. The writer is [`tlv::write_tlv`], which is
 //!   general (kind, id, bytes); only the `/2` encoders around it are object-specific.
 //! * **SenML-JSON shapes** (LwM2M Core §7.4.4): one record per resource with `vs` (String and
 //!   Corelnk both map to `vs`). The base name is the requested path, ending in `/` for the
