@@ -146,7 +146,15 @@ impl Handler for North {
                     format!("no device with prefix '{prefix}'"),
                 )
             }
-            Destination::Gateway | Destination::GatewayObject(_) => {
+            Destination::GatewayObject(rest) => {
+                let _in = span.enter();
+                let answer = self
+                    .proxy
+                    .gateway_object(self.service.config(), rest, &request);
+                tracing::info!(code = %answer.header.code, "answered");
+                answer
+            }
+            Destination::Gateway => {
                 self.serve_locally(peer, server, request, max_payload)
                     .instrument(span)
                     .await
@@ -384,7 +392,12 @@ impl Gateway {
             store.list()?,
             Membership::from_groups(config.groups.iter().map(|g| (&g.id, &g.members))),
         )));
-        let proxy = Arc::new(proxy::Proxy::new(&config, index, south.clone()));
+        let proxy = Arc::new(proxy::Proxy::new(
+            &config,
+            index,
+            south.clone(),
+            registrations.clone(),
+        ));
         let service = Arc::new(
             Service::new(config.clone(), store, south).with_registrations(registrations.clone()),
         );

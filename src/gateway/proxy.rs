@@ -24,7 +24,9 @@ use tracing::Instrument;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 
 use crate::acl::{Operation, Principal};
-use crate::config::{Config, DeviceConfig, Profile, ServerConfig};
+use crate::config::{Config, DeviceConfig, Profile, Reach, ServerConfig};
+use crate::gateway::registrations::Registrations;
+use crate::proxy::{GatewayDevice, gateway_object};
 use crate::proxy::forward::{self, refusal};
 use crate::proxy::{Decision, Prefixes, PrivilegeIndex, command_of};
 use crate::registry::Account;
@@ -52,10 +54,26 @@ pub struct Proxy {
     south: Arc<South>,
     acl_cache: Mutex<AclCache>,
     deadline: Duration,
+    /// Where registered devices' object lists come from (for `/25`).
+    registrations: Arc<Registrations>,
+    /// Every account devices register on, the gateway's own first.
+    accounts: Vec<Account>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, index: Arc<RwLock<PrivilegeIndex>>, south: Arc<South>) -> Proxy {
+    pub fn new(
+        config: &Config,
+        index: Arc<RwLock<PrivilegeIndex>>,
+        south: Arc<South>,
+        registrations: Arc<Registrations>,
+    ) -> Proxy {
+        let mut accounts = vec![registrations.own_account().clone()];
+        for listen in &config.lwm2m.listen {
+            let account = Account::new(listen.account.name());
+            if !accounts.contains(&account) {
+                accounts.push(account);
+            }
+        }
         let devices = config
             .devices
             .iter()
@@ -73,7 +91,51 @@ impl Proxy {
             south,
             acl_cache: Mutex::new(AclCache::new(config.proxy.device_acl_ttl)),
             deadline: config.proxy.deadline,
+            registrations,
+            accounts,
         }
+    }
+
+    /// `GET /25[/<i>[/<r>]]`: the LwM2M Gateway object, one instance per device in config
+    /// order, its IoT Device Objects from its live registration (empty for a dialled device
+    /// or one not registered now).
+    pub fn gateway_object(&self, config: &Config, rest: &[String], request: &Packet) -> Packet {
+        if request.header.code != MessageClass::Request(RequestType::Get) {
+            return refusal(ResponseType::MethodNotAllowed, "/25 is read-only");
+        }
+        let devices: Vec<GatewayDevice> = config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| GatewayDevice {
+                instance: u16::try_from(i).unwrap_or(u16::MAX),
+                device_id: d.id.clone(),
+                prefix: d.prefix.clone(),
+                objects: self.objects_of(d),
+            })
+            .collect();
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        match gateway_object::read(&devices, &rest, crate::coap::accept(request)) {
+            Ok((content_format, payload)) => {
+                let mut out = refusal(ResponseType::Content, "");
+                crate::coap::set_content_format(&mut out, content_format);
+                out.payload = payload;
+                out
+            }
+            Err(e) => refusal(e.code(), e.to_string()),
+        }
+    }
+
+    fn objects_of(&self, device: &DeviceConfig) -> String {
+        let Reach::Registers(r) = &device.reach else {
+            return String::new();
+        };
+        self.registrations
+            .views(&r.endpoint, &self.accounts)
+            .into_iter()
+            .map(|v| v.objects)
+            .find(|o| !o.is_empty())
+            .unwrap_or_default()
     }
 
     /// The device prefixes (routing).

@@ -302,7 +302,14 @@ impl<R: AclReader> Service<R> {
                 Ok(Answer {
                     code: ResponseType::Content,
                     content_format: Some(content_format::LINK_FORMAT),
-                    payload: crate::front::well_known_core().into_bytes(),
+                    payload: format!(
+                        "{},{}",
+                        crate::front::well_known_core(),
+                        crate::proxy::gateway_object::well_known_core(
+                            self.config.devices.iter().map(|d| d.prefix.as_str())
+                        )
+                    )
+                    .into_bytes(),
                     location_path: Vec::new(),
                 })
             }
