@@ -9,7 +9,7 @@
 //! | `Kind` | `"privilege"` | `"proxied"` |
 //! | `Time`, `TimeMs` | RFC 3339 (seconds), Unix milliseconds | same |
 //! | `Server` | the writing server | the requesting server |
-//! | `Command` | `Add`, `Replace`, `Delete` (`Add|Replace`: a PUT refused before the store said which) | the request's command, absent when it had none |
+//! | `Command` | `Add`, `Replace`, `Delete` (`Add\|Replace`: a PUT refused before the store said which) | the request's command, absent when it had none |
 //! | `Verdict` | `committed` / `refused` | `allowed` / `denied` |
 //! | `Code` | the answer's code (`2.01`, `4.03`, …) | – |
 //! | `Name`, `Entry` | the node and its leaves (`TargetID`, `TargetType`, `URI`, `ACL`), when known | – |
