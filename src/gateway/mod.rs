@@ -398,7 +398,7 @@ impl Gateway {
         )));
         let proxy = Arc::new(proxy::Proxy::new(
             &config,
-            index,
+            index.clone(),
             south.clone(),
             registrations.clone(),
         ));
@@ -510,6 +510,12 @@ impl Gateway {
 
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        // The proxy's index follows the store's change feed (subscribed here, before any
+        // listener runs): a committed change decides the next proxied request.
+        let feed = crate::proxy::spawn_index_feed(store.clone(), index, shutdown.clone());
+        tasks.spawn(async move {
+            let _ = feed.await;
+        });
         let listeners = bound.iter().map(AnyListener::uri).collect();
         let lwm2m_bound = bind_registration_listeners(&config, &registrations).await?;
         let lwm2m_listeners = lwm2m_bound.iter().map(|(l, _)| l.uri()).collect();
