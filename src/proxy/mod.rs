@@ -23,11 +23,14 @@
 //!   names ([`Prefixes::route`]).
 //! * [`forward`] — faithful forwarding: the device's request from the server's, the
 //!   server's response from the device's (which options pass, which are refused).
+//! * [`feed`] — keeps a shared [`PrivilegeIndex`] equal to the store, driven by the store's
+//!   change feed ([`spawn_index_feed`], [`load_index`] at start-up).
 //!
-//! Nothing here touches a socket, a clock or a lock; the runtime that drives these is
-//! [`crate::gateway::proxy`].
+//! Apart from [`feed`] (a task and a lock), nothing here touches a socket, a clock or a
+//! lock; the runtime that drives these is [`crate::gateway::proxy`].
 
 pub mod command;
+pub mod feed;
 pub mod forward;
 pub mod gateway_object;
 pub mod index;
@@ -35,6 +38,7 @@ pub mod relay;
 pub mod route;
 
 pub use command::{CommandError, command_of};
+pub use feed::{load_index, spawn_index_feed};
 pub use gateway_object::{GatewayDevice, GatewayObjectError};
 pub use index::{Decision, Membership, PrivilegeGrant, PrivilegeIndex};
 pub use relay::{

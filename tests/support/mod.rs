@@ -127,6 +127,8 @@ pub struct FleetBuilder {
     lwm2m_listen: Vec<(Scheme, Option<&'static str>)>,
     /// Lines of the `[lwm2m]` table.
     lwm2m_lines: Vec<String>,
+    /// Lines of the `[audit]` table.
+    audit_lines: Vec<String>,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -211,12 +213,19 @@ impl FleetBuilder {
             relays: BTreeMap::new(),
             lwm2m_listen: Vec::new(),
             lwm2m_lines: Vec::new(),
+            audit_lines: Vec::new(),
         }
     }
 
     /// Adds a line to the gateway's `[proxy]` table, e.g. `deadline_ms = 1000`.
     pub fn proxy_toml(mut self, line: &str) -> Self {
         self.proxy_lines.push(line.to_owned());
+        self
+    }
+
+    /// Adds a line to the gateway's `[audit]` table, e.g. `max_records = 3`.
+    pub fn audit_toml(mut self, line: &str) -> Self {
+        self.audit_lines.push(line.to_owned());
         self
     }
 
@@ -660,6 +669,9 @@ impl FleetBuilder {
         }
         if !self.limits_lines.is_empty() {
             writeln!(toml, "\n[limits]\n{}", self.limits_lines.join("\n")).unwrap();
+        }
+        if !self.audit_lines.is_empty() {
+            writeln!(toml, "\n[audit]\n{}", self.audit_lines.join("\n")).unwrap();
         }
         toml
     }
