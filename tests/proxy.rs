@@ -9,13 +9,13 @@ use privgw::coap::{self, BlockOption, CoapOption, MessageType, Packet, RequestTy
 use privgw::config::Scheme;
 use support::*;
 
-/// devA and devB: /3/0 and /4/0 owned by ServerA (so A may grant them), /3303/0 owned by B;
-/// in group G1.
+/// devA and devB: /3/0 (readable by all) and /4/0 (A only) owned by ServerA, so A may grant
+/// them; /3303/0 owned by B, who may read it; in group G1.
 fn two_devices() -> FleetBuilder {
     let acs = || {
         vec![
             ac(0, 3, 0, SSID_A),
-            ac(1, 4, 0, SSID_A),
+            ac_with(1, 4, 0, SSID_A, &[(SSID_A, 31)]),
             ac_with(2, 3303, 0, SSID_B, &[(SSID_B, 0x01)]),
         ]
     };
