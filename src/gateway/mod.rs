@@ -209,7 +209,7 @@ impl North {
     }
 }
 
-fn method_name(code: MessageClass) -> &'static str {
+pub(crate) fn method_name(code: MessageClass) -> &'static str {
     use crate::coap::RequestType;
     match code {
         MessageClass::Request(RequestType::Get) => "GET",
@@ -396,14 +396,15 @@ impl Gateway {
             store.list()?,
             Membership::from_groups(config.groups.iter().map(|g| (&g.id, &g.members))),
         )));
+        // The audit writer starts once everything is bound (a failed start leaves no task).
+        let (audit, audit_writer) = AuditLog::new(config.audit);
         let proxy = Arc::new(proxy::Proxy::new(
             &config,
             index.clone(),
             south.clone(),
             registrations.clone(),
+            audit.clone(),
         ));
-        // The audit writer starts once everything is bound (a failed start leaves no task).
-        let (audit, audit_writer) = AuditLog::new(config.audit);
         let service = Arc::new(
             Service::new(config.clone(), store.clone(), south)
                 .with_registrations(registrations.clone())
