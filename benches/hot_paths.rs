@@ -14,7 +14,9 @@ use privgw::coap::{
 use privgw::config::{DeviceConfig, EndpointUri, Profile};
 use privgw::lwm2m::{content_format, decode_access_control, encode_access_control};
 use privgw::mo::{Privilege, PrivilegeName, TargetType};
-use privgw::proxy::{Membership, PrivilegeIndex};
+use privgw::proxy::{
+    Membership, NotificationBody, PrivilegeIndex, Relay, RelayLimits, UpstreamKey,
+};
 use privgw::verifier::{AclReading, Member, Operation, Principal, Verification};
 
 const SAMPLES: usize = 15;
@@ -227,6 +229,38 @@ fn main() {
                 black_box("dev01261"),
                 black_box("/3/0/1/0"),
                 Operation::Replace,
+            ));
+        },
+    );
+
+    // Observe relay: one upstream notification fanned out to 100 observers of one key.
+    let t0 = Instant::now();
+    let mut relay = Relay::new(
+        RelayLimits {
+            max_observers: 1_000,
+            max_per_server: 10,
+        },
+        t0,
+    );
+    let key = UpstreamKey::new("dev00001", "/3303/0/5700", Some(content_format::SENML_JSON));
+    for i in 0..100 {
+        let (_, actions) = relay
+            .add_observer(key.clone(), format!("Server{i:03}"), t0)
+            .expect("under the limits");
+        black_box(actions);
+    }
+    let reading = NotificationBody::content(
+        Some(content_format::SENML_JSON),
+        br#"[{"bn":"/3303/0/","n":"5700","v":21.5}]"#.to_vec(),
+    );
+    bench(
+        "observe relay: one notification to 100 observers",
+        5_000,
+        || {
+            black_box(relay.upstream_notification(
+                black_box(&key),
+                reading.clone(),
+                Instant::now(),
             ));
         },
     );

@@ -17,9 +17,11 @@ use crate::acl::dm::{DmAcl, DmPolicy};
 use crate::acl::lwm2m::Lwm2mPolicy;
 use crate::transport::cert::{CertMatch, CertRule};
 
+mod audit;
 mod limits;
 pub mod lwm2m;
 pub mod proxy;
+pub use audit::AuditConfig;
 pub use limits::Limits;
 pub use lwm2m::{Account, DeviceProof, Lwm2mConfig, Lwm2mListen, Reach, Registering};
 
@@ -279,6 +281,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[proxy]`: how servers reach devices through the gateway.
     pub proxy: proxy::ProxyConfig,
+    /// `[audit]`: the audit trail's switch and retention.
+    pub audit: AuditConfig,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +291,8 @@ struct RawConfig {
     gateway: RawGateway,
     #[serde(default)]
     limits: limits::RawLimits,
+    #[serde(default)]
+    audit: audit::RawAudit,
     #[serde(default)]
     lwm2m: lwm2m::RawLwm2m,
     #[serde(default)]
@@ -1054,6 +1060,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
         lwm2m,
         limits: raw_limits.validate()?,
         proxy: raw.proxy.validate()?,
+        audit: raw.audit.validate()?,
     })
 }
 

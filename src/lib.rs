@@ -26,7 +26,8 @@
 //! * [`runtime`] — tokio drivers: listeners, sessions, the shared request pipeline, client
 //!   channels over every transport.
 //! * [`south`] — secured ACL reads from end devices, per device profile.
-//! * [`store`] — redb, one file, atomic and durable commits.
+//! * [`store`] — redb, one file, atomic and durable commits, the change feed.
+//! * [`audit`] — the audit trail: privilege write decisions and proxied decisions.
 //! * [`front`] — CoAP routes → DM commands on the MO → answers.
 //! * [`gateway`] — wires listeners, front, verifier, south and store together.
 //! * [`config`] — the TOML configuration, validated at start.
@@ -35,6 +36,7 @@
 //! * [`cli`] — `serve`, `device`, `ctl`, `demo`, `load`, `certs`.
 
 pub mod acl;
+pub mod audit;
 pub mod cli;
 pub mod coap;
 pub mod config;

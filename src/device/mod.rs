@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod objects;
 pub mod registering;
 
 use serde::Deserialize;
@@ -96,6 +97,12 @@ pub struct DeviceSimConfig {
     /// `dm`: node path → ACL string.
     #[serde(default)]
     pub acls: BTreeMap<String, String>,
+    /// `lwm2m`: resource values besides the Device object defaults, `"/3303/0/5700" = "21.5"`
+    /// (see [`objects`]).
+    #[serde(default)]
+    pub resources: BTreeMap<String, String>,
+    /// Every answer is this late (a slow device, for separate responses).
+    pub slow_ms: Option<u64>,
 }
 
 fn default_profile() -> String {
@@ -168,6 +175,16 @@ impl DeviceSimConfig {
         Ok(config)
     }
 
+    /// The objects besides `/2` of an `lwm2m` device (`None` for `dm`).
+    fn objects(&self) -> Result<Option<objects::Objects>, DeviceError> {
+        if self.profile != "lwm2m" {
+            return Ok(None);
+        }
+        objects::Objects::new(&self.id, &self.resources)
+            .map(Some)
+            .map_err(DeviceError::Invalid)
+    }
+
     fn instances(&self) -> Result<Vec<AccessControl>, DeviceError> {
         self.access_control
             .iter()
@@ -197,8 +214,11 @@ enum Model {
 impl Model {
     /// The link-format object list a registering device sends: its Server, Access Control
     /// and Device instances, and the objects its AC instances govern.
-    fn object_list(&self) -> String {
+    fn object_list(&self, objects: Option<&objects::Objects>) -> String {
         let mut links = std::collections::BTreeSet::from([(1u16, Some(0u16)), (3, Some(0))]);
+        for (o, i) in objects.map(objects::Objects::instances).unwrap_or_default() {
+            links.insert((o, Some(i)));
+        }
         if let Model::Lwm2m(instances) = self {
             links.insert((2, None));
             for ac in instances {
@@ -229,12 +249,21 @@ pub struct DeviceHandler {
     by_peer: Mutex<BTreeMap<SocketAddr, u64>>,
     /// `lwm2m`: the content formats it answers `/2` in (empty: all four); others get 4.06.
     formats: Vec<u16>,
+    /// `lwm2m`: the objects besides `/2`.
+    objects: Option<objects::Objects>,
+    slow: Option<Duration>,
     log: Mutex<Vec<String>>,
 }
 
 impl DeviceHandler {
-    fn new(config: &DeviceSimConfig, model: Model) -> Arc<DeviceHandler> {
+    fn new(
+        config: &DeviceSimConfig,
+        model: Model,
+        objects: Option<objects::Objects>,
+    ) -> Arc<DeviceHandler> {
         Arc::new(DeviceHandler {
+            objects,
+            slow: config.slow_ms.map(Duration::from_millis),
             id: config.id.clone(),
             model,
             behaviour: config.behaviour,
@@ -258,6 +287,19 @@ impl DeviceHandler {
         let is_get = request.header.code == MessageClass::Request(RequestType::Get);
         if self.behaviour == Behaviour::ServerError {
             return coap::response_to(request, ResponseType::InternalServerError);
+        }
+        let on_ac_object = path.first().is_some_and(|o| o == "2");
+        if let Some(objects) = &self.objects {
+            if !on_ac_object && path.first().is_none_or(|s| s != ".well-known") {
+                let response = objects.answer(request, &path);
+                self.record(format!(
+                    "{} → {} /{}",
+                    self.id,
+                    coap::code_string(response.header.code),
+                    path.join("/")
+                ));
+                return response;
+            }
         }
         if !is_get {
             return coap::response_to(request, ResponseType::MethodNotAllowed);
@@ -399,6 +441,9 @@ impl Handler for DeviceHandler {
             .unwrap_or_else(|p| p.into_inner())
             .entry(peer.addr)
             .or_default() += 1;
+        if let Some(slow) = self.slow {
+            tokio::time::sleep(slow).await;
+        }
         self.answer(&request)
     }
 }
@@ -501,7 +546,7 @@ impl RunningDevice {
             }
         };
         let uri = listener.uri();
-        let handler = DeviceHandler::new(config, model);
+        let handler = DeviceHandler::new(config, model, config.objects()?);
         let (stop, shutdown) = watch::channel(false);
         let task =
             tokio::spawn(listener.run(handler.clone(), TransportTuning::unreliable(), shutdown));
@@ -560,7 +605,7 @@ impl RunningDevice {
         let awake = Duration::from_secs(config.queue_awake_s.unwrap_or(93).max(1));
         let ack_timeout =
             Duration::from_millis(config.ack_timeout_ms.unwrap_or(2000).clamp(10, 60_000));
-        let objects = model.object_list();
+        let objects = model.object_list(config.objects()?.as_ref());
         let mux = registering::bind_for(servers[0].addr)
             .await
             .map_err(DeviceError::Dtls)?;
@@ -568,7 +613,7 @@ impl RunningDevice {
             scheme: servers[0].scheme,
             addr: mux.local_addr(),
         };
-        let handler = DeviceHandler::new(config, model);
+        let handler = DeviceHandler::new(config, model, config.objects()?);
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut accounts = Vec::new();

@@ -11,6 +11,7 @@
 //! | DELETE | `/GwConfig/Privileges/<x>` | – | Delete |
 //! | GET/PUT | `/GwConfig/Privileges/<x>/<leaf>` | text/plain | Get / Replace one leaf |
 //! | GET | `/GwConfig/Reports/<id>` | – | the complete failure report of a refused write |
+//! | GET | `/GwConfig/Audit?since=&limit=` | – | a page of the audit trail |
 
 use crate::coap::{self, CoapOption, MessageClass, Packet, RequestType};
 
@@ -64,6 +65,8 @@ pub enum Command {
     GetDevice(String),
     /// The failure report `<id>` of a refused write (only its requester may read it).
     GetReport(String),
+    /// A page of the audit trail (the query is read by the service).
+    GetAudit,
     Write(Write),
 }
 
@@ -167,6 +170,8 @@ pub fn parse_request(request: &Packet) -> Result<Command, FrontError> {
         (["GwConfig", "Groups" | "Devices", ..], _) if segments.len() <= 3 => not_allowed(),
         (["GwConfig", "Reports", id], Get) => Ok(Command::GetReport((*id).to_owned())),
         (["GwConfig", "Reports", _], _) => not_allowed(),
+        (["GwConfig", "Audit"], Get) => Ok(Command::GetAudit),
+        (["GwConfig", "Audit"], _) => not_allowed(),
         _ => Err(FrontError::NotFound(display)),
     }
 }
@@ -317,6 +322,24 @@ mod tests {
         ));
         assert!(matches!(
             parse_request(&request(RequestType::Get, "/GwConfig/Reports")),
+            Err(FrontError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn audit_is_read_only() {
+        assert_eq!(
+            parse_request(&request(RequestType::Get, "/GwConfig/Audit")).unwrap(),
+            Command::GetAudit
+        );
+        for method in [RequestType::Post, RequestType::Put, RequestType::Delete] {
+            assert!(matches!(
+                parse_request(&request(method, "/GwConfig/Audit")),
+                Err(FrontError::MethodNotAllowed(_))
+            ));
+        }
+        assert!(matches!(
+            parse_request(&request(RequestType::Get, "/GwConfig/Audit/1")),
             Err(FrontError::NotFound(_))
         ));
     }

@@ -9,6 +9,7 @@
 //! | `/GwConfig/Privileges/<x>/<leaf>` | GET; PUT on `TargetID`, `TargetType`, `URI`, `ACL` |
 //! | `/GwConfig/Groups[/<id>]`, `/GwConfig/Devices[/<id>]` | GET |
 //! | `/GwConfig/Reports/<id>` | GET (the requesting server only; see [`refusal`]) |
+//! | `/GwConfig/Audit` | GET `?since=<seq>&limit=<n>` (see `crate::audit::query`) |
 //! | `/.well-known/core` | GET |
 
 pub mod answer;
@@ -25,6 +26,7 @@ pub fn well_known_core() -> String {
         "</GwConfig/Privileges>;ct=\"60 50\";rt=\"oma.dm.gw.privileges\"",
         "</GwConfig/Groups>;ct=\"60 50\"",
         "</GwConfig/Devices>;ct=\"60 50\"",
+        "</GwConfig/Audit>;ct=\"60 50\"",
     ]
     .join(",")
 }

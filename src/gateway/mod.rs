@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::audit::AuditLog;
 use crate::coap::{CoapOption, MessageClass, Packet, ResponseType, TransportTuning};
 use crate::config::{Config, DeviceProof, EndpointUri, Reach, Registering, Scheme, ServerConfig};
 use crate::proxy::forward::refusal as proxy_refusal;
@@ -146,7 +147,15 @@ impl Handler for North {
                     format!("no device with prefix '{prefix}'"),
                 )
             }
-            Destination::Gateway | Destination::GatewayObject(_) => {
+            Destination::GatewayObject(rest) => {
+                let _in = span.enter();
+                let answer = self
+                    .proxy
+                    .gateway_object(self.service.config(), rest, &request);
+                tracing::info!(code = %answer.header.code, "answered");
+                answer
+            }
+            Destination::Gateway => {
                 self.serve_locally(peer, server, request, max_payload)
                     .instrument(span)
                     .await
@@ -200,7 +209,7 @@ impl North {
     }
 }
 
-fn method_name(code: MessageClass) -> &'static str {
+pub(crate) fn method_name(code: MessageClass) -> &'static str {
     use crate::coap::RequestType;
     match code {
         MessageClass::Request(RequestType::Get) => "GET",
@@ -368,6 +377,9 @@ pub struct Gateway {
     service: Arc<Service<South>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    audit: AuditLog,
+    /// The audit batch writer's own stop signal and task.
+    audit_writer: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
 }
 
 impl Gateway {
@@ -384,9 +396,19 @@ impl Gateway {
             store.list()?,
             Membership::from_groups(config.groups.iter().map(|g| (&g.id, &g.members))),
         )));
-        let proxy = Arc::new(proxy::Proxy::new(&config, index, south.clone()));
+        // The audit writer starts once everything is bound (a failed start leaves no task).
+        let (audit, audit_writer) = AuditLog::new(config.audit);
+        let proxy = Arc::new(proxy::Proxy::new(
+            &config,
+            index.clone(),
+            south.clone(),
+            registrations.clone(),
+            audit.clone(),
+        ));
         let service = Arc::new(
-            Service::new(config.clone(), store, south).with_registrations(registrations.clone()),
+            Service::new(config.clone(), store.clone(), south)
+                .with_registrations(registrations.clone())
+                .with_audit(audit.clone()),
         );
 
         let servers: Vec<Arc<ServerConfig>> =
@@ -489,6 +511,12 @@ impl Gateway {
 
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        // The proxy's index follows the store's change feed (subscribed here, before any
+        // listener runs): a committed change decides the next proxied request.
+        let feed = crate::proxy::spawn_index_feed(store.clone(), index, shutdown.clone());
+        tasks.spawn(async move {
+            let _ = feed.await;
+        });
         let listeners = bound.iter().map(AnyListener::uri).collect();
         let lwm2m_bound = bind_registration_listeners(&config, &registrations).await?;
         let lwm2m_listeners = lwm2m_bound.iter().map(|(l, _)| l.uri()).collect();
@@ -511,6 +539,9 @@ impl Gateway {
             let shutdown = shutdown.clone();
             tasks.spawn(listener.run(north, TransportTuning::unreliable(), shutdown));
         }
+        // Stopped after the listeners, so what their last requests record is written.
+        let (audit_stop, audit_shutdown) = watch::channel(false);
+        let audit_task = audit_writer.spawn(store, audit_shutdown);
         Ok(Gateway {
             listeners,
             lwm2m_listeners,
@@ -519,6 +550,8 @@ impl Gateway {
             service,
             stop,
             tasks,
+            audit,
+            audit_writer: (audit_stop, audit_task),
         })
     }
 
@@ -550,10 +583,19 @@ impl Gateway {
         &self.service
     }
 
-    /// Stops accepting and waits for the listener tasks.
+    /// The audit trail (privilege write decisions, proxied decisions), to hand to the proxy.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Stops accepting and waits for the listener tasks, then for the audit writer to write
+    /// what is queued.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        let (audit_stop, audit_task) = self.audit_writer;
+        let _ = audit_stop.send(true);
+        let _ = audit_task.await;
     }
 
     /// Serves until `shutdown` resolves, then stops.

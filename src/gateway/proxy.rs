@@ -24,9 +24,12 @@ use tracing::Instrument;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 
 use crate::acl::{Operation, Principal};
-use crate::config::{Config, DeviceConfig, Profile, ServerConfig};
+use crate::audit::{AuditLog, ProxiedDecision};
+use crate::config::{Config, DeviceConfig, Profile, Reach, ServerConfig};
+use crate::gateway::registrations::Registrations;
 use crate::proxy::forward::{self, refusal};
 use crate::proxy::{Decision, Prefixes, PrivilegeIndex, command_of};
+use crate::proxy::{GatewayDevice, gateway_object};
 use crate::registry::Account;
 use crate::south::South;
 use crate::south::fanout::AclReader;
@@ -44,6 +47,33 @@ pub enum Grounds {
     DeviceAcl,
 }
 
+/// What the proxy did with one request: the answer, and what the audit trail records.
+struct Handled {
+    answer: Packet,
+    command: Option<Operation>,
+    allowed: bool,
+    reason: String,
+    grantor: Option<String>,
+}
+
+impl Handled {
+    /// Answered by the gateway: nothing reached the device.
+    fn refused(
+        command: Option<Operation>,
+        code: ResponseType,
+        reason: impl Into<String>,
+    ) -> Handled {
+        let reason = reason.into();
+        Handled {
+            answer: refusal(code, reason.clone()),
+            command,
+            allowed: false,
+            reason,
+            grantor: None,
+        }
+    }
+}
+
 /// The proxy: the privilege index, the devices by prefix, and South to reach them.
 pub struct Proxy {
     devices: HashMap<String, Arc<DeviceConfig>>,
@@ -52,10 +82,28 @@ pub struct Proxy {
     south: Arc<South>,
     acl_cache: Mutex<AclCache>,
     deadline: Duration,
+    /// Where registered devices' object lists come from (for `/25`).
+    registrations: Arc<Registrations>,
+    /// Every account devices register on, the gateway's own first.
+    accounts: Vec<Account>,
+    audit: AuditLog,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, index: Arc<RwLock<PrivilegeIndex>>, south: Arc<South>) -> Proxy {
+    pub fn new(
+        config: &Config,
+        index: Arc<RwLock<PrivilegeIndex>>,
+        south: Arc<South>,
+        registrations: Arc<Registrations>,
+        audit: AuditLog,
+    ) -> Proxy {
+        let mut accounts = vec![registrations.own_account().clone()];
+        for listen in &config.lwm2m.listen {
+            let account = Account::new(listen.account.name());
+            if !accounts.contains(&account) {
+                accounts.push(account);
+            }
+        }
         let devices = config
             .devices
             .iter()
@@ -73,7 +121,52 @@ impl Proxy {
             south,
             acl_cache: Mutex::new(AclCache::new(config.proxy.device_acl_ttl)),
             deadline: config.proxy.deadline,
+            registrations,
+            accounts,
+            audit,
         }
+    }
+
+    /// `GET /25[/<i>[/<r>]]`: the LwM2M Gateway object, one instance per device in config
+    /// order, its IoT Device Objects from its live registration (empty for a dialled device
+    /// or one not registered now).
+    pub fn gateway_object(&self, config: &Config, rest: &[String], request: &Packet) -> Packet {
+        if request.header.code != MessageClass::Request(RequestType::Get) {
+            return refusal(ResponseType::MethodNotAllowed, "/25 is read-only");
+        }
+        let devices: Vec<GatewayDevice> = config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| GatewayDevice {
+                instance: u16::try_from(i).unwrap_or(u16::MAX),
+                device_id: d.id.clone(),
+                prefix: d.prefix.clone(),
+                objects: self.objects_of(d),
+            })
+            .collect();
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        match gateway_object::read(&devices, &rest, crate::coap::accept(request)) {
+            Ok((content_format, payload)) => {
+                let mut out = refusal(ResponseType::Content, "");
+                crate::coap::set_content_format(&mut out, content_format);
+                out.payload = payload;
+                out
+            }
+            Err(e) => refusal(e.code(), e.to_string()),
+        }
+    }
+
+    fn objects_of(&self, device: &DeviceConfig) -> String {
+        let Reach::Registers(r) = &device.reach else {
+            return String::new();
+        };
+        self.registrations
+            .views(&r.endpoint, &self.accounts)
+            .into_iter()
+            .map(|v| v.objects)
+            .find(|o| !o.is_empty())
+            .unwrap_or_default()
     }
 
     /// The device prefixes (routing).
@@ -86,7 +179,8 @@ impl Proxy {
         &self.index
     }
 
-    /// Answers `server`'s `request` for `path` on device `device_id` (routed by prefix).
+    /// Answers `server`'s `request` for `path` on device `device_id` (routed by prefix), and
+    /// records the decision in the audit trail.
     pub async fn handle(
         &self,
         server: &ServerConfig,
@@ -100,19 +194,32 @@ impl Proxy {
         let started = Instant::now();
         let device_path = format!("/{}", path.join("/"));
         let span = tracing::debug_span!("proxy", device = %device.id, path = %device_path);
-        let answer = self
+        let handled = self
             .answer(server, device, path, &device_path, request)
             .instrument(span)
             .await;
-        let code = answer.header.code;
+        let latency = started.elapsed();
         tracing::info!(
             device = %device.id,
             path = %device_path,
-            code = %code,
-            latency_us = started.elapsed().as_micros() as u64,
+            code = %handled.answer.header.code,
+            allowed = handled.allowed,
+            reason = %handled.reason,
+            latency_us = latency.as_micros() as u64,
             "proxied"
         );
-        answer
+        self.audit.proxied(ProxiedDecision {
+            server: server.id.clone(),
+            device: device.id.clone(),
+            method: crate::gateway::method_name(request.header.code),
+            path: device_path,
+            command: handled.command,
+            allowed: handled.allowed,
+            reason: handled.reason,
+            grantor: handled.grantor,
+            latency,
+        });
+        handled.answer
     }
 
     async fn answer(
@@ -122,18 +229,18 @@ impl Proxy {
         path: &[String],
         device_path: &str,
         request: &Packet,
-    ) -> Packet {
+    ) -> Handled {
         let method = match request.header.code {
             MessageClass::Request(m) => m,
-            _ => return refusal(ResponseType::BadRequest, "not a request"),
+            _ => return Handled::refused(None, ResponseType::BadRequest, "not a request"),
         };
         let command = match command_of(method, path, device.profile) {
             Ok(c) => c,
-            Err(e) => return refusal(e.code(), e.to_string()),
+            Err(e) => return Handled::refused(None, e.code(), e.to_string()),
         };
         let mut outbound = match forward::outbound(request, path) {
             Ok(p) => p,
-            Err(e) => return refusal(e.code(), e.to_string()),
+            Err(e) => return Handled::refused(Some(command), e.code(), e.to_string()),
         };
         if method == RequestType::Get && request.get_first_option(CoapOption::Observe).is_some() {
             // Not relayed yet: answered as a plain GET, which RFC 7641 §2 allows (the
@@ -141,48 +248,67 @@ impl Proxy {
             outbound.clear_option(CoapOption::Observe);
         }
         let Ok(principal) = Principal::new(server.id.clone(), server.ssid) else {
-            return refusal(
-                ResponseType::InternalServerError,
-                "server has no valid SSID",
-            );
+            let code = ResponseType::InternalServerError;
+            return Handled::refused(Some(command), code, "server has no valid SSID");
         };
         let work = async {
             let grounds = match self.decide(&principal, device, device_path, command).await {
                 Ok(g) => g,
-                Err(answer) => return answer,
+                Err((code, reason)) => return Handled::refused(Some(command), code, reason),
             };
-            let account = match &grounds {
-                Grounds::Privilege { grantor, .. } => Account::new(grantor.clone()),
-                Grounds::DeviceAcl => Account::new(server.id.clone()),
+            let (account, reason, grantor) = match grounds {
+                Grounds::Privilege { name, grantor } => (
+                    Account::new(grantor.clone()),
+                    format!("privilege {name}"),
+                    Some(grantor),
+                ),
+                Grounds::DeviceAcl => (
+                    Account::new(server.id.clone()),
+                    "device ACL".to_owned(),
+                    None,
+                ),
             };
-            tracing::debug!(?grounds, %account, %command, "allowed");
-            match self
+            tracing::debug!(%reason, %account, %command, "allowed");
+            let forwarded = self
                 .south
                 .forward(device, &account, outbound, self.deadline)
-                .await
-            {
+                .await;
+            let answer = match forwarded {
                 Ok((response, _)) => forward::inbound(&response, &device.prefix),
                 Err(failure) => channel_failure(&failure),
+            };
+            Handled {
+                answer,
+                command: Some(command),
+                allowed: true,
+                reason,
+                grantor,
             }
         };
         match tokio::time::timeout(self.deadline, work).await {
-            Ok(answer) => answer,
-            Err(_) => refusal(
-                ResponseType::GatewayTimeout,
-                format!("no answer from {} within {:?}", device.id, self.deadline),
-            ),
+            Ok(handled) => handled,
+            Err(_) => Handled {
+                answer: refusal(
+                    ResponseType::GatewayTimeout,
+                    format!("no answer from {} within {:?}", device.id, self.deadline),
+                ),
+                command: Some(command),
+                allowed: true,
+                reason: "deadline passed".into(),
+                grantor: None,
+            },
         }
     }
 
     /// May `principal` perform `command` on `path` of `device`? The privileges first, then
-    /// the device's own ACL. `Err` is the refusal to send.
+    /// the device's own ACL. `Err` is the refusal's code and diagnostic.
     async fn decide(
         &self,
         principal: &Principal,
         device: &Arc<DeviceConfig>,
         path: &str,
         command: Operation,
-    ) -> Result<Grounds, Packet> {
+    ) -> Result<Grounds, (ResponseType, String)> {
         let decision = self
             .index
             .read()
@@ -196,8 +322,7 @@ impl Proxy {
                 });
             }
             Decision::Denied { by, uri } => {
-                tracing::info!(privilege = %by, %uri, %command, "denied by privilege");
-                return Err(refusal(
+                return Err((
                     ResponseType::Forbidden,
                     format!(
                         "privilege {by} on {uri} does not grant {command} to {}",
@@ -211,13 +336,12 @@ impl Proxy {
         match evaluate(device.profile, command, path, principal, reading) {
             Outcome::Allowed => Ok(Grounds::DeviceAcl),
             Outcome::Failed { reason, detail } => {
-                tracing::info!(%reason, %detail, %command, "denied: no privilege, device ACL");
                 let code = match reason {
                     Reason::Unreachable => ResponseType::GatewayTimeout,
                     Reason::SecureChannel => ResponseType::BadGateway,
                     _ => ResponseType::Forbidden,
                 };
-                Err(refusal(
+                Err((
                     code,
                     format!(
                         "no privilege grants {command} on {path}, and the device's ACL: {reason}: {detail}",

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::acl::DmCommand;
 use crate::acl::lwm2m::LwPath;
+use crate::audit::{AuditLog, AuditQuery, PrivilegeChange, Verdict};
 use crate::config::{Config, Profile, ServerConfig};
 use crate::front::{
     Command, Format, FrontError, Precondition, Write, parse_request, refusal, render_value,
@@ -23,7 +24,9 @@ use crate::mo::{Change, ChangeKind, Inventory, Privilege, PrivilegeName, Value};
 use crate::registry::Account as RegistryAccount;
 use crate::south::fanout::{self, AclReader};
 use crate::store::dedup::unix_ms;
-use crate::store::{Commit, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError};
+use crate::store::{
+    Commit, CommitExtras, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError,
+};
 use crate::verifier::{Decision, Failure, Member, Operation, Principal, RejectKind, Verification};
 
 use super::quota::{Quota, QuotaError};
@@ -195,9 +198,23 @@ pub struct Service<R: AclReader> {
     reservations: Reservations,
     /// The registrations of devices that register, and the accounts they may be on.
     registrations: Option<(Arc<Registrations>, Vec<RegistryAccount>)>,
+    /// Where write decisions are recorded (disabled unless [`Service::with_audit`]).
+    audit: AuditLog,
 }
 
 impl<R: AclReader> Service<R> {
+    /// Records every privilege write decision in `audit` (a commit's record in the commit's
+    /// own transaction).
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// The audit log write decisions go to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     /// Shows each registering device's registrations in `/GwConfig/Devices`.
     pub fn with_registrations(mut self, registrations: Arc<Registrations>) -> Self {
         let mut accounts = vec![registrations.own_account().clone()];
@@ -246,6 +263,7 @@ impl<R: AclReader> Service<R> {
             reports,
             reservations: Reservations::default(),
             registrations: None,
+            audit: AuditLog::disabled(),
         }
     }
 
@@ -302,7 +320,14 @@ impl<R: AclReader> Service<R> {
                 Ok(Answer {
                     code: ResponseType::Content,
                     content_format: Some(content_format::LINK_FORMAT),
-                    payload: crate::front::well_known_core().into_bytes(),
+                    payload: format!(
+                        "{},{}",
+                        crate::front::well_known_core(),
+                        crate::proxy::gateway_object::well_known_core(
+                            self.config.devices.iter().map(|d| d.prefix.as_str())
+                        )
+                    )
+                    .into_bytes(),
                     location_path: Vec::new(),
                 })
             }
@@ -384,6 +409,21 @@ impl<R: AclReader> Service<R> {
                     .get(Instant::now(), &id, &server.id)
                     .ok_or_else(|| FrontError::NotFound(format!("{REPORTS_PATH}/{id}")))?;
                 Ok(Answer::document(ResponseType::Content, body, format))
+            }
+            Command::GetAudit => {
+                let format = format()?;
+                self.gate(server, DmCommand::Get)?;
+                let query = crate::coap::uri_query(request)
+                    .map_err(|e| FrontError::BadRequest(e.to_string()))?;
+                let query = AuditQuery::parse(&query)?;
+                let (records, more) = self
+                    .blocking_store(move |s| s.audit_page(query.since, query.limit))
+                    .await?;
+                Ok(Answer::document(
+                    ResponseType::Content,
+                    &query.document(&records, more),
+                    format,
+                ))
             }
             Command::Write(write) => {
                 let format = format()?;
@@ -524,7 +564,9 @@ impl<R: AclReader> Service<R> {
     }
 
     /// Runs a verified write: gate, validate, verify on every target device, commit, answer.
-    /// A refusal's answer fits `max_payload` (truncated, with a report, if need be).
+    /// A refusal's answer fits `max_payload` (truncated, with a report, if need be). The
+    /// decision is audited: a commit in its own transaction, a refusal by the gate, a cap or
+    /// the devices in a small write of its own before the answer.
     pub async fn write(
         &self,
         server: &Arc<ServerConfig>,
@@ -532,6 +574,39 @@ impl<R: AclReader> Service<R> {
         format: Format,
         fingerprint: Option<Fingerprint>,
         max_payload: usize,
+    ) -> Result<Answer, FrontError> {
+        let mut note = WriteNote::of(&write);
+        let result = self
+            .write_verified(server, write, format, fingerprint, max_payload, &mut note)
+            .await;
+        let refused = match &result {
+            Ok(answer) => note
+                .devices_refused
+                .then(|| (answer.code, note.reason.clone())),
+            Err(e @ (FrontError::Forbidden(_) | FrontError::LimitReached(_))) => {
+                Some((e.code(), Some(e.to_string())))
+            }
+            Err(_) => None,
+        };
+        if let Some((code, reason)) = refused {
+            let change = note.change(&server.id, Verdict::Refused, code, 0, reason);
+            if let Some(batch) = self.audit.change_batch(change) {
+                if let Err(e) = self.blocking_store(move |s| s.append_audit(batch)).await {
+                    tracing::error!(server = %server.id, "refusal not audited: {e}");
+                }
+            }
+        }
+        result
+    }
+
+    async fn write_verified(
+        &self,
+        server: &Arc<ServerConfig>,
+        write: Write,
+        format: Format,
+        fingerprint: Option<Fingerprint>,
+        max_payload: usize,
+        note: &mut WriteNote,
     ) -> Result<Answer, FrontError> {
         // Gate first: existence (4.04) and preconditions (4.12) only for a server with rights.
         self.gate_any(server, write_commands(&write))?;
@@ -626,6 +701,7 @@ impl<R: AclReader> Service<R> {
             },
         };
 
+        note.known(&change);
         self.gate(server, change.kind.command())?;
         if let Some(new) = &change.new {
             self.validate(new)?;
@@ -683,6 +759,13 @@ impl<R: AclReader> Service<R> {
                     status = kind.status(), failed = ?ids,
                     "{:?} not committed", change.kind
                 );
+                note.devices_refused = true;
+                note.failed = failed.len();
+                note.reason = Some(format!(
+                    "not verified: Status {}, {} device(s) failed",
+                    kind.status(),
+                    failed.len()
+                ));
                 self.refusal(server, kind, &failed, format, max_payload)?
             }
             Decision::Commit { verified } => {
@@ -714,7 +797,18 @@ impl<R: AclReader> Service<R> {
                     answer: answer.record(now),
                     max_age: dedup_lifetime(),
                 });
-                self.blocking_store(move |s| s.commit_recorded(commit, record))
+                let audit = self.audit.change_batch(note.change(
+                    &server.id,
+                    Verdict::Committed,
+                    answer.code,
+                    verified.len(),
+                    None,
+                ));
+                let extras = CommitExtras {
+                    dedup: record,
+                    audit,
+                };
+                self.blocking_store(move |s| s.commit_with(commit, extras))
                     .await?;
                 quota_slot.commit();
                 tracing::info!(
@@ -726,6 +820,72 @@ impl<R: AclReader> Service<R> {
             }
         };
         Ok(answer)
+    }
+}
+
+/// What an audit record of a write says about it, filled in as the write learns more.
+struct WriteNote {
+    command: String,
+    name: Option<String>,
+    leaves: Vec<(String, String)>,
+    /// The devices refused it (the answer is a refusal document, not an error).
+    devices_refused: bool,
+    failed: usize,
+    reason: Option<String>,
+}
+
+impl WriteNote {
+    /// What the request itself says (a plain PUT may still be an Add or a Replace).
+    fn of(write: &Write) -> WriteNote {
+        let names: Vec<&str> = write_commands(write).iter().map(|c| c.as_str()).collect();
+        let (name, leaves) = match write {
+            Write::Post { entry } => (None, PrivilegeChange::leaves_of(entry)),
+            Write::Put { name, entry, .. } => {
+                (Some(name.to_string()), PrivilegeChange::leaves_of(entry))
+            }
+            Write::PutLeaf { name, leaf, value } => {
+                (Some(name.to_string()), vec![(leaf.clone(), value.clone())])
+            }
+            Write::Delete { name } => (Some(name.to_string()), Vec::new()),
+        };
+        WriteNote {
+            command: names.join("|"),
+            name,
+            leaves,
+            devices_refused: false,
+            failed: 0,
+            reason: None,
+        }
+    }
+
+    /// The change is known: its command, its node and the entry it writes (or deletes).
+    fn known(&mut self, change: &Change) {
+        self.command = change.kind.command().as_str().to_owned();
+        self.name = change.name.as_ref().map(|n| n.to_string());
+        if let Some(entry) = change.new.as_ref().or(change.old.as_ref()) {
+            self.leaves = PrivilegeChange::leaves_of(entry);
+        }
+    }
+
+    fn change(
+        &self,
+        server: &str,
+        verdict: Verdict,
+        code: ResponseType,
+        verified: usize,
+        reason: Option<String>,
+    ) -> PrivilegeChange {
+        PrivilegeChange {
+            server: server.to_owned(),
+            command: self.command.clone(),
+            name: self.name.clone(),
+            leaves: self.leaves.clone(),
+            verdict,
+            code: code_str(code),
+            verified,
+            failed: self.failed,
+            reason,
+        }
     }
 }
 

@@ -205,6 +205,20 @@ impl PrivilegeIndex {
         Some(Arc::unwrap_or_clone(old))
     }
 
+    /// Replaces every entry with `privileges` (the store's whole list); the membership
+    /// stays.
+    pub fn replace_all(
+        &mut self,
+        privileges: impl IntoIterator<Item = (PrivilegeName, Privilege)>,
+    ) {
+        self.by_name.clear();
+        self.devices.clear();
+        self.groups.clear();
+        for (name, privilege) in privileges {
+            self.upsert(name, privilege);
+        }
+    }
+
     /// Replaces the group membership (the entries stay; coverage follows the new groups).
     pub fn set_membership(&mut self, membership: Membership) {
         self.membership = membership;

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::mo::{Privilege, PrivilegeName};
 use crate::store::{
-    Commit, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError, generated_number,
+    AUDIT_SWEEP, AuditBatch, AuditPage, ChangeFeed, Commit, CommitExtras, Fingerprint,
+    PrivilegeStore, Recorded, StoreChange, StoreError, generated_number,
 };
 
 #[derive(Debug, Default)]
@@ -14,14 +15,25 @@ struct State {
     counter: u64,
     map: BTreeMap<PrivilegeName, Privilege>,
     dedup: HashMap<Fingerprint, Recorded>,
+    audit_seq: u64,
+    audit: BTreeMap<u64, Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    feed: ChangeFeed,
 }
 
 impl MemoryStore {
+    /// A store whose change-feed subscribers lag after `capacity` unread changes.
+    pub fn with_feed_capacity(capacity: usize) -> MemoryStore {
+        MemoryStore {
+            state: Mutex::default(),
+            feed: ChangeFeed::with_capacity(capacity),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -35,6 +47,19 @@ fn generated(counter: u64) -> Result<PrivilegeName, StoreError> {
 }
 
 impl State {
+    fn append_audit(&mut self, batch: AuditBatch) -> u64 {
+        let appended = batch.records.len();
+        for record in batch.records {
+            self.audit_seq += 1;
+            self.audit.insert(self.audit_seq, record);
+        }
+        let excess = self.audit.len().saturating_sub(batch.retention.max(1));
+        for _ in 0..excess.min(appended + AUDIT_SWEEP) {
+            self.audit.pop_first();
+        }
+        self.audit_seq
+    }
+
     fn apply(&mut self, commit: Commit) -> Result<PrivilegeName, StoreError> {
         match commit {
             Commit::Add { name, entry } => {
@@ -71,19 +96,44 @@ impl State {
 }
 
 impl PrivilegeStore for MemoryStore {
-    fn commit_recorded(
+    fn commit_with(
         &self,
         commit: Commit,
-        record: Option<DedupRecord>,
+        extras: CommitExtras,
     ) -> Result<PrivilegeName, StoreError> {
-        let mut state = self.state();
-        let name = state.apply(commit)?;
-        if let Some(r) = record {
-            let at = std::time::UNIX_EPOCH + Duration::from_millis(r.answer.at_ms);
-            state.dedup.retain(|_, old| old.is_fresh(at, r.max_age));
-            state.dedup.insert(r.fingerprint, r.answer);
-        }
-        Ok(name)
+        self.feed.commit(|| {
+            let entry = commit.stored_entry();
+            let mut state = self.state();
+            let name = state.apply(commit)?;
+            if let Some(r) = extras.dedup {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(r.answer.at_ms);
+                state.dedup.retain(|_, old| old.is_fresh(at, r.max_age));
+                state.dedup.insert(r.fingerprint, r.answer);
+            }
+            if let Some(batch) = extras.audit {
+                state.append_audit(batch);
+            }
+            Ok((name, entry))
+        })
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreChange> {
+        self.feed.subscribe()
+    }
+
+    fn append_audit(&self, batch: AuditBatch) -> Result<u64, StoreError> {
+        Ok(self.state().append_audit(batch))
+    }
+
+    fn audit_page(&self, since: u64, limit: usize) -> Result<AuditPage, StoreError> {
+        let state = self.state();
+        let mut rest = state
+            .audit
+            .range(since.saturating_add(1)..)
+            .map(|(k, v)| (*k, v.clone()));
+        let page: Vec<_> = rest.by_ref().take(limit).collect();
+        let more = since < u64::MAX && rest.next().is_some();
+        Ok((page, more))
     }
 
     fn recall(

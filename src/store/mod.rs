@@ -5,13 +5,21 @@
 //! Calls are synchronous; async callers go through `spawn_blocking`.
 //!
 //! A commit may carry a [`dedup`] record (the request's fingerprint and its answer), written
-//! in the same transaction, so a retransmission after a crash is answered from it.
+//! in the same transaction, so a retransmission after a crash is answered from it, and an
+//! audit record (CBOR, encoded by `crate::audit`), so the trail of changes is exactly the
+//! changes. The audit table is keyed by a sequence number that survives restarts and is
+//! bounded by count ([`AuditBatch::retention`]).
+//!
+//! Every committed change is published on the store's change [`feed`] after its
+//! transaction commits ([`PrivilegeStore::subscribe`]).
 
 pub mod dedup;
+pub mod feed;
 mod memory;
 mod redb_store;
 
 pub use dedup::{Fingerprint, Recorded};
+pub use feed::{ChangeFeed, StoreChange};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -58,6 +66,38 @@ pub enum Commit {
     },
 }
 
+impl Commit {
+    /// The entry this commit stores (`None` for a Delete): what the change feed publishes.
+    pub fn stored_entry(&self) -> Option<Privilege> {
+        match self {
+            Commit::Add { entry, .. } | Commit::Replace { entry, .. } => Some(entry.clone()),
+            Commit::Delete { .. } => None,
+        }
+    }
+}
+
+/// Audit records to append in one transaction (each CBOR, encoded by `crate::audit`), and
+/// the retention bound: after appending, the oldest records beyond `retention` are deleted,
+/// at most `records.len() + AUDIT_SWEEP` of them per transaction (so a lowered bound is
+/// reached over a few writes, with bounded work in each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditBatch {
+    pub records: Vec<Vec<u8>>,
+    pub retention: usize,
+}
+
+/// How many audit records beyond the new ones one transaction deletes at most.
+pub const AUDIT_SWEEP: usize = 256;
+
+/// What a commit writes in its transaction besides the change itself.
+#[derive(Debug, Clone, Default)]
+pub struct CommitExtras {
+    /// The request's fingerprint and answer (duplicate suppression across restarts).
+    pub dedup: Option<DedupRecord>,
+    /// The audit record of the change.
+    pub audit: Option<AuditBatch>,
+}
+
 /// How many expired dedup records one commit removes at most (expiry is lazy and bounded).
 pub const DEDUP_SWEEP: usize = 64;
 
@@ -69,6 +109,9 @@ pub fn generated_number(name: &PrivilegeName) -> Option<u64> {
     }
     digits.parse().ok()
 }
+
+/// A page of the audit table: `(seq, CBOR record)` in `seq` order, and whether more follow.
+pub type AuditPage = (Vec<(u64, Vec<u8>)>, bool);
 
 pub trait PrivilegeStore: Send + Sync + 'static {
     /// Applies `commit` atomically and durably; returns the name it applied to.
@@ -83,7 +126,34 @@ pub trait PrivilegeStore: Send + Sync + 'static {
         &self,
         commit: Commit,
         record: Option<DedupRecord>,
+    ) -> Result<PrivilegeName, StoreError> {
+        self.commit_with(
+            commit,
+            CommitExtras {
+                dedup: record,
+                audit: None,
+            },
+        )
+    }
+
+    /// Applies `commit` and writes `extras` (dedup record, audit records) in one durable
+    /// transaction: all of it or none. On success the change is published on the feed.
+    fn commit_with(
+        &self,
+        commit: Commit,
+        extras: CommitExtras,
     ) -> Result<PrivilegeName, StoreError>;
+
+    /// A receiver of every change committed from now on, in commit order (see [`feed`]).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreChange>;
+
+    /// Appends `batch` to the audit table in one durable transaction (applying its
+    /// retention); returns the `seq` of the last record appended (0 if none ever was).
+    fn append_audit(&self, batch: AuditBatch) -> Result<u64, StoreError>;
+
+    /// Up to `limit` audit records with `seq > since`, in `seq` order, and whether more
+    /// follow.
+    fn audit_page(&self, since: u64, limit: usize) -> Result<AuditPage, StoreError>;
 
     /// The answer recorded for `fingerprint`, if it is younger than `max_age` at `now`.
     fn recall(
@@ -334,6 +404,158 @@ mod tests {
             .expect("recorded in the commit, durable");
         assert_eq!(got.location_path[2], "p7");
         assert_eq!(store.next_name(&|_| false).unwrap().as_str(), "p8");
+    }
+
+    fn batch(records: &[&str], retention: usize) -> AuditBatch {
+        AuditBatch {
+            records: records.iter().map(|r| r.as_bytes().to_vec()).collect(),
+            retention,
+        }
+    }
+
+    fn seqs(page: &AuditPage) -> Vec<u64> {
+        page.0.iter().map(|(s, _)| *s).collect()
+    }
+
+    /// Sequence numbers count on, pages start after `since`, retention keeps the newest.
+    fn audit_table(store: &dyn PrivilegeStore) {
+        assert_eq!(store.audit_page(0, 10).unwrap(), (Vec::new(), false));
+        assert_eq!(store.append_audit(batch(&["a", "b", "c"], 10)).unwrap(), 3);
+        let page = store.audit_page(0, 2).unwrap();
+        assert_eq!((seqs(&page), page.1), (vec![1, 2], true));
+        assert_eq!(page.0[1].1, b"b");
+        let page = store.audit_page(2, 2).unwrap();
+        assert_eq!((seqs(&page), page.1), (vec![3], false));
+        // A commit carries its record in its own transaction.
+        store
+            .commit_with(
+                Commit::Add {
+                    name: Some(PrivilegeName::new("x").unwrap()),
+                    entry: entry("Get=*"),
+                },
+                CommitExtras {
+                    dedup: None,
+                    audit: Some(batch(&["commit"], 10)),
+                },
+            )
+            .unwrap();
+        let page = store.audit_page(3, 10).unwrap();
+        assert_eq!(page.0, vec![(4, b"commit".to_vec())]);
+        // A refused commit writes no record either.
+        assert!(
+            store
+                .commit_with(
+                    Commit::Delete {
+                        name: PrivilegeName::new("nope").unwrap()
+                    },
+                    CommitExtras {
+                        dedup: None,
+                        audit: Some(batch(&["lost"], 10)),
+                    },
+                )
+                .is_err()
+        );
+        assert_eq!(seqs(&store.audit_page(0, 100).unwrap()), [1, 2, 3, 4]);
+        // Retention 3: the oldest go, the sequence goes on.
+        assert_eq!(store.append_audit(batch(&["e", "f"], 3)).unwrap(), 6);
+        assert_eq!(seqs(&store.audit_page(0, 100).unwrap()), [4, 5, 6]);
+        // A much lower bound is reached with bounded work per write: records + AUDIT_SWEEP.
+        let many: Vec<String> = (0..600).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        store.append_audit(batch(&many, 1000)).unwrap();
+        assert_eq!(store.audit_page(0, 10_000).unwrap().0.len(), 603);
+        store.append_audit(batch(&["g"], 1)).unwrap();
+        assert_eq!(
+            store.audit_page(0, 10_000).unwrap().0.len(),
+            604 - 1 - AUDIT_SWEEP,
+            "one write deletes at most its records + AUDIT_SWEEP"
+        );
+        store.append_audit(batch(&[], 1)).unwrap();
+        store.append_audit(batch(&[], 1)).unwrap();
+        assert_eq!(seqs(&store.audit_page(0, 10_000).unwrap()), [607]);
+    }
+
+    #[test]
+    fn both_stores_keep_a_bounded_audit_table() {
+        audit_table(&MemoryStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        audit_table(&RedbStore::open(&dir.path().join("a.redb")).unwrap());
+    }
+
+    #[test]
+    fn redb_audit_records_and_their_sequence_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            store
+                .commit_with(
+                    Commit::Add {
+                        name: None,
+                        entry: entry("Get=*"),
+                    },
+                    CommitExtras {
+                        dedup: None,
+                        audit: Some(batch(&["committed p1"], 2)),
+                    },
+                )
+                .unwrap();
+            store.append_audit(batch(&["two", "three"], 2)).unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let page = store.audit_page(0, 10).unwrap();
+        assert_eq!(seqs(&page), [2, 3]);
+        assert_eq!(store.append_audit(batch(&["four"], 2)).unwrap(), 4);
+    }
+
+    /// Every commit is published after it commits, in order, with the stored entry; a
+    /// failed commit publishes nothing.
+    fn feed(store: &dyn PrivilegeStore) {
+        let mut rx = store.subscribe();
+        let p = PrivilegeName::new("f1").unwrap();
+        store
+            .commit(Commit::Add {
+                name: Some(p.clone()),
+                entry: entry("Get=ServerB"),
+            })
+            .unwrap();
+        assert!(
+            store
+                .commit(Commit::Delete {
+                    name: PrivilegeName::new("none").unwrap()
+                })
+                .is_err()
+        );
+        store
+            .commit(Commit::Replace {
+                name: p.clone(),
+                entry: entry("Get=ServerC"),
+            })
+            .unwrap();
+        store.commit(Commit::Delete { name: p.clone() }).unwrap();
+        let got: Vec<StoreChange> = (0..3).map(|_| rx.try_recv().unwrap()).collect();
+        assert!(rx.try_recv().is_err(), "nothing more");
+        assert_eq!(
+            got.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            [got[0].seq, got[0].seq + 1, got[0].seq + 2]
+        );
+        assert!(got.iter().all(|c| c.name == p));
+        assert_eq!(
+            got[0].entry.as_ref().unwrap().acl.to_string(),
+            "Get=ServerB"
+        );
+        assert_eq!(
+            got[1].entry.as_ref().unwrap().acl.to_string(),
+            "Get=ServerC"
+        );
+        assert_eq!(got[2].entry, None);
+    }
+
+    #[test]
+    fn both_stores_publish_committed_changes() {
+        feed(&MemoryStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        feed(&RedbStore::open(&dir.path().join("f.redb")).unwrap());
     }
 
     #[test]

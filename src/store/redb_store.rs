@@ -1,19 +1,23 @@
 //! The redb [`PrivilegeStore`]: one file; table `privileges` maps a node name to the CBOR
 //! form of the entry, table `meta` holds the counter for gateway-chosen names, tables `dedup`
 //! and `dedup_by_time` hold request fingerprints with their answers (and their expiry
-//! order). Each commit
+//! order), table `audit` maps a sequence number (counted in `meta`, so it survives restarts
+//! and deletions) to a CBOR audit record. Each commit
 //! is one write transaction with redb's default immediate durability (fsync on commit), so a
 //! crash leaves either the whole change or none of it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use crate::mo::{Privilege, PrivilegeName, Value};
 use crate::store::{
-    Commit, DEDUP_SWEEP, DedupRecord, Fingerprint, PrivilegeStore, Recorded, StoreError,
-    generated_number,
+    AUDIT_SWEEP, AuditBatch, AuditPage, ChangeFeed, Commit, CommitExtras, DEDUP_SWEEP, DedupRecord,
+    Fingerprint, PrivilegeStore, Recorded, StoreChange, StoreError, generated_number,
 };
 
 const PRIVILEGES: TableDefinition<&str, &[u8]> = TableDefinition::new("privileges");
@@ -23,10 +27,15 @@ const NAME_COUNTER: &str = "name_counter";
 const DEDUP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup");
 /// Expiry index: big-endian `at_ms` ++ fingerprint → nothing.
 const DEDUP_BY_TIME: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup_by_time");
+/// Audit sequence number → CBOR audit record (`crate::audit`).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The last audit sequence number handed out.
+const AUDIT_SEQ: &str = "audit_seq";
 
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    feed: ChangeFeed,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -50,11 +59,43 @@ impl RedbStore {
         txn.open_table(META).map_err(|e| fail(&e))?;
         txn.open_table(DEDUP).map_err(|e| fail(&e))?;
         txn.open_table(DEDUP_BY_TIME).map_err(|e| fail(&e))?;
+        txn.open_table(AUDIT).map_err(|e| fail(&e))?;
         txn.commit().map_err(|e| fail(&e))?;
         Ok(RedbStore {
             db,
             path: path.to_owned(),
+            feed: ChangeFeed::default(),
         })
+    }
+
+    /// Appends audit records inside `txn` and applies the retention bound; returns the last
+    /// sequence number.
+    fn audit(&self, txn: &WriteTransaction, batch: AuditBatch) -> Result<u64, StoreError> {
+        let mut meta = txn.open_table(META).map_err(|e| self.backend(e))?;
+        let mut table = txn.open_table(AUDIT).map_err(|e| self.backend(e))?;
+        let mut seq = meta
+            .get(AUDIT_SEQ)
+            .map_err(|e| self.backend(e))?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let appended = batch.records.len();
+        for record in batch.records {
+            seq += 1;
+            table
+                .insert(seq, record.as_slice())
+                .map_err(|e| self.backend(e))?;
+        }
+        meta.insert(AUDIT_SEQ, seq).map_err(|e| self.backend(e))?;
+        let len = table.len().map_err(|e| self.backend(e))?;
+        let excess = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(batch.retention.max(1));
+        for _ in 0..excess.min(appended + AUDIT_SWEEP) {
+            if table.pop_first().map_err(|e| self.backend(e))?.is_none() {
+                break;
+            }
+        }
+        Ok(seq)
     }
 
     fn backend(&self, e: impl std::fmt::Display) -> StoreError {
@@ -172,18 +213,52 @@ impl RedbStore {
 }
 
 impl PrivilegeStore for RedbStore {
-    fn commit_recorded(
+    fn commit_with(
         &self,
         commit: Commit,
-        record: Option<DedupRecord>,
+        extras: CommitExtras,
     ) -> Result<PrivilegeName, StoreError> {
+        self.feed.commit(|| {
+            let entry = commit.stored_entry();
+            let txn = self.db.begin_write().map_err(|e| self.backend(e))?;
+            let name = self.apply(&txn, commit)?;
+            if let Some(record) = extras.dedup {
+                self.record(&txn, &record)?;
+            }
+            if let Some(batch) = extras.audit {
+                self.audit(&txn, batch)?;
+            }
+            txn.commit().map_err(|e| self.backend(e))?;
+            Ok((name, entry))
+        })
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreChange> {
+        self.feed.subscribe()
+    }
+
+    fn append_audit(&self, batch: AuditBatch) -> Result<u64, StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.backend(e))?;
-        let name = self.apply(&txn, commit)?;
-        if let Some(record) = record {
-            self.record(&txn, &record)?;
-        }
+        let seq = self.audit(&txn, batch)?;
         txn.commit().map_err(|e| self.backend(e))?;
-        Ok(name)
+        Ok(seq)
+    }
+
+    fn audit_page(&self, since: u64, limit: usize) -> Result<AuditPage, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.backend(e))?;
+        let Some(from) = since.checked_add(1) else {
+            return Ok((Vec::new(), false));
+        };
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(|e| self.backend(e))? {
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let (k, v) = item.map_err(|e| self.backend(e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok((out, false))
     }
 
     fn recall(

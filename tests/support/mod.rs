@@ -118,6 +118,8 @@ pub struct FleetBuilder {
     device_psk: bool,
     /// Lines of the `[limits]` table.
     limits_lines: Vec<String>,
+    /// Lines of the `[proxy]` table.
+    proxy_lines: Vec<String>,
     /// Devices reached through a lossy [`relay::Relay`], by DeviceID.
     relays: BTreeMap<String, relay::LinkConfig>,
     /// `[[lwm2m.listen]]`: scheme and account (`None`: the gateway's own). Default when a
@@ -125,6 +127,8 @@ pub struct FleetBuilder {
     lwm2m_listen: Vec<(Scheme, Option<&'static str>)>,
     /// Lines of the `[lwm2m]` table.
     lwm2m_lines: Vec<String>,
+    /// Lines of the `[audit]` table.
+    audit_lines: Vec<String>,
 }
 
 /// PEM files: certificate, private key, CA.
@@ -205,10 +209,24 @@ impl FleetBuilder {
             device_lines: BTreeMap::new(),
             device_psk: true,
             limits_lines: Vec::new(),
+            proxy_lines: Vec::new(),
             relays: BTreeMap::new(),
             lwm2m_listen: Vec::new(),
             lwm2m_lines: Vec::new(),
+            audit_lines: Vec::new(),
         }
+    }
+
+    /// Adds a line to the gateway's `[proxy]` table, e.g. `deadline_ms = 1000`.
+    pub fn proxy_toml(mut self, line: &str) -> Self {
+        self.proxy_lines.push(line.to_owned());
+        self
+    }
+
+    /// Adds a line to the gateway's `[audit]` table, e.g. `max_records = 3`.
+    pub fn audit_toml(mut self, line: &str) -> Self {
+        self.audit_lines.push(line.to_owned());
+        self
     }
 
     /// Adds a line to the gateway's `[limits]` table, e.g. `max_privileges = 3`.
@@ -263,6 +281,21 @@ impl FleetBuilder {
         cfg.behaviour = behaviour;
         cfg.access_control = access_control;
         self.push(id, "lwm2m", policy, Kind::Simulated(Box::new(cfg)));
+        self
+    }
+
+    /// An LwM2M device (policy `owner`) whose simulator config `adjust` changes (resources,
+    /// slowness…).
+    pub fn lwm2m_adjusted(
+        mut self,
+        id: &str,
+        access_control: Vec<AcInstance>,
+        adjust: impl FnOnce(&mut DeviceSimConfig),
+    ) -> Self {
+        let mut cfg = self.sim(id, "lwm2m");
+        cfg.access_control = access_control;
+        adjust(&mut cfg);
+        self.push(id, "lwm2m", None, Kind::Simulated(Box::new(cfg)));
         self
     }
 
@@ -631,8 +664,14 @@ impl FleetBuilder {
             )
             .unwrap();
         }
+        if !self.proxy_lines.is_empty() {
+            writeln!(toml, "\n[proxy]\n{}", self.proxy_lines.join("\n")).unwrap();
+        }
         if !self.limits_lines.is_empty() {
             writeln!(toml, "\n[limits]\n{}", self.limits_lines.join("\n")).unwrap();
+        }
+        if !self.audit_lines.is_empty() {
+            writeln!(toml, "\n[audit]\n{}", self.audit_lines.join("\n")).unwrap();
         }
         toml
     }
