@@ -48,8 +48,6 @@ const SEPARATE_PATIENCE: Duration = Duration::from_secs(10);
 /// After a run's deadline, how long outstanding requests are still waited for.
 const DRAIN: Duration = Duration::from_secs(3);
 const TOKEN_LEN: usize = 4;
-/// 4.03 Forbidden.
-const FORBIDDEN: u8 = 0x83;
 
 /// One request form on the wire: a CON GET with a 4-byte token, encoded once; each request
 /// is the template with its MID and token patched in.
@@ -184,21 +182,6 @@ pub(crate) fn median(values: &[f64]) -> f64 {
         (v[mid - 1] + v[mid]) / 2.0
     }
 }
-
-/// Why a side's warm-up failed: the first unexpected code, if an answer had one.
-#[derive(Debug)]
-struct WarmFailure {
-    code: Option<u8>,
-    message: String,
-}
-
-impl std::fmt::Display for WarmFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for WarmFailure {}
 
 /// One request of one endpoint still waiting for its answer.
 #[derive(Debug, Clone, Copy)]
@@ -487,41 +470,33 @@ impl Side {
 
     /// Every endpoint completes [`WARM_REQUESTS`] with the expected code, or the failure says
     /// what the proxy answered instead.
-    async fn warm(&mut self, expect: u8, within: Duration) -> Result<(), WarmFailure> {
+    async fn warm(&mut self, expect: u8, within: Duration) -> CliResult<()> {
         let n = self.endpoints.len() as u64;
         let (tally, took) = self
             .drive(expect, 1, None, WARM_REQUESTS, Instant::now() + within)
-            .await
-            .map_err(|e| WarmFailure {
-                code: None,
-                message: e.to_string(),
-            })?;
+            .await?;
         if let Some(code) = tally.first_wrong {
-            return Err(WarmFailure {
-                code: Some(code),
-                message: format!(
-                    "{} proxy: warm-up answered {} {:?} where the device itself answers {} ({} of {} requests)",
-                    self.name,
-                    code_text(code),
-                    tally.wrong_body.as_deref().unwrap_or(""),
-                    code_text(expect),
-                    tally.wrong,
-                    n * WARM_REQUESTS as u64
-                ),
-            });
+            return Err(format!(
+                "{} proxy: warm-up answered {} {:?} where the device itself answers {} ({} of {} requests)",
+                self.name,
+                code_text(code),
+                tally.wrong_body.as_deref().unwrap_or(""),
+                code_text(expect),
+                tally.wrong,
+                n * WARM_REQUESTS as u64
+            )
+            .into());
         }
         if tally.ok < n * WARM_REQUESTS as u64 {
-            return Err(WarmFailure {
-                code: None,
-                message: format!(
-                    "{} proxy: warm-up got {} of {} answers in {took:.1?} ({} lost, {} resets)",
-                    self.name,
-                    tally.ok,
-                    n * WARM_REQUESTS as u64,
-                    tally.lost,
-                    tally.resets
-                ),
-            });
+            return Err(format!(
+                "{} proxy: warm-up got {} of {} answers in {took:.1?} ({} lost, {} resets)",
+                self.name,
+                tally.ok,
+                n * WARM_REQUESTS as u64,
+                tally.lost,
+                tally.resets
+            )
+            .into());
         }
         Ok(())
     }
@@ -735,9 +710,9 @@ async fn with_device(
     let secure: EndpointUri = format!("coaps://127.0.0.1:{}", free_udp_port()?).parse()?;
     let plain: EndpointUri = format!("coap://127.0.0.1:{}", free_udp_port()?).parse()?;
     let toml = gateway_toml(&dir.join("proxy.redb"), secure, plain, device_uri);
-    let mut gateway = Some(Running::start(&toml, dir, "proxy", args.in_process, secure).await?);
+    let mut gateway = Running::start(&toml, dir, "proxy", args.in_process, secure).await?;
     let outcome = async {
-        let gw = gateway.as_mut().ok_or("no gateway")?;
+        let gw = &mut gateway;
         let mut a = gw.client(Duration::from_secs(30)).await?;
         let grant = a
             .add(DEVICE_ID, "Device", &args.path, "Get=ServerB")
@@ -794,10 +769,7 @@ async fn with_device(
             }
         }
         // Warm both (libcoap may still be starting: retry its warm-up briefly).
-        let mut warmed = Err(WarmFailure {
-            code: None,
-            message: "not tried".into(),
-        });
+        let mut warmed: CliResult<()> = Err("not tried".into());
         for _ in 0..10 {
             warmed = sides[0].warm(expect, Duration::from_secs(3)).await;
             if warmed.is_ok() {
@@ -809,23 +781,7 @@ async fn with_device(
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             format!("{e}; coap-server-openssl said: {}", log.trim())
         })?;
-        let mut privgw_ok = sides[1].warm(expect, Duration::from_secs(10)).await;
-        if privgw_ok.as_ref().is_err_and(|e| e.code == Some(FORBIDDEN)) {
-            // A build whose privilege index is only loaded at start does not see the grant
-            // yet: restart the gateway on the same store, then it does.
-            println!(
-                "  privgw refused after the grant ({}); restarting the gateway on the same store (its privilege index is loaded at start)",
-                privgw_ok.as_ref().map_or_else(|e| e.message.clone(), |_| String::new())
-            );
-            if let Some(old) = gateway.take() {
-                old.stop().await;
-            }
-            let mut fresh = Running::start(&toml, dir, "proxy", args.in_process, secure).await?;
-            fresh.client(Duration::from_secs(30)).await?;
-            sides[1].pid = fresh.pid();
-            gateway = Some(fresh);
-            privgw_ok = sides[1].warm(expect, Duration::from_secs(10)).await;
-        }
+        let privgw_ok = sides[1].warm(expect, Duration::from_secs(10)).await;
         if let Err(e) = &privgw_ok {
             println!("  privgw not measured: {e}");
         }
@@ -870,12 +826,10 @@ async fn with_device(
                 median(&rates[0])
             );
         }
-        privgw_ok.map_err(Into::into)
+        privgw_ok
     }
     .await;
-    if let Some(gw) = gateway {
-        gw.stop().await;
-    }
+    gateway.stop().await;
     drop(libcoap);
     outcome
 }
