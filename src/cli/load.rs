@@ -3,7 +3,9 @@
 //!
 //! * group verification: Add on a group of all N devices (every device read over its own
 //!   DTLS-PSK or UDP session), then Delete of it (verified again) — latency per write;
-//! * GET throughput of `/GwConfig/Privileges` from one client (one exchange at a time).
+//! * GET throughput of `/GwConfig/Privileges` from one client (one exchange at a time);
+//! * with `--proxy` (`load_proxy.rs`), proxied GETs to one DTLS-PSK device through privgw and
+//!   through libcoap's forward proxy, same device, load and run, and the ratio.
 //!
 //! Medians and percentiles are printed; nothing is judged here.
 
@@ -87,6 +89,11 @@ pub struct LoadArgs {
     /// device serves `/2/<instance>`, its Access Control object).
     #[arg(long, default_value = "/2/0")]
     path: String,
+    /// Proxy mode: the gateway's `nstart` (requests in flight to one device at once, 1 to
+    /// 16; default: the gateway's default, 1). libcoap opens one upstream session per client
+    /// endpoint instead.
+    #[arg(long)]
+    nstart: Option<u32>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -600,9 +600,13 @@ fn gateway_toml(
     secure: EndpointUri,
     plain: EndpointUri,
     device: EndpointUri,
+    nstart: Option<u32>,
 ) -> String {
+    let nstart = nstart
+        .map(|n| format!("nstart = {n}\n"))
+        .unwrap_or_default();
     format!(
-        "[gateway]\nlisten = [\"{secure}\", \"{plain}\"]\nstore = {store:?}\ndevice_timeout_ms = 10000\nmax_in_flight = 256\n\n\
+        "[gateway]\nlisten = [\"{secure}\", \"{plain}\"]\nstore = {store:?}\ndevice_timeout_ms = 10000\nmax_in_flight = 256\n{nstart}\n\
          [[servers]]\nid = \"ServerA\"\nssid = 101\npsk_identity = \"serverA\"\npsk_key = \"secretA\"\n\n\
          [[servers]]\nid = \"ServerB\"\nssid = 102\nnosec_address = \"127.0.0.1\"\n\n\
          [[devices]]\nid = \"{DEVICE_ID}\"\nuri = \"{device}\"\nprofile = \"lwm2m\"\npsk_identity = \"{DEVICE_IDENTITY}\"\npsk_key = \"{DEVICE_KEY}\"\n"
@@ -709,7 +713,13 @@ async fn with_device(
     // privgw: ServerA grants ServerB Get on the path of the device, ServerB loads over NoSec.
     let secure: EndpointUri = format!("coaps://127.0.0.1:{}", free_udp_port()?).parse()?;
     let plain: EndpointUri = format!("coap://127.0.0.1:{}", free_udp_port()?).parse()?;
-    let toml = gateway_toml(&dir.join("proxy.redb"), secure, plain, device_uri);
+    let toml = gateway_toml(
+        &dir.join("proxy.redb"),
+        secure,
+        plain,
+        device_uri,
+        args.nstart,
+    );
     let mut gateway = Running::start(&toml, dir, "proxy", args.in_process, secure).await?;
     let outcome = async {
         let gw = &mut gateway;
@@ -742,10 +752,12 @@ async fn with_device(
             libcoap.0.id()
         );
         println!(
-            "  privgw:  {} on {plain}, GET /{DEVICE_ID}{} from ServerB (nosec_address 127.0.0.1), Get on {} granted by ServerA",
+            "  privgw:  {} on {plain}, GET /{DEVICE_ID}{} from ServerB (nosec_address 127.0.0.1), Get on {} granted by ServerA; one DTLS session to the device, nstart {}",
             gw.what(),
             args.path,
-            args.path
+            args.path,
+            args.nstart
+                .map_or_else(|| "at the gateway's default (1)".to_owned(), |n| n.to_string())
         );
         let mut sides = [
             Side {

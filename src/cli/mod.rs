@@ -53,7 +53,8 @@ enum Command {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
-    /// Measure group verification latency and GET throughput on loopback (bounded).
+    /// Measure group verification latency and GET throughput on loopback (bounded); with
+    /// `--proxy`, proxied GETs through privgw vs libcoap's forward proxy, same run.
     Load(load::LoadArgs),
 }
 
