@@ -59,11 +59,15 @@ pub fn apply_change(index: &RwLock<PrivilegeIndex>, change: StoreChange) {
 
 /// Follows the store's change feed into `index` until `shutdown`: subscribe, load the whole
 /// list, apply each change; reload on lag. A failed load is retried after a second (logged).
+/// `applied` counts the changes applied (and reloads), so whoever acts on the index's
+/// decisions (the Observe relay revalidating its observers) knows when to look again.
 pub fn spawn_index_feed(
     store: Arc<dyn PrivilegeStore>,
     index: Arc<RwLock<PrivilegeIndex>>,
     mut shutdown: Shutdown,
+    applied: tokio::sync::watch::Sender<u64>,
 ) -> JoinHandle<()> {
+    let bump = move || applied.send_modify(|n| *n = n.wrapping_add(1));
     let mut changes = store.subscribe();
     tokio::spawn(async move {
         let reload = |store: Arc<dyn PrivilegeStore>, index: Arc<RwLock<PrivilegeIndex>>| async move {
@@ -90,13 +94,17 @@ pub fn spawn_index_feed(
                 () = stopped(&mut shutdown) => return,
             };
             match received {
-                Ok(change) => apply_change(&index, change),
+                Ok(change) => {
+                    apply_change(&index, change);
+                    bump();
+                }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "privilege index fell behind the store: reloading");
                     tokio::select! {
                         () = reload(store.clone(), index.clone()) => {}
                         () = stopped(&mut shutdown) => return,
                     }
+                    bump();
                 }
                 Err(RecvError::Closed) => return,
             }
@@ -163,7 +171,12 @@ mod tests {
             Membership::default(),
         )));
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let task = spawn_index_feed(store.clone(), index.clone(), shutdown);
+        let task = spawn_index_feed(
+            store.clone(),
+            index.clone(),
+            shutdown,
+            tokio::sync::watch::channel(0).0,
+        );
         eventually(&index, |i| i.len() == 1 && i.get(&name("before")).is_some()).await;
 
         add(store.as_ref(), "p1", "Get=ServerB");
@@ -202,7 +215,12 @@ mod tests {
             Membership::default(),
         )));
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let task = spawn_index_feed(store.clone(), index.clone(), shutdown);
+        let task = spawn_index_feed(
+            store.clone(),
+            index.clone(),
+            shutdown,
+            tokio::sync::watch::channel(0).0,
+        );
         eventually(&index, PrivilegeIndex::is_empty).await;
         tokio::task::yield_now().await;
         // Current-thread runtime: the feed task does not run until we yield.
