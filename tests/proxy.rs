@@ -645,3 +645,47 @@ async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on
     })
     .await;
 }
+
+/// Until the queue-mode device `id` has gone to sleep (its session closed).
+async fn asleep(fleet: &Fleet, id: &str) {
+    for _ in 0..60 {
+        if fleet.device(id).locations()[0].is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} never slept");
+}
+
+#[tokio::test]
+async fn a_sleeping_queue_mode_device_is_reached_when_it_wakes_within_the_deadline() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m_toml("queue_awake_s = 1")
+            .registering_with("devQ", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.queue = true;
+                c.queue_awake_s = Some(1);
+                c.lifetime_s = Some(6); // a fresh Register every 3 s
+            })
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        asleep(&fleet, "devQ").await;
+        let reply = add(&mut a, "devQ", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        asleep(&fleet, "devQ").await;
+        let mut b = fleet.server_b().await;
+        let started = std::time::Instant::now();
+        let reply = get(&mut b, "/devQ/3/0/2").await;
+        assert_eq!(
+            (reply.code.as_str(), reply.payload.as_slice()),
+            ("2.05", &b"devQ"[..])
+        );
+        assert!(
+            started.elapsed() > Duration::from_millis(200),
+            "it was asleep"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
