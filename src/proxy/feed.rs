@@ -70,23 +70,8 @@ pub fn spawn_index_feed(
     let bump = move || applied.send_modify(|n| *n = n.wrapping_add(1));
     let mut changes = store.subscribe();
     tokio::spawn(async move {
-        let reload = |store: Arc<dyn PrivilegeStore>, index: Arc<RwLock<PrivilegeIndex>>| async move {
-            loop {
-                let (s, i) = (store.clone(), index.clone());
-                match tokio::task::spawn_blocking(move || try_load_index(s.as_ref(), &i)).await {
-                    Ok(Ok(count)) => {
-                        tracing::debug!(entries = count, "privilege index loaded from the store");
-                        return;
-                    }
-                    Ok(Err(e)) => tracing::error!("privilege index: cannot load the store: {e}"),
-                    Err(e) => tracing::error!("privilege index: load failed: {e}"),
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        };
-        tokio::select! {
-            () = reload(store.clone(), index.clone()) => {}
-            () = stopped(&mut shutdown) => return,
+        if !reload(&store, &index, &mut shutdown).await {
+            return;
         }
         loop {
             let received = tokio::select! {
@@ -100,9 +85,8 @@ pub fn spawn_index_feed(
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "privilege index fell behind the store: reloading");
-                    tokio::select! {
-                        () = reload(store.clone(), index.clone()) => {}
-                        () = stopped(&mut shutdown) => return,
+                    if !reload(&store, &index, &mut shutdown).await {
+                        return;
                     }
                     bump();
                 }
@@ -110,6 +94,32 @@ pub fn spawn_index_feed(
             }
         }
     })
+}
+
+/// Loads the whole list into `index`, retrying a failed load every second; `false` once
+/// `shutdown` came first. A load that has begun is waited for, not abandoned: a detached
+/// load would hold the store open past the gateway's stop (and a restart on the same file
+/// would find it locked).
+async fn reload(
+    store: &Arc<dyn PrivilegeStore>,
+    index: &Arc<RwLock<PrivilegeIndex>>,
+    shutdown: &mut Shutdown,
+) -> bool {
+    loop {
+        let (s, i) = (store.clone(), index.clone());
+        match tokio::task::spawn_blocking(move || try_load_index(s.as_ref(), &i)).await {
+            Ok(Ok(count)) => {
+                tracing::debug!(entries = count, "privilege index loaded from the store");
+                return true;
+            }
+            Ok(Err(e)) => tracing::error!("privilege index: cannot load the store: {e}"),
+            Err(e) => tracing::error!("privilege index: load failed: {e}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = stopped(shutdown) => return false,
+        }
+    }
 }
 
 #[cfg(test)]
