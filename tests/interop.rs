@@ -2011,3 +2011,76 @@ async fn proxy_libcoap_server_b_gets_separate_responses_and_a_5_04() {
         d.stop().await;
     }
 }
+
+/// The Observe values coap-client printed on the 2.05 responses, in order.
+fn observe_values(run: &interop_support::ClientRun) -> Vec<u32> {
+    run.responses()
+        .iter()
+        .filter(|r| r.code == "2.05")
+        .filter_map(|r| {
+            let at = r.options.find("Observe:")?;
+            let digits: String = r.options[at + 8..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Server B observes (`coap-client -s`) a libcoap device's resource through the gateway's
+/// Observe relay: the first answer and every later change on the device reach coap-client,
+/// with increasing Observe values, and the device is observed once (one GET from privgw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_server_b_observes_through_the_relay() {
+    let scratch = Arc::new(Scratch::new());
+    let (dev, gw) = libcoap_proxy_device(&scratch, &[("/3/0/0", &b"v0"[..])]).await;
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("devL", "Device", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    let calls = dev.gateway_calls().len();
+    let observer = Arc::new(Scratch::new());
+    let url = gw.coaps_url("/devL/3/0/0");
+    let observing = tokio::spawn({
+        let observer = observer.clone();
+        async move { run_server_b(&observer, &["-B", "8", "-s", "6", "-m", "get", &url]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for value in ["v1", "v2", "v3"] {
+        put_on_device(&scratch, &dev, "/3/0/0", "0", value.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let run = observing.await.expect("observer ran");
+    assert_eq!(run.printed_data(), "v0v1v2v3", "{}", run.transcript());
+    let seen = observe_values(&run);
+    assert_eq!(
+        seen.len(),
+        4,
+        "four notifications with Observe\n{}",
+        run.transcript()
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "increasing Observe values {seen:?}"
+    );
+    // libcoap logs each notification as a re-run of the observing GET (same token): one
+    // token means one upstream observation, however many notifications.
+    let log = dev.log();
+    let tokens: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("c:GET") && l.contains("Observe:0"))
+        .filter(|l| l.contains("Uri-Path:3, Uri-Path:0, Uri-Path:0"))
+        .filter_map(|l| Some(l.split_once('{')?.1.split_once('}')?.0))
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one upstream observation: {tokens:?}\n{log}"
+    );
+    assert!(dev.gateway_calls().len() > calls, "the device was reached");
+}
