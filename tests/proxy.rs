@@ -689,3 +689,73 @@ async fn a_sleeping_queue_mode_device_is_reached_when_it_wakes_within_the_deadli
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_observation_comes_back_when_the_device_reboots_and_registers_again() {
+    bounded(async {
+        let mut fleet = Fleet::builder()
+            .listen(&["coaps://127.0.0.1:0", "coap://127.0.0.1:0"])
+            .nosec("ServerB", "127.0.0.1")
+            .registering("devR", vec![ac(0, 3, 0, SSID_A)])
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(
+            &mut a,
+            "devR",
+            "Device",
+            "/3/0",
+            "Get=ServerB&Replace=ServerA",
+        )
+        .await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let b = raw_socket(fleet.uri(Scheme::Coap).addr).await;
+        let first = exchange(&b, &observe_get(500, 5, "/devR/3/0/0")).await;
+        assert_eq!(coap::code_string(first.header.code), "2.05");
+        assert!(first.get_first_option(CoapOption::Observe).is_some());
+        fleet.reboot_registering_device("devR").await;
+        // The relay re-observes over the new registration (backoff from 1 s); a write then
+        // reaches the observer again.
+        let mut notified = None;
+        for round in 0..10u8 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let value = format!("after-reboot-{round}");
+            let reply = a
+                .request(
+                    RequestType::Put,
+                    "/devR/3/0/0",
+                    Some((0, value.clone().into_bytes())),
+                    None,
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.code, "2.04", "{}", reply.render());
+            let got = tokio::time::timeout(Duration::from_millis(500), recv_notification(&b)).await;
+            if let Ok(n) = got {
+                notified = Some((n, value));
+                break;
+            }
+        }
+        let (n, value) = notified.expect("no notification after the device came back");
+        assert_eq!(coap::code_string(n.header.code), "2.05");
+        assert_eq!(n.payload, value.as_bytes());
+        assert_eq!(fleet.gateway().proxy().relay().counts(), (1, 1));
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// The next datagram on `socket`, decoded and ACKed if a CON (no 5 s wait inside).
+async fn recv_notification(socket: &tokio::net::UdpSocket) -> Packet {
+    let mut buf = vec![0u8; 2048];
+    let n = socket.recv(&mut buf).await.unwrap();
+    let p = coap::decode(&buf[..n]).unwrap();
+    if p.header.get_type() == MessageType::Confirmable {
+        let mut ack = Packet::new();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = p.header.message_id;
+        socket.send(&coap::encode(&ack).unwrap()).await.unwrap();
+    }
+    p
+}
