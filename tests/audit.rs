@@ -310,3 +310,74 @@ async fn proxied_decisions_are_written_in_batches_and_flushed_at_stop() {
     })
     .await;
 }
+
+/// End to end: B's proxied requests, refused and then allowed by A's grant, land in the
+/// trail between (and after) the grant's own record, in the order they happened.
+#[tokio::test]
+async fn proxied_requests_through_the_gateway_are_in_the_trail() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m("devA", vec![ac_with(0, 3, 0, SSID_A, &[(SSID_A, 31)])])
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let mut b = fleet.server_b().await;
+        let reply = get(&mut b, "/devA/3/0/0").await;
+        assert_eq!(reply.code, "4.03", "{}", reply.render());
+        // Written within about a second: the denial comes before the grant.
+        let start = Instant::now();
+        while page(&audit(&mut a, "").await).0.is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "no record of the denial"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let start = Instant::now();
+        let reply = loop {
+            let reply = get(&mut b, "/devA/3/0/0").await;
+            if reply.code == "2.05" || start.elapsed() > Duration::from_secs(2) {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(reply.code, "2.05", "{}", reply.render());
+        let start = Instant::now();
+        let records = loop {
+            let (records, _, _) = page(&audit(&mut a, "").await);
+            let allowed = records
+                .iter()
+                .any(|r| field(r, "Verdict") == Some("allowed"));
+            if allowed {
+                break records;
+            }
+            assert!(start.elapsed() < Duration::from_secs(3), "{records:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let denied = &records[0];
+        assert_eq!(field(denied, "Kind"), Some("proxied"), "{records:?}");
+        assert_eq!(field(denied, "Server"), Some("ServerB"));
+        assert_eq!(field(denied, "Device"), Some("devA"));
+        assert_eq!(field(denied, "Method"), Some("GET"));
+        assert_eq!(field(denied, "Path"), Some("/3/0/0"));
+        assert_eq!(field(denied, "Command"), Some("Get"));
+        assert_eq!(field(denied, "Verdict"), Some("denied"));
+        assert!(denied.get("Grantor").is_none());
+        assert_eq!(field(&records[1], "Kind"), Some("privilege"));
+        assert_eq!(field(&records[1], "Verdict"), Some("committed"));
+        let allowed = records
+            .iter()
+            .find(|r| field(r, "Verdict") == Some("allowed"))
+            .unwrap();
+        assert_eq!(field(allowed, "Grantor"), Some("ServerA"), "{allowed:?}");
+        assert!(
+            field(allowed, "Reason").is_some_and(|r| r.contains("p1")),
+            "{allowed:?}"
+        );
+        assert!(int(allowed, "LatencyUs").is_some());
+        fleet.stop().await;
+    })
+    .await;
+}

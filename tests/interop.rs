@@ -11,7 +11,11 @@
 //!   `interop_support::stream` for the peer behaviours accounted for);
 //! * X.509 over DTLS (`coaps://`, libcoap's PKI mode): `coap-client-openssl -c/-j/-C` as
 //!   server A against the gateway's `coaps://` listener, and `coap-server-openssl -c/-j/-C`
-//!   devices read over DTLS with `cert_match` (see `interop_support::dtls_pki`).
+//!   devices read over DTLS with `cert_match` (see `interop_support::dtls_pki`);
+//! * the secure proxy (issue 8): `coap-client-openssl` as server B over DTLS-PSK through the
+//!   gateway to a `coap-server-openssl` device (granted and refused paths, `-b 64` Block2 and
+//!   Block1), to a simulated device that registers with the gateway, and to slow simulated
+//!   devices (separate responses, 5.04 at the proxy deadline); see `interop_support::proxy`.
 //!
 //! Run with `cargo test --features interop --test interop`. A missing libcoap binary or
 //! aiocoap fails the test with a message saying what to install; it never skips.
@@ -21,6 +25,9 @@ mod interop_support;
 use std::sync::Arc;
 
 use interop_support::dtls_pki::{DtlsPkiGateway, dtls_cns_presented, dtls_pki_handshake_logged};
+use interop_support::proxy::{
+    get_from_device, put_on_device, registering_device_toml, run_server_b,
+};
 use interop_support::stream::{
     self, Aiocoap, StreamDevice, StreamGateway, aiocoap_credentials, cert, libcoap_pki_args,
     require_aiocoap, run_aiocoap,
@@ -1573,4 +1580,507 @@ async fn south_libcoap_devices_over_dtls_with_certificates() {
     );
     gw.stop().await;
     drop(devices);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. The secure proxy: coap-client-openssl as server B through the gateway
+// ---------------------------------------------------------------------------------------
+
+/// One `coap-server-openssl -d 50` device `devL` over DTLS-PSK: `/2` (TLV: /3/0 and /4/0 owned
+/// by server A, no rights for B) and `resources` PUT into it directly, and the gateway dialling
+/// it (plus a NoSec listener).
+async fn libcoap_proxy_device(
+    scratch: &Arc<Scratch>,
+    resources: &[(&str, &[u8])],
+) -> (LibcoapServer, GatewayFixture) {
+    require_libcoap();
+    let dev = LibcoapServer::start(scratch, "devL", Some("devkeyL")).await;
+    provision(scratch, &dev, &ac_tlv(SSID_A), "2.01").await;
+    for (path, body) in resources {
+        put_on_device(scratch, &dev, path, "0", body).await;
+        assert_eq!(
+            get_from_device(scratch, &dev, path).await,
+            *body,
+            "{path} reads back from the device"
+        );
+    }
+    let gw = GatewayFixture::start(
+        scratch,
+        &[DeviceEntry {
+            id: "devL".to_owned(),
+            uri: dev.device_uri(),
+            psk: Some((DEVICE_IDENTITY.to_owned(), "devkeyL".to_owned())),
+        }],
+    )
+    .await;
+    (dev, gw)
+}
+
+/// Server B (`coap-client-openssl -u serverB -k secretB`) through the gateway to a libcoap
+/// device: refused `/3/0/0` before any grant (the device's own ACL gives B nothing); after
+/// server A (coap-client too) grants `Get=ServerB` on `/3/0`, coap-client prints the device's
+/// value, and the device logged exactly that GET from privgw; a PUT there is refused 4.03
+/// (coap-client prints the diagnostic) and `/4/0/0` (no privilege, device ACL denies) too, with
+/// neither reaching the device; an unknown prefix is 4.04; discovery lists `</devL>` and
+/// `</25>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_server_b_reads_a_libcoap_device_where_granted_only() {
+    let scratch = Arc::new(Scratch::new());
+    let value: &[u8] = b"libcoap 4.3.1 device";
+    let (dev, gw) = libcoap_proxy_device(
+        &scratch,
+        &[("/3/0/0", value), ("/4/0/0", &b"not for B"[..])],
+    )
+    .await;
+    let url = |path: &str| gw.coaps_url(path);
+
+    // No privilege yet: the device's own /2 decides, and gives B nothing on /3/0.
+    let run = run_server_b(&scratch, &["-m", "get", &url("/devL/3/0/0")]).await;
+    run.expect_code("4.03");
+    assert!(
+        run.stderr
+            .contains("4.03 no privilege grants Get on /3/0/0"),
+        "{}",
+        run.transcript()
+    );
+    assert!(
+        !dev.gateway_calls().iter().any(|(_, p)| p == "/3/0/0"),
+        "refused before reaching the device: {:?}",
+        dev.gateway_calls()
+    );
+
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("devL", "Device", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    assert_eq!(verified_ids(&run.output_cbor()), ["devL"]);
+
+    let calls = dev.gateway_calls().len();
+    let run = run_server_b(&scratch, &["-m", "get", &url("/devL/3/0/0")]).await;
+    let response = run.expect_code("2.05");
+    assert_eq!(
+        response.payload.as_deref(),
+        Some(value),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(
+        run.printed_data(),
+        String::from_utf8_lossy(value),
+        "coap-client printed the device's value\n{}",
+        run.transcript()
+    );
+    assert_eq!(
+        dev.gateway_calls()[calls..],
+        [("GET".to_owned(), "/3/0/0".to_owned())],
+        "the privilege decided: only the GET itself reached the device\n{}",
+        dev.log()
+    );
+
+    // Replace is not granted: 4.03 from the privilege, nothing sent to the device.
+    let calls = dev.gateway_calls();
+    let run = run_server_b(&scratch, &["-m", "put", "-e", "x", &url("/devL/3/0/0")]).await;
+    run.expect_code("4.03");
+    assert!(
+        run.stderr.contains("4.03 privilege ")
+            && run
+                .stderr
+                .contains("on /3/0 does not grant Replace to ServerB"),
+        "coap-client prints the diagnostic\n{}",
+        run.transcript()
+    );
+    assert_eq!(dev.gateway_calls(), calls, "no request reached the device");
+    assert_eq!(get_from_device(&scratch, &dev, "/3/0/0").await, value);
+
+    // /4/0: no privilege covers it, and the device's /2 gives B no R there.
+    let run = run_server_b(&scratch, &["-m", "get", &url("/devL/4/0/0")]).await;
+    run.expect_code("4.03");
+    assert!(
+        run.stderr
+            .contains("4.03 no privilege grants Get on /4/0/0, and the device's ACL: denied"),
+        "{}",
+        run.transcript()
+    );
+    let after = dev.gateway_calls();
+    assert!(
+        after[calls.len()..]
+            .iter()
+            .all(|(m, p)| m == "GET" && p == "/2"),
+        "at most the device's ACL was read, never /4/0/0: {after:?}"
+    );
+
+    let run = run_server_b(&scratch, &["-m", "get", &url("/nobody/3/0/0")]).await;
+    run.expect_code("4.04");
+
+    let run = run_server_b(&scratch, &["-m", "get", &url("/.well-known/core")]).await;
+    run.expect_code("2.05");
+    let links = run.printed_data();
+    assert!(
+        links.split(',').any(|l| l.starts_with("</devL>"))
+            && links.split(',').any(|l| l.starts_with("</25>")),
+        "discovery lists the device prefix and /25\n{}",
+        run.transcript()
+    );
+    gw.stop().await;
+    drop(dev);
+}
+
+/// Block-wise through the gateway with `coap-client -b 64` as server B: a 3000-byte resource
+/// the libcoap device serves in 1024-byte Block2 blocks is read by the gateway once,
+/// reassembled, and served to coap-client in 47 blocks of 64 (ETag and Size2 passed on); the
+/// body coap-client wrote (`-o`) and printed is the device's byte for byte. A 700-byte PUT in
+/// 64-byte Block1 blocks is reassembled and reaches the device as one PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_server_b_block_wise_both_ways() {
+    let scratch = Arc::new(Scratch::new());
+    let long: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let (dev, gw) = libcoap_proxy_device(&scratch, &[("/3/0/9", &long[..])]).await;
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("devL", "Device", "/3/0", "Get=ServerB&Replace=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    let url = gw.coaps_url("/devL/3/0/9");
+
+    let calls = dev.gateway_calls().len();
+    let out = scratch.file("long.out").to_string_lossy().into_owned();
+    let run = run_server_b(&scratch, &["-b", "64", "-o", &out, "-m", "get", &url]).await;
+    run.expect_code("2.05");
+    let blocks = run.responses();
+    assert_eq!(
+        blocks.len(),
+        47,
+        "3000 bytes in 64-byte blocks\n{}",
+        run.transcript()
+    );
+    for (i, b) in blocks.iter().enumerate() {
+        let more = if i + 1 < blocks.len() { "M" } else { "_" };
+        assert!(
+            b.code == "2.05" && b.options.contains(&format!("Block2:{i}/{more}/64")),
+            "block {i}: {b:?}"
+        );
+    }
+    assert!(blocks[0].options.contains("Size2:3000"), "{:?}", blocks[0]);
+    assert_eq!(
+        run.output_file.as_deref(),
+        Some(&long[..]),
+        "coap-client's -o body is the device's byte for byte"
+    );
+    let device_gets: Vec<_> = dev.gateway_calls()[calls..].to_vec();
+    assert!(
+        (1..=3).contains(&device_gets.len())
+            && device_gets.iter().all(|(m, p)| m == "GET" && p == "/3/0/9"),
+        "the body was read from the device once (its 1024-byte blocks), not per block of B: \
+         {device_gets:?}"
+    );
+    // The same read printed to stdout.
+    let run = run_server_b(&scratch, &["-b", "64", "-m", "get", &url]).await;
+    run.expect_code("2.05");
+    assert_eq!(
+        run.printed_data().as_bytes(),
+        &long[..],
+        "coap-client printed the body byte for byte\n{}",
+        run.transcript()
+    );
+
+    // Block1 from B: 11 blocks of 64, one PUT to the device.
+    let new: Vec<u8> = b"0123456789".repeat(70);
+    let file = scratch
+        .write("new.txt", &new)
+        .to_string_lossy()
+        .into_owned();
+    let calls = dev.gateway_requests().len();
+    let run = run_server_b(
+        &scratch,
+        &["-b", "64", "-t", "0", "-f", &file, "-m", "put", &url],
+    )
+    .await;
+    let response = run.expect_code("2.04");
+    assert!(
+        response.options.contains("Block1:10/_/64"),
+        "the last of 11 blocks acknowledged\n{}",
+        run.transcript()
+    );
+    let puts = dev.gateway_requests()[calls..].to_vec();
+    assert_eq!(puts.len(), 1, "one request to the device: {puts:?}");
+    assert_eq!(
+        (puts[0].code.as_str(), puts[0].uri_path().as_str()),
+        ("PUT", "/3/0/9")
+    );
+    assert!(
+        !puts[0].options.contains("Block1"),
+        "reassembled: {:?}",
+        puts[0]
+    );
+    assert_eq!(puts[0].payload.as_deref(), Some(&new[..]));
+    assert_eq!(get_from_device(&scratch, &dev, "/3/0/9").await, new);
+    gw.stop().await;
+    drop(dev);
+}
+
+/// A simulated LwM2M device `devR` that registers with the gateway (`register = [...]`): server
+/// A grants B `Get` on its `/3/0` with coap-client; coap-client as B reads `/devR/3/0/2` (the
+/// serial number, the device's id) through the gateway and the registration's session; a PUT
+/// there is 4.03 with no device traffic; `GET /25` in SenML-JSON names devR and its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_server_b_reads_a_registered_device() {
+    require_libcoap();
+    let scratch = Arc::new(Scratch::new());
+    let gw = GatewayFixture::start_with(&scratch, &[], &registering_device_toml("devR", "devkeyR"))
+        .await;
+    let lwm2m = gw.gateway.lwm2m_listeners()[0];
+    let dev = RunningDevice::start(&DeviceSimConfig {
+        listen: String::new(),
+        register: vec![lwm2m.to_string()],
+        psk_identity: Some("devR".to_owned()),
+        psk_key: Some("devkeyR".to_owned()),
+        ..sim_device("devR", "", &[(0, 3, SSID_A), (1, 4, SSID_A)])
+    })
+    .await
+    .expect("start a registering simulated device");
+    assert!(
+        dev.wait_registered(std::time::Duration::from_secs(10))
+            .await,
+        "devR did not register with {lwm2m}"
+    );
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("devR", "Device", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    assert_eq!(verified_ids(&run.output_cbor()), ["devR"]);
+    dev.take_log();
+
+    let before = dev.requests();
+    let run = run_server_b(&scratch, &["-m", "get", &gw.coaps_url("/devR/3/0/2")]).await;
+    let response = run.expect_code("2.05");
+    assert!(
+        response.options.contains("Content-Format:text/plain"),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(run.printed_data(), "devR", "{}", run.transcript());
+    assert_eq!(dev.requests() - before, 1, "the GET, over the registration");
+    assert_eq!(dev.take_log(), ["devR → 2.05 /3/0/2"]);
+
+    let before = dev.requests();
+    let run = run_server_b(
+        &scratch,
+        &["-m", "put", "-e", "x", &gw.coaps_url("/devR/3/0/2")],
+    )
+    .await;
+    run.expect_code("4.03");
+    assert!(
+        run.stderr.contains("does not grant Replace to ServerB"),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(dev.requests(), before, "no request reached the device");
+
+    let run = run_server_b(&scratch, &["-m", "get", "-A", "110", &gw.coaps_url("/25")]).await;
+    let response = run.expect_code("2.05");
+    assert!(
+        response
+            .options
+            .contains("Content-Format:application/senml+json"),
+        "{}",
+        run.transcript()
+    );
+    let senml = run.printed_data();
+    assert!(
+        senml.contains("\"devR\"") && senml.contains("</3/0>"),
+        "/25 names devR and its registered objects: {senml}\n{}",
+        run.transcript()
+    );
+    gw.stop().await;
+    dev.stop().await;
+}
+
+/// The exchange `coap-client -v 7` printed (it prints empty messages only from level 7, both
+/// the ones it gets and the ones it sends): `(type, code, same MID as the request)` of every
+/// PDU from the request on.
+fn exchange_printed(run: &interop_support::ClientRun) -> Vec<(String, String, bool)> {
+    let pdus = run.pdus();
+    let start = pdus
+        .iter()
+        .position(|p| !p.is_response())
+        .unwrap_or_else(|| panic!("no request printed\n{}", run.transcript()));
+    let mid = pdus[start].mid.clone();
+    pdus[start..]
+        .iter()
+        .map(|p| (p.kind.clone(), p.code.clone(), p.mid == mid))
+        .collect()
+}
+
+fn separate(request: &str, code: &str) -> Vec<(String, String, bool)> {
+    [
+        ("CON", request, true),
+        ("ACK", "0.00", true),
+        ("CON", code, false),
+        ("ACK", "0.00", false),
+    ]
+    .iter()
+    .map(|&(t, c, same)| (t.to_owned(), c.to_owned(), same))
+    .collect()
+}
+
+/// Separate responses with coap-client as server B (`-v 7`, so empty messages are printed): a
+/// device 1.5 s slow gets coap-client an empty ACK from the gateway (same MID as its GET), then
+/// the 2.05 as a CON with a new MID and the same token, which coap-client acknowledges and
+/// prints; a device 4 s slow, past `[proxy] deadline_ms = 2500`, gets it the empty ACK and then
+/// a CON 5.04 with the diagnostic, before the device would have answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_server_b_gets_separate_responses_and_a_5_04() {
+    require_libcoap();
+    let scratch = Arc::new(Scratch::new());
+    let mut devices = Vec::new();
+    let mut entries = Vec::new();
+    for (id, slow_ms) in [("slow", 1500), ("slower", 4000)] {
+        let key = format!("devkey-{id}");
+        let dev = RunningDevice::start(&DeviceSimConfig {
+            psk_identity: Some(DEVICE_IDENTITY.to_owned()),
+            psk_key: Some(key.clone()),
+            slow_ms: Some(slow_ms),
+            ..sim_device(id, "coaps://127.0.0.1:0", &[(0, 3, SSID_A)])
+        })
+        .await
+        .expect("start a simulated device");
+        entries.push(DeviceEntry {
+            id: id.to_owned(),
+            uri: dev.uri().to_string(),
+            psk: Some((DEVICE_IDENTITY.to_owned(), key)),
+        });
+        devices.push(dev);
+    }
+    let gw =
+        GatewayFixture::start_with(&scratch, &entries, "\n[proxy]\ndeadline_ms = 2500\n").await;
+    let mut a = server_a(&gw).await;
+    let reply = add(&mut a, "G1", "Group", "/3/0", "Get=ServerB").await;
+    assert_eq!(reply.code, "2.01", "{}", reply.render());
+
+    let url = gw.coaps_url("/slow/3/0/2");
+    let run = run_server_b(&scratch, &["-v", "7", "-m", "get", &url]).await;
+    assert!(!run.timed_out, "coap-client hung\n{}", run.transcript());
+    assert_eq!(
+        exchange_printed(&run),
+        separate("GET", "2.05"),
+        "an empty ACK, then the answer as a CON that coap-client acknowledges\n{}",
+        run.transcript()
+    );
+    let answer = run
+        .responses()
+        .into_iter()
+        .find(|r| r.code == "2.05")
+        .expect("the 2.05");
+    assert_eq!(answer.payload.as_deref(), Some(&b"slow"[..]));
+    assert_eq!(run.printed_data(), "slow", "{}", run.transcript());
+
+    let started = std::time::Instant::now();
+    let url = gw.coaps_url("/slower/3/0/2");
+    let run = run_server_b(&scratch, &["-v", "7", "-m", "get", &url]).await;
+    let elapsed = started.elapsed();
+    assert!(!run.timed_out, "coap-client hung\n{}", run.transcript());
+    assert_eq!(
+        exchange_printed(&run),
+        separate("GET", "5.04"),
+        "{}",
+        run.transcript()
+    );
+    assert!(
+        run.stderr
+            .contains("5.04 no answer from slower within 2.5s"),
+        "coap-client prints the 5.04 and its diagnostic\n{}",
+        run.transcript()
+    );
+    assert!(
+        elapsed < std::time::Duration::from_millis(3900),
+        "answered at the deadline, not when the device did: {elapsed:?}"
+    );
+    gw.stop().await;
+    for d in devices {
+        d.stop().await;
+    }
+}
+
+/// The Observe values coap-client printed on the 2.05 responses, in order.
+fn observe_values(run: &interop_support::ClientRun) -> Vec<u32> {
+    run.responses()
+        .iter()
+        .filter(|r| r.code == "2.05")
+        .filter_map(|r| {
+            let at = r.options.find("Observe:")?;
+            let digits: String = r.options[at + 8..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Server B observes (`coap-client -s`) a libcoap device's resource through the gateway's
+/// Observe relay: the first answer and every later change on the device reach coap-client,
+/// with increasing Observe values, and the device is observed once (one GET from privgw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_server_b_observes_through_the_relay() {
+    let scratch = Arc::new(Scratch::new());
+    let (dev, gw) = libcoap_proxy_device(&scratch, &[("/3/0/0", &b"v0"[..])]).await;
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("devL", "Device", "/3/0", "Get=ServerB"),
+    )
+    .await;
+    run.expect_code("2.01");
+    let calls = dev.gateway_calls().len();
+    let observer = Arc::new(Scratch::new());
+    let url = gw.coaps_url("/devL/3/0/0");
+    let observing = tokio::spawn({
+        let observer = observer.clone();
+        async move { run_server_b(&observer, &["-B", "8", "-s", "6", "-m", "get", &url]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for value in ["v1", "v2", "v3"] {
+        put_on_device(&scratch, &dev, "/3/0/0", "0", value.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let run = observing.await.expect("observer ran");
+    assert_eq!(run.printed_data(), "v0v1v2v3", "{}", run.transcript());
+    let seen = observe_values(&run);
+    assert_eq!(
+        seen.len(),
+        4,
+        "four notifications with Observe\n{}",
+        run.transcript()
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "increasing Observe values {seen:?}"
+    );
+    // libcoap logs each notification as a re-run of the observing GET (same token): one
+    // token means one upstream observation, however many notifications.
+    let log = dev.log();
+    let tokens: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("c:GET") && l.contains("Observe:0"))
+        .filter(|l| l.contains("Uri-Path:3, Uri-Path:0, Uri-Path:0"))
+        .filter_map(|l| Some(l.split_once('{')?.1.split_once('}')?.0))
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one upstream observation: {tokens:?}\n{log}"
+    );
+    assert!(dev.gateway_calls().len() > calls, "the device was reached");
 }

@@ -38,7 +38,8 @@ fn details(reply: &privgw::cli::ctl::Reply) -> Vec<String> {
 }
 
 /// A DM device with a 10 KB malformed ACL (read whole, quoted in 200 characters) and one
-/// with a 300 KB ACL (not read past 16 KiB): both `bad-acl`, the answer stays small. Before,
+/// with a 300 KB ACL (not read past the device links' body limit, here 16 KiB — the larger
+/// of 16 KiB and `[proxy] max_body_bytes`): both `bad-acl`, the answer stays small. Before,
 /// the 300 KB ACL came back whole in a 300 KB 5.02.
 #[tokio::test]
 async fn huge_device_acls_are_capped_and_details_truncated() {
@@ -50,6 +51,7 @@ async fn huge_device_acls_are_capped_and_details_truncated() {
             .dm("devN", &[("/3/0", &huge)])
             .group("G1", &["devM", "devN"])
             .device_timeout_ms(10_000)
+            .proxy_toml("max_body_bytes = 16384")
             .start()
             .await;
         let mut a = fleet.server_a().await;

@@ -521,3 +521,241 @@ async fn a_registered_device_is_reached_over_the_grantors_account() {
     })
     .await;
 }
+
+/// The next datagram on `socket` decoded, ACKing it if it is a CON.
+async fn next_notification(socket: &tokio::net::UdpSocket) -> Packet {
+    let p = coap::decode(&recv_datagram(socket).await).unwrap();
+    if p.header.get_type() == MessageType::Confirmable {
+        let mut ack = Packet::new();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = p.header.message_id;
+        socket.send(&coap::encode(&ack).unwrap()).await.unwrap();
+    }
+    p
+}
+
+fn observe_get(mid: u16, token: u8, path: &str) -> Packet {
+    let mut p = request_packet(
+        MessageType::Confirmable,
+        RequestType::Get,
+        mid,
+        &[token],
+        path,
+    );
+    p.add_option(CoapOption::Observe, vec![]);
+    p
+}
+
+#[tokio::test]
+async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on_revocation() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .listen(&["coaps://127.0.0.1:0", "coap://127.0.0.1:0"])
+            .nosec("ServerB", "127.0.0.1")
+            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(
+            &mut a,
+            "devA",
+            "Device",
+            "/3/0",
+            "Get=ServerB&Replace=ServerA",
+        )
+        .await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let name = reply
+            .location
+            .clone()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let gateway = fleet.uri(Scheme::Coap).addr;
+        let (b1, b2) = (raw_socket(gateway).await, raw_socket(gateway).await);
+        let before = fleet.total_requests();
+        for (socket, token) in [(&b1, 1u8), (&b2, 2u8)] {
+            let first = exchange(
+                socket,
+                &observe_get(400 + u16::from(token), token, "/devA/3/0/0"),
+            )
+            .await;
+            assert_eq!(coap::code_string(first.header.code), "2.05");
+            assert!(
+                first.get_first_option(CoapOption::Observe).is_some(),
+                "observing"
+            );
+            assert_eq!(first.payload, b"privgw");
+        }
+        let relay = fleet.gateway().proxy().relay().clone();
+        assert_eq!(
+            relay.counts(),
+            (2, 1),
+            "two observers, one upstream observation"
+        );
+        assert_eq!(
+            fleet.total_requests() - before,
+            1,
+            "the device was asked once"
+        );
+        let reply = a
+            .request(
+                RequestType::Put,
+                "/devA/3/0/0",
+                Some((0, b"v2".to_vec())),
+                None,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.code, "2.04", "{}", reply.render());
+        for socket in [&b1, &b2] {
+            let n = next_notification(socket).await;
+            assert_eq!(coap::code_string(n.header.code), "2.05");
+            assert!(n.get_first_option(CoapOption::Observe).is_some());
+            assert_eq!(n.payload, b"v2", "the change reached every observer");
+        }
+        assert_eq!(delete(&mut a, &name).await.code, "2.02");
+        for socket in [&b1, &b2] {
+            let end = next_notification(socket).await;
+            assert_eq!(
+                coap::code_string(end.header.code),
+                "4.03",
+                "revoked at once"
+            );
+            assert!(
+                end.get_first_option(CoapOption::Observe).is_none(),
+                "a final answer"
+            );
+        }
+        for _ in 0..50 {
+            if relay.counts() == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            relay.counts(),
+            (0, 0),
+            "observers removed and the upstream cancelled"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// Until the queue-mode device `id` has gone to sleep (its session closed).
+async fn asleep(fleet: &Fleet, id: &str) {
+    for _ in 0..60 {
+        if fleet.device(id).locations()[0].is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} never slept");
+}
+
+#[tokio::test]
+async fn a_sleeping_queue_mode_device_is_reached_when_it_wakes_within_the_deadline() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .lwm2m_toml("queue_awake_s = 1")
+            .registering_with("devQ", &[0], vec![ac(0, 3, 0, SSID_A)], |c| {
+                c.queue = true;
+                c.queue_awake_s = Some(1);
+                c.lifetime_s = Some(6); // a fresh Register every 3 s
+            })
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        asleep(&fleet, "devQ").await;
+        let reply = add(&mut a, "devQ", "Device", "/3/0", "Get=ServerB").await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        asleep(&fleet, "devQ").await;
+        let mut b = fleet.server_b().await;
+        let started = std::time::Instant::now();
+        let reply = get(&mut b, "/devQ/3/0/2").await;
+        assert_eq!(
+            (reply.code.as_str(), reply.payload.as_slice()),
+            ("2.05", &b"devQ"[..])
+        );
+        assert!(
+            started.elapsed() > Duration::from_millis(200),
+            "it was asleep"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_observation_comes_back_when_the_device_reboots_and_registers_again() {
+    bounded(async {
+        let mut fleet = Fleet::builder()
+            .listen(&["coaps://127.0.0.1:0", "coap://127.0.0.1:0"])
+            .nosec("ServerB", "127.0.0.1")
+            .registering("devR", vec![ac(0, 3, 0, SSID_A)])
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let reply = add(
+            &mut a,
+            "devR",
+            "Device",
+            "/3/0",
+            "Get=ServerB&Replace=ServerA",
+        )
+        .await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let b = raw_socket(fleet.uri(Scheme::Coap).addr).await;
+        let first = exchange(&b, &observe_get(500, 5, "/devR/3/0/0")).await;
+        assert_eq!(coap::code_string(first.header.code), "2.05");
+        assert!(first.get_first_option(CoapOption::Observe).is_some());
+        fleet.reboot_registering_device("devR").await;
+        // The relay re-observes over the new registration (backoff from 1 s); a write then
+        // reaches the observer again.
+        let mut notified = None;
+        for round in 0..10u8 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let value = format!("after-reboot-{round}");
+            let reply = a
+                .request(
+                    RequestType::Put,
+                    "/devR/3/0/0",
+                    Some((0, value.clone().into_bytes())),
+                    None,
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.code, "2.04", "{}", reply.render());
+            let got = tokio::time::timeout(Duration::from_millis(500), recv_notification(&b)).await;
+            if let Ok(n) = got {
+                notified = Some((n, value));
+                break;
+            }
+        }
+        let (n, value) = notified.expect("no notification after the device came back");
+        assert_eq!(coap::code_string(n.header.code), "2.05");
+        assert_eq!(n.payload, value.as_bytes());
+        assert_eq!(fleet.gateway().proxy().relay().counts(), (1, 1));
+        fleet.stop().await;
+    })
+    .await;
+}
+
+/// The next datagram on `socket`, decoded and ACKed if a CON (no 5 s wait inside).
+async fn recv_notification(socket: &tokio::net::UdpSocket) -> Packet {
+    let mut buf = vec![0u8; 2048];
+    let n = socket.recv(&mut buf).await.unwrap();
+    let p = coap::decode(&buf[..n]).unwrap();
+    if p.header.get_type() == MessageType::Confirmable {
+        let mut ack = Packet::new();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = p.header.message_id;
+        socket.send(&coap::encode(&ack).unwrap()).await.unwrap();
+    }
+    p
+}

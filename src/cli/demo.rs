@@ -4,11 +4,17 @@
 //! clients and answer only over their registration), C is dialled by the gateway — and
 //! server A as a CoAP client. Each sequence is printed like the seed's figures
 //! and checked against what the seed says must happen; any difference exits non-zero.
+//!
+//! A fifth figure then uses what was committed (issue 8, the secure proxy): server B, over
+//! its own DTLS-PSK session, reads through the gateway what the privileges grant it and is
+//! refused what they do not, each decision shown from the audit trail and each refusal
+//! checked to have caused no request on the device.
 
 use std::fmt::Write as _;
 
 use crate::cli::CliResult;
 use crate::cli::ctl::{GatewayClient, Reply};
+use crate::coap::RequestType;
 use crate::config::Config;
 use crate::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use crate::gateway::Gateway;
@@ -214,6 +220,258 @@ fn print_sequence(seq: &Sequence, devices: &[(&str, &RunningDevice)], reply: &Re
     }
 }
 
+/// One request of the fifth figure: server B through the gateway, and what must happen.
+struct ProxyRequest {
+    method: RequestType,
+    /// `/<prefix>/<path>` as server B sends it.
+    path: &'static str,
+    body: Option<&'static str>,
+    device: &'static str,
+    /// The path the device gets (when allowed).
+    device_path: &'static str,
+    /// What the path is, for the reader.
+    what: &'static str,
+    expect_code: &'static str,
+    /// The body server B must get (2.05 only).
+    expect_payload: Option<&'static str>,
+}
+
+/// Server B reads `/3/0` of devA (its own privilege, Figure 16) and of devC (G1's, Figure
+/// YY); it may not write devA's (devA's own entry decides for devA, and grants Get only,
+/// though G1's at the same URI grants Replace) nor delete on devC (G1's grants no Delete).
+const PROXY_REQUESTS: [ProxyRequest; 4] = [
+    ProxyRequest {
+        method: RequestType::Get,
+        path: "/devA/3/0/0",
+        body: None,
+        device: "devA",
+        device_path: "/3/0/0",
+        what: "Manufacturer",
+        expect_code: "2.05",
+        expect_payload: Some("privgw"),
+    },
+    ProxyRequest {
+        method: RequestType::Get,
+        path: "/devC/3/0/2",
+        body: None,
+        device: "devC",
+        device_path: "/3/0/2",
+        what: "Serial Number",
+        expect_code: "2.05",
+        expect_payload: Some("devC"),
+    },
+    ProxyRequest {
+        method: RequestType::Put,
+        path: "/devA/3/0/0",
+        body: Some("x"),
+        device: "devA",
+        device_path: "/3/0/0",
+        what: "Manufacturer",
+        expect_code: "4.03",
+        expect_payload: None,
+    },
+    ProxyRequest {
+        method: RequestType::Delete,
+        path: "/devC/3/0",
+        body: None,
+        device: "devC",
+        device_path: "/3/0",
+        what: "the Device object instance",
+        expect_code: "4.03",
+        expect_payload: None,
+    },
+];
+
+/// What one proxied request did: server B's answer, and what the device served meanwhile.
+struct ProxyOutcome {
+    reply: Reply,
+    served: u64,
+    device_log: Vec<String>,
+    requests_before: u64,
+}
+
+fn method_name(method: RequestType) -> &'static str {
+    match method {
+        RequestType::Get => "GET",
+        RequestType::Put => "PUT",
+        RequestType::Delete => "DELETE",
+        RequestType::Post => "POST",
+        _ => "?",
+    }
+}
+
+/// The proxied records of the audit trail (read as server A, who may read the privileges),
+/// once there are `count` of them; the trail is written in batches within about a second.
+async fn proxied_records(
+    server_a: &mut GatewayClient,
+    count: usize,
+) -> CliResult<Vec<crate::mo::Value>> {
+    let mut records = Vec::new();
+    for _ in 0..30 {
+        let reply = server_a
+            .request(
+                RequestType::Get,
+                "/GwConfig/Audit?limit=1000",
+                None,
+                None,
+                &[],
+            )
+            .await?;
+        records = reply
+            .document
+            .as_ref()
+            .and_then(|d| d.get("Records"))
+            .and_then(|r| r.as_array())
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.get("Kind").and_then(|k| k.as_str()) == Some("proxied"))
+            .cloned()
+            .collect();
+        if records.len() >= count {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(records)
+}
+
+/// The fifth figure: server B through the gateway. Returns what did not happen as expected.
+async fn proxy_figure(
+    gw_uri: crate::config::EndpointUri,
+    server_a: &mut GatewayClient,
+    devices: &[(&str, &RunningDevice)],
+) -> CliResult<Vec<String>> {
+    let mut server_b =
+        GatewayClient::connect(gw_uri, Some((b"serverB".to_vec(), b"secretB".to_vec()))).await?;
+    for (_, dev) in devices {
+        dev.take_log();
+    }
+    let mut outcomes = Vec::new();
+    for req in &PROXY_REQUESTS {
+        let dev = devices
+            .iter()
+            .find(|(id, _)| *id == req.device)
+            .map(|(_, d)| *d)
+            .ok_or_else(|| format!("no device {}", req.device))?;
+        let requests_before = dev.requests();
+        let body = req.body.map(|b| (0, b.as_bytes().to_vec()));
+        let reply = server_b
+            .request(req.method, req.path, body, None, &[])
+            .await?;
+        outcomes.push(ProxyOutcome {
+            reply,
+            served: dev.requests() - requests_before,
+            device_log: dev.take_log(),
+            requests_before,
+        });
+    }
+    let records = proxied_records(server_a, PROXY_REQUESTS.len()).await?;
+
+    println!("\n━━ Fifth figure: Server B through the gateway (secure proxy)");
+    let mut mismatches = Vec::new();
+    let mut step = 0;
+    let mut next = || {
+        step += 1;
+        step
+    };
+    for (req, out) in PROXY_REQUESTS.iter().zip(&outcomes) {
+        let method = method_name(req.method);
+        let body = req.body.map(|b| format!(" {b:?}")).unwrap_or_default();
+        println!(
+            "Step {}  ServerB → Gateway   {method} {}{body}  ({}; DTLS-PSK)",
+            next(),
+            req.path,
+            req.what
+        );
+        let text = |key: &str, r: &crate::mo::Value| {
+            r.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+        };
+        let record = records.iter().find(|r| {
+            text("Device", r).as_deref() == Some(req.device)
+                && text("Method", r).as_deref() == Some(method)
+                && text("Path", r).as_deref() == Some(req.device_path)
+        });
+        let allowed = req.expect_code.starts_with('2');
+        match record {
+            Some(r) => {
+                let verdict = text("Verdict", r).unwrap_or_default();
+                let grantor = text("Grantor", r)
+                    .map(|g| format!(", granted by {g}"))
+                    .unwrap_or_default();
+                println!(
+                    "Step {}  Gateway decides ServerB's {} on {} {}: {verdict} ({}{grantor})  [audit trail]",
+                    next(),
+                    text("Command", r).unwrap_or_default(),
+                    req.device,
+                    req.device_path,
+                    text("Reason", r).unwrap_or_default()
+                );
+                let expected = if allowed { "allowed" } else { "denied" };
+                if verdict != expected {
+                    mismatches.push(format!(
+                        "{method} {}: the audit trail says {verdict}, expected {expected}",
+                        req.path
+                    ));
+                }
+            }
+            None => mismatches.push(format!(
+                "{method} {}: no proxied decision in the audit trail",
+                req.path
+            )),
+        }
+        if out.served > 0 {
+            let how = if REGISTERING.contains(&req.device) {
+                "over its registration's DTLS session"
+            } else {
+                "dialled, DTLS-PSK"
+            };
+            println!(
+                "Step {}  Gateway → {}   {method} {}{body} ({how})",
+                next(),
+                req.device,
+                req.device_path
+            );
+            for line in &out.device_log {
+                println!("Step {}  {line}", next());
+            }
+        }
+        println!(
+            "Step {}  Gateway → ServerB   {}",
+            next(),
+            out.reply.render().replace('\n', "  ")
+        );
+        if !allowed {
+            println!(
+                "Step {}  No request reached {}: it served {} requests before and {} after",
+                next(),
+                req.device,
+                out.requests_before,
+                out.requests_before + out.served
+            );
+        }
+        let payload_ok = req
+            .expect_payload
+            .is_none_or(|p| out.reply.payload == p.as_bytes());
+        if out.reply.code != req.expect_code || !payload_ok {
+            mismatches.push(format!(
+                "{method} {}: expected {} {:?}, got {}",
+                req.path,
+                req.expect_code,
+                req.expect_payload.unwrap_or(""),
+                out.reply.render().replace('\n', "  ")
+            ));
+        }
+        let expect_served = u64::from(allowed);
+        if out.served != expect_served {
+            mismatches.push(format!(
+                "{method} {}: {} served {} requests, expected {expect_served}",
+                req.path, req.device, out.served
+            ));
+        }
+    }
+    Ok(mismatches)
+}
+
 pub async fn run() -> CliResult<()> {
     let dir = tempfile_dir()?;
     let keys = [
@@ -310,6 +568,7 @@ pub async fn run() -> CliResult<()> {
             "expected 2 committed privileges, found {committed}"
         ));
     }
+    mismatches.extend(proxy_figure(gw_uri, &mut server_a, &devices).await?);
 
     gateway.stop().await;
     for (_, dev) in running {
@@ -317,14 +576,16 @@ pub async fn run() -> CliResult<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     if mismatches.is_empty() {
-        println!("\nAll four sequences ended as the change request says.");
+        println!(
+            "\nAll five figures ended as expected: the four sequences as the change request says, and server B got through the gateway exactly what it was granted, with no device request for what it was refused."
+        );
         Ok(())
     } else {
         for m in &mismatches {
             eprintln!("MISMATCH: {m}");
         }
         Err(format!(
-            "{} sequence(s) did not end as the change request says",
+            "{} step(s) of the five figures did not end as expected",
             mismatches.len()
         )
         .into())

@@ -44,8 +44,8 @@ enum Command {
     },
     /// Talk to a gateway as a DM server (add, replace, get, list, delete).
     Ctl(Box<ctl::CtlArgs>),
-    /// Run the four sequences of the change request end to end, in one process, over real
-    /// loopback sockets and DTLS.
+    /// Run the four sequences of the change request end to end, then server B through the
+    /// secure proxy, in one process, over real loopback sockets and DTLS.
     Demo,
     /// Write a test PKI (CA, gateway, servers A-C, devices A-C; EC P-256) into a folder.
     Certs {

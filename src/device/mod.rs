@@ -29,7 +29,7 @@ use crate::coap::{self, MessageClass, Packet, RequestType, ResponseType, Transpo
 use crate::config::{EndpointUri, Psk, Scheme, decode_hex};
 use crate::lwm2m::{content_format, encode_access_control, format_name};
 use crate::runtime::{
-    AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
+    AnyListener, Handler, ListenError, Listener, PeerLink, Security, StreamListener, StreamSecurity,
 };
 use crate::transport::dtls::{DtlsServer, DtlsServerConfig, PskLookup, X509Credentials};
 use crate::transport::tls::{TlsCredentials, TlsServer};
@@ -252,6 +252,8 @@ pub struct DeviceHandler {
     /// `lwm2m`: the objects besides `/2`.
     objects: Option<objects::Objects>,
     slow: Option<Duration>,
+    /// Observers of `objects` resources, by path.
+    observers: Mutex<BTreeMap<String, Vec<crate::runtime::ObserverHandle>>>,
     log: Mutex<Vec<String>>,
 }
 
@@ -264,6 +266,7 @@ impl DeviceHandler {
         Arc::new(DeviceHandler {
             objects,
             slow: config.slow_ms.map(Duration::from_millis),
+            observers: Mutex::new(BTreeMap::new()),
             id: config.id.clone(),
             model,
             behaviour: config.behaviour,
@@ -432,8 +435,62 @@ impl DeviceHandler {
     }
 }
 
+impl DeviceHandler {
+    /// RFC 7641 as an LwM2M client: a GET with Observe = 0 on a resource that answers 2.05
+    /// adds the observer; a PUT that changes it notifies every observer of that path.
+    fn observe_hooks(&self, link: &PeerLink, request: &Packet, response: &mut Packet) {
+        let path = coap::uri_path(request).unwrap_or_default().join("/");
+        let ok = |code| response.header.code == MessageClass::Response(code);
+        let method = request.header.code;
+        let observe_0 = request
+            .get_first_option(coap::CoapOption::Observe)
+            .is_some_and(|v| coap::decode_uint(v) == Some(0));
+        if method == MessageClass::Request(RequestType::Get)
+            && observe_0
+            && ok(ResponseType::Content)
+        {
+            response.add_option(coap::CoapOption::Observe, vec![0]);
+            let mut observers = self.observers.lock().unwrap_or_else(|p| p.into_inner());
+            observers
+                .entry(path)
+                .or_default()
+                .push(link.observer(request));
+        } else if method == MessageClass::Request(RequestType::Put) && ok(ResponseType::Changed) {
+            let handles = self
+                .observers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&path)
+                .cloned()
+                .unwrap_or_default();
+            let mut get = request.clone();
+            get.header.code = MessageClass::Request(RequestType::Get);
+            get.payload.clear();
+            let mut notification = self.answer(&get);
+            notification.add_option(coap::CoapOption::Observe, vec![0]);
+            for handle in handles {
+                let notification = notification.clone();
+                tokio::spawn(async move {
+                    let _ = handle.notify(notification).await;
+                });
+            }
+        }
+    }
+}
+
 impl Handler for DeviceHandler {
     async fn handle(&self, peer: &PeerInfo, request: Packet) -> Packet {
+        self.handle_on_link(peer, &PeerLink::closed(), request, 1024)
+            .await
+    }
+
+    async fn handle_on_link(
+        &self,
+        peer: &PeerInfo,
+        link: &PeerLink,
+        request: Packet,
+        _max_payload: usize,
+    ) -> Packet {
         self.requests.fetch_add(1, Ordering::Relaxed);
         *self
             .by_peer
@@ -444,7 +501,11 @@ impl Handler for DeviceHandler {
         if let Some(slow) = self.slow {
             tokio::time::sleep(slow).await;
         }
-        self.answer(&request)
+        let mut response = self.answer(&request);
+        if self.objects.is_some() {
+            self.observe_hooks(link, &request, &mut response);
+        }
+        response
     }
 }
 

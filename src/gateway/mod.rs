@@ -5,6 +5,7 @@
 //! ports), spawns the tasks and returns a handle; [`Gateway::stop`] flips the shutdown signal
 //! and waits for every task.
 
+pub mod observe_relay;
 pub mod proxy;
 pub mod quota;
 pub mod registration_front;
@@ -27,7 +28,7 @@ use crate::proxy::forward::refusal as proxy_refusal;
 use crate::proxy::{Destination, Membership, PrivilegeIndex};
 use crate::registry::block1::{Block1Assembler, echo_block1};
 use crate::runtime::{
-    AnyListener, Handler, ListenError, Listener, Security, StreamListener, StreamSecurity,
+    AnyListener, Handler, ListenError, Listener, PeerLink, Security, StreamListener, StreamSecurity,
 };
 use crate::south::{South, SouthError};
 use crate::store::PrivilegeStore;
@@ -114,6 +115,17 @@ impl Handler for North {
     }
 
     async fn handle_within(&self, peer: &PeerInfo, request: Packet, max_payload: usize) -> Packet {
+        self.handle_on_link(peer, &PeerLink::closed(), request, max_payload)
+            .await
+    }
+
+    async fn handle_on_link(
+        &self,
+        peer: &PeerInfo,
+        link: &PeerLink,
+        request: Packet,
+        max_payload: usize,
+    ) -> Packet {
         let Some(server) = self.server_of(peer) else {
             tracing::warn!(addr = %peer.addr, identity = %peer.identity, "unknown server identity: 4.01");
             let mut p = Packet::new();
@@ -126,6 +138,8 @@ impl Handler for North {
             Err(answer_now) => return answer_now,
         };
         let segments = crate::coap::uri_path(&request).unwrap_or_default();
+        // RFC 8323 has Observe, but our stream sessions do not serve it yet.
+        let observable = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls);
         let path = format!("/{}", segments.join("/"));
         let span = tracing::info_span!(
             "request",
@@ -136,7 +150,7 @@ impl Handler for North {
         let mut answer = match self.proxy.prefixes().route(&segments) {
             Destination::Device { device, path } => {
                 self.proxy
-                    .handle(server, device, path, &request)
+                    .handle(server, device, path, &request, observable.then_some(link))
                     .instrument(span)
                     .await
             }
@@ -375,6 +389,7 @@ pub struct Gateway {
     /// The socket of each `coap://` / `coaps://` listener, by its bound URI.
     muxes: Vec<(EndpointUri, Arc<DatagramMux>)>,
     service: Arc<Service<South>>,
+    proxy: Arc<proxy::Proxy>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     audit: AuditLog,
@@ -433,7 +448,7 @@ impl Gateway {
             .collect();
         let north = Arc::new(North {
             service: service.clone(),
-            proxy,
+            proxy: proxy.clone(),
             blocks: std::sync::Mutex::new(Block1Assembler::with_max_body(config.proxy.max_body)),
             cache_limits: config.limits.cache_limits(),
             by_psk,
@@ -513,7 +528,9 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         // The proxy's index follows the store's change feed (subscribed here, before any
         // listener runs): a committed change decides the next proxied request.
-        let feed = crate::proxy::spawn_index_feed(store.clone(), index, shutdown.clone());
+        let (applied, index_changes) = watch::channel(0);
+        let feed = crate::proxy::spawn_index_feed(store.clone(), index, shutdown.clone(), applied);
+        tasks.spawn(proxy.clone().follow_index(index_changes, shutdown.clone()));
         tasks.spawn(async move {
             let _ = feed.await;
         });
@@ -548,6 +565,7 @@ impl Gateway {
             registrations,
             muxes,
             service,
+            proxy,
             stop,
             tasks,
             audit,
@@ -577,6 +595,11 @@ impl Gateway {
             .iter()
             .find(|(u, _)| u == uri)
             .map(|(_, m)| m.clone())
+    }
+
+    /// The secure proxy (its index and Observe relay).
+    pub fn proxy(&self) -> &Arc<proxy::Proxy> {
+        &self.proxy
     }
 
     pub fn service(&self) -> &Arc<Service<South>> {

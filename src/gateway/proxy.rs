@@ -26,11 +26,14 @@ use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use crate::acl::{Operation, Principal};
 use crate::audit::{AuditLog, ProxiedDecision};
 use crate::config::{Config, DeviceConfig, Profile, Reach, ServerConfig};
+use crate::gateway::observe_relay::{ObserveRelay, ObserveRequest};
 use crate::gateway::registrations::Registrations;
+use crate::proxy::UpstreamKey;
 use crate::proxy::forward::{self, refusal};
 use crate::proxy::{Decision, Prefixes, PrivilegeIndex, command_of};
 use crate::proxy::{GatewayDevice, gateway_object};
 use crate::registry::Account;
+use crate::runtime::PeerLink;
 use crate::south::South;
 use crate::south::fanout::AclReader;
 use crate::verifier::{AclReading, Outcome, ReadFailure, Reason, evaluate};
@@ -87,6 +90,9 @@ pub struct Proxy {
     /// Every account devices register on, the gateway's own first.
     accounts: Vec<Account>,
     audit: AuditLog,
+    relay: Arc<ObserveRelay>,
+    /// Each server's principal by ServerID (for revalidating observers).
+    principals: HashMap<String, Principal>,
 }
 
 impl Proxy {
@@ -97,6 +103,7 @@ impl Proxy {
         registrations: Arc<Registrations>,
         audit: AuditLog,
     ) -> Proxy {
+        let south_for_relay = south.clone();
         let mut accounts = vec![registrations.own_account().clone()];
         for listen in &config.lwm2m.listen {
             let account = Account::new(listen.account.name());
@@ -124,6 +131,12 @@ impl Proxy {
             registrations,
             accounts,
             audit,
+            relay: ObserveRelay::new(south_for_relay, config.proxy.deadline),
+            principals: config
+                .servers
+                .iter()
+                .filter_map(|s| Some((s.id.clone(), Principal::new(s.id.clone(), s.ssid).ok()?)))
+                .collect(),
         }
     }
 
@@ -179,14 +192,77 @@ impl Proxy {
         &self.index
     }
 
+    /// The Observe relay.
+    pub fn relay(&self) -> &Arc<ObserveRelay> {
+        &self.relay
+    }
+
+    /// Revalidates the relay's observers after every change the index takes, until
+    /// `shutdown` (a revoked or narrowed privilege ends its observers with 4.03 at once).
+    pub async fn follow_index(
+        self: Arc<Self>,
+        mut applied: tokio::sync::watch::Receiver<u64>,
+        mut shutdown: crate::runtime::Shutdown,
+    ) {
+        loop {
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                () = crate::runtime::stopped(&mut shutdown) => return,
+            }
+            self.relay.revalidate(|server, key, by_privilege| {
+                self.may_still_observe(server, key, by_privilege)
+            });
+        }
+    }
+
+    /// Whether `server` may still Get `key.path` on `key.device`, by the index, or by the
+    /// device's ACL when no privilege covers it: unchanged if the device's ACL admitted the
+    /// observer, else judged from a fresh cached reading (none: no).
+    fn may_still_observe(&self, server: &str, key: &UpstreamKey, by_privilege: bool) -> bool {
+        let Some(principal) = self.principals.get(server) else {
+            return false;
+        };
+        let decision = self.index.read().unwrap_or_else(|p| p.into_inner()).decide(
+            principal,
+            &key.device,
+            &key.path,
+            Operation::Get,
+        );
+        match decision {
+            Decision::Allowed { .. } => true,
+            Decision::Denied { .. } => false,
+            Decision::NoPrivilege if !by_privilege => true,
+            Decision::NoPrivilege => {
+                let Some(device) = self.devices.get(&key.device) else {
+                    return false;
+                };
+                let cached = self
+                    .cache()
+                    .get(&acl_key(principal, device, &key.path), Instant::now());
+                cached.is_some_and(|reading| {
+                    let outcome = evaluate(
+                        device.profile,
+                        Operation::Get,
+                        &key.path,
+                        principal,
+                        Ok(reading),
+                    );
+                    outcome == Outcome::Allowed
+                })
+            }
+        }
+    }
+
     /// Answers `server`'s `request` for `path` on device `device_id` (routed by prefix), and
-    /// records the decision in the audit trail.
+    /// records the decision in the audit trail. `link` is the server's session, where it
+    /// can observe (UDP/DTLS); without one an Observe is answered as a plain GET.
     pub async fn handle(
         &self,
         server: &ServerConfig,
         device_id: &str,
         path: &[String],
         request: &Packet,
+        link: Option<&PeerLink>,
     ) -> Packet {
         let Some(device) = self.devices.get(device_id) else {
             return refusal(ResponseType::NotFound, format!("no device '{device_id}'"));
@@ -195,7 +271,7 @@ impl Proxy {
         let device_path = format!("/{}", path.join("/"));
         let span = tracing::debug_span!("proxy", device = %device.id, path = %device_path);
         let handled = self
-            .answer(server, device, path, &device_path, request)
+            .answer(server, device, path, &device_path, request, link)
             .instrument(span)
             .await;
         let latency = started.elapsed();
@@ -229,6 +305,7 @@ impl Proxy {
         path: &[String],
         device_path: &str,
         request: &Packet,
+        link: Option<&PeerLink>,
     ) -> Handled {
         let method = match request.header.code {
             MessageClass::Request(m) => m,
@@ -242,11 +319,13 @@ impl Proxy {
             Ok(p) => p,
             Err(e) => return Handled::refused(Some(command), e.code(), e.to_string()),
         };
-        if method == RequestType::Get && request.get_first_option(CoapOption::Observe).is_some() {
-            // Not relayed yet: answered as a plain GET, which RFC 7641 §2 allows (the
-            // response carries no Observe, so the client knows it is not observing).
-            outbound.clear_option(CoapOption::Observe);
-        }
+        // Observe = 0 registers with the relay; Observe = 1 (deregistration, which the
+        // server's session has applied) and anything else is a plain GET here.
+        let observe = method == RequestType::Get
+            && request
+                .get_first_option(CoapOption::Observe)
+                .is_some_and(|v| crate::coap::decode_uint(v) == Some(0));
+        outbound.clear_option(CoapOption::Observe);
         let Ok(principal) = Principal::new(server.id.clone(), server.ssid) else {
             let code = ResponseType::InternalServerError;
             return Handled::refused(Some(command), code, "server has no valid SSID");
@@ -269,6 +348,26 @@ impl Proxy {
                 ),
             };
             tracing::debug!(%reason, %account, %command, "allowed");
+            if let (true, Some(link)) = (observe, link) {
+                let ask = ObserveRequest {
+                    server: &server.id,
+                    device,
+                    path: device_path,
+                    request,
+                    link,
+                    account: account.clone(),
+                    by_privilege: grantor.is_some(),
+                };
+                if let Some(answer) = self.relay.observe(ask).await {
+                    return Handled {
+                        answer,
+                        command: Some(command),
+                        allowed: true,
+                        reason: format!("{reason} (observe)"),
+                        grantor,
+                    };
+                }
+            }
             let forwarded = self
                 .south
                 .forward(device, &account, outbound, self.deadline)
@@ -359,15 +458,7 @@ impl Proxy {
         device: &Arc<DeviceConfig>,
         path: &str,
     ) -> Result<AclReading, ReadFailure> {
-        let key = AclKey {
-            device: device.id.clone(),
-            server: principal.server_id().to_owned(),
-            // An LwM2M device's whole /2 governs every path; a DM ACL chain is per node.
-            path: match device.profile {
-                Profile::Lwm2m(_) => String::new(),
-                Profile::Dm(_) => path.to_owned(),
-            },
-        };
+        let key = acl_key(principal, device, path);
         let now = Instant::now();
         if let Some(hit) = self.cache().get(&key, now) {
             return Ok(hit);
@@ -379,6 +470,19 @@ impl Proxy {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, AclCache> {
         self.acl_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where the device ACL reading for `principal` on `path` is cached.
+fn acl_key(principal: &Principal, device: &DeviceConfig, path: &str) -> AclKey {
+    AclKey {
+        device: device.id.clone(),
+        server: principal.server_id().to_owned(),
+        // An LwM2M device's whole /2 governs every path; a DM ACL chain is per node.
+        path: match device.profile {
+            Profile::Lwm2m(_) => String::new(),
+            Profile::Dm(_) => path.to_owned(),
+        },
     }
 }
 

@@ -59,30 +59,19 @@ pub fn apply_change(index: &RwLock<PrivilegeIndex>, change: StoreChange) {
 
 /// Follows the store's change feed into `index` until `shutdown`: subscribe, load the whole
 /// list, apply each change; reload on lag. A failed load is retried after a second (logged).
+/// `applied` counts the changes applied (and reloads), so whoever acts on the index's
+/// decisions (the Observe relay revalidating its observers) knows when to look again.
 pub fn spawn_index_feed(
     store: Arc<dyn PrivilegeStore>,
     index: Arc<RwLock<PrivilegeIndex>>,
     mut shutdown: Shutdown,
+    applied: tokio::sync::watch::Sender<u64>,
 ) -> JoinHandle<()> {
+    let bump = move || applied.send_modify(|n| *n = n.wrapping_add(1));
     let mut changes = store.subscribe();
     tokio::spawn(async move {
-        let reload = |store: Arc<dyn PrivilegeStore>, index: Arc<RwLock<PrivilegeIndex>>| async move {
-            loop {
-                let (s, i) = (store.clone(), index.clone());
-                match tokio::task::spawn_blocking(move || try_load_index(s.as_ref(), &i)).await {
-                    Ok(Ok(count)) => {
-                        tracing::debug!(entries = count, "privilege index loaded from the store");
-                        return;
-                    }
-                    Ok(Err(e)) => tracing::error!("privilege index: cannot load the store: {e}"),
-                    Err(e) => tracing::error!("privilege index: load failed: {e}"),
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        };
-        tokio::select! {
-            () = reload(store.clone(), index.clone()) => {}
-            () = stopped(&mut shutdown) => return,
+        if !reload(&store, &index, &mut shutdown).await {
+            return;
         }
         loop {
             let received = tokio::select! {
@@ -90,18 +79,47 @@ pub fn spawn_index_feed(
                 () = stopped(&mut shutdown) => return,
             };
             match received {
-                Ok(change) => apply_change(&index, change),
+                Ok(change) => {
+                    apply_change(&index, change);
+                    bump();
+                }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "privilege index fell behind the store: reloading");
-                    tokio::select! {
-                        () = reload(store.clone(), index.clone()) => {}
-                        () = stopped(&mut shutdown) => return,
+                    if !reload(&store, &index, &mut shutdown).await {
+                        return;
                     }
+                    bump();
                 }
                 Err(RecvError::Closed) => return,
             }
         }
     })
+}
+
+/// Loads the whole list into `index`, retrying a failed load every second; `false` once
+/// `shutdown` came first. A load that has begun is waited for, not abandoned: a detached
+/// load would hold the store open past the gateway's stop (and a restart on the same file
+/// would find it locked).
+async fn reload(
+    store: &Arc<dyn PrivilegeStore>,
+    index: &Arc<RwLock<PrivilegeIndex>>,
+    shutdown: &mut Shutdown,
+) -> bool {
+    loop {
+        let (s, i) = (store.clone(), index.clone());
+        match tokio::task::spawn_blocking(move || try_load_index(s.as_ref(), &i)).await {
+            Ok(Ok(count)) => {
+                tracing::debug!(entries = count, "privilege index loaded from the store");
+                return true;
+            }
+            Ok(Err(e)) => tracing::error!("privilege index: cannot load the store: {e}"),
+            Err(e) => tracing::error!("privilege index: load failed: {e}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = stopped(shutdown) => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -163,7 +181,12 @@ mod tests {
             Membership::default(),
         )));
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let task = spawn_index_feed(store.clone(), index.clone(), shutdown);
+        let task = spawn_index_feed(
+            store.clone(),
+            index.clone(),
+            shutdown,
+            tokio::sync::watch::channel(0).0,
+        );
         eventually(&index, |i| i.len() == 1 && i.get(&name("before")).is_some()).await;
 
         add(store.as_ref(), "p1", "Get=ServerB");
@@ -202,7 +225,12 @@ mod tests {
             Membership::default(),
         )));
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let task = spawn_index_feed(store.clone(), index.clone(), shutdown);
+        let task = spawn_index_feed(
+            store.clone(),
+            index.clone(),
+            shutdown,
+            tokio::sync::watch::channel(0).0,
+        );
         eventually(&index, PrivilegeIndex::is_empty).await;
         tokio::task::yield_now().await;
         // Current-thread runtime: the feed task does not run until we yield.

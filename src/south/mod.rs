@@ -30,10 +30,10 @@ use crate::config::{Config, DeviceConfig, EndpointUri, Reach, Scheme};
 use crate::gateway::registrations::{Registrations, Route};
 use crate::lwm2m::content_format;
 use crate::registry::{Account, FormatMemory};
-use crate::runtime::LinkError;
 use crate::runtime::{
     ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError, StreamRequestError,
 };
+use crate::runtime::{LinkError, Observation};
 use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
@@ -340,6 +340,42 @@ impl South {
             .await
             .map_err(link_failure)?;
         Ok((answer, Some(route.account)))
+    }
+
+    /// Observes `request`'s resource on the device (RFC 7641, the proxy's Observe relay):
+    /// over the registration's session on `on_behalf`'s account (waiting up to `patience`
+    /// for a sleeping device), or over a dialled device's UDP/DTLS session. A TCP/TLS device
+    /// link has no Observe here: `BadAnswer`.
+    pub async fn observe(
+        &self,
+        device: &DeviceConfig,
+        on_behalf: &Account,
+        request: Packet,
+        patience: Duration,
+    ) -> Result<Observation, ReadFailure> {
+        let link = match &device.reach {
+            Reach::Registers(r) => {
+                self.registrations
+                    .wait_route(&r.endpoint, on_behalf, patience)
+                    .await
+                    .map_err(|e| ReadFailure::Unreachable(e.to_string()))?
+                    .session
+                    .link
+            }
+            Reach::Dialed(uri) => {
+                let link = self.link(&device.id);
+                let mut guard = link.lock().await;
+                match self.open(&mut guard, device, *uri).await? {
+                    OpenLink::Datagram(s) => s.link.clone(),
+                    OpenLink::Stream(_) => {
+                        return Err(ReadFailure::BadAnswer(
+                            "Observe over a TCP/TLS device link is not relayed".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        link.observe(request).await.map_err(link_failure)
     }
 
     async fn request_dialed(

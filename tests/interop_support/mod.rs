@@ -28,6 +28,7 @@ use privgw::gateway::Gateway;
 use privgw::mo::Value;
 
 pub mod dtls_pki;
+pub mod proxy;
 pub mod stream;
 
 pub const CLIENT: &str = "coap-client-openssl";
@@ -176,7 +177,12 @@ pub fn free_port_pair() -> u16 {
 /// One PDU as `coap-client -v 6` printed it.
 #[derive(Debug, Clone)]
 pub struct PrintedPdu {
-    /// `GET`, `POST`, … for requests; `2.05`, `4.03`, … for responses.
+    /// `CON`, `NON`, `ACK` or `RST`.
+    pub kind: String,
+    /// The message ID, as printed (`i:86c3`).
+    pub mid: String,
+    /// `GET`, `POST`, … for requests; `2.05`, `4.03`, … for responses; `0.00` for an empty
+    /// message.
     pub code: String,
     /// The text between `[` and `]`: the options.
     pub options: String,
@@ -208,13 +214,16 @@ pub fn parse_pdus(transcript: &str) -> Vec<PrintedPdu> {
             continue;
         };
         let line = &line[start..];
-        let Some(code) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("c:"))
-            .map(str::to_owned)
-        else {
+        let field = |prefix: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        let Some(code) = field("c:") else {
             continue;
         };
+        let kind = field("t:").unwrap_or_default();
+        let mid = field("i:").unwrap_or_default();
         let options = match (line.find('['), line.rfind(']')) {
             (Some(a), Some(b)) if a < b => line[a + 1..b].trim().to_owned(),
             _ => String::new(),
@@ -233,6 +242,8 @@ pub fn parse_pdus(transcript: &str) -> Vec<PrintedPdu> {
             None
         };
         pdus.push(PrintedPdu {
+            kind,
+            mid,
             code,
             options,
             payload,
@@ -291,6 +302,37 @@ impl ClientRun {
         r
     }
 
+    /// What coap-client printed on stdout besides its `-v` log: the response body (it prints
+    /// a 2.xx body there when there is no `-o`, block by block, then one newline at exit).
+    /// PDU lines, their hex dumps and libcoap's timestamped log records are taken out; they
+    /// follow body bytes on the same line, as a block ends without a newline.
+    pub fn printed_data(&self) -> String {
+        let mut out = String::new();
+        let mut after_binary = false;
+        for line in self.stdout.split_inclusive('\n') {
+            let hex_dump = after_binary && line.trim().starts_with("<<");
+            after_binary = false;
+            // A PDU line may follow body bytes that ended without a newline.
+            if let Some(at) = line.find("v:1 t:") {
+                out.push_str(&line[..at]);
+                after_binary = line.contains(":: binary data length");
+                continue;
+            }
+            if hex_dump {
+                continue;
+            }
+            match log_record_start(line) {
+                Some(at) => out.push_str(&line[..at]),
+                None => out.push_str(line),
+            }
+        }
+        // coap-client ends its output with a newline of its own.
+        if out.ends_with('\n') {
+            out.pop();
+        }
+        out
+    }
+
     /// The body of the last response decoded as CBOR (from the hex dump).
     pub fn cbor_body(&self) -> Value {
         let r = self.response();
@@ -310,6 +352,28 @@ impl ClientRun {
         Value::from_cbor(bytes)
             .unwrap_or_else(|e| panic!("-o file is not CBOR ({e:?})\n{}", self.transcript()))
     }
+}
+
+/// Where a libcoap log record (`Dec 02 01:43:16.411 INFO ...`) starts in `line`.
+fn log_record_start(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    // "Mmm dd hh:mm:ss.mmm " is 20 bytes.
+    let shape = |s: &[u8]| {
+        s.len() >= 20
+            && s[0].is_ascii_uppercase()
+            && s[1].is_ascii_lowercase()
+            && s[2].is_ascii_lowercase()
+            && s[3] == b' '
+            && [4, 5, 7, 8, 10, 11, 13, 14, 16, 17, 18]
+                .iter()
+                .all(|&i| s[i].is_ascii_digit())
+            && s[6] == b' '
+            && s[9] == b':'
+            && s[12] == b':'
+            && s[15] == b'.'
+            && s[19] == b' '
+    };
+    (0..b.len()).find(|&i| line.is_char_boundary(i) && shape(&b[i..]))
 }
 
 /// A file's text, binary bytes replaced (coap-client prints raw payloads to stdout).
@@ -679,12 +743,23 @@ pub struct GatewayFixture {
 
 impl GatewayFixture {
     pub async fn start(scratch: &Scratch, devices: &[DeviceEntry]) -> GatewayFixture {
+        GatewayFixture::start_with(scratch, devices, "").await
+    }
+
+    /// [`start`](Self::start) with `extra` TOML appended to the config (more `[[devices]]`,
+    /// `[[lwm2m.listen]]`, a `[proxy]` table…).
+    pub async fn start_with(
+        scratch: &Scratch,
+        devices: &[DeviceEntry],
+        extra: &str,
+    ) -> GatewayFixture {
         let store = scratch.path().join("privgw.redb");
-        let toml = gateway_toml(
+        let mut toml = gateway_toml(
             &store,
             &["coaps://127.0.0.1:0", "coap://127.0.0.1:0"],
             devices,
         );
+        toml.push_str(extra);
         let config =
             Config::parse(&toml).unwrap_or_else(|e| panic!("gateway config rejected: {e}\n{toml}"));
         let gateway = Gateway::start(config).await.expect("start the gateway");

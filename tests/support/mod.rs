@@ -468,6 +468,7 @@ impl FleetBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("privgw.redb");
         let mut devices = Vec::new();
+        let mut registering = Vec::new();
         let mut relays = Vec::new();
         let mut uris = Vec::new();
         for spec in &self.devices {
@@ -519,10 +520,12 @@ impl FleetBuilder {
                 cfg.register
             );
             devices.push((spec.id.clone(), dev));
+            registering.push((spec.id.clone(), cfg));
         }
         Fleet {
             gateway: Some(gateway),
             devices,
+            registering,
             relays,
             device_uris: self
                 .devices
@@ -693,6 +696,8 @@ async fn start_gateway(config_text: &str) -> Gateway {
 pub struct Fleet {
     gateway: Option<Gateway>,
     devices: Vec<(String, RunningDevice)>,
+    /// The simulator config of each registering device, to start it again.
+    registering: Vec<(String, DeviceSimConfig)>,
     relays: Vec<(String, relay::Relay)>,
     device_uris: Vec<(String, EndpointUri)>,
     config_text: String,
@@ -842,6 +847,26 @@ impl Fleet {
         if let Some(i) = self.devices.iter().position(|(d, _)| d == id) {
             self.devices.remove(i).1.stop().await;
         }
+    }
+
+    /// Stops registering device `id` (no De-register, like a reboot) and starts it again on
+    /// its config: it registers afresh, from a new port.
+    pub async fn reboot_registering_device(&mut self, id: &str) {
+        let cfg = self
+            .registering
+            .iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("{id} is no registering device"));
+        self.stop_device(id).await;
+        let dev = RunningDevice::start(&cfg)
+            .await
+            .expect("device starts again");
+        assert!(
+            dev.wait_registered(Duration::from_secs(10)).await,
+            "{id} registered again"
+        );
+        self.devices.push((id.to_owned(), dev));
     }
 
     pub async fn stop(mut self) {
