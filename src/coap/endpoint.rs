@@ -271,6 +271,12 @@ impl Endpoint {
         self.requests.queued()
     }
 
+    /// Whether one more request of ours would be taken (queued if no slot is free) rather
+    /// than refused `Busy`: the serve loop takes the next one from its link only then.
+    pub fn has_room(&self) -> bool {
+        self.requests.has_room()
+    }
+
     /// Our separate responses not yet ACKed.
     pub fn separate_in_flight(&self) -> usize {
         self.separate.len()

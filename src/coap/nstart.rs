@@ -83,6 +83,11 @@ impl<T> Nstart<T> {
         self.active.is_empty() && self.queued.is_empty()
     }
 
+    /// Another request may be queued (or launched) without [`ClientError::Busy`].
+    pub(super) fn has_room(&self) -> bool {
+        self.queued.len() < self.queue_limit
+    }
+
     /// A slot is free and nobody waits for it: a new request may go at once.
     pub(super) fn may_launch_now(&self) -> bool {
         self.active.len() < self.nstart && self.queued.is_empty()

@@ -148,6 +148,11 @@ impl StreamEndpoint {
         self.requests.queued()
     }
 
+    /// Whether one more request of ours would be taken rather than refused `Busy`.
+    pub fn has_room(&self) -> bool {
+        self.requests.has_room()
+    }
+
     /// No request of ours is in flight or queued. (The peer's requests in the handler are
     /// the driver's to count.)
     pub fn is_idle(&self) -> bool {

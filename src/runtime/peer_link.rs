@@ -47,8 +47,9 @@ use crate::coap::{ClientError, CoapError, NotifyError, ObservationId, Packet};
 /// a warning) until the owner catches up.
 pub const OBSERVATION_CAPACITY: usize = 16;
 
-/// Requests that may wait in a link's channel for the serve loop to take them; one more is
-/// refused with [`LinkError::Busy`]. (The endpoint's NSTART queue is behind it.)
+/// Requests that may wait in a link's channel for the serve loop to take them; more callers
+/// wait for room. (The endpoint's NSTART queue is behind it; the serve loop takes from the
+/// channel only while that queue has room.)
 pub const LINK_CAPACITY: usize = 16;
 
 /// Why a request over a [`PeerLink`] did not get a response.
@@ -173,9 +174,13 @@ impl PeerLink {
     /// Cancellation-safe: dropping the future only drops the wait; the session may still
     /// finish the exchange (the peer sees an ordinary request). Retransmission and its
     /// give-up time follow the session's tuning; add an overall deadline as needed.
+    ///
+    /// A burst beyond what the session takes at once (its channel, then its NSTART queue)
+    /// waits here for room, in order, rather than failing: bound the wait with the deadline.
     pub async fn request(&self, request: Packet) -> Result<Packet, LinkError> {
         let (reply, answer) = oneshot::channel();
-        self.command(LinkCommand::Request { request, reply })?;
+        self.command_waiting(LinkCommand::Request { request, reply })
+            .await?;
         answer.await.unwrap_or(Err(LinkError::Closed))
     }
 
@@ -187,11 +192,12 @@ impl PeerLink {
     pub async fn observe(&self, request: Packet) -> Result<Observation, LinkError> {
         let (reply, answer) = oneshot::channel();
         let (notifications, rx) = mpsc::channel(OBSERVATION_CAPACITY);
-        self.command(LinkCommand::Observe {
+        self.command_waiting(LinkCommand::Observe {
             request,
             reply,
             notifications,
-        })?;
+        })
+        .await?;
         let (id, first) = answer.await.unwrap_or(Err(LinkError::Closed))?;
         Ok(Observation {
             id,
@@ -212,11 +218,9 @@ impl PeerLink {
         }
     }
 
-    fn command(&self, command: LinkCommand) -> Result<(), LinkError> {
-        self.tx.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => LinkError::Busy,
-            mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
-        })
+    /// Hands `command` to the serve loop, waiting for room in its channel.
+    async fn command_waiting(&self, command: LinkCommand) -> Result<(), LinkError> {
+        self.tx.send(command).await.map_err(|_| LinkError::Closed)
     }
 
     /// How many handles to this session exist (this one included): the serve loop keeps an
@@ -340,7 +344,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_closed_link_fails_closed_and_a_full_one_busy() {
+    async fn a_closed_link_fails_closed_and_a_full_one_waits_for_room() {
         let link = PeerLink::closed();
         assert!(link.is_closed());
         assert_eq!(link.request(Packet::new()).await, Err(LinkError::Closed));
@@ -353,9 +357,16 @@ mod tests {
         while inbox.rx.is_empty() {
             tokio::task::yield_now().await;
         }
-        assert_eq!(link.request(Packet::new()).await, Err(LinkError::Busy));
+        let second = link.clone();
+        let second = tokio::spawn(async move { second.request(Packet::new()).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !second.is_finished(),
+            "a full link makes the caller wait, not fail"
+        );
         drop(inbox);
         assert_eq!(first.await.unwrap(), Err(LinkError::Closed));
+        assert_eq!(second.await.unwrap(), Err(LinkError::Closed));
         assert!(link.is_closed());
     }
 

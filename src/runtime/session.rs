@@ -57,7 +57,7 @@ use crate::coap::{
     ClientError, CoapError, Endpoint, EndpointEvent, NotifyError, ObservationId, ObserveEnd,
     Packet, RequestId, Responder, TransportTuning,
 };
-use crate::runtime::client::random_bytes;
+use crate::runtime::client::{fast_random_bytes, random_bytes};
 use crate::runtime::peer_link::{
     LINK_CAPACITY, LinkCommand, LinkError, LinkInbox, ObserveReply, ObserverError, PeerLink,
 };
@@ -90,6 +90,11 @@ pub trait SessionCore: Send {
     fn poll_event(&mut self) -> Option<EndpointEvent>;
     /// Output: when `handle_timeout` is due next.
     fn poll_timeout(&self) -> Option<StdInstant>;
+    /// Whether [`start_request`](Self::start_request) would take one more request (queued
+    /// beyond NSTART) rather than refuse it `Busy`: the serve loop takes our next request
+    /// from the link only then, so callers wait in the link's channel (backpressure) instead
+    /// of failing under a burst.
+    fn has_room(&self) -> bool;
     /// Starts one of our requests (`rng_fraction` for the initial retransmission timeout,
     /// ignored on streams); exactly one [`EndpointEvent::Response`] follows.
     fn start_request(
@@ -195,6 +200,9 @@ impl SessionCore for Endpoint {
     }
     fn poll_timeout(&self) -> Option<StdInstant> {
         Endpoint::poll_timeout(self)
+    }
+    fn has_room(&self) -> bool {
+        Endpoint::has_room(self)
     }
     fn start_request(
         &mut self,
@@ -361,7 +369,7 @@ pub fn spawn_session<S: DatagramSession + 'static, H: Handler>(
 
 /// A random fraction in `[0, 1)` for the initial retransmission timeout.
 fn random_fraction() -> f64 {
-    f64::from(u16::from_be_bytes(random_bytes::<2>())) / 65536.0
+    f64::from(u16::from_be_bytes(fast_random_bytes::<2>())) / 65536.0
 }
 
 /// Serves one datagram peer in both roles — its requests to `handler`, ours from `inbox`'s
@@ -480,7 +488,9 @@ pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
                 let (responder, response) = driver.pipeline.complete(now, done, max);
                 driver.respond(now, responder, response);
             }
-            Some(command) = rx.recv() => driver.command(Instant::now().into_std(), command),
+            Some(command) = rx.recv(), if driver.core.has_room() => {
+                driver.command(Instant::now().into_std(), command)
+            }
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if idle_at.is_some_and(|t| now >= t) && driver.is_idle() && !driver.pipeline.link_held() {
@@ -584,7 +594,7 @@ impl<C: SessionCore, H: Handler> Driver<C, H> {
                     return; // The caller gave up before we got to it.
                 }
                 self.give_up_abandoned(now);
-                let token = random_bytes::<4>().to_vec();
+                let token = fast_random_bytes::<4>().to_vec();
                 let id = self
                     .core
                     .start_request(now, request, token, random_fraction());
@@ -598,7 +608,7 @@ impl<C: SessionCore, H: Handler> Driver<C, H> {
                 if reply.is_closed() {
                     return;
                 }
-                let token = random_bytes::<8>().to_vec();
+                let token = fast_random_bytes::<8>().to_vec();
                 let Some(id) = self
                     .core
                     .start_observe(now, request, token, random_fraction())

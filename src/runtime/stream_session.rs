@@ -57,6 +57,9 @@ impl SessionCore for StreamEndpoint {
     fn poll_timeout(&self) -> Option<StdInstant> {
         StreamEndpoint::poll_timeout(self)
     }
+    fn has_room(&self) -> bool {
+        StreamEndpoint::has_room(self)
+    }
     fn start_request(
         &mut self,
         now: StdInstant,
