@@ -2,7 +2,9 @@
 //! with a 5000-byte PUT over plain UDP goes out as five 1024-byte-or-less blocks, each
 //! answered 2.31 Continue by a listener whose handler reassembles them with the registry's
 //! [`Block1Assembler`], and the body arrives whole; a listener that wants 256-byte blocks
-//! (late negotiation in its first 2.31) gets the rest in its size.
+//! (late negotiation in its first 2.31) gets the rest in its size; over a stream (sans-IO
+//! [`StreamEndpoint`](privgw::coap::StreamEndpoint) pair) blocks are used only above the
+//! peer's Max-Message-Size, each on a fresh token.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,4 +169,88 @@ async fn a_server_asking_for_smaller_blocks_gets_the_rest_in_its_size() {
             .iter()
             .all(|(b, size1, _)| b.szx == 4 && size1.is_none())
     );
+}
+
+/// Reliable transport, sans-IO pair of [`StreamEndpoint`]s: the accepting side advertises
+/// a Max-Message-Size of 1152 bytes (the RFC 8323 default), so our 3000-byte PUT goes in
+/// 1024-byte Block1 blocks, each on a fresh token; a 100-byte PUT goes whole.
+#[test]
+fn over_a_stream_block1_is_used_only_above_the_peers_max_message_size() {
+    use privgw::coap::{EndpointEvent, StreamConnection, StreamEndpoint};
+
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(30);
+    let mut dialer = StreamEndpoint::new(StreamConnection::new(t0, 1 << 20, true), timeout);
+    let mut acceptor = StreamEndpoint::new(StreamConnection::new(t0, 1152, true), timeout);
+    let transfer = |from: &mut StreamEndpoint, to: &mut StreamEndpoint| {
+        let mut n = 0;
+        while let Some(bytes) = from.poll_transmit() {
+            to.handle_bytes(t0, &bytes);
+            n += 1;
+        }
+        n
+    };
+    while transfer(&mut dialer, &mut acceptor) + transfer(&mut acceptor, &mut dialer) > 0 {}
+    assert_eq!(dialer.peer_max_message_size(), 1152);
+
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let mut put = Packet::new();
+    put.header.code = MessageClass::Request(RequestType::Put);
+    coap::set_uri(&mut put, "/19/0/0");
+    put.payload = body.clone();
+    let id = dialer.start_request(t0, put, vec![7, 0]);
+    let mut assembler = Block1Assembler::<u8>::with_max_body(64 * 1024);
+    let mut seen = Vec::new();
+    let result = loop {
+        while transfer(&mut dialer, &mut acceptor) + transfer(&mut acceptor, &mut dialer) > 0 {}
+        if let Some(EndpointEvent::Response { id: got, result }) = dialer.poll_event() {
+            assert_eq!(got, id);
+            break result;
+        }
+        let Some(EndpointEvent::Request { request, responder }) = acceptor.poll_event() else {
+            panic!("neither a request nor a response");
+        };
+        let b = BlockOption::block1(&request).unwrap().unwrap();
+        seen.push((
+            b.num,
+            b.more,
+            request.get_token().to_vec(),
+            request.payload.len(),
+        ));
+        let answer = match assembler.offer(t0, 0, request.clone()).into_whole(&request) {
+            Ok((whole, last)) => {
+                assert_eq!(whole.payload, body);
+                let mut a = coap::response_to(&request, ResponseType::Changed);
+                echo_block1(&mut a, last.unwrap());
+                a
+            }
+            Err(continue_or_refusal) => continue_or_refusal,
+        };
+        acceptor.respond(t0, responder, answer).unwrap();
+    };
+    assert_eq!(
+        result.unwrap().header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    assert_eq!(
+        seen,
+        [
+            (0, true, vec![7, 0], 1024),
+            (1, true, vec![7, 1], 1024),
+            (2, false, vec![7, 2], 952),
+        ]
+    );
+
+    // A body that fits the peer's Max-Message-Size goes whole.
+    let mut small = Packet::new();
+    small.header.code = MessageClass::Request(RequestType::Put);
+    coap::set_uri(&mut small, "/19/0/0");
+    small.payload = vec![1; 100];
+    let _ = dialer.start_request(t0, small, vec![8]);
+    while transfer(&mut dialer, &mut acceptor) + transfer(&mut acceptor, &mut dialer) > 0 {}
+    let Some(EndpointEvent::Request { request, .. }) = acceptor.poll_event() else {
+        panic!("the small PUT arrives");
+    };
+    assert_eq!(request.payload.len(), 100);
+    assert!(request.get_option(CoapOption::Block1).is_none());
 }
