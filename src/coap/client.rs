@@ -1504,6 +1504,33 @@ mod tests {
     }
 
     #[test]
+    fn block1_preference_never_leaks_and_a_block2_preference_rides_on_the_last_block() {
+        let t0 = Instant::now();
+        let pref = |szx| BlockOption {
+            num: 0,
+            more: false,
+            szx,
+        };
+        // A Block1 preference with a body that fits one block: sent whole, no Block1.
+        let mut req = put(100);
+        set_single(&mut req, CoapOption::Block1, pref(4).encode().unwrap());
+        let mut c = put_exchange(t0, req);
+        let p = sent(&mut c, t0);
+        assert!(p.get_option(CoapOption::Block1).is_none());
+        assert_eq!(p.payload.len(), 100);
+        // A Block2 preference with a block-wise body: only on the last block.
+        let mut req = put(1500);
+        set_single(&mut req, CoapOption::Block2, pref(3).encode().unwrap());
+        let mut c = put_exchange(t0, req);
+        let first = sent(&mut c, t0);
+        assert!(first.get_option(CoapOption::Block2).is_none());
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let last = sent(&mut c, t0);
+        assert!(!b1(&last).more);
+        assert_eq!(BlockOption::block2(&last).unwrap().unwrap(), pref(3));
+    }
+
+    #[test]
     fn block1_smaller_szx_in_continue_is_adopted_and_num_recomputed() {
         let t0 = Instant::now();
         let req = put(2500);
