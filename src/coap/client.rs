@@ -1,12 +1,31 @@
 //! Client role: one outgoing request/response exchange with one peer (RFC 7252 §4.2, §5.2;
-//! RFC 7959 Block2), over UDP/DTLS or, in reliable mode, over TCP/TLS (RFC 8323).
+//! RFC 7959 Block1 and Block2), over UDP/DTLS or, in reliable mode, over TCP/TLS (RFC 8323).
 //!
 //! Owns: the MIDs this exchange sends (starting at the caller's first MID), its token, the
 //! CON retransmission state (exponential back-off from ACK_TIMEOUT·[1, ACK_RANDOM_FACTOR]),
-//! the wait for a separate response, and Block2 reassembly with a body-size limit.
+//! the wait for a separate response, sending a large request body in Block1 blocks, and
+//! Block2 reassembly with a body-size limit.
 //! Does not own: choosing MIDs or tokens (the driver keeps a per-peer MID counter, see
 //! [`ClientExchange::next_mid`], and supplies random tokens), NSTART (the driver runs at most
-//! `nstart` exchanges per peer), or Block1.
+//! `nstart` exchanges per peer), or the slicing arithmetic ([`Block1Sender`]).
+//!
+//! # Block1 (RFC 7959 §2.3, §2.5)
+//!
+//! A request body larger than one block goes out as blocks NUM 0, 1, 2… with `Block1`
+//! (M on all but the last) and `Size1` (the whole length) on the first. The block size is
+//! 1024 bytes (SZX 6) over UDP, or the SZX of a `Block1` option in the caller's request if
+//! smaller (that option is only a preference and never sent as given); in reliable mode
+//! the body is sent whole unless the request would exceed the peer's Max-Message-Size
+//! ([`with_peer_max_message_size`](ClientExchange::with_peer_max_message_size)), and then in
+//! the largest blocks that fit. Each non-final block waits for 2.31 Continue naming it; a
+//! smaller SZX in that 2.31 is adopted for the rest (late negotiation). The response to the
+//! last block is the exchange's response, and may start a Block2 transfer. During the
+//! transfer 4.13 fails with [`ClientError::RequestEntityTooLarge`] (with the peer's Size1),
+//! 4.08 with [`ClientError::RequestEntityIncomplete`]; any other final response ends the
+//! exchange as its response. Tokens follow the Block2 follow-ups: one token and a fresh MID
+//! per block over UDP (responses match by MID, separate ones by the exchange's one token),
+//! a fresh token per block in reliable mode (no MIDs there: the token is what tells the
+//! answer to this block from a late answer to the previous one).
 //!
 //! # Two modes, one Block2 reassembly
 //!
@@ -24,10 +43,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{
-    CoapOption, MAX_TOKEN_LEN, MessageClass, MessageType, Packet, TransportTuning, decode,
-    empty_message, encode, peek_header, set_single, without_option,
+    CoapOption, MAX_TOKEN_LEN, MessageClass, MessageType, Packet, ResponseType, TransportTuning,
+    decode, empty_message, encode, peek_header, set_single, without_option,
 };
-use crate::coap::block::BlockOption;
+use crate::coap::block::{BlockOption, MAX_SZX};
+use crate::coap::block1::{Block1Sender, Continued};
 use crate::coap::tcp::encode_frame;
 use crate::coap::tuning::deadline;
 
@@ -60,6 +80,17 @@ pub enum ClientError {
     /// queue is full); nothing was sent.
     #[error("too many requests queued for this peer")]
     Busy,
+    /// During a Block1 transfer the peer answered 4.13 Request Entity Too Large: it will
+    /// not take a body this large (`size1`: the largest it accepts, if it said).
+    #[error("peer refuses a request body this large (4.13, Size1 {size1:?})")]
+    RequestEntityTooLarge {
+        /// The Size1 option of the 4.13, if any.
+        size1: Option<u32>,
+    },
+    /// During a Block1 transfer the peer answered 4.08 Request Entity Incomplete: it lost
+    /// (or never had) the earlier blocks.
+    #[error("peer lost the earlier blocks of the request body (4.08)")]
+    RequestEntityIncomplete,
     /// The reliable connection closed (released, aborted, or failed) before the response
     /// came ([`super::StreamEndpoint`]).
     #[error("connection closed before the response")]
@@ -137,6 +168,18 @@ pub struct ClientExchange {
     last_separate_mid: Option<u16>,
     /// `Some` in RFC 8323 mode.
     reliable: Option<Reliable>,
+    /// `Some` while the request body is going out in Block1 blocks.
+    block1: Option<Block1Sender>,
+    /// The request was sent block-wise (the final response loses its Block1 echo).
+    sent_block1: bool,
+    /// The SZX of a Block2 option in the caller's request: our preferred response size.
+    block2_pref: Option<u8>,
+    /// The SZX of a Block1 option in the caller's request: our preferred request block size.
+    block1_pref: Option<u8>,
+    /// Reliable mode: the peer's Max-Message-Size, once the driver told us.
+    peer_max_message_size: Option<usize>,
+    /// Requests built so far (reliable mode: all but the first take a fresh token).
+    requests_sent: u32,
 }
 
 impl ClientExchange {
@@ -209,7 +252,10 @@ impl ClientExchange {
     ) -> Self {
         let mut this = Self {
             tuning,
-            request: without_option(&request, CoapOption::Block2.into()),
+            request: without_option(
+                &without_option(&request, CoapOption::Block2.into()),
+                CoapOption::Block1.into(),
+            ),
             token,
             next_mid: mid,
             rng_fraction,
@@ -222,6 +268,18 @@ impl ClientExchange {
             done: false,
             last_separate_mid: None,
             reliable,
+            block1: None,
+            sent_block1: false,
+            block2_pref: match BlockOption::block2(&request) {
+                Some(Ok(b)) => Some(b.szx),
+                _ => None,
+            },
+            block1_pref: match BlockOption::block1(&request) {
+                Some(Ok(b)) => Some(b.szx),
+                _ => None,
+            },
+            peer_max_message_size: None,
+            requests_sent: 0,
         };
         if this.token.len() > MAX_TOKEN_LEN {
             this.fail(ClientError::InvalidRequest(format!(
@@ -243,17 +301,97 @@ impl ClientExchange {
             ));
             return this;
         }
-        // A Block2 option in the caller's request sets the preferred block size.
-        let first = match BlockOption::block2(&request) {
-            Some(Ok(b)) => Some(BlockOption {
+        this.send_first();
+        this
+    }
+
+    /// Decides whether the body goes whole or in Block1 blocks, then builds the first
+    /// request (which a Block2 preference joins unless Block1 carries it to the last block).
+    fn send_first(&mut self) {
+        if let Err(e) = self.plan_block1() {
+            self.fail(e);
+            return;
+        }
+        let first = match (&self.block1, self.block2_pref) {
+            (None, Some(szx)) => Some(BlockOption {
                 num: 0,
                 more: false,
-                szx: b.szx,
+                szx,
             }),
             _ => None,
         };
-        this.send_request(first);
-        this
+        self.send_request(first);
+    }
+
+    /// Moves the body into a [`Block1Sender`] if it is too large to go in one message.
+    fn plan_block1(&mut self) -> Result<(), ClientError> {
+        let preferred = self.block1_pref.unwrap_or(MAX_SZX).min(MAX_SZX);
+        let szx = if self.reliable.is_some() {
+            let Some(mms) = self.peer_max_message_size else {
+                return Ok(());
+            };
+            let mut whole = self.request.clone();
+            whole.set_token(self.token.clone());
+            if encode_frame(&whole).map_or(usize::MAX, |f| f.len()) <= mms {
+                return Ok(());
+            }
+            // The largest block whose first request (Block1, Size1: the longest options)
+            // fits the peer's Max-Message-Size.
+            let fits = |szx: u8| {
+                let size = (1usize << (szx + 4)).min(self.request.payload.len());
+                let mut p = without_payload(&self.request);
+                p.set_token(self.token.clone());
+                p.payload = vec![0; size];
+                let b = BlockOption {
+                    num: 0,
+                    more: true,
+                    szx,
+                };
+                if let Ok(v) = b.encode() {
+                    set_single(&mut p, CoapOption::Block1, v);
+                }
+                set_single(&mut p, CoapOption::Size1, super::encode_uint(u32::MAX));
+                encode_frame(&p).is_ok_and(|f| f.len() <= mms)
+            };
+            (0..=preferred).rev().find(|&s| fits(s)).ok_or_else(|| {
+                ClientError::InvalidRequest(format!(
+                    "no block of the request fits the peer's Max-Message-Size of {mms} bytes"
+                ))
+            })?
+        } else {
+            if self.request.payload.len() <= 1usize << (preferred + 4) {
+                return Ok(());
+            }
+            preferred
+        };
+        if u32::try_from(self.request.payload.len()).is_err() {
+            return Err(ClientError::InvalidRequest(
+                "request body too large for Size1".into(),
+            ));
+        }
+        let body = std::mem::take(&mut self.request.payload);
+        self.block1 = Some(Block1Sender::new(body, szx));
+        self.sent_block1 = true;
+        Ok(())
+    }
+
+    /// Reliable mode: the peer's Max-Message-Size (from its CSM; the
+    /// [`super::StreamEndpoint`] launches requests only after it). A request body that would
+    /// make the request larger then goes in Block1 blocks that fit; without this call the
+    /// body is always sent whole. Only effective before the first request is handed out.
+    pub fn with_peer_max_message_size(mut self, max_message_size: usize) -> Self {
+        let untouched = self.reliable.is_some()
+            && !self.done
+            && self.requests_sent == 1
+            && self.block1.is_none()
+            && self.current.as_ref().is_some_and(|c| c.send_pending);
+        if untouched {
+            self.peer_max_message_size = Some(max_message_size);
+            self.current = None;
+            self.requests_sent = 0;
+            self.send_first();
+        }
+        self
     }
 
     /// Sets the largest body this exchange accepts (default [`DEFAULT_MAX_BODY`], 1 MiB).
@@ -327,7 +465,7 @@ impl ClientExchange {
         {
             return;
         }
-        self.absorb_response(response);
+        self.absorb_response(response, true);
     }
 
     /// UDP mode: the next datagram to send: ACKs/RSTs first, then the (re)transmission of the
@@ -448,7 +586,7 @@ impl ClientExchange {
             (MessageType::Acknowledgement, MessageClass::Response(_))
                 if matches_mid && matches_token =>
             {
-                self.absorb_response(packet);
+                self.absorb_response(packet, true);
             }
             (MessageType::Confirmable | MessageType::NonConfirmable, MessageClass::Response(_))
                 if matches_token && self.current.is_some() =>
@@ -458,7 +596,7 @@ impl ClientExchange {
                         .push_back(empty_message(MessageType::Acknowledgement, mid));
                     self.last_separate_mid = Some(mid);
                 }
-                self.absorb_response(packet);
+                self.absorb_response(packet, false);
             }
             (MessageType::Confirmable, _) => {
                 // A ping, a request, or a response we are not waiting for.
@@ -481,25 +619,56 @@ impl ClientExchange {
         self.event = Some(ClientEvent::Failed(e));
     }
 
-    fn send_request(&mut self, block: Option<BlockOption>) {
-        if self.reliable.is_some() {
-            if block.is_some_and(|b| b.num > 0) {
-                increment_token(&mut self.token);
-            }
-            return self.send_reliable_request(block);
-        }
+    /// The next request: the template with the current Block1 block (and Size1 on the
+    /// first, and a Block2 preference on the last) or with `block2` for a follow-up.
+    fn build_request(&self, block2: Option<BlockOption>) -> Result<Packet, ClientError> {
         let mut p = self.request.clone();
-        p.header.message_id = self.next_mid;
         p.set_token(self.token.clone());
-        if let Some(b) = block {
-            match b.encode() {
-                Ok(v) => set_single(&mut p, CoapOption::Block2, v),
-                Err(e) => {
-                    self.fail(ClientError::Malformed(e.to_string()));
-                    return;
-                }
+        let mut block2 = block2;
+        if let Some(sender) = &self.block1 {
+            let (b, part) = sender.current();
+            let v = b
+                .encode()
+                .map_err(|e| ClientError::InvalidRequest(format!("Block1: {e}")))?;
+            set_single(&mut p, CoapOption::Block1, v);
+            if sender.is_first() {
+                let total = u32::try_from(sender.total()).unwrap_or(u32::MAX);
+                set_single(&mut p, CoapOption::Size1, super::encode_uint(total));
+            }
+            p.payload = part.to_vec();
+            if !b.more && block2.is_none() {
+                block2 = self.block2_pref.map(|szx| BlockOption {
+                    num: 0,
+                    more: false,
+                    szx,
+                });
             }
         }
+        if let Some(b) = block2 {
+            let v = b
+                .encode()
+                .map_err(|e| ClientError::Malformed(e.to_string()))?;
+            set_single(&mut p, CoapOption::Block2, v);
+        }
+        Ok(p)
+    }
+
+    fn send_request(&mut self, block: Option<BlockOption>) {
+        if self.reliable.is_some() && self.requests_sent > 0 {
+            increment_token(&mut self.token);
+        }
+        self.requests_sent = self.requests_sent.saturating_add(1);
+        let mut p = match self.build_request(block) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(e);
+                return;
+            }
+        };
+        if self.reliable.is_some() {
+            return self.send_reliable_request(p);
+        }
+        p.header.message_id = self.next_mid;
         let bytes = match encode(&p) {
             Ok(b) => b,
             Err(e) => {
@@ -522,18 +691,7 @@ impl ClientExchange {
     }
 
     /// Reliable mode: the request goes out as a Packet; the connection frames it.
-    fn send_reliable_request(&mut self, block: Option<BlockOption>) {
-        let mut p = self.request.clone();
-        p.set_token(self.token.clone());
-        if let Some(b) = block {
-            match b.encode() {
-                Ok(v) => set_single(&mut p, CoapOption::Block2, v),
-                Err(e) => {
-                    self.fail(ClientError::Malformed(e.to_string()));
-                    return;
-                }
-            }
-        }
+    fn send_reliable_request(&mut self, p: Packet) {
         if let Err(e) = encode_frame(&p) {
             self.fail(ClientError::InvalidRequest(e.to_string()));
             return;
@@ -554,7 +712,22 @@ impl ClientExchange {
     /// Block2 reassembly, shared by both modes: validates the block sequence, size and
     /// ETag, appends the payload, and either requests the next block (via `send_request`,
     /// which picks MID or token per mode) or finishes.
-    fn absorb_response(&mut self, response: Packet) {
+    ///
+    /// `answers_current`: the response is matched to the request in flight (a piggybacked
+    /// ACK by MID, or any reliable-mode response, by the token of this one request) rather
+    /// than only by the exchange's token (a separate response, which may be a late
+    /// duplicate answering an earlier block).
+    fn absorb_response(&mut self, response: Packet, answers_current: bool) {
+        let response = if self.block1.is_some() {
+            match self.absorb_block1(response, answers_current) {
+                Some(r) => r,
+                None => return,
+            }
+        } else if self.sent_block1 {
+            without_option(&response, CoapOption::Block1.into())
+        } else {
+            response
+        };
         let block = match BlockOption::block2(&response) {
             None => None,
             Some(Ok(b)) => Some(b),
@@ -639,6 +812,72 @@ impl ClientExchange {
         }
     }
 
+    /// A response during the Block1 transfer: a 2.31 moves to the next block (or is a
+    /// stale duplicate, ignored), 4.13 and 4.08 fail, anything else ends the transfer and
+    /// is returned (without its Block1 echo) for the Block2 / final handling.
+    fn absorb_block1(&mut self, response: Packet, answers_current: bool) -> Option<Packet> {
+        let MessageClass::Response(code) = response.header.code else {
+            return None;
+        };
+        match code {
+            ResponseType::Continue => {
+                let ack = match BlockOption::block1(&response) {
+                    Some(Ok(b)) => b,
+                    _ => {
+                        self.fail(ClientError::Malformed(
+                            "2.31 Continue without a valid Block1 option".into(),
+                        ));
+                        return None;
+                    }
+                };
+                let sender = self.block1.as_mut()?;
+                match sender.continue_with(ack) {
+                    Continued::Next => {
+                        tracing::debug!(
+                            acked = ack.num,
+                            szx = ack.szx,
+                            "2.31 Continue, sending the next block"
+                        );
+                        self.send_request(None);
+                    }
+                    Continued::Stale if !answers_current => {
+                        tracing::debug!(num = ack.num, "stale 2.31 Continue ignored");
+                    }
+                    Continued::Stale => {
+                        let expected = sender.current().0.num;
+                        self.fail(ClientError::Malformed(format!(
+                            "2.31 Continue for block {}, expected {expected}",
+                            ack.num
+                        )));
+                    }
+                    Continued::AfterLast => {
+                        self.fail(ClientError::Malformed(
+                            "2.31 Continue to the final block".into(),
+                        ));
+                    }
+                }
+                None
+            }
+            ResponseType::RequestEntityTooLarge => {
+                let size1 = response
+                    .get_first_option(CoapOption::Size1)
+                    .and_then(|v| super::decode_uint(v));
+                tracing::info!(?size1, "peer refused the Block1 body (4.13)");
+                self.fail(ClientError::RequestEntityTooLarge { size1 });
+                None
+            }
+            ResponseType::RequestEntityIncomplete => {
+                tracing::info!("peer lost the earlier Block1 blocks (4.08)");
+                self.fail(ClientError::RequestEntityIncomplete);
+                None
+            }
+            _ => {
+                self.block1 = None;
+                Some(without_option(&response, CoapOption::Block1.into()))
+            }
+        }
+    }
+
     fn finish(&mut self, response: Packet) {
         self.current = None;
         self.done = true;
@@ -656,6 +895,12 @@ fn increment_token(token: &mut [u8]) {
             return;
         }
     }
+}
+
+fn without_payload(p: &Packet) -> Packet {
+    let mut q = p.clone();
+    q.payload = Vec::new();
+    q
 }
 
 fn is_error(p: &Packet) -> bool {
@@ -1106,5 +1351,489 @@ mod tests {
                 let _ = sent(&mut c, t0);
             }
         }
+    }
+
+    // ---- Block1 (RFC 7959 §2.3) ----
+
+    fn put(len: usize) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(RequestType::Put);
+        set_uri(&mut p, "/3/0/1");
+        p.payload = (0..len).map(|i| (i % 251) as u8).collect();
+        p
+    }
+
+    fn put_exchange(t0: Instant, request: Packet) -> ClientExchange {
+        ClientExchange::new(
+            t0,
+            TransportTuning::unreliable(),
+            request,
+            MID,
+            TOKEN.to_vec(),
+            0.0,
+        )
+    }
+
+    /// A response with `code`, a Block1 option (if any) and more options.
+    fn coded(
+        t: MessageType,
+        mid: u16,
+        code: ResponseType,
+        block1: Option<BlockOption>,
+        extra: &[(CoapOption, Vec<u8>)],
+    ) -> Vec<u8> {
+        let mut p = decode(&response(t, mid, &TOKEN, b"")).unwrap();
+        p.header.code = MessageClass::Response(code);
+        if let Some(b) = block1 {
+            set_single(&mut p, CoapOption::Block1, b.encode().unwrap());
+        }
+        for (o, v) in extra {
+            set_single(&mut p, *o, v.clone());
+        }
+        p.to_bytes().unwrap()
+    }
+
+    fn cont(mid: u16, num: u32, szx: u8) -> Vec<u8> {
+        let b = BlockOption {
+            num,
+            more: true,
+            szx,
+        };
+        coded(
+            MessageType::Acknowledgement,
+            mid,
+            ResponseType::Continue,
+            Some(b),
+            &[],
+        )
+    }
+
+    fn b1(p: &Packet) -> BlockOption {
+        BlockOption::block1(p).expect("a Block1 option").unwrap()
+    }
+
+    fn size1(p: &Packet) -> Option<u32> {
+        p.get_first_option(CoapOption::Size1)
+            .and_then(|v| crate::coap::decode_uint(v))
+    }
+
+    #[test]
+    fn block1_blocks_go_in_order_with_size1_on_the_first_and_fresh_mids() {
+        let t0 = Instant::now();
+        let req = put(2500);
+        let body = req.payload.clone();
+        let mut c = put_exchange(t0, req);
+        let mut got = Vec::new();
+        let mut seen = Vec::new();
+        for i in 0..3u16 {
+            let p = sent(&mut c, t0);
+            assert!(c.poll_transmit(t0).is_none());
+            assert_eq!(p.header.message_id, MID + i, "a fresh MID per block");
+            assert_eq!(p.get_token(), TOKEN, "one token over UDP");
+            assert_eq!(p.header.code, MessageClass::Request(RequestType::Put));
+            assert_eq!(crate::coap::uri_path(&p).unwrap(), ["3", "0", "1"]);
+            let b = b1(&p);
+            seen.push((b.num, b.more, b.szx, size1(&p), p.payload.len()));
+            got.extend_from_slice(&p.payload);
+            if b.more {
+                c.handle_datagram(t0, &cont(MID + i, b.num, 6));
+                assert_eq!(c.poll_event(), None);
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, true, 6, Some(2500), 1024),
+                (1, true, 6, None, 1024),
+                (2, false, 6, None, 452)
+            ]
+        );
+        assert_eq!(got, body);
+        let last = BlockOption {
+            num: 2,
+            more: false,
+            szx: 6,
+        };
+        c.handle_datagram(
+            t0,
+            &coded(
+                MessageType::Acknowledgement,
+                MID + 2,
+                ResponseType::Changed,
+                Some(last),
+                &[],
+            ),
+        );
+        match c.poll_event() {
+            Some(ClientEvent::Response(p)) => {
+                assert_eq!(p.header.code, MessageClass::Response(ResponseType::Changed));
+                assert!(p.get_option(CoapOption::Block1).is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.next_mid(), MID + 3);
+    }
+
+    #[test]
+    fn block1_size_is_the_callers_preference_and_a_body_that_fits_goes_whole() {
+        let t0 = Instant::now();
+        let mut req = put(600);
+        let pref = BlockOption {
+            num: 0,
+            more: false,
+            szx: 4,
+        };
+        set_single(&mut req, CoapOption::Block1, pref.encode().unwrap());
+        let mut c = put_exchange(t0, req);
+        let p = sent(&mut c, t0);
+        assert_eq!(
+            b1(&p),
+            BlockOption {
+                num: 0,
+                more: true,
+                szx: 4
+            }
+        );
+        assert_eq!(p.payload.len(), 256);
+        // 1024 bytes fit one default block: sent whole, without Block1 or Size1.
+        let mut c = put_exchange(t0, put(1024));
+        let p = sent(&mut c, t0);
+        assert_eq!(p.payload.len(), 1024);
+        assert!(p.get_option(CoapOption::Block1).is_none());
+        assert_eq!(size1(&p), None);
+    }
+
+    #[test]
+    fn block1_preference_never_leaks_and_a_block2_preference_rides_on_the_last_block() {
+        let t0 = Instant::now();
+        let pref = |szx| BlockOption {
+            num: 0,
+            more: false,
+            szx,
+        };
+        // A Block1 preference with a body that fits one block: sent whole, no Block1.
+        let mut req = put(100);
+        set_single(&mut req, CoapOption::Block1, pref(4).encode().unwrap());
+        let mut c = put_exchange(t0, req);
+        let p = sent(&mut c, t0);
+        assert!(p.get_option(CoapOption::Block1).is_none());
+        assert_eq!(p.payload.len(), 100);
+        // A Block2 preference with a block-wise body: only on the last block.
+        let mut req = put(1500);
+        set_single(&mut req, CoapOption::Block2, pref(3).encode().unwrap());
+        let mut c = put_exchange(t0, req);
+        let first = sent(&mut c, t0);
+        assert!(first.get_option(CoapOption::Block2).is_none());
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let last = sent(&mut c, t0);
+        assert!(!b1(&last).more);
+        assert_eq!(BlockOption::block2(&last).unwrap().unwrap(), pref(3));
+    }
+
+    #[test]
+    fn block1_smaller_szx_in_continue_is_adopted_and_num_recomputed() {
+        let t0 = Instant::now();
+        let req = put(2500);
+        let body = req.payload.clone();
+        let mut c = put_exchange(t0, req);
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID, 0, 5)); // the server prefers 512-byte blocks
+        let p = sent(&mut c, t0);
+        assert_eq!(
+            b1(&p),
+            BlockOption {
+                num: 2,
+                more: true,
+                szx: 5
+            },
+            "1024 bytes sent = blocks 0 and 1 of 512"
+        );
+        assert_eq!(p.payload, body[1024..1536]);
+        assert_eq!(size1(&p), None);
+        c.handle_datagram(t0, &cont(MID + 1, 2, 5));
+        let p = sent(&mut c, t0);
+        assert_eq!(b1(&p).num, 3);
+        assert_eq!(p.payload, body[1536..2048]);
+    }
+
+    #[test]
+    fn block1_4_13_and_4_08_fail_typed() {
+        let t0 = Instant::now();
+        let mut c = put_exchange(t0, put(5000));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(
+            t0,
+            &coded(
+                MessageType::Acknowledgement,
+                MID,
+                ResponseType::RequestEntityTooLarge,
+                None,
+                &[(CoapOption::Size1, crate::coap::encode_uint(2048))],
+            ),
+        );
+        assert_eq!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::RequestEntityTooLarge {
+                size1: Some(2048)
+            }))
+        );
+        assert_eq!(c.poll_timeout(), None);
+
+        let mut c = put_exchange(t0, put(5000));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(
+            t0,
+            &coded(
+                MessageType::Acknowledgement,
+                MID + 1,
+                ResponseType::RequestEntityIncomplete,
+                None,
+                &[],
+            ),
+        );
+        assert_eq!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::RequestEntityIncomplete))
+        );
+    }
+
+    #[test]
+    fn block1_other_final_response_before_the_last_block_ends_the_exchange() {
+        let t0 = Instant::now();
+        let mut c = put_exchange(t0, put(5000));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(
+            t0,
+            &coded(
+                MessageType::Acknowledgement,
+                MID,
+                ResponseType::Unauthorized,
+                None,
+                &[],
+            ),
+        );
+        match c.poll_event() {
+            Some(ClientEvent::Response(p)) => assert_eq!(
+                p.header.code,
+                MessageClass::Response(ResponseType::Unauthorized)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.poll_transmit(t0).is_none(), "no further block");
+    }
+
+    #[test]
+    fn block1_final_response_with_block2_continues_into_reassembly() {
+        let t0 = Instant::now();
+        let mut c = put_exchange(t0, put(1500));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let last = sent(&mut c, t0);
+        assert!(!b1(&last).more);
+        // The response to the last block: 2.04 with Block1 echo and Block2 0/1/4.
+        let mut r = decode(&block_response(MID + 1, 0, true, 4, &[5; 256])).unwrap();
+        r.header.code = MessageClass::Response(ResponseType::Changed);
+        let echo = BlockOption {
+            num: 1,
+            more: false,
+            szx: 6,
+        };
+        set_single(&mut r, CoapOption::Block1, echo.encode().unwrap());
+        c.handle_datagram(t0, &r.to_bytes().unwrap());
+        let next = sent(&mut c, t0);
+        assert_eq!(next.header.message_id, MID + 2);
+        assert_eq!(next.get_token(), TOKEN);
+        assert_eq!(next.header.code, MessageClass::Request(RequestType::Put));
+        assert!(next.get_option(CoapOption::Block1).is_none());
+        assert_eq!(size1(&next), None);
+        assert!(next.payload.is_empty(), "the body is not repeated");
+        assert_eq!(
+            BlockOption::block2(&next).unwrap().unwrap(),
+            BlockOption {
+                num: 1,
+                more: false,
+                szx: 4
+            }
+        );
+        let mut r = decode(&block_response(MID + 2, 1, false, 4, &[6; 10])).unwrap();
+        r.header.code = MessageClass::Response(ResponseType::Changed);
+        c.handle_datagram(t0, &r.to_bytes().unwrap());
+        match c.poll_event() {
+            Some(ClientEvent::Response(p)) => {
+                assert_eq!(p.payload.len(), 266);
+                assert!(p.get_option(CoapOption::Block1).is_none());
+                assert!(p.get_option(CoapOption::Block2).is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn block1_lost_block_is_retransmitted_with_the_same_mid() {
+        let t0 = Instant::now();
+        let mut c = put_exchange(t0, put(2500));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let first = sent(&mut c, t0);
+        let due = c.poll_timeout().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(2));
+        c.handle_timeout(due);
+        let again = sent(&mut c, due);
+        assert_eq!(again.header.message_id, MID + 1);
+        assert_eq!(again.payload, first.payload);
+        assert_eq!(b1(&again), b1(&first));
+        assert_eq!(c.poll_timeout(), Some(due + Duration::from_secs(4)));
+        c.handle_datagram(due, &cont(MID + 1, 1, 6));
+        assert_eq!(b1(&sent(&mut c, due)).num, 2);
+    }
+
+    #[test]
+    fn block1_duplicate_continue_is_ignored() {
+        let t0 = Instant::now();
+        let mut c = put_exchange(t0, put(3500));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let _ = sent(&mut c, t0); // block 1, MID + 1
+        // The same piggybacked 2.31 again (old MID): no match, nothing happens.
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        assert!(c.poll_transmit(t0).is_none());
+        assert_eq!(c.poll_event(), None);
+        // A separate CON 2.31 for block 1, then its retransmission: ACKed twice, one step.
+        let b = BlockOption {
+            num: 1,
+            more: true,
+            szx: 6,
+        };
+        let sep = coded(
+            MessageType::Confirmable,
+            0x5555,
+            ResponseType::Continue,
+            Some(b),
+            &[],
+        );
+        c.handle_datagram(t0, &[0x60, 0x00, 0x10, 0x01]); // empty ACK for block 1
+        c.handle_datagram(t0, &sep);
+        let ack = sent(&mut c, t0);
+        assert_eq!(ack.header.get_type(), MessageType::Acknowledgement);
+        let p = sent(&mut c, t0);
+        assert_eq!((p.header.message_id, b1(&p).num), (MID + 2, 2));
+        c.handle_datagram(t0, &sep);
+        assert_eq!(sent(&mut c, t0).header.message_id, 0x5555, "ACKed again");
+        assert!(c.poll_transmit(t0).is_none(), "no block sent twice");
+        // A late separate NON 2.31 for block 0: stale, ignored.
+        let b = BlockOption {
+            num: 0,
+            more: true,
+            szx: 6,
+        };
+        let late = coded(
+            MessageType::NonConfirmable,
+            0x5556,
+            ResponseType::Continue,
+            Some(b),
+            &[],
+        );
+        c.handle_datagram(t0, &late);
+        assert!(c.poll_transmit(t0).is_none());
+        assert_eq!(c.poll_event(), None);
+        // A piggybacked 2.31 on the current MID naming another block is the peer's error.
+        c.handle_datagram(t0, &cont(MID + 2, 0, 6));
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn block1_continue_to_the_last_block_or_without_block1_is_malformed() {
+        let t0 = Instant::now();
+        let mut c = put_exchange(t0, put(1500));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID, 0, 6));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(t0, &cont(MID + 1, 1, 6));
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::Malformed(_)))
+        ));
+        let mut c = put_exchange(t0, put(1500));
+        let _ = sent(&mut c, t0);
+        c.handle_datagram(
+            t0,
+            &coded(
+                MessageType::Acknowledgement,
+                MID,
+                ResponseType::Continue,
+                None,
+                &[],
+            ),
+        );
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::Malformed(_)))
+        ));
+    }
+
+    fn stream_coded(token: &[u8], code: ResponseType, block1: Option<BlockOption>) -> Packet {
+        let mut p = decode(&response(MessageType::Acknowledgement, 0, token, b"")).unwrap();
+        p.header.code = MessageClass::Response(code);
+        if let Some(b) = block1 {
+            set_single(&mut p, CoapOption::Block1, b.encode().unwrap());
+        }
+        p
+    }
+
+    #[test]
+    fn reliable_block1_only_above_the_peers_max_message_size_with_fresh_tokens() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(30);
+        // Without a known Max-Message-Size, or when it fits: whole.
+        let mut c = ClientExchange::new_reliable(t0, put(3000), TOKEN.to_vec(), timeout);
+        assert_eq!(c.poll_request().unwrap().payload.len(), 3000);
+        let mut c = ClientExchange::new_reliable(t0, put(3000), TOKEN.to_vec(), timeout)
+            .with_peer_max_message_size(4096);
+        let p = c.poll_request().unwrap();
+        assert_eq!(p.payload.len(), 3000);
+        assert!(p.get_option(CoapOption::Block1).is_none());
+        // The RFC 8323 default of 1152 bytes: 1024-byte blocks, a fresh token each.
+        let req = put(3000);
+        let body = req.payload.clone();
+        let mut c = ClientExchange::new_reliable(t0, req, TOKEN.to_vec(), timeout)
+            .with_peer_max_message_size(1152);
+        let mut got = Vec::new();
+        let mut tokens = Vec::new();
+        loop {
+            let p = c.poll_request().unwrap();
+            assert!(c.poll_request().is_none());
+            assert!(encode_frame(&p).unwrap().len() <= 1152);
+            let b = b1(&p);
+            assert_eq!(size1(&p), (b.num == 0).then_some(3000));
+            tokens.push(p.get_token().to_vec());
+            got.extend_from_slice(&p.payload);
+            if !b.more {
+                c.handle_response(t0, stream_coded(c.token(), ResponseType::Changed, Some(b)));
+                break;
+            }
+            if b.num > 0 {
+                // A late answer on an old token is ignored.
+                c.handle_response(t0, stream_coded(&TOKEN, ResponseType::Continue, Some(b)));
+                assert!(c.poll_request().is_none());
+                assert_eq!(c.poll_event(), None);
+            }
+            c.handle_response(t0, stream_coded(c.token(), ResponseType::Continue, Some(b)));
+        }
+        assert_eq!(got, body);
+        assert_eq!(tokens, [[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 6]]);
+        assert!(matches!(c.poll_event(), Some(ClientEvent::Response(p))
+            if p.header.code == MessageClass::Response(ResponseType::Changed)));
+        // A peer too small for any block: the request cannot be sent.
+        let mut c = ClientExchange::new_reliable(t0, put(3000), TOKEN.to_vec(), timeout)
+            .with_peer_max_message_size(20);
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::InvalidRequest(_)))
+        ));
     }
 }

@@ -36,6 +36,8 @@
 //!   retransmission, separate responses and Block2 reassembly. Owns its MIDs and token.
 //! * [`block`] — [`BlockOption`] and [`Block2Cache`]: server-side Block2 slicing, keyed by a
 //!   caller-supplied cache key.
+//! * [`block1`] — [`Block1Sender`](block1::Block1Sender): client-side Block1 slicing of a
+//!   request body and the 2.31 Continue / late-negotiation arithmetic.
 //! * [`budget`] — [`CacheLimits`]: per-peer and shared entry/byte bounds of the dedup table
 //!   and the Block2 cache.
 //! * [`tcp`] — RFC 8323 framing ([`encode_frame`], [`decode_frame`]) and typed signaling
@@ -57,6 +59,7 @@
 //! `poll_timeout`.
 
 pub mod block;
+pub mod block1;
 pub mod budget;
 pub mod client;
 pub mod endpoint;

@@ -356,6 +356,7 @@ impl StreamEndpoint {
             return;
         }
         let exchange = ClientExchange::new_reliable(now, q.request, q.token, self.response_timeout)
+            .with_peer_max_message_size(self.conn.peer_max_message_size())
             .with_max_body(self.max_body);
         self.requests.insert(id, exchange);
     }
