@@ -313,8 +313,9 @@ async fn a_long_resource_is_served_at_the_servers_block_size_and_a_long_write_is
             long.as_bytes(),
             "reassembled from the device, re-sliced at 64"
         );
-        // Block1 from B at 32 bytes: reassembled, then one write to the device.
-        let new: Vec<u8> = b"0123456789".repeat(9);
+        // Block1 from B at 32 bytes: reassembled, then written to the device — in Block1
+        // blocks of 1024 itself, as the body is longer than one message.
+        let new: Vec<u8> = b"0123456789".repeat(250);
         let chunks: Vec<&[u8]> = new.chunks(32).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let mut p = request_packet(

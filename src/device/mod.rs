@@ -252,6 +252,8 @@ pub struct DeviceHandler {
     /// `lwm2m`: the objects besides `/2`.
     objects: Option<objects::Objects>,
     slow: Option<Duration>,
+    /// Writes arriving in Block1 blocks, per peer, until whole.
+    blocks: Mutex<crate::registry::block1::Block1Assembler<SocketAddr>>,
     /// Observers of `objects` resources, by path.
     observers: Mutex<BTreeMap<String, Vec<crate::runtime::ObserverHandle>>>,
     log: Mutex<Vec<String>>,
@@ -266,6 +268,7 @@ impl DeviceHandler {
         Arc::new(DeviceHandler {
             objects,
             slow: config.slow_ms.map(Duration::from_millis),
+            blocks: Mutex::new(crate::registry::block1::Block1Assembler::new()),
             observers: Mutex::new(BTreeMap::new()),
             id: config.id.clone(),
             model,
@@ -484,6 +487,12 @@ impl Handler for DeviceHandler {
             .await
     }
 
+    /// Writes longer than one message come in Block1 blocks (RFC 7959), as from a real
+    /// client's server: reassembled, then answered whole.
+    fn accepts_block1(&self) -> bool {
+        true
+    }
+
     async fn handle_on_link(
         &self,
         peer: &PeerInfo,
@@ -491,6 +500,32 @@ impl Handler for DeviceHandler {
         request: Packet,
         _max_payload: usize,
     ) -> Packet {
+        let (request, last_block) = if request.get_first_option(coap::CoapOption::Block1).is_some()
+        {
+            let now = tokio::time::Instant::now().into_std();
+            let step = self.blocks.lock().unwrap_or_else(|p| p.into_inner()).offer(
+                now,
+                peer.addr,
+                request.clone(),
+            );
+            match step.into_whole(&request) {
+                Ok(whole) => whole,
+                Err(answer_now) => return answer_now,
+            }
+        } else {
+            (request, None)
+        };
+        let mut response = self.answer_counted(peer, link, &request).await;
+        if let Some(block) = last_block {
+            crate::registry::block1::echo_block1(&mut response, block);
+        }
+        response
+    }
+}
+
+impl DeviceHandler {
+    /// Counts and answers one whole request.
+    async fn answer_counted(&self, peer: &PeerInfo, link: &PeerLink, request: &Packet) -> Packet {
         self.requests.fetch_add(1, Ordering::Relaxed);
         *self
             .by_peer
@@ -501,9 +536,9 @@ impl Handler for DeviceHandler {
         if let Some(slow) = self.slow {
             tokio::time::sleep(slow).await;
         }
-        let mut response = self.answer(&request);
+        let mut response = self.answer(request);
         if self.objects.is_some() {
-            self.observe_hooks(link, &request, &mut response);
+            self.observe_hooks(link, request, &mut response);
         }
         response
     }
