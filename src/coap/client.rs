@@ -176,6 +176,8 @@ pub struct ClientExchange {
     block2_pref: Option<u8>,
     /// The SZX of a Block1 option in the caller's request: our preferred request block size.
     block1_pref: Option<u8>,
+    /// The caller sends its own Block1 blocks: this request is one of them, sent as given.
+    manual_block1: bool,
     /// Reliable mode: the peer's Max-Message-Size, once the driver told us.
     peer_max_message_size: Option<usize>,
     /// Requests built so far (reliable mode: all but the first take a fresh token).
@@ -250,12 +252,19 @@ impl ClientExchange {
         rng_fraction: f64,
         reliable: Option<Reliable>,
     ) -> Self {
+        // A Block1 option naming a block past the first, or announcing more, is a caller
+        // doing the block-wise transfer itself (a relay, a test tool): that block goes as
+        // given. Otherwise its SZX is our preferred block size, and the option goes.
+        let caller_block1 = BlockOption::block1(&request).and_then(Result::ok);
+        let manual_block1 = caller_block1.is_some_and(|b| b.num > 0 || b.more);
+        let template = without_option(&request, CoapOption::Block2.into());
         let mut this = Self {
             tuning,
-            request: without_option(
-                &without_option(&request, CoapOption::Block2.into()),
-                CoapOption::Block1.into(),
-            ),
+            request: if manual_block1 {
+                template
+            } else {
+                without_option(&template, CoapOption::Block1.into())
+            },
             token,
             next_mid: mid,
             rng_fraction,
@@ -274,10 +283,8 @@ impl ClientExchange {
                 Some(Ok(b)) => Some(b.szx),
                 _ => None,
             },
-            block1_pref: match BlockOption::block1(&request) {
-                Some(Ok(b)) => Some(b.szx),
-                _ => None,
-            },
+            block1_pref: caller_block1.filter(|_| !manual_block1).map(|b| b.szx),
+            manual_block1,
             peer_max_message_size: None,
             requests_sent: 0,
         };
@@ -325,6 +332,9 @@ impl ClientExchange {
 
     /// Moves the body into a [`Block1Sender`] if it is too large to go in one message.
     fn plan_block1(&mut self) -> Result<(), ClientError> {
+        if self.manual_block1 {
+            return Ok(());
+        }
         let preferred = self.block1_pref.unwrap_or(MAX_SZX).min(MAX_SZX);
         let szx = if self.reliable.is_some() {
             let Some(mms) = self.peer_max_message_size else {
@@ -1501,6 +1511,36 @@ mod tests {
         assert_eq!(p.payload.len(), 1024);
         assert!(p.get_option(CoapOption::Block1).is_none());
         assert_eq!(size1(&p), None);
+    }
+
+    /// A caller sending its own blocks (Block1 with NUM > 0 or M set) gets each sent as
+    /// given and the 2.31 back as the response (the registration test sends a Register in
+    /// 16-byte blocks this way).
+    #[test]
+    fn a_callers_own_block1_block_is_sent_as_given() {
+        let t0 = Instant::now();
+        let mut req = put(16);
+        let block = BlockOption {
+            num: 0,
+            more: true,
+            szx: 0,
+        };
+        set_single(&mut req, CoapOption::Block1, block.encode().unwrap());
+        let mut c = put_exchange(t0, req);
+        let p = sent(&mut c, t0);
+        assert_eq!(b1(&p), block);
+        assert_eq!(p.payload.len(), 16);
+        assert!(p.get_option(CoapOption::Size1).is_none());
+        c.handle_datagram(t0, &cont(MID, 0, 0));
+        match c.poll_event() {
+            Some(ClientEvent::Response(r)) => {
+                assert_eq!(
+                    r.header.code,
+                    MessageClass::Response(ResponseType::Continue)
+                );
+            }
+            other => panic!("expected the 2.31 as the response, got {other:?}"),
+        }
     }
 
     #[test]
