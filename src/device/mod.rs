@@ -500,20 +500,15 @@ impl Handler for DeviceHandler {
         request: Packet,
         _max_payload: usize,
     ) -> Packet {
-        let (request, last_block) = if request.get_first_option(coap::CoapOption::Block1).is_some()
-        {
-            let now = tokio::time::Instant::now().into_std();
-            let step = self.blocks.lock().unwrap_or_else(|p| p.into_inner()).offer(
-                now,
-                peer.addr,
-                request.clone(),
-            );
-            match step.into_whole(&request) {
-                Ok(whole) => whole,
-                Err(answer_now) => return answer_now,
-            }
-        } else {
-            (request, None)
+        let now = tokio::time::Instant::now().into_std();
+        let whole = self
+            .blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .whole(now, peer.addr, request);
+        let (request, last_block) = match whole {
+            Ok(whole) => whole,
+            Err(answer_now) => return answer_now,
         };
         let mut response = self.answer_counted(peer, link, &request).await;
         if let Some(block) = last_block {

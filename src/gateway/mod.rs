@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::audit::AuditLog;
-use crate::coap::{CoapOption, MessageClass, Packet, ResponseType, TransportTuning};
+use crate::coap::{MessageClass, Packet, ResponseType, TransportTuning};
 use crate::config::{Config, DeviceProof, EndpointUri, Reach, Registering, Scheme, ServerConfig};
 use crate::proxy::forward::refusal as proxy_refusal;
 use crate::proxy::{Destination, Membership, PrivilegeIndex};
@@ -190,16 +190,11 @@ impl North {
         peer: &PeerInfo,
         request: Packet,
     ) -> Result<(Packet, Option<crate::coap::BlockOption>), Packet> {
-        if request.get_first_option(CoapOption::Block1).is_none() {
-            return Ok((request, None));
-        }
         let now = tokio::time::Instant::now().into_std();
-        let step = self.blocks.lock().unwrap_or_else(|p| p.into_inner()).offer(
-            now,
-            peer.addr,
-            request.clone(),
-        );
-        step.into_whole(&request)
+        self.blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .whole(now, peer.addr, request)
     }
 
     /// A request for the Gateway Config MO, answered by the service.

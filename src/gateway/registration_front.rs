@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::coap::{Packet, ResponseType};
 use crate::config::{Config, DeviceProof, Reach};
 use crate::gateway::registrations::{DeviceSession, Registrations};
-use crate::registry::block1::{Block1Assembler, Step, echo_block1};
+use crate::registry::block1::{Block1Assembler, echo_block1};
 use crate::registry::{Account, RegistrationRequest, answer, targets_registry};
 use crate::runtime::{Handler, PeerLink};
 use crate::transport::cert::CertRule;
@@ -107,14 +107,12 @@ impl RegistrationFront {
     /// answered 2.31 Continue, the last one's answer echoes its Block1 (RFC 7959 §2.3).
     fn answer_blockwise(&self, peer: &PeerInfo, link: &PeerLink, request: Packet) -> Packet {
         let now = tokio::time::Instant::now().into_std();
-        let step = {
-            let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            blocks.offer(now, peer.addr, request.clone())
-        };
-        if let Step::Refuse(_, why) = &step {
-            tracing::info!(addr = %peer.addr, account = %self.account, "registration refused: {why}");
-        }
-        match step.into_whole(&request) {
+        let whole = self
+            .blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .whole(now, peer.addr, request);
+        match whole {
             Ok((whole, last)) => {
                 let mut response = self.answer(peer, link, &whole);
                 if let Some(block) = last {
@@ -122,7 +120,15 @@ impl RegistrationFront {
                 }
                 response
             }
-            Err(now) => now,
+            Err(answer_now) => {
+                if answer_now.header.code
+                    != coap_lite::MessageClass::Response(ResponseType::Continue)
+                {
+                    let why = String::from_utf8_lossy(&answer_now.payload);
+                    tracing::info!(addr = %peer.addr, account = %self.account, "registration refused: {why}");
+                }
+                answer_now
+            }
         }
     }
 

@@ -81,6 +81,21 @@ impl<K: Hash + Eq + Clone> Block1Assembler<K> {
         self.partial.is_empty()
     }
 
+    /// [`offer`](Self::offer) then [`Step::into_whole`], for a handler that answers blocks
+    /// itself: the request whole (as it came if it has no Block1), or the answer to give
+    /// `request` now (2.31 Continue, or the refusal with its reason).
+    pub fn whole(
+        &mut self,
+        now: Instant,
+        key: K,
+        request: Packet,
+    ) -> Result<(Packet, Option<BlockOption>), Packet> {
+        if request.get_first_option(CoapOption::Block1).is_none() {
+            return Ok((request, None));
+        }
+        self.offer(now, key, request.clone()).into_whole(&request)
+    }
+
     /// Takes one request from session `key` at `now`.
     pub fn offer(&mut self, now: Instant, key: K, mut request: Packet) -> Step {
         self.partial.retain(|_, p| p.expires > now);
