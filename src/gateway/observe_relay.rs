@@ -48,6 +48,22 @@ enum First {
     End(ResponseType, String),
 }
 
+impl First {
+    /// The message for it (the session sets type, MID, token and the Observe value): a value
+    /// carries an Observe option, a plain or final answer none.
+    fn into_packet(self) -> Packet {
+        match self {
+            First::Value(body) => {
+                let mut p = packet(&body);
+                p.add_option(CoapOption::Observe, vec![0]);
+                p
+            }
+            First::Plain(body) => packet(&body),
+            First::End(code, diagnostic) => refusal(code, diagnostic),
+        }
+    }
+}
+
 /// One observer's side of the relay.
 struct ObserverSlot {
     server: String,
@@ -167,16 +183,11 @@ impl ObserveRelay {
                 )
             }
         };
-        Some(match first {
-            First::Value(body) => {
-                let mut p = packet(&body);
-                p.add_option(CoapOption::Observe, vec![0]);
-                tokio::spawn(self.clone().deliver(id, handle, mailbox));
-                p
-            }
-            First::Plain(body) => packet(&body),
-            First::End(code, diagnostic) => refusal(code, diagnostic),
-        })
+        if matches!(first, First::Value(_)) {
+            // Observing from now on: later values come through its mailbox.
+            tokio::spawn(self.clone().deliver(id, handle, mailbox));
+        }
+        Some(first.into_packet())
     }
 
     /// After a privilege change: every observer `allowed(server, key, by_privilege)` no
@@ -375,16 +386,7 @@ fn post(inner: &mut Inner, id: ObserverId, what: First, last: bool) {
     if let Some(first) = slot.first.take() {
         let _ = first.send(what);
     } else {
-        let p = match what {
-            First::Value(body) => {
-                let mut p = packet(&body);
-                p.add_option(CoapOption::Observe, vec![0]);
-                p
-            }
-            First::Plain(body) => packet(&body),
-            First::End(code, diagnostic) => refusal(code, diagnostic),
-        };
-        let _ = slot.mailbox.send(Some(p));
+        let _ = slot.mailbox.send(Some(what.into_packet()));
     }
     if last {
         // Its mailbox task sends the final answer and ends; the slot goes now.

@@ -315,23 +315,23 @@ impl Proxy {
             Ok(c) => c,
             Err(e) => return Handled::refused(None, e.code(), e.to_string()),
         };
-        let mut outbound = match forward::outbound(request, path) {
+        let outbound = match forward::outbound(request, path) {
             Ok(p) => p,
             Err(e) => return Handled::refused(Some(command), e.code(), e.to_string()),
         };
         // Observe = 0 registers with the relay; Observe = 1 (deregistration, which the
-        // server's session has applied) and anything else is a plain GET here.
+        // server's session has applied) and anything else is a plain GET here (`outbound`
+        // never carries the server's Observe: the relay observes upstream itself).
         let observe = method == RequestType::Get
             && request
                 .get_first_option(CoapOption::Observe)
                 .is_some_and(|v| crate::coap::decode_uint(v) == Some(0));
-        outbound.clear_option(CoapOption::Observe);
-        let Ok(principal) = Principal::new(server.id.clone(), server.ssid) else {
+        let Some(principal) = self.principals.get(&server.id) else {
             let code = ResponseType::InternalServerError;
             return Handled::refused(Some(command), code, "server has no valid SSID");
         };
         let work = async {
-            let grounds = match self.decide(&principal, device, device_path, command).await {
+            let grounds = match self.decide(principal, device, device_path, command).await {
                 Ok(g) => g,
                 Err((code, reason)) => return Handled::refused(Some(command), code, reason),
             };
