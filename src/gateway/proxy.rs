@@ -373,7 +373,7 @@ impl Proxy {
                 .forward(device, &account, outbound, self.deadline)
                 .await;
             let answer = match forwarded {
-                Ok((response, _)) => forward::inbound(&response, &device.prefix),
+                Ok(response) => forward::inbound(&response, &device.prefix),
                 Err(failure) => channel_failure(&failure),
             };
             Handled {

@@ -279,67 +279,40 @@ impl South {
     }
 
     /// One request to a device over its link, connecting (handshaking) if needed. A link that
-    /// failed is dropped so the next request starts a fresh session.
+    /// failed is dropped so the next request starts a fresh session. A registered device is
+    /// reached over its registration on `on_behalf`'s account if it has one there, else the
+    /// gateway's own; a sleeping queue-mode device is waited for within the handshake budget
+    /// (so the failure is classified before the verifier's deadline).
     pub async fn request(
         &self,
         device: &DeviceConfig,
         on_behalf: &Account,
         request: Packet,
     ) -> Result<Packet, ReadFailure> {
-        match &device.reach {
-            Reach::Dialed(uri) => self.request_dialed(device, *uri, request).await,
-            Reach::Registers(r) => {
-                self.request_registered(&r.endpoint, on_behalf, request)
-                    .await
-            }
-        }
-    }
-
-    /// One request over the session of the device's registration: on `on_behalf`'s account
-    /// if it has one there, else on the gateway's own. A sleeping queue-mode device is waited
-    /// for (within the handshake budget, so the failure is classified before the deadline).
-    async fn request_registered(
-        &self,
-        endpoint: &str,
-        on_behalf: &Account,
-        request: Packet,
-    ) -> Result<Packet, ReadFailure> {
-        self.route(endpoint, on_behalf)
-            .await?
-            .session
-            .link
-            .request(request)
+        self.forward(device, on_behalf, request, self.handshake_wait)
             .await
-            .map_err(link_failure)
     }
 
-    /// A proxied request (issue 8): like [`request`](Self::request), but a sleeping
-    /// queue-mode device is waited for up to `patience` (the proxy's deadline, not the
-    /// verifier's handshake budget). Returns the answer and, for a registered device, the
-    /// account it went over (`on_behalf`'s if the device has one for it, else the gateway's).
+    /// [`request`](Self::request), waiting up to `patience` for a sleeping queue-mode device
+    /// (the proxy's deadline rather than the verifier's handshake budget).
     pub async fn forward(
         &self,
         device: &DeviceConfig,
         on_behalf: &Account,
         request: Packet,
         patience: Duration,
-    ) -> Result<(Packet, Option<Account>), ReadFailure> {
-        let Reach::Registers(r) = &device.reach else {
-            return Ok((self.request(device, on_behalf, request).await?, None));
-        };
-        let route = self
-            .registrations
-            .wait_route(&r.endpoint, on_behalf, patience)
-            .await
-            .map_err(|e| ReadFailure::Unreachable(e.to_string()))?;
-        tracing::debug!(account = %route.account, addr = %route.session.addr, "over the registration");
-        let answer = route
-            .session
-            .link
-            .request(request)
-            .await
-            .map_err(link_failure)?;
-        Ok((answer, Some(route.account)))
+    ) -> Result<Packet, ReadFailure> {
+        match &device.reach {
+            Reach::Dialed(uri) => self.request_dialed(device, *uri, request).await,
+            Reach::Registers(r) => self
+                .route(&r.endpoint, on_behalf, patience)
+                .await?
+                .session
+                .link
+                .request(request)
+                .await
+                .map_err(link_failure),
+        }
     }
 
     /// Observes `request`'s resource on the device (RFC 7641, the proxy's Observe relay):
@@ -355,10 +328,8 @@ impl South {
     ) -> Result<Observation, ReadFailure> {
         let link = match &device.reach {
             Reach::Registers(r) => {
-                self.registrations
-                    .wait_route(&r.endpoint, on_behalf, patience)
-                    .await
-                    .map_err(|e| ReadFailure::Unreachable(e.to_string()))?
+                self.route(&r.endpoint, on_behalf, patience)
+                    .await?
                     .session
                     .link
             }
@@ -414,10 +385,16 @@ impl South {
         result
     }
 
-    async fn route(&self, endpoint: &str, on_behalf: &Account) -> Result<Route, ReadFailure> {
+    /// The registration to reach `endpoint` by, waiting up to `patience` for a sleeping one.
+    async fn route(
+        &self,
+        endpoint: &str,
+        on_behalf: &Account,
+        patience: Duration,
+    ) -> Result<Route, ReadFailure> {
         let route = self
             .registrations
-            .wait_route(endpoint, on_behalf, self.handshake_wait)
+            .wait_route(endpoint, on_behalf, patience)
             .await
             .map_err(|e| ReadFailure::Unreachable(e.to_string()))?;
         tracing::debug!(account = %route.account, addr = %route.session.addr, "over the registration");
@@ -437,7 +414,9 @@ impl South {
                 .request(device, on_behalf, get_ac_object(content_format::TLV))
                 .await;
         };
-        let route = self.route(&r.endpoint, on_behalf).await?;
+        let route = self
+            .route(&r.endpoint, on_behalf, self.handshake_wait)
+            .await?;
         let order = {
             let mut formats = self.formats.lock().unwrap_or_else(|p| p.into_inner());
             let memory = formats
