@@ -732,7 +732,7 @@ async fn an_observation_comes_back_when_the_device_reboots_and_registers_again()
                 .await
                 .unwrap();
             assert_eq!(reply.code, "2.04", "{}", reply.render());
-            let got = tokio::time::timeout(Duration::from_millis(500), recv_notification(&b)).await;
+            let got = tokio::time::timeout(Duration::from_millis(500), next_notification(&b)).await;
             if let Ok(n) = got {
                 notified = Some((n, value));
                 break;
@@ -745,18 +745,4 @@ async fn an_observation_comes_back_when_the_device_reboots_and_registers_again()
         fleet.stop().await;
     })
     .await;
-}
-
-/// The next datagram on `socket`, decoded and ACKed if a CON (no 5 s wait inside).
-async fn recv_notification(socket: &tokio::net::UdpSocket) -> Packet {
-    let mut buf = vec![0u8; 2048];
-    let n = socket.recv(&mut buf).await.unwrap();
-    let p = coap::decode(&buf[..n]).unwrap();
-    if p.header.get_type() == MessageType::Confirmable {
-        let mut ack = Packet::new();
-        ack.header.set_type(MessageType::Acknowledgement);
-        ack.header.message_id = p.header.message_id;
-        socket.send(&coap::encode(&ack).unwrap()).await.unwrap();
-    }
-    p
 }
