@@ -197,11 +197,16 @@ impl ObserveRelay {
         let Inner {
             relay, observers, ..
         } = &mut *inner;
+        // Which (server, device) pairs some observer holds by a privilege: one pass, so the
+        // revalidation stays linear in the observers.
+        let by_privilege: std::collections::HashSet<(&str, &str)> = observers
+            .values()
+            .filter(|o| o.by_privilege)
+            .map(|o| (o.server.as_str(), o.device.id.as_str()))
+            .collect();
         let actions = relay.revalidate(|server, key| {
-            let by_privilege = observers
-                .values()
-                .any(|o| o.server == server && o.by_privilege && o.device.id == key.device);
-            allowed(server, key, by_privilege)
+            let held = by_privilege.contains(&(server, key.device.as_str()));
+            allowed(server, key, held)
         });
         if !actions.is_empty() {
             tracing::info!(
