@@ -4,6 +4,7 @@
 pub mod ctl;
 pub mod demo;
 pub mod load;
+pub mod results;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
