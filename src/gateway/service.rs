@@ -200,6 +200,8 @@ pub struct Service<R: AclReader> {
     registrations: Option<(Arc<Registrations>, Vec<RegistryAccount>)>,
     /// Where write decisions are recorded (disabled unless [`Service::with_audit`]).
     audit: AuditLog,
+    /// The `/.well-known/core` body: the configuration does not change while running.
+    well_known_core: Vec<u8>,
 }
 
 impl<R: AclReader> Service<R> {
@@ -252,6 +254,14 @@ impl<R: AclReader> Service<R> {
         let in_flight = Arc::new(Semaphore::new(config.gateway.max_in_flight));
         let quota = Quota::new(&config.limits, initial_counts(store.as_ref()));
         let reports = Mutex::new(ReportStore::new(config.limits.report_limits()));
+        let well_known_core = format!(
+            "{},{}",
+            crate::front::well_known_core(),
+            crate::proxy::gateway_object::well_known_core(
+                config.devices.iter().map(|d| d.prefix.as_str())
+            )
+        )
+        .into_bytes();
         Service {
             config,
             inventory,
@@ -264,6 +274,7 @@ impl<R: AclReader> Service<R> {
             reservations: Reservations::default(),
             registrations: None,
             audit: AuditLog::disabled(),
+            well_known_core,
         }
     }
 
@@ -320,27 +331,20 @@ impl<R: AclReader> Service<R> {
                 Ok(Answer {
                     code: ResponseType::Content,
                     content_format: Some(content_format::LINK_FORMAT),
-                    payload: format!(
-                        "{},{}",
-                        crate::front::well_known_core(),
-                        crate::proxy::gateway_object::well_known_core(
-                            self.config.devices.iter().map(|d| d.prefix.as_str())
-                        )
-                    )
-                    .into_bytes(),
+                    payload: self.well_known_core.clone(),
                     location_path: Vec::new(),
                 })
             }
             Command::ListPrivileges => {
                 let format = format()?;
                 self.gate(server, DmCommand::Get)?;
-                let value = self.list_privileges(request).await?;
+                let value = self.list_privileges(request)?;
                 Ok(Answer::document(ResponseType::Content, &value, format))
             }
             Command::GetPrivilege(name) => {
                 let format = format()?;
                 self.gate(server, DmCommand::Get)?;
-                let entry = self.load(&name).await?.ok_or_else(|| not_found(&name))?;
+                let entry = self.load(&name).ok_or_else(|| not_found(&name))?;
                 Ok(Answer::document(
                     ResponseType::Content,
                     &entry.to_value(),
@@ -352,7 +356,7 @@ impl<R: AclReader> Service<R> {
                     return Err(FrontError::NotAcceptable(accept.unwrap_or(0)));
                 }
                 self.gate(server, DmCommand::Get)?;
-                let entry = self.load(&name).await?.ok_or_else(|| not_found(&name))?;
+                let entry = self.load(&name).ok_or_else(|| not_found(&name))?;
                 let value = entry.leaf(&leaf).ok_or_else(|| {
                     FrontError::NotFound(format!("/GwConfig/Privileges/{name}/{leaf}"))
                 })?;
@@ -433,9 +437,9 @@ impl<R: AclReader> Service<R> {
         }
     }
 
-    /// The listing, paged by `?after=&limit=` (`front::page`), read from the store one page
-    /// at a time.
-    async fn list_privileges(&self, request: &Packet) -> Result<Value, FrontError> {
+    /// The listing, paged by `?after=&limit=` (`front::page`), one page at a time from the
+    /// store's in-memory view.
+    fn list_privileges(&self, request: &Packet) -> Result<Value, FrontError> {
         let query =
             crate::coap::uri_query(request).map_err(|e| FrontError::BadRequest(e.to_string()))?;
         let limits = &self.config.limits;
@@ -444,10 +448,7 @@ impl<R: AclReader> Service<R> {
             limits.list_default_limit,
             limits.list_max_limit,
         );
-        let (after, limit) = (plan.after.clone(), plan.limit);
-        let (entries, more) = self
-            .blocking_store(move |s| s.list_page(after.as_ref(), limit))
-            .await?;
+        let (entries, more) = self.store.view().page(plan.after.as_ref(), plan.limit);
         let entries = entries
             .into_iter()
             .map(|(n, p)| (n, p.to_value()))
@@ -504,9 +505,9 @@ impl<R: AclReader> Service<R> {
         Ok(recorded.and_then(Answer::recorded))
     }
 
-    async fn load(&self, name: &PrivilegeName) -> Result<Option<Privilege>, FrontError> {
-        let name = name.clone();
-        self.blocking_store(move |s| s.get(&name)).await
+    /// The committed entry `name`, from the store's in-memory view (no transaction).
+    fn load(&self, name: &PrivilegeName) -> Option<Arc<Privilege>> {
+        self.store.view().get(name)
     }
 
     /// Checks an entry before any device is asked: known servers in the ACL, a resolvable
@@ -554,7 +555,7 @@ impl<R: AclReader> Service<R> {
                 name: name.clone(),
             };
             let guard = self.locks.lock(&name).await;
-            if self.load(&name).await?.is_none() {
+            if self.load(&name).is_none() {
                 return Ok((name, reservation, guard));
             }
         }
@@ -627,7 +628,7 @@ impl<R: AclReader> Service<R> {
         };
         let old = match &write {
             Write::Post { .. } => None,
-            _ => self.load(&name).await?,
+            _ => self.load(&name).map(Arc::unwrap_or_clone),
         };
         let change = match (write, old) {
             (Write::Post { entry }, _) => Change {

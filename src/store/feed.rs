@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::mo::{Privilege, PrivilegeName};
 use crate::store::StoreError;
+use crate::store::view::PrivilegeView;
 
 /// How many changes a subscriber may fall behind before it lags (and reloads).
 pub const FEED_CAPACITY: usize = 1024;
@@ -34,6 +35,8 @@ pub struct ChangeFeed {
     tx: broadcast::Sender<StoreChange>,
     /// The last published `seq`; held across a commit and its publication.
     seq: Mutex<u64>,
+    /// The committed entries, changed under `seq`'s lock with each publication.
+    view: PrivilegeView,
 }
 
 impl Default for ChangeFeed {
@@ -49,6 +52,7 @@ impl ChangeFeed {
         ChangeFeed {
             tx,
             seq: Mutex::new(0),
+            view: PrivilegeView::default(),
         }
     }
 
@@ -57,9 +61,15 @@ impl ChangeFeed {
         self.tx.subscribe()
     }
 
+    /// The committed entries.
+    pub fn view(&self) -> &PrivilegeView {
+        &self.view
+    }
+
     /// Runs `commit` (which applies and commits one transaction, returning the name and the
     /// entry as stored) and publishes its change if it succeeded, both under the feed's
-    /// lock so publication order is commit order.
+    /// lock so publication order is commit order; the view has the change before this
+    /// returns.
     pub fn commit(
         &self,
         commit: impl FnOnce() -> Result<(PrivilegeName, Option<Privilege>), StoreError>,
@@ -67,6 +77,7 @@ impl ChangeFeed {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         let (name, entry) = commit()?;
         *seq += 1;
+        self.view.apply(&name, entry.as_ref());
         // No subscriber is not an error: nobody follows the store (yet).
         let _ = self.tx.send(StoreChange {
             seq: *seq,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::mo::{Privilege, PrivilegeName};
 use crate::store::{
     AUDIT_SWEEP, AuditBatch, AuditPage, ChangeFeed, Commit, CommitExtras, Fingerprint,
-    PrivilegeStore, Recorded, StoreChange, StoreError, generated_number,
+    PrivilegeStore, PrivilegeView, Recorded, StoreChange, StoreError, generated_number,
 };
 
 #[derive(Debug, Default)]
@@ -119,6 +119,10 @@ impl PrivilegeStore for MemoryStore {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreChange> {
         self.feed.subscribe()
+    }
+
+    fn view(&self) -> &PrivilegeView {
+        self.feed.view()
     }
 
     fn append_audit(&self, batch: AuditBatch) -> Result<u64, StoreError> {

@@ -17,11 +17,13 @@ pub mod dedup;
 pub mod feed;
 mod memory;
 mod redb_store;
+pub mod view;
 
 pub use dedup::{Fingerprint, Recorded};
 pub use feed::{ChangeFeed, StoreChange};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use view::PrivilegeView;
 
 use std::time::{Duration, SystemTime};
 
@@ -146,6 +148,9 @@ pub trait PrivilegeStore: Send + Sync + 'static {
 
     /// A receiver of every change committed from now on, in commit order (see [`feed`]).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreChange>;
+
+    /// The committed privileges in memory (see [`view`]): reads without a transaction.
+    fn view(&self) -> &PrivilegeView;
 
     /// Appends `batch` to the audit table in one durable transaction (applying its
     /// retention); returns the `seq` of the last record appended (0 if none ever was).
@@ -519,6 +524,13 @@ mod tests {
                 entry: entry("Get=ServerB"),
             })
             .unwrap();
+        let acl_in_view =
+            |store: &dyn PrivilegeStore| store.view().get(&p).map(|e| e.acl.to_string());
+        assert_eq!(
+            acl_in_view(store).as_deref(),
+            Some("Get=ServerB"),
+            "the view has a commit once it returns"
+        );
         assert!(
             store
                 .commit(Commit::Delete {
@@ -532,7 +544,9 @@ mod tests {
                 entry: entry("Get=ServerC"),
             })
             .unwrap();
+        assert_eq!(acl_in_view(store).as_deref(), Some("Get=ServerC"));
         store.commit(Commit::Delete { name: p.clone() }).unwrap();
+        assert_eq!(acl_in_view(store), None);
         let got: Vec<StoreChange> = (0..3).map(|_| rx.try_recv().unwrap()).collect();
         assert!(rx.try_recv().is_err(), "nothing more");
         assert_eq!(
@@ -568,6 +582,18 @@ mod tests {
         }
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.list().unwrap().len(), 2, "entries survive a reopen");
+        let (page, more) = store.view().page(None, 10);
+        assert_eq!(
+            page.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            store
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
+            "the view opens with the table's entries"
+        );
+        assert!(!more);
         // Generated names keep counting after a restart: no reuse of a deleted name.
         let n = store
             .commit(Commit::Add {

@@ -17,7 +17,8 @@ use redb::{
 use crate::mo::{Privilege, PrivilegeName, Value};
 use crate::store::{
     AUDIT_SWEEP, AuditBatch, AuditPage, ChangeFeed, Commit, CommitExtras, DEDUP_SWEEP, DedupRecord,
-    Fingerprint, PrivilegeStore, Recorded, StoreChange, StoreError, generated_number,
+    Fingerprint, PrivilegeStore, PrivilegeView, Recorded, StoreChange, StoreError,
+    generated_number,
 };
 
 const PRIVILEGES: TableDefinition<&str, &[u8]> = TableDefinition::new("privileges");
@@ -61,11 +62,13 @@ impl RedbStore {
         txn.open_table(DEDUP_BY_TIME).map_err(|e| fail(&e))?;
         txn.open_table(AUDIT).map_err(|e| fail(&e))?;
         txn.commit().map_err(|e| fail(&e))?;
-        Ok(RedbStore {
+        let store = RedbStore {
             db,
             path: path.to_owned(),
             feed: ChangeFeed::default(),
-        })
+        };
+        store.feed.view().fill(store.list()?);
+        Ok(store)
     }
 
     /// Appends audit records inside `txn` and applies the retention bound; returns the last
@@ -235,6 +238,10 @@ impl PrivilegeStore for RedbStore {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreChange> {
         self.feed.subscribe()
+    }
+
+    fn view(&self) -> &PrivilegeView {
+        self.feed.view()
     }
 
     fn append_audit(&self, batch: AuditBatch) -> Result<u64, StoreError> {
