@@ -490,6 +490,15 @@ struct ExIndices {
     cookie: Index<Ssl, Vec<u8>>,
     /// The first retransmission timeout in µs, for [`retransmit_timer`].
     retransmit: Index<Ssl, u32>,
+    /// The PSK a client session presents, for the shared client context's callback.
+    psk: Index<Ssl, PskCredential>,
+}
+
+/// One client session's PSK identity and key (the identity without NUL bytes).
+#[derive(Clone)]
+struct PskCredential {
+    identity: Vec<u8>,
+    key: Vec<u8>,
 }
 
 fn ex_indices() -> Result<ExIndices, TransportError> {
@@ -506,8 +515,9 @@ fn ex_indices() -> Result<ExIndices, TransportError> {
         identity: Ssl::new_ex_index().map_err(err)?,
         cookie: Ssl::new_ex_index().map_err(err)?,
         retransmit: Ssl::new_ex_index().map_err(err)?,
+        psk: Ssl::new_ex_index().map_err(err)?,
     };
-    // A lost race only wastes four index slots.
+    // A lost race only wastes five index slots.
     Ok(*INDICES.get_or_init(|| fresh))
 }
 
@@ -803,8 +813,8 @@ fn peer_cert_identity(
 
 #[derive(Clone)]
 enum ClientMode {
-    /// Our own PSK identity.
-    Psk(Vec<u8>),
+    /// Our own PSK, set on each session of the shared context.
+    Psk(PskCredential),
     /// Certificates: the server's identity is read after each handshake.
     X509,
 }
@@ -823,7 +833,7 @@ pub struct DtlsClient {
 impl fmt::Debug for DtlsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match &self.mode {
-            ClientMode::Psk(identity) => format!("psk:{}", String::from_utf8_lossy(identity)),
+            ClientMode::Psk(psk) => format!("psk:{}", String::from_utf8_lossy(&psk.identity)),
             ClientMode::X509 => "x509".to_owned(),
         };
         f.debug_struct("DtlsClient")
@@ -858,31 +868,18 @@ impl DtlsClient {
                 reason: "PSK key must not be empty",
             });
         }
-        let mut b = base_context(&cfg.ciphers)?;
-        let identity = cfg.identity.clone();
-        let key = cfg.key;
-        b.set_psk_client_callback(move |_ssl, _hint, identity_out, psk_out| {
-            // OpenSSL wants the identity NUL-terminated.
-            let (Some(id_dst), Some(key_dst)) = (
-                identity_out.get_mut(..identity.len() + 1),
-                psk_out.get_mut(..key.len()),
-            ) else {
-                tracing::error!("PSK identity or key longer than OpenSSL's buffer");
-                return Ok(0);
-            };
-            let (id_bytes, nul) = id_dst.split_at_mut(identity.len());
-            id_bytes.copy_from_slice(&identity);
-            nul.fill(0);
-            key_dst.copy_from_slice(&key);
-            Ok(key.len())
-        });
+        let indices = ex_indices()?;
+        let ctx = shared_psk_client_context(&cfg.ciphers, indices)?;
         Ok(DtlsClient {
-            ctx: b.build(),
-            mode: ClientMode::Psk(cfg.identity),
+            ctx,
+            mode: ClientMode::Psk(PskCredential {
+                identity: cfg.identity,
+                key: cfg.key,
+            }),
             handshake_timeout: cfg.handshake_timeout,
             mtu: cfg.mtu,
             initial_retransmit_us: cfg.initial_retransmit.map(timer_us),
-            indices: ex_indices()?,
+            indices,
         })
     }
 
@@ -916,6 +913,9 @@ impl DtlsClient {
         if let Some(initial) = self.initial_retransmit_us {
             set_retransmit_timer(&mut ssl, self.indices.retransmit, initial);
         }
+        if let ClientMode::Psk(psk) = &self.mode {
+            ssl.set_ex_data(self.indices.psk, psk.clone());
+        }
         if let ClientMode::X509 = self.mode {
             ssl.param_mut()
                 .set_ip(peer.ip())
@@ -927,7 +927,7 @@ impl DtlsClient {
         let mut stream = attach(ssl, pipe, self.mtu)?;
         handshake(&mut stream, Role::Client, peer, self.handshake_timeout).await?;
         let auth = match &self.mode {
-            ClientMode::Psk(identity) => Auth::Psk(identity.clone()),
+            ClientMode::Psk(psk) => Auth::Psk(psk.identity.clone()),
             ClientMode::X509 => match peer_cert_identity(stream.ssl(), peer)? {
                 Some(id) => Auth::Certificate(id),
                 None => {
@@ -941,6 +941,46 @@ impl DtlsClient {
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session connected");
         Ok(DtlsSession { stream, peer, auth })
     }
+}
+
+/// The PSK client context for `ciphers`, built once per cipher list and shared by every
+/// PSK device: an `SSL_CTX` per device cost tens of KB each at 10 000 devices. Each session
+/// carries its own identity and key in its ex_data ([`ExIndices::psk`]), which the callback
+/// reads.
+fn shared_psk_client_context(
+    ciphers: &str,
+    indices: ExIndices,
+) -> Result<SslContext, TransportError> {
+    static CONTEXTS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, SslContext>>> =
+        OnceLock::new();
+    let contexts = CONTEXTS.get_or_init(Default::default);
+    let mut contexts = contexts.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(ctx) = contexts.get(ciphers) {
+        return Ok(ctx.clone());
+    }
+    let mut b = base_context(ciphers)?;
+    b.set_psk_client_callback(move |ssl, _hint, identity_out, psk_out| {
+        let Some(psk) = ssl.ex_data(indices.psk) else {
+            tracing::error!("DTLS client session without its PSK");
+            return Ok(0);
+        };
+        // OpenSSL wants the identity NUL-terminated.
+        let (Some(id_dst), Some(key_dst)) = (
+            identity_out.get_mut(..psk.identity.len() + 1),
+            psk_out.get_mut(..psk.key.len()),
+        ) else {
+            tracing::error!("PSK identity or key longer than OpenSSL's buffer");
+            return Ok(0);
+        };
+        let (id_bytes, nul) = id_dst.split_at_mut(psk.identity.len());
+        id_bytes.copy_from_slice(&psk.identity);
+        nul.fill(0);
+        key_dst.copy_from_slice(&psk.key);
+        Ok(psk.key.len())
+    });
+    let ctx = b.build();
+    contexts.insert(ciphers.to_owned(), ctx.clone());
+    Ok(ctx)
 }
 
 /// Cap on the doubling handshake retransmission timeout (RFC 6347 §4.2.4.1: at least 60 s).

@@ -404,6 +404,36 @@ async fn dtls_wrong_key_fails_both_sides() {
     assert!(at_server.is_err(), "server: {at_server:?}");
 }
 
+/// PSK clients share one OpenSSL context per cipher list, yet each session presents its own
+/// identity and key: two devices with different keys both connect, interleaved, and each
+/// server sees its own identity.
+#[tokio::test]
+async fn dtls_psk_clients_sharing_a_context_present_their_own_keys() {
+    let mut one = spawn_dtls_server(LOCAL4, server_keys(b"dev-one", b"key-one")).await;
+    let mut two = spawn_dtls_server(LOCAL4, server_keys(b"dev-two", b"key-two")).await;
+    let (mux, _) = DatagramMux::bind(addr(LOCAL4), false).await.expect("bind");
+    let a = DtlsClient::new(short(PskClientConfig::new("dev-one", "key-one"))).unwrap();
+    let b = DtlsClient::new(short(PskClientConfig::new("dev-two", "key-two"))).unwrap();
+    let (ra, rb) = tokio::join!(
+        a.connect(mux.connect(one.mux.local_addr())),
+        b.connect(mux.connect(two.mux.local_addr()))
+    );
+    ra.expect("device one");
+    rb.expect("device two");
+    assert_eq!(
+        one.next().await.unwrap().psk_identity(),
+        Some(&b"dev-one"[..])
+    );
+    assert_eq!(
+        two.next().await.unwrap().psk_identity(),
+        Some(&b"dev-two"[..])
+    );
+    // And the other's key does not open the other's server.
+    let mut crossed = short(PskClientConfig::new("dev-one", "key-two"));
+    crossed.handshake_timeout = Duration::from_secs(2);
+    assert!(client_to(one.mux.local_addr(), crossed).await.is_err());
+}
+
 /// An identity the server does not know fails the handshake promptly, with an alert.
 #[tokio::test]
 async fn dtls_unknown_identity_fails() {
