@@ -1,6 +1,12 @@
 //! `cargo bench`: the sans-IO hot paths, timed without sockets. Each case runs a fixed
 //! number of iterations per sample, 15 samples; the median is printed (our machines are
 //! noisy, medians are what we compare). No external harness: std::time and black_box.
+//!
+//! Then, where valgrind is installed, the regression guard: each case runs again in a child
+//! under callgrind (`--count <case>`: only that case's iterations are counted), and its
+//! instructions per operation are compared with `benches/instructions.baseline`. A case more
+//! than [`TOLERANCE`] above its baseline fails the bench (exit 1), whatever the machine's
+//! load. `PRIVGW_BLESS=1` writes the new counts as the baseline; `--no-instructions` skips it.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -20,20 +26,75 @@ use privgw::proxy::{
 use privgw::verifier::{AclReading, Member, Operation, Principal, Verification};
 
 const SAMPLES: usize = 15;
+/// How far above its baseline a case's instruction count may be (hash seeds and allocator
+/// state move counts by well under 1 %).
+const TOLERANCE: f64 = 0.03;
+const BASELINE: &str = "benches/instructions.baseline";
+
+/// The arguments: filter words, `--count <case>` (the callgrind child), `--no-instructions`.
+struct Args {
+    words: Vec<String>,
+    count: Option<String>,
+    /// The child's iterations of its case (the parent divides by the same number).
+    iterations: Option<u32>,
+    instructions: bool,
+}
+
+fn args() -> &'static Args {
+    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let mut parsed = Args {
+            words: Vec::new(),
+            count: None,
+            iterations: None,
+            instructions: true,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--count" => parsed.count = it.next(),
+                "--iterations" => parsed.iterations = it.next().and_then(|n| n.parse().ok()),
+                "--no-instructions" => parsed.instructions = false,
+                a if a.starts_with('-') => {} // cargo's own (--bench)
+                word => parsed.words.push(word.to_owned()),
+            }
+        }
+        parsed
+    })
+}
 
 /// `cargo bench --bench hot_paths -- <words>`: only the cases whose name contains one of them.
 fn selected(name: &str) -> bool {
-    let words: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let words = &args().words;
     words.is_empty() || words.iter().any(|w| name.contains(w.as_str()))
 }
 
+/// The cases timed, with their iteration counts, for the instruction-count pass.
+static CASES: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// The counted region: callgrind collects only inside this function
+/// (`--toggle-collect=*privgw_counted_region*`).
+#[inline(never)]
+fn privgw_counted_region(f: &mut dyn FnMut(), iterations: u32) {
+    for _ in 0..iterations {
+        f();
+    }
+}
+
 fn bench(name: &str, iterations: u32, mut f: impl FnMut()) {
+    if let Some(case) = &args().count {
+        if case == name {
+            privgw_counted_region(&mut f, args().iterations.unwrap_or(iterations));
+        }
+        return;
+    }
     if !selected(name) {
         return;
     }
+    CASES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((name.to_owned(), iterations));
     let mut samples: Vec<Duration> = (0..SAMPLES)
         .map(|_| {
             let t = Instant::now();
@@ -52,6 +113,108 @@ fn bench(name: &str, iterations: u32, mut f: impl FnMut()) {
 }
 
 fn main() {
+    cases();
+    if args().count.is_none() && args().instructions {
+        std::process::exit(instruction_counts());
+    }
+}
+
+/// Instructions per operation of `case` (its `iterations` counted under callgrind).
+fn count_instructions(case: &str, iterations: u32) -> Result<f64, String> {
+    let out = std::env::temp_dir().join(format!("privgw-callgrind-{}.out", std::process::id()));
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let status = std::process::Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg("--collect-atstart=no")
+        .arg("--toggle-collect=*privgw_counted_region*")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&exe)
+        .args(["--count", case, "--iterations", &iterations.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("valgrind: {e}"))?;
+    let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()));
+    let _ = std::fs::remove_file(&out);
+    if !status.success() {
+        return Err(format!("valgrind exited with {status}"));
+    }
+    let total: u64 = text?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("no totals in the callgrind output")?;
+    Ok(total as f64 / f64::from(iterations.max(1)))
+}
+
+/// The baseline: `<instructions per op>\t<case>` per line.
+fn read_baseline() -> std::collections::HashMap<String, f64> {
+    std::fs::read_to_string(BASELINE)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (n, name) = l.split_once('\t')?;
+            Some((name.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The regression guard; the process's exit code (1 when a case regressed).
+fn instruction_counts() -> i32 {
+    let available = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        println!("instruction counts: valgrind not found, guard not run");
+        return 0;
+    }
+    let baseline = read_baseline();
+    let bless = std::env::var_os("PRIVGW_BLESS").is_some();
+    let cases = CASES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut regressed = 0;
+    let mut blessed = String::new();
+    println!("\ninstruction counts (callgrind, per op; baseline {BASELINE}):");
+    for (name, iterations) in cases {
+        // Under valgrind a case runs ~50x slower: a tenth of the timed iterations suffices.
+        let iterations = (iterations / 10).max(1);
+        match count_instructions(&name, iterations) {
+            Ok(now) => {
+                blessed.push_str(&format!("{now:.0}\t{name}\n"));
+                let verdict = match baseline.get(&name) {
+                    Some(&base) if now > base * (1.0 + TOLERANCE) => {
+                        regressed += 1;
+                        format!(
+                            "REGRESSION: +{:.1} % over {base:.0}",
+                            (now / base - 1.0) * 100.0
+                        )
+                    }
+                    Some(&base) => format!("{:+.1} % vs {base:.0}", (now / base - 1.0) * 100.0),
+                    None => "no baseline".to_owned(),
+                };
+                println!("{name:<55} {now:>12.0} Ir/op  {verdict}");
+            }
+            Err(e) => {
+                println!("{name:<55} not counted: {e}");
+                regressed += 1;
+            }
+        }
+    }
+    if bless {
+        if let Err(e) = std::fs::write(BASELINE, blessed) {
+            println!("baseline not written: {e}");
+            return 1;
+        }
+        println!("baseline written to {BASELINE}");
+        return 0;
+    }
+    i32::from(regressed > 0)
+}
+
+fn cases() {
     // Verifier: a 10 000-device group, every reply an lwm2m /2 owned by the server.
     let principal = Principal::new("ServerA", 101).expect("principal");
     let uri: EndpointUri = "coap://127.0.0.1:5683".parse().expect("uri");
