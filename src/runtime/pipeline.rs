@@ -63,7 +63,8 @@ fn is_error(response: &Packet) -> bool {
 
 /// What to do with a request just received.
 pub enum Start<C> {
-    /// Answer now (from the Block2 cache, or an error); nothing was executed.
+    /// Answer now: from the Block2 cache, an error, or the handler's answer when it was
+    /// ready at its first poll.
     Answer(C, Packet),
     /// The handler runs; its response comes out of [`Pipeline::finished`].
     Running,
@@ -169,24 +170,39 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
             answer.add_option(CoapOption::MaxAge, vec![1]);
             return Start::Answer(context, answer);
         }
-        self.in_handler += 1;
         let handler = self.handler.clone();
         let peer = self.peer.clone();
-        let done = self.done_tx.clone();
         let link = self.link.clone();
         let token = request.get_token().to_vec();
         let max_payload = max_payload(block2, max_message_size);
+        let mut call = CatchPanic(Box::pin(async move {
+            handler
+                .handle_on_link(&peer, &link, request, max_payload)
+                .await
+        }));
+        // Polled once here first: an answer from memory (a GET of the listing, a proxy
+        // refusal) is ready at once and goes out without a task, a channel and a wake-up.
+        // A call that must wait moves to its own task, which polls it again with its waker.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ready = match Pin::new(&mut call).poll(&mut cx) {
+            Poll::Ready(response) => Some(response),
+            Poll::Pending => None,
+        };
+        if let Some(response) = ready {
+            let done = Finished {
+                context,
+                key,
+                block2,
+                response: answered(response, token),
+            };
+            let (context, response) = self.complete(now, done, max_message_size);
+            return Start::Answer(context, response);
+        }
+        self.in_handler += 1;
+        let done = self.done_tx.clone();
         tokio::spawn(
             async move {
-                let call = handler.handle_on_link(&peer, &link, request, max_payload);
-                let mut response = match CatchPanic(Box::pin(call)).await {
-                    Some(response) => response,
-                    None => {
-                        tracing::error!("request handler panicked: answering 5.00");
-                        internal_error()
-                    }
-                };
-                response.set_token(token);
+                let response = answered(call.await, token);
                 // The session may be gone (shutdown); then nobody waits for the answer.
                 let _ = done
                     .send(Finished {
@@ -251,6 +267,16 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.blocks.handle_timeout(now);
     }
+}
+
+/// The handler's response with the request's token, or the 5.00 of a handler that panicked.
+fn answered(response: Option<Packet>, token: Vec<u8>) -> Packet {
+    let mut response = response.unwrap_or_else(|| {
+        tracing::error!("request handler panicked: answering 5.00");
+        internal_error()
+    });
+    response.set_token(token);
+    response
 }
 
 /// The 5.00 for a handler that panicked (diagnostic payload, no Content-Format).
@@ -383,12 +409,19 @@ mod tests {
         assert_eq!(max_payload(None, Some(10)), 0);
     }
 
-    /// Panics on `/boom`, answers 2.05 otherwise.
+    /// Panics on `/boom` at once and on `/late-boom` after waiting once; answers 2.05 on
+    /// `/fine` at once and on `/late-fine` after waiting once.
     struct Boom;
 
     impl Handler for Boom {
         async fn handle(&self, _peer: &PeerInfo, request: Packet) -> Packet {
-            if crate::coap::uri_path(&request).unwrap_or_default() == ["boom"] {
+            let path = crate::coap::uri_path(&request)
+                .unwrap_or_default()
+                .join("/");
+            if path.starts_with("late-") {
+                tokio::task::yield_now().await;
+            }
+            if path.ends_with("boom") {
                 panic!("handler bug");
             }
             response_to(&request, ResponseType::Content)
@@ -403,29 +436,46 @@ mod tests {
         p
     }
 
-    /// A panicking handler is answered 5.00 (token echoed) and leaves the handler count at
-    /// zero; before, the request was never answered and its slot never released, so 64
-    /// panics locked the peer out with 5.03.
-    #[tokio::test]
-    async fn a_panicking_handler_is_answered_5_00_and_its_slot_released() {
+    fn boom_pipeline() -> Pipeline<Boom, u32> {
         let peer = PeerInfo {
             addr: "127.0.0.1:1".parse().unwrap(),
             kind: TransportKind::Udp,
             identity: Identity::Address("127.0.0.1".parse().unwrap()),
         };
-        let mut pipeline: Pipeline<Boom, u32> =
-            Pipeline::new(Arc::new(Boom), peer, Duration::from_secs(10));
+        Pipeline::new(Arc::new(Boom), peer, Duration::from_secs(10))
+    }
+
+    /// The answer of `path`: at once when the handler is ready at its first poll (no task),
+    /// else from [`Pipeline::finished`]; and whether it was at once.
+    async fn answer_of(pipeline: &mut Pipeline<Boom, u32>, path: &str, i: u32) -> (Packet, bool) {
+        match pipeline.start(Instant::now(), request(path), i) {
+            Start::Answer(context, response) => {
+                assert_eq!(context, i);
+                (response, true)
+            }
+            Start::Running => {
+                let done = tokio::time::timeout(Duration::from_secs(5), pipeline.finished())
+                    .await
+                    .expect("an answer, not silence")
+                    .unwrap();
+                let (context, response) = pipeline.complete(Instant::now(), done, None);
+                assert_eq!(context, i);
+                (response, false)
+            }
+        }
+    }
+
+    /// A panicking handler is answered 5.00 (token echoed) and leaves the handler count at
+    /// zero, whether it panics at its first poll or later in its task; before, the request
+    /// was never answered and its slot never released, so 64 panics locked the peer out
+    /// with 5.03.
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_5_00_and_its_slot_released() {
+        let mut pipeline = boom_pipeline();
         for i in 0..(MAX_REQUESTS_IN_HANDLER as u32 + 2) {
-            assert!(matches!(
-                pipeline.start(Instant::now(), request("/boom"), i),
-                Start::Running
-            ));
-            let done = tokio::time::timeout(Duration::from_secs(5), pipeline.finished())
-                .await
-                .expect("an answer, not silence")
-                .unwrap();
-            let (context, response) = pipeline.complete(Instant::now(), done, None);
-            assert_eq!(context, i);
+            let path = if i % 2 == 0 { "/boom" } else { "/late-boom" };
+            let (response, at_once) = answer_of(&mut pipeline, path, i).await;
+            assert_eq!(at_once, path == "/boom");
             assert_eq!(
                 response.header.code,
                 MessageClass::Response(ResponseType::InternalServerError)
@@ -433,15 +483,14 @@ mod tests {
             assert_eq!(response.get_token(), [7]);
             assert_eq!(pipeline.in_handler(), 0);
         }
-        assert!(matches!(
-            pipeline.start(Instant::now(), request("/fine"), 99),
-            Start::Running
-        ));
-        let done = pipeline.finished().await.unwrap();
-        let (_, response) = pipeline.complete(Instant::now(), done, None);
-        assert_eq!(
-            response.header.code,
-            MessageClass::Response(ResponseType::Content)
-        );
+        for (path, at_once) in [("/fine", true), ("/late-fine", false)] {
+            let (response, was_at_once) = answer_of(&mut pipeline, path, 99).await;
+            assert_eq!(was_at_once, at_once, "{path}");
+            assert_eq!(
+                response.header.code,
+                MessageClass::Response(ResponseType::Content)
+            );
+            assert_eq!(response.get_token(), [7]);
+        }
     }
 }
