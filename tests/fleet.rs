@@ -294,3 +294,28 @@ fn fleet_refuses_fractions_that_exceed_the_fleet_and_register_mode_without_a_gat
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_group_reads_the_whole_failed_list_from_the_report_when_the_answer_is_truncated() {
+    // 30 denying devices: more than one 4.03 answer lists (about 27 fit), so the answer is
+    // truncated and the tool must read the report to find exactly the 30 it expects.
+    let out = tempfile::tempdir().unwrap();
+    run_ok(&[
+        "bench",
+        "group",
+        "--devices",
+        "60",
+        "--rounds",
+        "1",
+        "--deny",
+        "0.5",
+        "--security",
+        "nosec",
+        "--max-seconds",
+        "120",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let t = Table::load(out.path(), "group").unwrap();
+    assert_eq!(number(&t, "failing"), 30.0, "{t:?}");
+}

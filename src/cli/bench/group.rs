@@ -12,11 +12,12 @@ use clap::Args;
 
 use crate::cli::CliResult;
 use crate::cli::bench::process::{ChildProcess, ProcStats, clock_ticks_per_second, free_udp_port};
-use crate::cli::ctl::GatewayClient;
+use crate::cli::ctl::{GatewayClient, Reply};
 use crate::cli::results::{Cell, Progress, Table, median, percentile_sorted};
 use crate::coap::RequestType;
 use crate::config::EndpointUri;
 use crate::fleet::{Fractions, Plan, Profile, Security};
+use crate::mo::Value;
 
 #[derive(Args, Debug, Clone)]
 pub struct GroupArgs {
@@ -90,8 +91,13 @@ impl Expect {
         }
     }
 
-    /// Checks an Add's answer; returns the Location to delete when it committed.
-    pub fn check_add(&self, reply: &crate::cli::ctl::Reply) -> CliResult<Option<String>> {
+    /// Checks an Add's answer (reading the full `Failed` list from its `Report` when the
+    /// answer was truncated); returns the Location to delete when it committed.
+    pub async fn check_add(
+        &self,
+        client: &mut GatewayClient,
+        reply: &Reply,
+    ) -> CliResult<Option<String>> {
         let shown = || reply.render().chars().take(1500).collect::<String>();
         if self.failing.is_empty() {
             if reply.code != "2.01" || reply.verified_ids().len() != self.n {
@@ -108,7 +114,11 @@ impl Expect {
                 reply.location.clone().ok_or("2.01 without a Location")?,
             ));
         }
-        let mut failed = reply.failed_ids();
+        let mut failed = if reply.code == "4.03" {
+            failed_ids(client, reply).await?
+        } else {
+            Vec::new()
+        };
         failed.sort();
         if reply.code != "4.03" || failed != self.failing {
             return Err(format!(
@@ -123,6 +133,27 @@ impl Expect {
         }
         Ok(None)
     }
+}
+
+/// Every device a refused write names: its `Failed` list, or the whole list from
+/// `/GwConfig/Reports/<id>` when the answer says `Truncated` and gives the `Report`.
+pub async fn failed_ids(client: &mut GatewayClient, reply: &Reply) -> CliResult<Vec<String>> {
+    let report = reply
+        .document
+        .as_ref()
+        .and_then(|d| d.get("Report"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let Some(path) = report else {
+        return Ok(reply.failed_ids());
+    };
+    let full = client
+        .request(RequestType::Get, &path, None, None, &[])
+        .await?;
+    if full.code != "2.05" {
+        return Err(format!("GET {path} answered {}", full.code).into());
+    }
+    Ok(full.failed_ids())
 }
 
 /// The group writes of one measurement.
@@ -154,7 +185,7 @@ pub async fn group_writes(
         let t = Instant::now();
         let reply = client.add("ALL", "Group", "/3/0", "Get=ServerB").await?;
         let took = t.elapsed();
-        let location = expect.check_add(&reply)?;
+        let location = expect.check_add(client, &reply).await?;
         if round > 0 {
             w.adds.push(took);
             w.warm_writes += 1;
