@@ -78,11 +78,38 @@ pub fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// A free loopback UDP port (probed; free when returned, not reserved).
+/// A free loopback UDP port below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), probed from a varying start: free when
+/// returned, not reserved — but never one that the fleet's thousands of sockets bound to
+/// port 0 can take before the gateway binds it.
 pub fn free_udp_port() -> CliResult<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    if ephemeral_low <= low + 100 {
+        return Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
+    }
+    let span = u32::from(ephemeral_low - low);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for k in 0..span {
+        let port =
+            low + u16::try_from((seed.wrapping_add(k.wrapping_mul(7919))) % span).unwrap_or(0);
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free loopback UDP port below the ephemeral range".into())
 }
 
 /// Runs this executable with `args` to its end (killed after `within`); an error with its
@@ -297,6 +324,13 @@ mod tests {
         assert_eq!(s.rss_kib, 12345);
         assert_eq!(s.threads, 4);
         assert_eq!(s.cpu_ticks, 100);
+    }
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_bindable() {
+        let port = free_udp_port().unwrap();
+        assert!(port >= 10_000, "{port}");
+        std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
     }
 
     #[test]
