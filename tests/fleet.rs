@@ -212,7 +212,7 @@ fn bench_group_writes_a_group_table_with_one_plausible_row() {
 }
 
 #[test]
-fn bench_group_checks_that_denying_devices_make_the_write_fail() {
+fn bench_group_checks_that_denying_garbage_and_silent_devices_make_the_write_fail() {
     let out = tempfile::tempdir().unwrap();
     run_ok(&[
         "bench",
@@ -225,14 +225,20 @@ fn bench_group_checks_that_denying_devices_make_the_write_fail() {
         "0.2",
         "--garbage",
         "0.2",
+        "--timeout",
+        "0.2",
+        "--device-timeout-ms",
+        "500",
         "--max-seconds",
         "120",
         "--out",
         out.path().to_str().unwrap(),
     ]);
     let t = Table::load(out.path(), "group").unwrap();
-    // The tool itself asserted the 4.03 named exactly these two devices.
-    assert_eq!(number(&t, "failing"), 2.0, "{t:?}");
+    // The tool itself asserted the 4.03 named exactly these three devices (one that denies,
+    // one that answers garbage, one that never answers: the write waits its deadline).
+    assert_eq!(number(&t, "failing"), 3.0, "{t:?}");
+    assert!(number(&t, "cold_ms") >= 500.0, "{t:?}");
     // No commit, so no Delete: one warm write.
     assert_eq!(number(&t, "warm_writes"), 1.0, "{t:?}");
 }
@@ -318,4 +324,30 @@ fn bench_group_reads_the_whole_failed_list_from_the_report_when_the_answer_is_tr
     ]);
     let t = Table::load(out.path(), "group").unwrap();
     assert_eq!(number(&t, "failing"), 30.0, "{t:?}");
+}
+
+#[test]
+fn bench_group_over_x509_devices_verifies_every_one() {
+    let out = tempfile::tempdir().unwrap();
+    run_ok(&[
+        "bench",
+        "group",
+        "--devices",
+        "2",
+        "--rounds",
+        "1",
+        "--security",
+        "x509",
+        "--max-seconds",
+        "120",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let t = Table::load(out.path(), "group").unwrap();
+    assert_eq!(
+        t.rows[0][1],
+        privgw::cli::results::Cell::Text("x509".into())
+    );
+    assert_eq!(number(&t, "failing"), 0.0, "{t:?}");
+    assert_eq!(number(&t, "warm_writes"), 2.0, "{t:?}");
 }
