@@ -85,7 +85,7 @@ impl Plan {
         // kind whose share is furthest behind.
         let mut kinds = Vec::with_capacity(special);
         let mut given = [0usize; 3];
-        for j in 0..special {
+        for _ in 0..special {
             let (k, _) = counts
                 .iter()
                 .enumerate()
@@ -95,7 +95,6 @@ impl Plan {
                 .unwrap_or((0, 0.0));
             given[k] += 1;
             kinds.push(counts[k].0);
-            debug_assert!(kinds.len() == j + 1);
         }
         let mut roles = Vec::with_capacity(count);
         let mut next = kinds.into_iter();
