@@ -41,6 +41,7 @@ pub mod cli;
 pub mod coap;
 pub mod config;
 pub mod device;
+pub mod fleet;
 pub mod front;
 pub mod gateway;
 pub mod lwm2m;

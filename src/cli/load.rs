@@ -341,6 +341,7 @@ mod registered {
 
     use super::{Child, LoadArgs, percentile, summary};
     use crate::cli::CliResult;
+    pub(super) use crate::cli::bench::process::{ProcStats, clock_ticks_per_second};
     use crate::cli::ctl::GatewayClient;
     use crate::cli::demo::tempfile_dir;
     use crate::coap::RequestType;
@@ -395,58 +396,6 @@ mod registered {
             "\n[[groups]]\nid = \"ALL\"\nmembers = [{}]\n",
             members.join(", ")
         ));
-    }
-
-    /// What `/proc/<pid>` says about a process.
-    #[derive(Debug, Clone, Copy, Default)]
-    pub(super) struct ProcStats {
-        rss_kib: u64,
-        threads: u64,
-        fds: u64,
-        /// utime + stime, clock ticks.
-        pub(super) cpu_ticks: u64,
-    }
-
-    impl ProcStats {
-        pub(super) fn of(pid: u32) -> ProcStats {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the command name `(…)`: state is field 3, utime 14, stime 15.
-            let after: Vec<&str> = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.split_whitespace().collect())
-                .unwrap_or_default();
-            let tick = |i: usize| {
-                after
-                    .get(i)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            ProcStats {
-                rss_kib: field("VmRSS:"),
-                threads: field("Threads:"),
-                fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
-                cpu_ticks: tick(11) + tick(12),
-            }
-        }
-    }
-
-    pub(super) fn clock_ticks_per_second() -> f64 {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
     }
 
     fn mib(kib: u64) -> f64 {

@@ -1,8 +1,10 @@
 //! The command line: `serve`, `device`, `ctl`, `demo`. Errors are reported plainly on
 //! stderr with a non-zero exit; this is the only place that uses `Box<dyn Error>`.
 
+pub mod bench;
 pub mod ctl;
 pub mod demo;
+pub mod fleet;
 pub mod load;
 pub mod results;
 
@@ -57,6 +59,11 @@ enum Command {
     /// Measure group verification latency and GET throughput on loopback (bounded); with
     /// `--proxy`, proxied GETs through privgw vs libcoap's forward proxy, same run.
     Load(load::LoadArgs),
+    /// Serve N simulated devices (dialled or registering) in this process, apart from the
+    /// gateway, and write the matching gateway config.
+    Fleet(Box<fleet::FleetArgs>),
+    /// Benchmarks against a gateway and a fleet in child processes (tables under --out).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(default: &str) {
@@ -154,6 +161,14 @@ pub fn main() -> ExitCode {
         Command::Load(args) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(load::run(args)))
+        }
+        Command::Fleet(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(fleet::run(*args)))
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(bench::run(args)))
         }
     };
     match result {
