@@ -1,6 +1,7 @@
 //! The command line: `serve`, `device`, `ctl`, `demo`. Errors are reported plainly on
 //! stderr with a non-zero exit; this is the only place that uses `Box<dyn Error>`.
 
+pub mod bench;
 pub mod ctl;
 pub mod demo;
 pub mod load;
@@ -54,9 +55,11 @@ enum Command {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
-    /// Measure group verification latency and GET throughput on loopback (bounded); with
-    /// `--proxy`, proxied GETs through privgw vs libcoap's forward proxy, same run.
+    /// Measure group verification latency and GET throughput on loopback (bounded).
     Load(load::LoadArgs),
+    /// Closed-loop benchmarks against libcoap in the same run (front, handshakes, proxy),
+    /// results as tables under `--out`, and their plots.
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(default: &str) {
@@ -154,6 +157,10 @@ pub fn main() -> ExitCode {
         Command::Load(args) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(load::run(args)))
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(bench::run(args)))
         }
     };
     match result {
