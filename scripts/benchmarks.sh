@@ -7,14 +7,14 @@
 #
 # Usage: scripts/benchmarks.sh [--quick]
 #   --quick   tiny loads (a smoke run: minutes → seconds); the numbers are not worth quoting
-# Environment: OUT (results folder, default bench-results), IMAGES (default docs/bench),
+# Environment: OUT (results folder, default target/bench-results: not committed), IMAGES (default docs/bench),
 #   SHAPE_TIMEOUT (seconds per shape, default 900), GROUP_ARGS / REGISTER_ARGS (extra
 #   arguments for those shapes), CARGO_TARGET_DIR (where the release binary is).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-OUT=${OUT:-bench-results}
+OUT=${OUT:-target/bench-results}
 IMAGES=${IMAGES:-docs/bench}
 SHAPE_TIMEOUT=${SHAPE_TIMEOUT:-900}
 QUICK=0
@@ -75,7 +75,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "# Benchmarks"
   echo
-  echo "Produced by \`scripts/benchmarks.sh$([ $QUICK = 1 ] && echo ' --quick')\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- src Cargo.toml || echo ' (with uncommitted changes)'). Rerun it to replace this file; the raw tables are in \`$OUT/\` (CSV and JSON, not committed)."
+  echo "Produced by \`scripts/benchmarks.sh$([ $QUICK = 1 ] && echo ' --quick')\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- src Cargo.toml || echo ' (with uncommitted changes)'). Rerun it to replace this file; the raw tables (CSV and JSON) were in \`$OUT/\`, which is not committed."
   echo
   echo "Every figure is a same-run comparison: the same client (\`privgw bench\`'s closed-loop engine, \`src/cli/bench/closed_loop.rs\`) against privgw (\`privgw serve\`, release build, a child process) and against libcoap's \`coap-server-openssl\`, alternating run by run; ratio = privgw / libcoap (> 1: privgw faster). Rates are medians over the runs; CPU per request is the server process's user + system time (\`/proc/<pid>/stat\`) over the answered requests. Client and servers share the machine's cores."
   echo

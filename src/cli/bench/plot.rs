@@ -319,6 +319,7 @@ pub fn grouped_bars(
         .disable_x_mesh()
         .x_labels(n)
         .x_label_formatter(&label_of)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .y_desc(unit)
         .draw()
         .map_err(err)?;
@@ -378,6 +379,7 @@ pub fn lines(
         .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
     for (name, pts, color) in series {
