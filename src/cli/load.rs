@@ -3,9 +3,10 @@
 //!
 //! * group verification: Add on a group of all N devices (every device read over its own
 //!   DTLS-PSK or UDP session), then Delete of it (verified again) — latency per write;
-//! * GET throughput of `/GwConfig/Privileges` from one client (one exchange at a time);
-//! * with `--proxy` (`load_proxy.rs`), proxied GETs to one DTLS-PSK device through privgw and
-//!   through libcoap's forward proxy, same device, load and run, and the ratio.
+//! * GET throughput of `/GwConfig/Privileges` from one client (one exchange at a time).
+//!
+//! Proxied GETs against libcoap's forward proxy moved to `privgw bench proxy`, the front end
+//! against libcoap's server to `privgw bench front` (`src/cli/bench/`).
 //!
 //! Medians and percentiles are printed; nothing is judged here.
 
@@ -17,12 +18,9 @@ use crate::cli::CliResult;
 use crate::cli::ctl::GatewayClient;
 use crate::cli::demo::tempfile_dir;
 use crate::coap::RequestType;
-use crate::config::{Config, EndpointUri};
+use crate::config::Config;
 use crate::device::{AcInstance, Behaviour, DeviceSimConfig, RunningDevice};
 use crate::gateway::Gateway;
-
-#[path = "load_proxy.rs"]
-mod proxy;
 
 #[derive(Args, Debug)]
 pub struct LoadArgs {
@@ -41,10 +39,6 @@ pub struct LoadArgs {
     /// Stop measuring after this many seconds, whatever the counts.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
-    /// Also measure GET /.well-known/core over UDP against libcoap's coap-server-openssl and
-    /// our own CoAP server in the same run, and print the ratio.
-    #[arg(long)]
-    vs_libcoap: bool,
     /// Registering mode: the devices register with the gateway (its `[[lwm2m.listen]]`
     /// listener, `coaps://` or with `--nosec` `coap://`, on loopback), each from its own
     /// source IP in 127.1.0.0/16, and the group is read over their registrations; then the
@@ -63,37 +57,6 @@ pub struct LoadArgs {
     /// Registering mode: skip the dialled comparison.
     #[arg(long)]
     no_dialed: bool,
-    /// Proxy mode: proxied GETs of `--path` to one simulated DTLS-PSK device, through
-    /// privgw (`GET /dev0<path>` from ServerB, granted by ServerA) and through libcoap's
-    /// forward proxy (`coap-server-openssl -P`, `Proxy-Uri`), same device, same load, same
-    /// run; prints both rates and the ratio privgw/libcoap. The gateway runs as a child
-    /// `privgw serve` unless `--in-process`.
-    #[arg(long)]
-    proxy: bool,
-    /// Proxy mode: client UDP endpoints per side (each its own source port).
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
-    /// Proxy mode: CON requests in flight per endpoint (closed loop).
-    #[arg(long, default_value_t = 1)]
-    window: usize,
-    /// Proxy mode: requests per side per run.
-    #[arg(long, default_value_t = 50_000)]
-    requests: u64,
-    /// Proxy mode: runs (libcoap then privgw in each); medians are printed.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Proxy mode: time bound of one side's run, seconds.
-    #[arg(long, default_value_t = 10)]
-    run_seconds: u64,
-    /// Proxy mode: the device path read (an LwM2M object instance or below; the simulated
-    /// device serves `/2/<instance>`, its Access Control object).
-    #[arg(long, default_value = "/2/0")]
-    path: String,
-    /// Proxy mode: the gateway's `nstart` (requests in flight to one device at once, 1 to
-    /// 16; default: the gateway's default, 1). libcoap opens one upstream session per client
-    /// endpoint instead.
-    #[arg(long)]
-    nstart: Option<u32>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -116,9 +79,6 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 }
 
 pub async fn run(args: LoadArgs) -> CliResult<()> {
-    if args.proxy {
-        return proxy::run(&args).await;
-    }
     if args.register {
         return registered::run(&args).await;
     }
@@ -254,35 +214,11 @@ pub async fn run(args: LoadArgs) -> CliResult<()> {
         d.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    if args.vs_libcoap {
-        versus_libcoap(args.gets, budget.saturating_sub(started.elapsed())).await?;
-    }
     Ok(())
 }
 
-/// GETs of `/.well-known/core`, one at a time, from one client: `n` or until `budget`.
-async fn get_rate(uri: EndpointUri, n: usize, budget: Duration) -> CliResult<f64> {
-    let mut client = GatewayClient::connect(uri, None).await?;
-    // Warm up (first exchange, ARP-free loopback, allocator).
-    client
-        .request(RequestType::Get, "/.well-known/core", None, None, &[])
-        .await?;
-    let t = Instant::now();
-    let mut done = 0usize;
-    while done < n && t.elapsed() < budget {
-        let reply = client
-            .request(RequestType::Get, "/.well-known/core", None, None, &[])
-            .await?;
-        if reply.code != "2.05" {
-            return Err(format!("{uri}: GET answered {}", reply.code).into());
-        }
-        done += 1;
-    }
-    Ok(done as f64 / t.elapsed().as_secs_f64())
-}
-
 /// Kills the peer process when the measurement ends, however it ends.
-struct Child(std::process::Child);
+pub(crate) struct Child(pub(crate) std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -291,46 +227,11 @@ impl Drop for Child {
     }
 }
 
-/// Same client, same request, same machine, same run: libcoap's server against ours.
-async fn versus_libcoap(n: usize, budget: Duration) -> CliResult<()> {
-    let port = {
-        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        probe.local_addr()?.port()
-    };
-    let peer = std::process::Command::new("coap-server-openssl")
-        .args(["-A", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!("cannot start coap-server-openssl (apt-get install libcoap3-bin): {e}")
-        })?;
-    let _peer = Child(peer);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ours = RunningDevice::start(&DeviceSimConfig {
-        id: "bench".into(),
-        listen: "coap://127.0.0.1:0".into(),
-        profile: "lwm2m".into(),
-        ..DeviceSimConfig::default()
-    })
-    .await?;
-    let libcoap_uri: EndpointUri = format!("coap://127.0.0.1:{port}").parse()?;
-    let half = budget / 2;
-    let theirs = get_rate(libcoap_uri, n, half).await?;
-    let mine = get_rate(ours.uri(), n, half).await?;
-    ours.stop().await;
-    println!(
-        "GET /.well-known/core over UDP, one client, one at a time: libcoap {theirs:.0} req/s, privgw {mine:.0} req/s, ratio privgw/libcoap {:.2}",
-        mine / theirs
-    );
-    Ok(())
-}
-
 /// `privgw load --register`: N simulated LwM2M clients register with the gateway over
 /// DTLS-PSK (or NoSec UDP) from N source addresses; the gateway's RSS is read before and
 /// after, then group writes over the registrations are timed, and the same N dialled
 /// devices after that for the ratio. Every wait is bounded by `--max-seconds`.
-mod registered {
+pub(crate) mod registered {
     use std::net::{IpAddr, Ipv4Addr};
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
@@ -419,14 +320,14 @@ mod registered {
         InProcess(Gateway),
     }
 
-    pub(super) struct Running {
+    pub(crate) struct Running {
         gw: Gw,
         north: EndpointUri,
         log: Option<PathBuf>,
     }
 
     impl Running {
-        pub(super) async fn start(
+        pub(crate) async fn start(
             toml: &str,
             dir: &Path,
             name: &str,
@@ -462,18 +363,18 @@ mod registered {
             })
         }
 
-        pub(super) fn pid(&self) -> u32 {
+        pub(crate) fn pid(&self) -> u32 {
             match &self.gw {
                 Gw::Child(c) => c.0.id(),
                 Gw::InProcess(_) => std::process::id(),
             }
         }
 
-        pub(super) fn stats(&self) -> ProcStats {
+        pub(crate) fn stats(&self) -> ProcStats {
             ProcStats::of(self.pid())
         }
 
-        pub(super) fn what(&self) -> String {
+        pub(crate) fn what(&self) -> String {
             match &self.gw {
                 Gw::Child(_) => format!("gateway in a child process (pid {})", self.pid()),
                 Gw::InProcess(_) => "gateway in this process".into(),
@@ -488,7 +389,7 @@ mod registered {
         }
 
         /// Server A's client, once the gateway answers (bounded).
-        pub(super) async fn client(&mut self, within: Duration) -> CliResult<GatewayClient> {
+        pub(crate) async fn client(&mut self, within: Duration) -> CliResult<GatewayClient> {
             let give_up = Instant::now() + within;
             loop {
                 if let Gw::Child(c) = &mut self.gw {
@@ -525,7 +426,7 @@ mod registered {
             }
         }
 
-        pub(super) async fn stop(self) {
+        pub(crate) async fn stop(self) {
             match self.gw {
                 Gw::Child(c) => drop(c),
                 Gw::InProcess(g) => g.stop().await,

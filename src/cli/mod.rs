@@ -56,13 +56,14 @@ enum Command {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
-    /// Measure group verification latency and GET throughput on loopback (bounded); with
-    /// `--proxy`, proxied GETs through privgw vs libcoap's forward proxy, same run.
+    /// Measure group verification latency and GET throughput on loopback (bounded).
     Load(load::LoadArgs),
     /// Serve N simulated devices (dialled or registering) in this process, apart from the
     /// gateway, and write the matching gateway config.
     Fleet(Box<fleet::FleetArgs>),
-    /// Benchmarks against a gateway and a fleet in child processes (tables under --out).
+    /// Benchmarks: group and registration against a gateway and a fleet in child processes;
+    /// front end, handshakes and proxy against libcoap in the same run; tables under `--out`,
+    /// and their plots.
     Bench(bench::BenchArgs),
 }
 
