@@ -33,10 +33,14 @@ STATUS=$(mktemp)
 trap 'rm -f "$COMMANDS" "$STATUS"' EXIT
 
 if [ $QUICK = 1 ]; then
+  GROUP_ARGS=${GROUP_ARGS:---devices 1,10,100 --rounds 3 --max-seconds 120}
+  REGISTER_ARGS=${REGISTER_ARGS:---devices 100 --rounds 3 --max-seconds 120}
   FRONT=(front --shapes 1x1,16x1,64x4 --runs 1 --requests 2000 --run-seconds 2)
   HANDSHAKES=(handshakes --clients 4 --seconds 1 --runs 1)
   PROXY=(proxy --runs 1 --requests 2000 --run-seconds 2)
 else
+  GROUP_ARGS=${GROUP_ARGS:---devices 1,10,100,1000,3000,10000 --rounds 10 --max-seconds 800}
+  REGISTER_ARGS=${REGISTER_ARGS:---devices 10000 --rounds 10 --max-seconds 300}
   FRONT=(front --shapes 1x1,16x1,64x4 --runs 3 --requests 50000 --run-seconds 3)
   HANDSHAKES=(handshakes --clients 8 --seconds 5 --runs 3)
   PROXY=(proxy --runs 3 --requests 50000 --run-seconds 5)
