@@ -166,7 +166,7 @@ impl Handler for North {
                 let answer = self
                     .proxy
                     .gateway_object(self.service.config(), rest, &request);
-                tracing::info!(code = %answer.header.code, "answered");
+                tracing::debug!(code = %answer.header.code, "answered");
                 answer
             }
             Destination::Gateway => {
@@ -207,13 +207,20 @@ impl North {
     ) -> Packet {
         // Over UDP/DTLS a client retransmits with the same MID and token: the fingerprint
         // lets a committed write be answered again after a restart (RFC 8323 has no MIDs).
-        let fingerprint = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls)
+        // A read commits nothing, so it needs none (and skips a SHA-256 per GET).
+        let read = matches!(
+            request.header.code,
+            MessageClass::Request(crate::coap::RequestType::Get | crate::coap::RequestType::Fetch)
+        );
+        let fingerprint = (!read && matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls))
             .then(|| Fingerprint::of_request(&server.id, &request));
         let answer = self
             .service
             .handle_exchange(server, &request, fingerprint, max_payload)
             .await;
-        tracing::info!(code = %service::code_str(answer.code), "answered");
+        // Reads at debug: a busy front end must not log a line per GET. Writes log their
+        // decision at info in the service.
+        tracing::debug!(code = %service::code_str(answer.code), "answered");
         answer.into_packet()
     }
 }

@@ -275,15 +275,15 @@ impl Proxy {
             .instrument(span)
             .await;
         let latency = started.elapsed();
-        tracing::info!(
-            device = %device.id,
-            path = %device_path,
-            code = %handled.answer.header.code,
-            allowed = handled.allowed,
-            reason = %handled.reason,
-            latency_us = latency.as_micros() as u64,
-            "proxied"
-        );
+        // A refusal is a decision worth a line at info; the allowed requests of a busy proxy
+        // are at debug (each is in the audit trail either way).
+        let latency_us = latency.as_micros() as u64;
+        let code = handled.answer.header.code;
+        if handled.allowed {
+            tracing::debug!(device = %device.id, path = %device_path, %code, reason = %handled.reason, latency_us, "proxied");
+        } else {
+            tracing::info!(device = %device.id, path = %device_path, %code, reason = %handled.reason, latency_us, "refused");
+        }
         self.audit.proxied(ProxiedDecision {
             server: server.id.clone(),
             device: device.id.clone(),

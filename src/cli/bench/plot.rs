@@ -475,12 +475,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = Table::new(
             "group",
-            &[
-                "devices",
-                "cold_ms",
-                "warm_median_ms",
-                "rss_per_device_kib",
-            ],
+            &["devices", "cold_ms", "warm_median_ms", "rss_per_device_kib"],
         );
         for (n, c, w, m) in [
             (1u64, 5.0, 1.0, 40.0),
