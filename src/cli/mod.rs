@@ -1,11 +1,10 @@
-//! The command line: `serve`, `device`, `ctl`, `demo`. Errors are reported plainly on
+//! The command line: `serve`, `device`, `ctl`, `demo`, `certs`, `fleet`, `bench`. Errors are reported plainly on
 //! stderr with a non-zero exit; this is the only place that uses `Box<dyn Error>`.
 
 pub mod bench;
 pub mod ctl;
 pub mod demo;
 pub mod fleet;
-pub mod load;
 pub mod results;
 
 use std::path::PathBuf;
@@ -56,8 +55,6 @@ enum Command {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
-    /// Measure group verification latency and GET throughput on loopback (bounded).
-    Load(load::LoadArgs),
     /// Serve N simulated devices (dialled or registering) in this process, apart from the
     /// gateway, and write the matching gateway config.
     Fleet(Box<fleet::FleetArgs>),
@@ -159,10 +156,6 @@ pub fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
-        Command::Load(args) => {
-            init_logging("warn");
-            runtime().and_then(|rt| rt.block_on(load::run(args)))
-        }
         Command::Fleet(args) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(fleet::run(*args)))

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::cli::CliResult;
-use crate::cli::load::Child;
+use crate::cli::bench::gateway::Child;
 use crate::cli::results::{Cell, median};
 
 use super::closed_loop::RunResult;

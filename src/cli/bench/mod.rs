@@ -8,6 +8,7 @@
 pub mod closed_loop;
 mod common;
 pub mod front;
+pub mod gateway;
 pub mod group;
 pub mod handshakes;
 pub mod plot;

@@ -26,10 +26,10 @@ use super::common::{
     Medians, VERSUS_COLUMNS, describe, free_udp_port, libcoap_port, libcoap_server, versus_cells,
 };
 use crate::cli::CliResult;
+use crate::cli::bench::gateway::Running;
 use crate::cli::bench::process::clock_ticks_per_second;
 use crate::cli::ctl::GatewayClient;
 use crate::cli::demo::tempfile_dir;
-use crate::cli::load::registered::Running;
 use crate::cli::results::{Cell, Table, median};
 use crate::coap::RequestType;
 use crate::config::EndpointUri;
