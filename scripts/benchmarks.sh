@@ -38,12 +38,14 @@ if [ $QUICK = 1 ]; then
   FRONT=(front --shapes 1x1,16x1,64x4 --runs 1 --requests 2000 --run-seconds 2)
   HANDSHAKES=(handshakes --clients 4 --seconds 1 --runs 1)
   PROXY=(proxy --runs 1 --requests 2000 --run-seconds 2)
+  PROXY16=(proxy --runs 1 --requests 2000 --run-seconds 2 --nstart 16 --table proxy_nstart16)
 else
   GROUP_ARGS=${GROUP_ARGS:---devices 1,10,100,1000,3000,10000 --rounds 10 --max-seconds 800}
   REGISTER_ARGS=${REGISTER_ARGS:---devices 10000 --rounds 10 --max-seconds 300}
   FRONT=(front --shapes 1x1,16x1,64x4 --runs 3 --requests 50000 --run-seconds 3)
   HANDSHAKES=(handshakes --clients 8 --seconds 5 --runs 3)
   PROXY=(proxy --runs 3 --requests 50000 --run-seconds 5)
+  PROXY16=(proxy --runs 3 --requests 50000 --run-seconds 5 --nstart 16 --table proxy_nstart16)
 fi
 
 shapes=$("$BIN" bench --help)
@@ -69,6 +71,7 @@ has register && bench register register ${REGISTER_ARGS:-}
 bench front "${FRONT[@]}"
 bench handshakes "${HANDSHAKES[@]}"
 bench proxy "${PROXY[@]}"
+bench proxy_nstart16 "${PROXY16[@]}"
 for s in group register; do
   has $s || echo "| \`$s\` | not in this build (\`privgw bench --help\`) | – |" >>"$STATUS"
 done

@@ -30,7 +30,14 @@ const LIBCOAP: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const THIRD: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 
 /// The tables the figures and the Markdown are made from, in report order.
-const KNOWN: [&str; 5] = ["group", "register", "front", "handshakes", "proxy"];
+const KNOWN: [&str; 6] = [
+    "group",
+    "register",
+    "front",
+    "handshakes",
+    "proxy",
+    "proxy_nstart16",
+];
 
 pub fn run(args: PlotArgs, out: &Path) -> CliResult<()> {
     let images = args.images.clone().unwrap_or_else(|| out.to_path_buf());
@@ -121,22 +128,32 @@ pub fn draw_all(results: &Path, images: &Path) -> CliResult<Vec<Figure>> {
             ),
         )?;
     }
-    if let Some(t) = load("proxy") {
-        let title = "Proxied GETs/s to one DTLS-PSK device, privgw vs libcoap -P";
-        add(
+    for (name, title) in [
+        (
             "proxy",
-            "proxy",
-            title,
-            versus_bars(
-                &t,
-                images,
-                "proxy",
+            "Proxied GETs/s to one DTLS-PSK device, privgw (nstart 1) vs libcoap -P",
+        ),
+        (
+            "proxy_nstart16",
+            "Proxied GETs/s to one DTLS-PSK device, privgw (nstart 16) vs libcoap -P",
+        ),
+    ] {
+        if let Some(t) = load(name) {
+            add(
+                name,
+                name,
                 title,
-                "requests/s",
-                ("privgw_rps", "libcoap_rps"),
-                &["shape", "run"],
-            ),
-        )?;
+                versus_bars(
+                    &t,
+                    images,
+                    name,
+                    title,
+                    "requests/s",
+                    ("privgw_rps", "libcoap_rps"),
+                    &["shape", "run"],
+                ),
+            )?;
+        }
     }
     Ok(made)
 }

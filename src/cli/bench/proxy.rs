@@ -72,6 +72,10 @@ pub struct ProxyArgs {
     /// Run the gateway inside this process instead of a child `privgw serve`.
     #[arg(long)]
     pub in_process: bool,
+    /// The result table's name (`<out>/<table>.csv|json`), to keep runs with different
+    /// settings apart.
+    #[arg(long, default_value = "proxy")]
+    pub table: String,
 }
 
 /// Object and instance of an LwM2M path (`/2/0`, `/3/0/0` → (2, 0), (3, 0)): the Access
@@ -260,7 +264,7 @@ async fn with_device(
         sides[1].0.warm(Duration::from_secs(10)).await?;
         let mut results: [Vec<RunResult>; 2] = [Vec::new(), Vec::new()];
         let mut ratios = Vec::new();
-        let mut table = table();
+        let mut table = table(&args.table);
         for run in 0..args.runs {
             let left = until.saturating_duration_since(Instant::now());
             if run > 0 && left < Duration::from_secs(2 * args.run_seconds + 2) {
@@ -307,10 +311,10 @@ async fn with_device(
     outcome
 }
 
-fn table() -> Table {
+fn table(name: &str) -> Table {
     let mut columns = vec!["shape", "run"];
     columns.extend(VERSUS_COLUMNS);
-    Table::new("proxy", &columns)
+    Table::new(name, &columns)
 }
 
 #[cfg(test)]
@@ -330,7 +334,7 @@ mod tests {
 
     #[test]
     fn the_proxy_table_has_the_comparison_columns() {
-        let t = table();
+        let t = table("proxy");
         assert_eq!(t.columns[..2], ["shape", "run"]);
         assert!(t.columns.iter().any(|c| c == "ratio"));
         assert_eq!(t.columns.len(), 2 + VERSUS_COLUMNS.len());
