@@ -1,14 +1,14 @@
 //! The gateway under measurement for the same-run comparisons (`front`, `handshakes`,
-//! `proxy`): a child `privgw serve` on a config written to the run's folder (its log there
-//! too, at `PRIVGW_LOAD_GATEWAY_LOG`, default `warn`), or a gateway in this process; and
+//! `proxy`): a child `privgw serve` on a config written to the run's folder (its log beside
+//! it, at `PRIVGW_BENCH_GATEWAY_LOG`, default `warn`), or a gateway in this process; and
 //! [`Child`], a peer process killed when the measurement ends.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use crate::cli::CliResult;
+use crate::cli::bench::process::{ChildProcess, connect_server_a};
 use crate::cli::ctl::GatewayClient;
-use crate::coap::RequestType;
 use crate::config::{Config, EndpointUri};
 use crate::gateway::Gateway;
 
@@ -24,14 +24,13 @@ impl Drop for Child {
 
 /// The gateway under measurement: a child `privgw serve`, or in this process.
 enum Gw {
-    Child(Child),
+    Child(ChildProcess),
     InProcess(Gateway),
 }
 
 pub(crate) struct Running {
     gw: Gw,
     north: EndpointUri,
-    log: Option<PathBuf>,
 }
 
 impl Running {
@@ -47,33 +46,19 @@ impl Running {
             return Ok(Running {
                 gw: Gw::InProcess(gateway),
                 north,
-                log: None,
             });
         }
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml)?;
-        let log = dir.join(format!("{name}.log"));
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env(
-                "RUST_LOG",
-                std::env::var("PRIVGW_LOAD_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
         Ok(Running {
-            gw: Gw::Child(Child(child)),
+            gw: Gw::Child(ChildProcess::serve(&config)?),
             north,
-            log: Some(log),
         })
     }
 
     pub(crate) fn pid(&self) -> u32 {
         match &self.gw {
-            Gw::Child(c) => c.0.id(),
+            Gw::Child(c) => c.pid(),
             Gw::InProcess(_) => std::process::id(),
         }
     }
@@ -87,39 +72,9 @@ impl Running {
 
     /// Server A's client, once the gateway answers (bounded).
     pub(crate) async fn client(&mut self, within: Duration) -> CliResult<GatewayClient> {
-        let give_up = Instant::now() + within;
-        loop {
-            if let Gw::Child(c) = &mut self.gw {
-                if let Some(status) = c.0.try_wait()? {
-                    let log = self
-                        .log
-                        .as_ref()
-                        .and_then(|l| std::fs::read_to_string(l).ok())
-                        .unwrap_or_default();
-                    return Err(format!("the gateway exited ({status}): {log}").into());
-                }
-            }
-            let psk = Some((b"serverA".to_vec(), b"secretA".to_vec()));
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(3),
-                GatewayClient::connect(self.north, psk),
-            );
-            if let Ok(Ok(mut client)) = attempt.await {
-                let asked = client
-                    .request(RequestType::Get, "/GwConfig/Privileges", None, None, &[])
-                    .await;
-                if asked.is_ok_and(|r| r.code == "2.05") {
-                    return Ok(client);
-                }
-            }
-            if Instant::now() >= give_up {
-                return Err(format!(
-                    "the gateway at {} did not answer within {within:?}",
-                    self.north
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match &mut self.gw {
+            Gw::Child(c) => c.server_a(self.north, within).await,
+            Gw::InProcess(_) => connect_server_a(self.north, within, || Ok(())).await,
         }
     }
 

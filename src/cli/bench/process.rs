@@ -278,30 +278,39 @@ impl ChildProcess {
         north: EndpointUri,
         within: Duration,
     ) -> CliResult<GatewayClient> {
-        let (identity, key) = crate::fleet::config::SERVER_A_PSK;
-        let give_up = Instant::now() + within;
-        loop {
-            self.check_alive()?;
-            let psk = Some((identity.as_bytes().to_vec(), key.as_bytes().to_vec()));
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(3), GatewayClient::connect(north, psk));
-            if let Ok(Ok(mut client)) = attempt.await {
-                let asked = client
-                    .request(RequestType::Get, "/GwConfig/Privileges", None, None, &[])
-                    .await;
-                if asked.is_ok_and(|r| r.code == "2.05") {
-                    return Ok(client);
-                }
-            }
-            if Instant::now() >= give_up {
-                return Err(format!(
-                    "the gateway at {north} did not answer within {within:?}: {}",
-                    self.log_tail()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match connect_server_a(north, within, || self.check_alive()).await {
+            Ok(client) => Ok(client),
+            Err(e) => Err(format!("{e}: {}", self.log_tail()).into()),
         }
+    }
+}
+
+/// Server A's client of the gateway at `north` once it answers `GET /GwConfig/Privileges`,
+/// retried within `within`; `alive` fails the wait at once (the gateway process exited).
+pub async fn connect_server_a(
+    north: EndpointUri,
+    within: Duration,
+    mut alive: impl FnMut() -> CliResult<()>,
+) -> CliResult<GatewayClient> {
+    let (identity, key) = crate::fleet::config::SERVER_A_PSK;
+    let give_up = Instant::now() + within;
+    loop {
+        alive()?;
+        let psk = Some((identity.as_bytes().to_vec(), key.as_bytes().to_vec()));
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(3), GatewayClient::connect(north, psk));
+        if let Ok(Ok(mut client)) = attempt.await {
+            let asked = client
+                .request(RequestType::Get, "/GwConfig/Privileges", None, None, &[])
+                .await;
+            if asked.is_ok_and(|r| r.code == "2.05") {
+                return Ok(client);
+            }
+        }
+        if Instant::now() >= give_up {
+            return Err(format!("the gateway at {north} did not answer within {within:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
