@@ -5,7 +5,7 @@
 //! Then, where valgrind is installed, the regression guard: each case runs again in a child
 //! under callgrind (`--count <case>`: only that case's iterations are counted), and its
 //! instructions per operation are compared with `benches/instructions.baseline`. A case more
-//! than [`TOLERANCE`] above its baseline fails the bench (exit 1), whatever the machine's
+//! than [`TOLERANCE`] (8 %) above its baseline fails the bench (exit 1), whatever the machine's
 //! load. `PRIVGW_BLESS=1` writes the new counts as the baseline; `--no-instructions` skips it.
 
 use std::hint::black_box;
@@ -26,9 +26,10 @@ use privgw::proxy::{
 use privgw::verifier::{AclReading, Member, Operation, Principal, Verification};
 
 const SAMPLES: usize = 15;
-/// How far above its baseline a case's instruction count may be (hash seeds and allocator
-/// state move counts by well under 1 %).
-const TOLERANCE: f64 = 0.03;
+/// How far above its baseline a case's instruction count may be. Runs of one build repeat to
+/// within 0.1 %, but the same sources built in another checkout (another path) moved cases by
+/// up to 3.9 % (proxy decision 2 717 → 2 621 Ir/op): code layout, not work done.
+const TOLERANCE: f64 = 0.08;
 const BASELINE: &str = "benches/instructions.baseline";
 
 /// The arguments: filter words, `--count <case>` (the callgrind child), `--no-instructions`.
