@@ -78,12 +78,17 @@ pub struct Finished<C> {
     response: Packet,
 }
 
+/// Both ends of the channel spawned handlers answer on.
+type DoneChannel<C> = (mpsc::Sender<Finished<C>>, mpsc::Receiver<Finished<C>>);
+
 pub struct Pipeline<H, C> {
     handler: Arc<H>,
     peer: Arc<PeerInfo>,
     blocks: Block2Cache,
-    done_tx: mpsc::Sender<Finished<C>>,
-    done_rx: mpsc::Receiver<Finished<C>>,
+    /// Where spawned handlers send their answers; made by the first handler that has to
+    /// wait. Most sessions never have one (a device session's peer rarely sends requests),
+    /// and a tokio channel allocates a 32-slot block at once (4.6 KB of `Finished`).
+    done: Option<DoneChannel<C>>,
     in_handler: usize,
     link: PeerLink,
 }
@@ -91,15 +96,13 @@ pub struct Pipeline<H, C> {
 impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     /// `lifetime`: how long a sliced body stays cached for its follow-up blocks.
     pub fn new(handler: Arc<H>, peer: PeerInfo, lifetime: Duration) -> Self {
-        let (done_tx, done_rx) = mpsc::channel(MAX_REQUESTS_IN_HANDLER);
         let blocks =
             Block2Cache::new(lifetime).with_account(handler.cache_limits().block2_account());
         Pipeline {
             handler,
             peer: Arc::new(peer),
             blocks,
-            done_tx,
-            done_rx,
+            done: None,
             in_handler: 0,
             link: PeerLink::closed(),
         }
@@ -199,7 +202,11 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
             return Start::Answer(context, response);
         }
         self.in_handler += 1;
-        let done = self.done_tx.clone();
+        let done = self
+            .done
+            .get_or_insert_with(|| mpsc::channel(MAX_REQUESTS_IN_HANDLER))
+            .0
+            .clone();
         tokio::spawn(
             async move {
                 let response = answered(call.await, token);
@@ -220,7 +227,10 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
 
     /// The next response the handler finished. Cancel-safe.
     pub async fn finished(&mut self) -> Option<Finished<C>> {
-        let done = self.done_rx.recv().await?;
+        let Some((_, done_rx)) = self.done.as_mut() else {
+            return std::future::pending().await;
+        };
+        let done = done_rx.recv().await?;
         self.in_handler = self.in_handler.saturating_sub(1);
         Some(done)
     }

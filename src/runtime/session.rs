@@ -489,7 +489,7 @@ pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
                 driver.respond(now, responder, response);
             }
             Some(command) = rx.recv(), if driver.core.has_room() => {
-                driver.command(Instant::now().into_std(), command)
+                driver.command(Instant::now().into_std(), *command)
             }
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
