@@ -107,7 +107,7 @@ impl From<NotifyError> for ObserverError {
 pub(crate) type ObserveReply = oneshot::Sender<Result<(ObservationId, Packet), LinkError>>;
 
 /// What a link asks of the serve loop. It travels boxed: a tokio channel allocates a 32-slot
-/// block when it is made, and every session has a link (120-byte commands: 3.8 KB each).
+/// block when it is made, and every session has a link (unboxed, 32 × 120 bytes: 3.8 KB per link).
 pub(crate) enum LinkCommand {
     /// One request; its outcome goes to `reply`.
     Request {

@@ -225,7 +225,8 @@ impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
         Start::Running
     }
 
-    /// The next response the handler finished. Cancel-safe.
+    /// The next response the handler finished; pending for as long as no handler has had to
+    /// wait (there is no channel yet). Cancel-safe.
     pub async fn finished(&mut self) -> Option<Finished<C>> {
         let Some((_, done_rx)) = self.done.as_mut() else {
             return std::future::pending().await;
