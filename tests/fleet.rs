@@ -209,6 +209,9 @@ fn bench_group_writes_a_group_table_with_one_plausible_row() {
         "{t:?}"
     );
     assert!(number(&t, "cpu_us_per_read") >= 0.0, "{t:?}");
+    // The fleet did the devices' side of 4 × 3 reads: some CPU, and a bounded amount.
+    let fleet = number(&t, "fleet_cpu_us_per_read");
+    assert!((0.0..1e6).contains(&fleet), "{t:?}");
 }
 
 #[test]

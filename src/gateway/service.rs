@@ -181,6 +181,30 @@ const MAX_NAME_ATTEMPTS: usize = 8;
 
 /// How long a committed write's answer is replayed to a retransmission, restarts included
 /// (RFC 7252 EXCHANGE_LIFETIME with the default parameters: 247 s).
+/// The first few failed devices and why, for the one info line of a rejected write: a
+/// 10 000-member group that fails everywhere still logs a short line (the refusal's payload
+/// and the audit trail carry the full list).
+struct FirstIds<'a>(&'a [Failure]);
+
+impl FirstIds<'_> {
+    const SHOWN: usize = 8;
+}
+
+impl std::fmt::Display for FirstIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, failed) in self.0.iter().take(Self::SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} {}", failed.device_id, failed.reason)?;
+        }
+        if let Some(more) = self.0.len().checked_sub(Self::SHOWN).filter(|&n| n > 0) {
+            write!(f, " (+{more} more)")?;
+        }
+        Ok(())
+    }
+}
+
 fn dedup_lifetime() -> Duration {
     crate::coap::TransportTuning::unreliable().exchange_lifetime()
 }
@@ -754,10 +778,10 @@ impl<R: AclReader> Service<R> {
             .ok_or_else(|| FrontError::Internal("nothing to verify".into()))?;
         let answer = match decision {
             Decision::Reject { kind, failed } => {
-                let ids: Vec<&str> = failed.iter().map(|f| f.device_id.as_str()).collect();
                 tracing::info!(
                     server = %server.id, %target, %uri, verdict = "rejected",
-                    status = kind.status(), failed = ?ids,
+                    status = kind.status(), failed = failed.len(),
+                    first_failed = %FirstIds(&failed),
                     "{:?} not committed", change.kind
                 );
                 note.devices_refused = true;
@@ -1022,4 +1046,32 @@ fn registration_value(v: &RegistrationView) -> Value {
 pub fn code_str(code: ResponseType) -> String {
     let byte = u8::from(coap_lite::MessageClass::Response(code));
     format!("{}.{:02}", byte >> 5, byte & 0x1f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verifier::Reason;
+
+    fn failures(n: usize) -> Vec<Failure> {
+        (0..n)
+            .map(|i| Failure {
+                device_id: format!("d{i}"),
+                reason: Reason::Denied,
+                detail: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rejected_write_logs_at_most_eight_failed_devices_and_counts_the_rest() {
+        assert_eq!(FirstIds(&failures(0)).to_string(), "");
+        assert_eq!(FirstIds(&failures(2)).to_string(), "d0 denied, d1 denied");
+        let eight = FirstIds(&failures(8)).to_string();
+        assert!(eight.ends_with("d7 denied"), "{eight}");
+        let many = FirstIds(&failures(10_000)).to_string();
+        assert!(many.starts_with("d0 denied, "), "{many}");
+        assert!(many.ends_with("d7 denied (+9992 more)"), "{many}");
+        assert!(many.len() < 200, "{many}");
+    }
 }

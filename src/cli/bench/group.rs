@@ -71,6 +71,7 @@ pub const COLUMNS: &[&str] = &[
     "rss_after_kib",
     "rss_per_device_kib",
     "cpu_us_per_read",
+    "fleet_cpu_us_per_read",
 ];
 
 /// What every group write must answer.
@@ -166,12 +167,16 @@ pub struct Writes {
     pub warm_writes: usize,
     /// The gateway's stats right after the cold Add (and its Delete).
     pub after_cold: ProcStats,
+    /// The fleet's, at the same moment: on a machine whose cores the two share, the
+    /// fleet's CPU per read is what the gateway's warm latency cannot get below.
+    pub fleet_after_cold: ProcStats,
 }
 
 /// The cold Add (and its Delete), then `rounds` warm rounds within `until`.
 pub async fn group_writes(
     client: &mut GatewayClient,
     gateway: &ChildProcess,
+    fleet: &ChildProcess,
     expect: &Expect,
     rounds: usize,
     until: Instant,
@@ -205,10 +210,20 @@ pub async fn group_writes(
         }
         if round == 0 {
             w.after_cold = gateway.stats();
+            w.fleet_after_cold = fleet.stats();
         }
         progress.tick(round as u64);
     }
     Ok(w)
+}
+
+/// CPU seconds over the warm writes as µs per device read (0 without a warm write).
+fn per_read(cpu_s: f64, warm_writes: usize, reads: f64) -> f64 {
+    if warm_writes == 0 {
+        0.0
+    } else {
+        1e6 * cpu_s / reads
+    }
 }
 
 /// Milliseconds.
@@ -292,12 +307,17 @@ async fn one_size(
     let mut gateway = ChildProcess::serve(&config)?;
     let mut client = gateway.server_a(north, Duration::from_secs(30)).await?;
     let before = gateway.stats();
-    let w = group_writes(&mut client, &gateway, &expect, args.rounds, until).await?;
+    let w = group_writes(&mut client, &gateway, &fleet, &expect, args.rounds, until).await?;
     let after = gateway.stats();
+    let fleet_after = fleet.stats();
     fleet.check_alive()?;
     let (warm_median, warm_p90) = warm_stats(&w.adds);
     let reads = (w.warm_writes * n).max(1) as f64;
     let cpu_s = after.cpu_ticks.saturating_sub(w.after_cold.cpu_ticks) as f64 / hz;
+    let fleet_cpu_s = fleet_after
+        .cpu_ticks
+        .saturating_sub(w.fleet_after_cold.cpu_ticks) as f64
+        / hz;
     let per_device = after.rss_kib.saturating_sub(before.rss_kib) as f64 / n as f64;
     Ok(vec![
         n.into(),
@@ -310,11 +330,8 @@ async fn one_size(
         before.rss_kib.into(),
         after.rss_kib.into(),
         per_device.into(),
-        if w.warm_writes == 0 {
-            0.0.into()
-        } else {
-            (1e6 * cpu_s / reads).into()
-        },
+        per_read(cpu_s, w.warm_writes, reads).into(),
+        per_read(fleet_cpu_s, w.warm_writes, reads).into(),
     ])
 }
 

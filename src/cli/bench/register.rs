@@ -130,7 +130,7 @@ async fn measure(args: &RegisterArgs, dir: &Path) -> CliResult<Vec<Cell>> {
     let took = t.elapsed();
     let registered = gateway.stats();
     eprintln!("bench register: {ready}");
-    let w = group_writes(&mut client, &gateway, &expect, args.rounds, until).await?;
+    let w = group_writes(&mut client, &gateway, &fleet, &expect, args.rounds, until).await?;
     fleet.check_alive()?;
     gateway.check_alive()?;
     let (warm_median, warm_p90) = warm_stats(&w.adds);
