@@ -2028,6 +2028,49 @@ fn observe_values(run: &interop_support::ClientRun) -> Vec<u32> {
         .collect()
 }
 
+/// The lab server observes (`coap-client -s` over `coap+tcp://`, RFC 8323 §7) a libcoap
+/// device's resource through the gateway's Observe relay, granted Get by server A: the first
+/// answer and every later change reach coap-client in order with increasing Observe values,
+/// over the one DTLS upstream observation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_observes_through_the_relay_over_coap_tcp() {
+    let scratch = Arc::new(Scratch::new());
+    let (dev, gw) = libcoap_proxy_device(&scratch, &[("/3/0/0", &b"v0"[..])]).await;
+    let run = cli_add(
+        &scratch,
+        &gw,
+        ("serverA", "secretA"),
+        ("devL", "Device", "/3/0", "Get=ServerLab"),
+    )
+    .await;
+    run.expect_code("2.01");
+    let observer = Arc::new(Scratch::new());
+    let url = gw.coap_tcp_url("/devL/3/0/0");
+    let observing = tokio::spawn({
+        let observer = observer.clone();
+        async move { run_client(&observer, &["-v", "7", "-s", "6", "-m", "get", &url]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for value in ["v1", "v2", "v3"] {
+        put_on_device(&scratch, &dev, "/3/0/0", "0", value.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let run = observing.await.expect("observer ran");
+    assert_eq!(run.printed_data(), "v0v1v2v3", "{}", run.transcript());
+    let seen = observe_values(&run);
+    assert_eq!(
+        seen.len(),
+        4,
+        "four notifications with Observe\n{}",
+        run.transcript()
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "increasing Observe values {seen:?}"
+    );
+    gw.stop().await;
+}
+
 /// Server B observes (`coap-client -s`) a libcoap device's resource through the gateway's
 /// Observe relay: the first answer and every later change on the device reach coap-client,
 /// with increasing Observe values, and the device is observed once (one GET from privgw).

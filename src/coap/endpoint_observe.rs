@@ -376,25 +376,16 @@ impl Endpoint {
         &mut self,
         now: Instant,
         responder: &Responder,
-        mut response: Packet,
+        response: Packet,
     ) -> Packet {
         let Some(token) = self.registering.remove(&responder.request_mid()) else {
             return response;
         };
-        if !is_success(&response) || observe_value(&response).is_none() {
-            self.remove_observer(&token, ObserverRemoval::Ended);
-            return without_option(&response, CoapOption::Observe.into());
-        }
-        match self.observers.register(now, &token) {
-            Some(seq) => set_observe(&mut response, seq),
-            None => {
-                tracing::info!(cap = self.observers.len(), "observer table full, refusing");
-                self.events.push_back(EndpointEvent::ObserverRemoved {
-                    token,
-                    reason: ObserverRemoval::Refused,
-                });
-                return without_option(&response, CoapOption::Observe.into());
-            }
+        let (response, removal) = self.observers.answer_registration(now, &token, response);
+        if let Some(reason) = removal {
+            tracing::debug!(?reason, "observer removed");
+            self.events
+                .push_back(EndpointEvent::ObserverRemoved { token, reason });
         }
         response
     }

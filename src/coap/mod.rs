@@ -68,6 +68,7 @@ pub mod observe;
 pub mod server;
 pub mod stream;
 pub mod stream_endpoint;
+mod stream_observe;
 pub mod tcp;
 pub mod tuning;
 

@@ -56,6 +56,15 @@ pub fn set_observe(p: &mut Packet, value: u32) {
     set_single(p, CoapOption::Observe, encode_uint(value % SEQ_MODULUS));
 }
 
+/// `p` without any Observe option.
+pub(crate) fn without_observe(p: Packet) -> Packet {
+    if p.get_option(CoapOption::Observe).is_some() {
+        super::without_option(&p, CoapOption::Observe.into())
+    } else {
+        p
+    }
+}
+
 /// A 2.xx response code.
 pub(crate) fn is_success(p: &Packet) -> bool {
     matches!(p.header.code, MessageClass::Response(_)) && u8::from(p.header.code) >> 5 == 2
@@ -302,6 +311,38 @@ impl Observers {
 
     pub(crate) fn remove(&mut self, token: &[u8]) -> bool {
         self.map.remove(token).is_some()
+    }
+
+    /// Our answer to the peer's registration on `token` (a GET with Observe = 0), for both
+    /// transports: a 2.xx carrying Observe adds (or keeps) the observer and gets its sequence
+    /// number; with the table full it loses Observe ("not added", RFC 7641 §3.2); any other
+    /// answer loses Observe and removes an observer of that token. Returns the answer to
+    /// send and the removal to report, if any.
+    pub(crate) fn answer_registration(
+        &mut self,
+        now: Instant,
+        token: &[u8],
+        mut response: Packet,
+    ) -> (Packet, Option<ObserverRemoval>) {
+        if !is_success(&response) || observe_value(&response).is_none() {
+            let removed = self.remove(token).then_some(ObserverRemoval::Ended);
+            return (without_observe(response), removed);
+        }
+        match self.register(now, token) {
+            Some(seq) => {
+                set_observe(&mut response, seq);
+                (response, None)
+            }
+            None => {
+                tracing::info!(cap = self.len(), "observer table full, refusing");
+                (without_observe(response), Some(ObserverRemoval::Refused))
+            }
+        }
+    }
+
+    /// Removes every observer; returns their tokens.
+    pub(crate) fn clear(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.map).into_keys().collect()
     }
 
     /// The observer one of whose notifications had MID `mid`.

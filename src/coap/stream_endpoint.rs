@@ -26,10 +26,10 @@
 //!   aborts at its CSM timeout and the waiting requests fail with
 //!   [`ClientError::ConnectionClosed`].
 //! * **A peer's request before its CSM** is served (the connection is lenient about order).
-//! * **Observe is not offered on streams.** A peer's GET with Observe is served as a plain
-//!   GET: [`respond`](StreamEndpoint::respond) strips any Observe option from the answer, so
-//!   the peer sees it was not registered (RFC 7641 §3.1). The runtime refuses our own
-//!   observations over a stream link.
+//! * **Observe, server role** (RFC 8323 §7, in `stream_observe.rs`): the peer may observe our
+//!   resources; notifications go out with [`notify`](StreamEndpoint::notify). We do not
+//!   observe the peer over a stream: the runtime refuses our own observations over a stream
+//!   link.
 //! * **When the connection closes** every request of ours, queued or in flight, fails with
 //!   [`ClientError::ConnectionClosed`], exactly once; answers to the peer's requests fail
 //!   with [`CoapError::Closed`].
@@ -55,15 +55,16 @@
 //! [`is_closed`](StreamEndpoint::is_closed) and `poll_transmit` is `None`, it closes the
 //! socket. `now` must never go backwards.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::client::DEFAULT_MAX_BODY;
 use super::endpoint::RequestId;
 use super::nstart::Nstart;
+use super::observe::{DEFAULT_MAX_OBSERVERS, Observers};
 use super::{
-    ClientError, ClientExchange, CoapError, CoapOption, EndpointEvent, Packet, Responder,
-    StreamConnection, StreamEvent, without_option,
+    ClientError, ClientExchange, CoapError, EndpointEvent, Packet, Responder, StreamConnection,
+    StreamEvent,
 };
 
 /// A request of ours waiting for an NSTART slot (or for the peer's CSM).
@@ -76,13 +77,17 @@ struct Queued {
 /// Both roles of CoAP over one reliable connection (see the module doc).
 #[derive(Debug)]
 pub struct StreamEndpoint {
-    conn: StreamConnection,
+    pub(super) conn: StreamConnection,
     response_timeout: Duration,
     max_body: usize,
     /// Our exchanges in flight (at most NSTART) and our requests waiting for a slot (or the
     /// peer's CSM).
     requests: Nstart<Queued>,
-    events: VecDeque<EndpointEvent>,
+    /// The peer's observations of our resources (server role), capped.
+    pub(super) observers: Observers,
+    /// Tokens of the peer's registrations (GET with Observe = 0) still in the handler.
+    pub(super) registering: BTreeSet<Vec<u8>>,
+    pub(super) events: VecDeque<EndpointEvent>,
     /// The connection's close has been turned into failures of our requests.
     close_reported: bool,
 }
@@ -98,6 +103,8 @@ impl StreamEndpoint {
             response_timeout,
             max_body: DEFAULT_MAX_BODY,
             requests: Nstart::new(1),
+            observers: Observers::new(DEFAULT_MAX_OBSERVERS),
+            registering: BTreeSet::new(),
             events: VecDeque::new(),
             close_reported: false,
         }
@@ -193,8 +200,9 @@ impl StreamEndpoint {
         found
     }
 
-    /// Answers a request from [`EndpointEvent::Request`]: `response` gets the request's token
-    /// and loses any Observe option (Observe is not offered on streams). Fails with
+    /// Answers a request from [`EndpointEvent::Request`]: `response` gets the request's token;
+    /// a 2.xx with Observe to a registration makes the peer an observer (its sequence number
+    /// is set here), any other answer loses Observe. Fails with
     /// [`CoapError::TooLarge`] above the peer's Max-Message-Size (slice first),
     /// [`CoapError::Closed`] once closed, [`CoapError::NotAResponse`] for a non-response.
     pub fn respond(
@@ -203,22 +211,17 @@ impl StreamEndpoint {
         responder: Responder,
         response: Packet,
     ) -> Result<(), CoapError> {
-        let _ = now;
         if !matches!(response.header.code, super::MessageClass::Response(_)) {
             return Err(CoapError::NotAResponse(response.header.code.to_string()));
         }
-        let mut response = if response.get_option(CoapOption::Observe).is_some() {
-            without_option(&response, CoapOption::Observe.into())
-        } else {
-            response
-        };
+        let mut response = self.observe_response(now, &responder, response);
         response.set_token(responder.token().to_vec());
         self.conn.send(&response)
     }
 
     /// Gives up on answering a request (its handler was cancelled). Nothing is sent.
     pub fn abandon(&mut self, responder: Responder) {
-        let _ = responder;
+        self.observe_abandoned(&responder);
     }
 
     /// Closes gracefully: a Release with `diagnostic`; our requests still waiting fail with
@@ -250,8 +253,9 @@ impl StreamEndpoint {
         self.conn.poll_transmit()
     }
 
-    /// The next event for the driver: [`EndpointEvent::Request`] or
-    /// [`EndpointEvent::Response`] (the observation events never come on a stream).
+    /// The next event for the driver: [`EndpointEvent::Request`],
+    /// [`EndpointEvent::Response`] or [`EndpointEvent::ObserverRemoved`] (the client-role
+    /// observation events never come on a stream).
     #[must_use]
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
         self.events.pop_front()
@@ -274,6 +278,7 @@ impl StreamEndpoint {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 StreamEvent::Request(request) => {
+                    self.observe_request(&request);
                     let responder = Responder::for_stream(request.get_token().to_vec());
                     self.events
                         .push_back(EndpointEvent::Request { request, responder });
@@ -303,6 +308,7 @@ impl StreamEndpoint {
         for id in self.requests.clear() {
             self.outcome(id, Err(ClientError::ConnectionClosed));
         }
+        self.observers_closed();
     }
 
     fn outcome(&mut self, id: RequestId, result: Result<Packet, ClientError>) {

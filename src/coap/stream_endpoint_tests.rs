@@ -5,8 +5,12 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::coap::observe::{observe_value, set_observe};
 use crate::coap::tcp::{Signal, decode_frame, encode_frame};
-use crate::coap::{MessageClass, RequestType, ResponseType, response_to, set_uri, uri_path};
+use crate::coap::{
+    MessageClass, NotifyError, ObserverRemoval, RequestType, ResponseType, response_to, set_uri,
+    uri_path,
+};
 
 const MIB: u32 = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -276,22 +280,166 @@ fn an_unanswered_request_times_out() {
 
 /// The peer's GET with Observe is answered without registering: the answer carries no
 /// Observe option even if the handler put one in.
+/// The acceptor's side of a registration on `token` for `/3/0`, answered 2.05 `v` with an
+/// Observe option: the answer as the dialer got it.
+fn register(
+    t0: Instant,
+    dialer: &mut StreamEndpoint,
+    acceptor: &mut StreamEndpoint,
+    token: u8,
+) -> Packet {
+    let mut register = get("/3/0");
+    set_observe(&mut register, 0);
+    dialer.start_request(t0, register, vec![token]);
+    transfer(t0, dialer, acceptor);
+    let (request, responder) = expect_request(acceptor);
+    assert_eq!(observe_value(&request), Some(0));
+    assert!(acceptor.is_registering(&[token]));
+    let mut answer = content(&request, b"v");
+    set_observe(&mut answer, 3);
+    acceptor.respond(t0, responder, answer).unwrap();
+    let bytes = acceptor.poll_transmit().expect("the answer");
+    assert!(acceptor.poll_transmit().is_none());
+    // The dialer takes it too, which frees its NSTART slot for the next registration.
+    dialer.handle_bytes(t0, &bytes);
+    let _ = expect_response(dialer);
+    decode_frame(&bytes, usize::MAX).unwrap().unwrap().0
+}
+
+#[track_caller]
+fn expect_removed(e: &mut StreamEndpoint, token: u8, reason: ObserverRemoval) {
+    match e.poll_event() {
+        Some(EndpointEvent::ObserverRemoved {
+            token: t,
+            reason: r,
+        }) => {
+            assert_eq!((t, r), (vec![token], reason));
+        }
+        other => panic!("expected the observer's removal, got {other:?}"),
+    }
+}
+
+/// RFC 8323 §7: a GET with Observe = 0 answered 2.xx with Observe registers the peer; the
+/// answer carries sequence number 0 (ours, not the handler's 3) and every notification is a
+/// frame on the same token with the next number; a non-2.xx one is final, goes without
+/// Observe, and ends it.
 #[test]
-fn a_peers_observe_is_answered_without_the_observe_option() {
+fn a_peer_registers_gets_numbered_notifications_and_a_final_one() {
     let t0 = Instant::now();
     let (mut dialer, mut acceptor) = pair(t0);
+    let answer = register(t0, &mut dialer, &mut acceptor, 5);
+    assert_eq!(answer.get_token(), [5]);
+    assert_eq!(observe_value(&answer), Some(0));
+    assert!(acceptor.is_observed(&[5]) && !acceptor.is_registering(&[5]));
+    for (seq, body) in [(1, b"w"), (2, b"x")] {
+        let mut change = Packet::new();
+        change.header.code = MessageClass::Response(ResponseType::Content);
+        change.payload = body.to_vec();
+        acceptor.notify(t0, &[5], change, true).unwrap();
+        let note = frames(&mut acceptor).remove(0);
+        assert_eq!(
+            (note.get_token(), observe_value(&note)),
+            (&[5][..], Some(seq))
+        );
+        assert_eq!(note.payload, body);
+    }
+    let mut gone = Packet::new();
+    gone.header.code = MessageClass::Response(ResponseType::Forbidden);
+    set_observe(&mut gone, 9);
+    acceptor.notify(t0, &[5], gone, false).unwrap();
+    let last = frames(&mut acceptor).remove(0);
+    assert_eq!(
+        observe_value(&last),
+        None,
+        "the final notification has no Observe"
+    );
+    expect_removed(&mut acceptor, 5, ObserverRemoval::Ended);
+    let mut late = Packet::new();
+    late.header.code = MessageClass::Response(ResponseType::Content);
+    assert_eq!(
+        acceptor.notify(t0, &[5], late, false),
+        Err(NotifyError::NotObserved)
+    );
+    assert!(frames(&mut acceptor).is_empty());
+}
+
+/// A GET on the token without Observe deregisters; an answer without Observe (or a 4.xx)
+/// to a registration adds nothing; a request that is not a response cannot be notified.
+#[test]
+fn deregistration_and_answers_that_do_not_register() {
+    let t0 = Instant::now();
+    let (mut dialer, mut acceptor) = pair(t0);
+    register(t0, &mut dialer, &mut acceptor, 5);
+    assert_eq!(
+        acceptor.notify(t0, &[5], get("/x"), false),
+        Err(NotifyError::Coap(CoapError::NotAResponse("0.01".into())))
+    );
+    dialer.start_request(t0, get("/3/0"), vec![5]);
+    transfer(t0, &mut dialer, &mut acceptor);
+    expect_removed(&mut acceptor, 5, ObserverRemoval::Deregistered);
+    let (request, responder) = expect_request(&mut acceptor);
+    assert!(!acceptor.is_observed(&[5]));
+    acceptor
+        .respond(t0, responder, content(&request, b"once"))
+        .unwrap();
+    transfer(t0, &mut acceptor, &mut dialer);
+    let _ = expect_response(&mut dialer);
+
     let mut register = get("/3/0");
-    crate::coap::observe::set_observe(&mut register, 0);
-    dialer.start_request(t0, register, vec![5]);
+    set_observe(&mut register, 0);
+    dialer.start_request(t0, register, vec![6]);
     transfer(t0, &mut dialer, &mut acceptor);
     let (request, responder) = expect_request(&mut acceptor);
-    assert_eq!(crate::coap::observe::observe_value(&request), Some(0));
-    let mut answer = content(&request, b"v");
-    crate::coap::observe::set_observe(&mut answer, 3);
-    acceptor.respond(t0, responder, answer).unwrap();
-    transfer(t0, &mut acceptor, &mut dialer);
-    let (_, result) = expect_response(&mut dialer);
-    assert_eq!(crate::coap::observe::observe_value(&result.unwrap()), None);
+    acceptor
+        .respond(t0, responder, content(&request, b"plain"))
+        .unwrap();
+    let answer = frames(&mut acceptor).remove(0);
+    assert_eq!(observe_value(&answer), None);
+    assert!(!acceptor.is_observed(&[6]) && !acceptor.is_registering(&[6]));
+}
+
+/// Observers are capped per connection (the datagram default, 16): one more is answered
+/// without Observe ("not added") and reported Refused; an abandoned registration is no
+/// longer pending; the connection's end removes every observer.
+#[test]
+fn the_cap_refuses_and_the_connection_end_removes_every_observer() {
+    let t0 = Instant::now();
+    let (mut dialer, mut acceptor) = pair(t0);
+    for token in 0..16 {
+        let answer = register(t0, &mut dialer, &mut acceptor, token);
+        assert_eq!(observe_value(&answer), Some(0));
+    }
+    assert_eq!(acceptor.observers(), 16);
+    let refused = register(t0, &mut dialer, &mut acceptor, 16);
+    assert_eq!(observe_value(&refused), None, "not added");
+    expect_removed(&mut acceptor, 16, ObserverRemoval::Refused);
+
+    let mut register = get("/3/0");
+    set_observe(&mut register, 0);
+    dialer.start_request(t0, register, vec![17]);
+    transfer(t0, &mut dialer, &mut acceptor);
+    let (_, responder) = expect_request(&mut acceptor);
+    acceptor.abandon(responder);
+    assert!(!acceptor.is_registering(&[17]));
+
+    dialer.release(t0, "bye");
+    transfer(t0, &mut dialer, &mut acceptor);
+    assert!(acceptor.is_closed());
+    let mut removed = 0;
+    while let Some(event) = acceptor.poll_event() {
+        if let EndpointEvent::ObserverRemoved { reason, .. } = event {
+            assert_eq!(reason, ObserverRemoval::Ended);
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 16);
+    assert_eq!(acceptor.observers(), 0);
+    let mut late = Packet::new();
+    late.header.code = MessageClass::Response(ResponseType::Content);
+    assert_eq!(
+        acceptor.notify(t0, &[0], late, false),
+        Err(NotifyError::NotObserved)
+    );
 }
 
 /// The peer's Release closes the connection and fails our request in flight, once; our own

@@ -138,8 +138,6 @@ impl Handler for North {
             Err(answer_now) => return answer_now,
         };
         let segments = crate::coap::uri_path(&request).unwrap_or_default();
-        // RFC 8323 has Observe, but our stream sessions do not serve it yet.
-        let observable = matches!(peer.kind, TransportKind::Udp | TransportKind::Dtls);
         let path = format!("/{}", segments.join("/"));
         let span = tracing::info_span!(
             "request",
@@ -150,7 +148,7 @@ impl Handler for North {
         let mut answer = match self.proxy.prefixes().route(&segments) {
             Destination::Device { device, path } => {
                 self.proxy
-                    .handle(server, device, path, &request, observable.then_some(link))
+                    .handle(server, device, path, &request, Some(link))
                     .instrument(span)
                     .await
             }

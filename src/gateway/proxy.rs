@@ -254,8 +254,9 @@ impl Proxy {
     }
 
     /// Answers `server`'s `request` for `path` on device `device_id` (routed by prefix), and
-    /// records the decision in the audit trail. `link` is the server's session, where it
-    /// can observe (UDP/DTLS); without one an Observe is answered as a plain GET.
+    /// records the decision in the audit trail. `link` is the server's session, which its
+    /// Observe notifications go over (every transport); without one an Observe is answered
+    /// as a plain GET.
     pub async fn handle(
         &self,
         server: &ServerConfig,

@@ -20,9 +20,9 @@
 //!   TCP/TLS connection), or let [`spawn_session`](crate::runtime::session::spawn_session)
 //!   do both.
 //!
-//! On TCP/TLS there is no Observe: [`PeerLink::observe`] fails at once with
-//! `LinkError::Coap(ClientError::ObserveUnsupported)`, and an [`ObserverHandle`] with
-//! [`ObserverError::NotObserved`].
+//! On TCP/TLS we serve Observe but do not observe: [`PeerLink::observe`] fails at once with
+//! `LinkError::Coap(ClientError::ObserveUnsupported)`, while an [`ObserverHandle`] notifies
+//! the peer's observation as on datagrams (RFC 8323 §7: one frame per notification).
 //!
 //! # Observe (RFC 7641)
 //!

@@ -20,13 +20,14 @@
 //! streams answers are sliced to the peer's Max-Message-Size, a silent connection is pinged
 //! and closed, and our shutdown sends a Release.
 //!
-//! Observe (RFC 7641) rides on the same loop where the core offers it (datagrams): the link's
+//! Observe (RFC 7641) rides on the same loop: the handlers' [`ObserverHandle`]s (server
+//! role, every core) become [`SessionCore::notify`] calls, a notification sent while its
+//! registration is still in the handler waiting for the answer to go out. The link's
 //! observations (client role) get a random 8-byte token and their notifications are
-//! forwarded to the [`Observation`]'s channel; the handlers' [`ObserverHandle`]s (server
-//! role) become [`Endpoint::notify`] calls, a notification sent while its registration is
-//! still in the handler waiting for the answer to go out. On a core without Observe
-//! (streams) an observation ends at once with [`LinkError::Coap`]`(`[`ClientError::ObserveUnsupported`]`)` and a
-//! notification with [`ObserverError::NotObserved`].
+//! forwarded to the [`Observation`]'s channel, where the core offers it (datagrams); on a
+//! stream an observation ends at once with
+//! [`LinkError::Coap`]`(`[`ClientError::ObserveUnsupported`]`)`. A handle whose peer no
+//! longer observes gets [`ObserverError::NotObserved`].
 //!
 //! # Entry points
 //!

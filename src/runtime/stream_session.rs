@@ -7,7 +7,8 @@
 //!
 //! Owns: the stream side of that loop — [`StreamEndpoint`] as a [`SessionCore`] (the peer's
 //! Max-Message-Size is the pipeline's budget, its CSM authenticates a pre-auth connection,
-//! finishing sends the Release) and a byte stream as a [`Wire`] (reads of up to 16 KiB, a
+//! finishing sends the Release, the peer may observe our resources) and a byte stream as a
+//! [`Wire`] (reads of up to 16 KiB, a
 //! flush after each batch of frames, a write shutdown at the end) — and the connection's
 //! settings ([`OUR_MAX_MESSAGE_SIZE`], [`KEEPALIVE`], [`RESPONSE_TIMEOUT`]).
 //!
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant as StdInstant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::coap::{
-    CoapError, EndpointEvent, Packet, RequestId, Responder, StreamConnection, StreamEndpoint,
+    CoapError, EndpointEvent, NotifyError, Packet, RequestId, Responder, StreamConnection,
+    StreamEndpoint,
 };
 use crate::runtime::peer_link::{LINK_CAPACITY, LinkInbox, PeerLink};
 use crate::runtime::session::{ServeOptions, SessionCore, Wire, WireGone, serve};
@@ -97,6 +99,21 @@ impl SessionCore for StreamEndpoint {
     }
     fn finish(&mut self, now: StdInstant) {
         self.release(now, "shutting down");
+    }
+    fn is_observed(&self, token: &[u8]) -> bool {
+        StreamEndpoint::is_observed(self, token)
+    }
+    fn is_registering(&self, token: &[u8]) -> bool {
+        StreamEndpoint::is_registering(self, token)
+    }
+    fn notify(
+        &mut self,
+        now: StdInstant,
+        token: &[u8],
+        response: Packet,
+        confirmable: bool,
+    ) -> Result<(), NotifyError> {
+        StreamEndpoint::notify(self, now, token, response, confirmable)
     }
 }
 
@@ -213,7 +230,6 @@ mod tests {
     use super::*;
     use crate::coap::observe::{observe_value, set_observe};
     use crate::coap::{ClientError, MessageClass, RequestType, ResponseType, response_to};
-    use crate::runtime::ObserverError;
     use crate::transport::{Identity, TransportKind};
 
     fn info() -> PeerInfo {
@@ -232,8 +248,8 @@ mod tests {
         p
     }
 
-    /// `/slow` answers after 5 s; `/observed` tries to notify through its observer handle
-    /// (and reports what happened in the payload), answering with an Observe option.
+    /// `/slow` answers after 5 s; `/observed` answers with an Observe option and notifies
+    /// through its observer handle a second later.
     struct Handlers;
 
     impl Handler for Handlers {
@@ -260,10 +276,14 @@ mod tests {
                 [p] if p == "observed" => {
                     let mut change = response_to(&request, ResponseType::Content);
                     change.payload = b"1".to_vec();
-                    let notified = link.observer(&request).notify(change).await;
-                    assert_eq!(notified, Err(ObserverError::NotObserved));
+                    let observer = link.observer(&request);
+                    // A second later, once the answer has been read: the notification.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        observer.notify(change).await
+                    });
                     set_observe(&mut answer, 7);
-                    answer.payload = b"plain".to_vec();
+                    answer.payload = b"first".to_vec();
                 }
                 _ => return response_to(&request, ResponseType::NotFound),
             }
@@ -310,6 +330,21 @@ mod tests {
             self.endpoint
                 .handle_bytes(StdInstant::now(), buf.get(..n).unwrap_or_default());
             true
+        }
+
+        /// The next frame, read raw (the peer's endpoint plays client only and would drop a
+        /// notification): for frames that follow an event the endpoint has already read.
+        async fn raw_frame(&mut self) -> Packet {
+            let mut pending = Vec::new();
+            loop {
+                if let Some((packet, _)) = crate::coap::decode_frame(&pending, 1 << 20).unwrap() {
+                    return packet;
+                }
+                let mut buf = vec![0u8; 4096];
+                let n = self.reader.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection ended before the frame");
+                pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }
         }
 
         /// Steps until an event comes.
@@ -373,11 +408,12 @@ mod tests {
         );
     }
 
-    /// A peer's GET with Observe is answered as a plain GET (no Observe option; the handler's
-    /// notification is refused NotObserved), and our own observation over the link is
-    /// refused at once with ObserveUnsupported while a plain request works.
+    /// A peer's GET with Observe = 0 registers it (RFC 8323 §7): the answer carries the
+    /// observer's first sequence number, the handler's later notification comes as a frame
+    /// with the same token and the next one. Our own observation over the link is refused at
+    /// once with ObserveUnsupported while a plain request works.
     #[tokio::test(start_paused = true)]
-    async fn observe_is_refused_both_ways_on_a_stream() {
+    async fn a_peer_observes_us_on_a_stream_but_we_do_not_observe_it() {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let (_stop, shutdown) = watch::channel(false);
         let (link, _task) = serve_ours(ours, shutdown);
@@ -391,11 +427,15 @@ mod tests {
             EndpointEvent::Response { id: got, result } => {
                 assert_eq!(got, id);
                 let answer = result.unwrap();
-                assert_eq!(answer.payload, b"plain");
-                assert_eq!(observe_value(&answer), None, "not registered");
+                assert_eq!(answer.payload, b"first");
+                assert_eq!(observe_value(&answer), Some(0), "registered");
             }
             other => panic!("{other:?}"),
         }
+        let note = peer.raw_frame().await;
+        assert_eq!(note.get_token(), [2]);
+        assert_eq!(observe_value(&note), Some(1));
+        assert_eq!(note.payload, b"1");
         assert_eq!(
             link.observe(get("/3/0")).await.err(),
             Some(crate::runtime::LinkError::Coap(

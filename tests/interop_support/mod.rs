@@ -734,11 +734,13 @@ pub fn push_group_g1<'a>(toml: &mut String, members: impl Iterator<Item = &'a st
     ));
 }
 
-/// The in-process gateway with a DTLS and a NoSec listener on ephemeral loopback ports.
+/// The in-process gateway with a DTLS, a NoSec and a NoSec `coap+tcp://` listener on
+/// ephemeral loopback ports.
 pub struct GatewayFixture {
     pub gateway: Gateway,
     pub coaps: EndpointUri,
     pub coap: EndpointUri,
+    pub coap_tcp: EndpointUri,
 }
 
 impl GatewayFixture {
@@ -756,7 +758,11 @@ impl GatewayFixture {
         let store = scratch.path().join("privgw.redb");
         let mut toml = gateway_toml(
             &store,
-            &["coaps://127.0.0.1:0", "coap://127.0.0.1:0"],
+            &[
+                "coaps://127.0.0.1:0",
+                "coap://127.0.0.1:0",
+                "coap+tcp://127.0.0.1:0",
+            ],
             devices,
         );
         toml.push_str(extra);
@@ -772,10 +778,12 @@ impl GatewayFixture {
         };
         let coaps = find(Scheme::Coaps);
         let coap = find(Scheme::Coap);
+        let coap_tcp = find(Scheme::CoapTcp);
         GatewayFixture {
             gateway,
             coaps,
             coap,
+            coap_tcp,
         }
     }
 
@@ -787,6 +795,11 @@ impl GatewayFixture {
     /// `coap://127.0.0.1:PORT<path>`
     pub fn coap_url(&self, path: &str) -> String {
         format!("coap://{}{path}", self.coap.addr)
+    }
+
+    /// `coap+tcp://127.0.0.1:PORT<path>`
+    pub fn coap_tcp_url(&self, path: &str) -> String {
+        format!("coap+tcp://{}{path}", self.coap_tcp.addr)
     }
 
     pub async fn stop(self) {
