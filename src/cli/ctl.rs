@@ -512,14 +512,52 @@ pub async fn run(args: CtlArgs) -> CliResult<()> {
                 .await?
         }
     };
-    if args.json {
-        println!("{}", reply.to_json());
+    let text = if args.json {
+        reply.to_json().to_string()
     } else {
-        println!("{}", reply.render());
-    }
+        reply.render()
+    };
+    print_reply(&mut std::io::stdout().lock(), &text)?;
     if reply.code.starts_with('2') {
         Ok(())
     } else {
         Err(format!("gateway answered {}", reply.code).into())
+    }
+}
+
+/// Writes the answer and a newline. A reader that went away (`privgw ctl … | head`) is not an
+/// error of ours: the rest is simply not wanted (`println!` would panic there).
+fn print_reply(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> {
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::print_reply;
+
+    /// A writer whose reader has gone.
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_reader_ends_the_output_quietly_and_other_errors_are_reported() {
+        assert!(print_reply(&mut Closed, "2.05 Content").is_ok());
+        let mut full = [0u8; 4];
+        let err = print_reply(&mut &mut full[..], "longer than four bytes").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
+        let mut out = Vec::new();
+        print_reply(&mut out, "2.05").unwrap();
+        assert_eq!(out, b"2.05\n");
     }
 }
