@@ -225,12 +225,21 @@ async fn a_real_dtls_client_still_connects_and_is_served() {
 /// A handshake mux with the DTLS gate and small caps; the accept queue is held, not served,
 /// so admitted pipes stay pending.
 async fn capped_mux(per_ip: usize, total: usize) -> (Arc<DatagramMux>, mpsc::Receiver<Pipe>) {
+    capped_mux_stalling_after(per_ip, total, Duration::from_secs(1)).await
+}
+
+async fn capped_mux_stalling_after(
+    per_ip: usize,
+    total: usize,
+    stalled: Duration,
+) -> (Arc<DatagramMux>, mpsc::Receiver<Pipe>) {
     let config = MuxConfig {
         accept: true,
         gate: Some(dtls_server().gate()),
         handshakes: true,
         max_pending: total,
         max_pending_per_ip: per_ip,
+        stalled_handshake_after: stalled,
         ..MuxConfig::default()
     };
     let (mux, accepted) = DatagramMux::bind_with("127.0.0.1:0".parse().unwrap(), config)
@@ -281,6 +290,62 @@ async fn pending_handshakes_are_capped_per_source_ip_and_in_total() {
     let socket = connected_socket("127.0.0.1:0", addr).await;
     cookie_exchange(&socket, [42; 32]).await;
     assert!(eventually(|| mux.sessions() == 1).await);
+}
+
+/// Finding C of the review: sources that pass the cookie and then stall their handshakes
+/// fill the total cap; once the oldest has stalled for `stalled_handshake_after`, a new
+/// client replaces it (its queue ends) instead of being refused, while younger ones are not
+/// touched.
+#[tokio::test]
+async fn a_stalled_handshake_makes_room_for_a_new_client_once_old_enough() {
+    let stalled = Duration::from_millis(300);
+    let (mux, mut accepted) = capped_mux_stalling_after(8, 3, stalled).await;
+    let addr = mux.local_addr();
+    let mut sockets = Vec::new();
+    for (i, ip) in ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        .into_iter()
+        .enumerate()
+    {
+        let socket = connected_socket(&format!("{ip}:0"), addr).await;
+        cookie_exchange(&socket, [10 + u8::try_from(i).unwrap(); 32]).await;
+        sockets.push(socket);
+    }
+    assert!(eventually(|| mux.pending() == 3).await);
+    let mut stalling = Vec::new();
+    while stalling.len() < 3 {
+        stalling.push(
+            tokio::time::timeout(WAIT, accepted.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Too young to be called stalled: refused.
+    let early = connected_socket("127.0.0.5:0", addr).await;
+    cookie_exchange(&early, [20; 32]).await;
+    assert!(eventually(|| mux.refused() == 1).await);
+    assert_eq!((mux.sessions(), mux.evicted()), (3, 0));
+
+    tokio::time::sleep(stalled + Duration::from_millis(100)).await;
+    let late = connected_socket("127.0.0.6:0", addr).await;
+    cookie_exchange(&late, [21; 32]).await;
+    assert!(
+        eventually(|| mux.evicted() == 1).await,
+        "the oldest evicted"
+    );
+    assert_eq!((mux.sessions(), mux.pending(), mux.refused()), (3, 3, 1));
+    let newcomer = tokio::time::timeout(WAIT, accepted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(newcomer.peer().ip().to_string(), "127.0.0.6");
+    let oldest = stalling.first_mut().unwrap();
+    assert_eq!(oldest.peer().ip().to_string(), "127.0.0.2");
+    // Its ClientHello is still queued; then its queue ends.
+    let hello = tokio::time::timeout(WAIT, oldest.recv()).await.unwrap();
+    assert_eq!(hello.unwrap().first(), Some(&22), "the queued ClientHello");
+    let ended = tokio::time::timeout(WAIT, oldest.recv()).await.unwrap();
+    assert!(ended.is_err(), "the evicted pipe's queue ended: {ended:?}");
 }
 
 fn get(kind: MessageType, mid: u16, token: &[u8]) -> Vec<u8> {

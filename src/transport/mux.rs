@@ -16,7 +16,8 @@
 //! peers are further capped: live pipes in total and per source IP, and — on a handshake
 //! mux ([`MuxConfig::handshakes`]) — pipes whose handshake is still in progress, in total and
 //! per source IP (with [`MuxConfig::evict_per_ip`] a full IP's least recently heard pipe
-//! makes room instead). Refusals are counted and summarised in one log line per second at
+//! makes room instead; with the handshake total reached, the oldest pending handshake makes
+//! room once it has stalled for [`MuxConfig::stalled_handshake_after`]). Refusals are counted and summarised in one log line per second at
 //! most, so a flood never writes a line per datagram.
 //!
 //! This module owns addresses and queues only. It does not own DTLS (see
@@ -27,7 +28,7 @@
 //! rest; when the candidate's handshake completes it takes the address over. Only the record
 //! header's content type, epoch and handshake type are read to decide this.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -81,6 +82,11 @@ pub struct MuxConfig {
     pub max_pending: usize,
     /// Most pending handshakes from one source IP (with `handshakes`). Default 8.
     pub max_pending_per_ip: usize,
+    /// With the handshake cap reached, a new peer replaces the oldest pending handshake if
+    /// that one has been pending this long: sources that passed the cookie and then stall
+    /// (a handshake gives up only after its own timeout) cannot keep real clients out.
+    /// A burst of handshakes younger than this is refused as before. Default 1 s.
+    pub stalled_handshake_after: Duration,
     /// When a source IP is at `max_sessions_per_ip`, a new peer from it replaces that IP's
     /// least recently heard pipe instead of being refused, so a burst of spoofed ports
     /// cannot lock the IP's real client out until the idle timeout. Meant for NoSec, where
@@ -137,6 +143,7 @@ impl Default for MuxConfig {
             handshakes: false,
             max_pending: caps.max_pending,
             max_pending_per_ip: caps.max_pending_per_ip,
+            stalled_handshake_after: Duration::from_secs(1),
             evict_per_ip: false,
         }
     }
@@ -231,16 +238,19 @@ struct PeerSlot {
     candidate: Option<(u64, mpsc::Sender<Vec<u8>>)>,
     /// The [`Peers::clock`] value when this peer was last heard (for per-IP eviction).
     heard: u64,
+    /// When the pipe was made (for the eviction of stalled handshakes).
+    since: Instant,
 }
 
 impl PeerSlot {
-    fn new(id: u64, tx: mpsc::Sender<Vec<u8>>) -> Self {
+    fn new(id: u64, tx: mpsc::Sender<Vec<u8>>, since: Instant) -> Self {
         PeerSlot {
             id,
             tx,
             established: false,
             candidate: None,
             heard: 0,
+            since,
         }
     }
 
@@ -269,6 +279,8 @@ struct Peers {
     /// The addresses (ports) of each source IP, for per-IP eviction.
     addrs: HashMap<IpAddr, Vec<SocketAddr>>,
     pending: usize,
+    /// The pipes whose own handshake is pending (candidates aside), by id: oldest first.
+    pending_order: BTreeMap<u64, SocketAddr>,
     handshakes: bool,
     /// Counts deliveries: a logical clock for "least recently heard".
     clock: u64,
@@ -276,6 +288,8 @@ struct Peers {
 
 /// The refusal of [`Peers::refusal`] that per-IP eviction can lift.
 const PER_IP_SESSION_CAP: &str = "per-IP session cap";
+/// The refusal of [`Peers::refusal`] that evicting a stalled handshake can lift.
+const HANDSHAKE_CAP: &str = "handshake cap";
 
 impl Peers {
     fn new(handshakes: bool) -> Self {
@@ -284,9 +298,16 @@ impl Peers {
             per_ip: HashMap::new(),
             addrs: HashMap::new(),
             pending: 0,
+            pending_order: BTreeMap::new(),
             handshakes,
             clock: 0,
         }
+    }
+
+    /// The id of `slot` if its own handshake is pending.
+    fn pending_id(&self, slot: Option<&PeerSlot>) -> Option<u64> {
+        slot.filter(|s| self.handshakes && !s.established)
+            .map(|s| s.id)
     }
 
     fn load_of(&self, slot: Option<&PeerSlot>) -> Load {
@@ -308,8 +329,15 @@ impl Peers {
     fn update<R>(&mut self, addr: SocketAddr, f: impl FnOnce(&mut Option<PeerSlot>) -> R) -> R {
         let mut slot = self.map.remove(&addr);
         let before = self.load_of(slot.as_ref());
+        let pending_before = self.pending_id(slot.as_ref());
         let result = f(&mut slot);
         let after = self.load_of(slot.as_ref());
+        if let Some(id) = pending_before {
+            self.pending_order.remove(&id);
+        }
+        if let Some(id) = self.pending_id(slot.as_ref()) {
+            self.pending_order.insert(id, addr);
+        }
         if let Some(mut slot) = slot {
             if before.sessions == 0 {
                 self.clock += 1;
@@ -367,6 +395,14 @@ impl Peers {
         self.per_ip.clear();
         self.addrs.clear();
         self.pending = 0;
+        self.pending_order.clear();
+    }
+
+    /// The oldest pending handshake, if it has been pending since before `stalled_since`.
+    fn stalled(&self, stalled_since: Instant) -> Option<SocketAddr> {
+        let (_, addr) = self.pending_order.first_key_value()?;
+        let slot = self.map.get(addr)?;
+        (slot.since <= stalled_since).then_some(*addr)
     }
 
     /// Which cap, if any, refuses one more pipe (`candidate`: a second handshake on an
@@ -384,7 +420,7 @@ impl Peers {
             return Some(PER_IP_SESSION_CAP);
         }
         if self.handshakes && self.pending >= config.max_pending {
-            return Some("handshake cap");
+            return Some(HANDSHAKE_CAP);
         }
         if self.handshakes && load.pending >= config.max_pending_per_ip {
             return Some("per-IP handshake cap");
@@ -496,7 +532,7 @@ impl DatagramMux {
         let (tx, rx) = mpsc::channel(self.shared.config.queue_len);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         self.shared.peers().update(peer, |slot| {
-            let mut fresh = PeerSlot::new(id, tx);
+            let mut fresh = PeerSlot::new(id, tx, Instant::now());
             // Our own outgoing association: nothing pending to cap.
             fresh.established = true;
             *slot = Some(fresh);
@@ -528,7 +564,7 @@ impl DatagramMux {
                 // The candidate completed its handshake: it becomes the peer's session and
                 // the old one's queue closes (its session ends).
                 if let Some((id, tx)) = current.candidate.take() {
-                    let mut promoted = PeerSlot::new(id, tx);
+                    let mut promoted = PeerSlot::new(id, tx, Instant::now());
                     promoted.established = true;
                     *current = promoted;
                     tracing::info!(peer = %pipe.peer, "new DTLS session replaces the old one");
@@ -801,7 +837,18 @@ fn admit(
         Some(_) => true,
         None => false,
     };
+    let now = Instant::now();
     let mut refusal = peers.refusal(&shared.config, from.ip(), candidate);
+    if refusal == Some(HANDSHAKE_CAP)
+        && let Some(victim) = now
+            .checked_sub(shared.config.stalled_handshake_after)
+            .and_then(|since| peers.stalled(since))
+    {
+        peers.update(victim, |slot| *slot = None);
+        shared.evicted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %victim, "stalled handshake evicted for a new peer");
+        refusal = peers.refusal(&shared.config, from.ip(), candidate);
+    }
     if refusal == Some(PER_IP_SESSION_CAP) && shared.config.evict_per_ip {
         if let Some(victim) = peers.least_recent(from.ip()) {
             // Its queue closes, so its session ends (as on a mux shutdown).
@@ -831,7 +878,7 @@ fn admit(
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     peers.update(from, |slot| match slot {
         Some(existing) if candidate => existing.candidate = Some((id, tx)),
-        _ => *slot = Some(PeerSlot::new(id, tx)),
+        _ => *slot = Some(PeerSlot::new(id, tx, now)),
     });
     drop(peers);
     if candidate {
@@ -992,7 +1039,7 @@ impl Drop for Pipe {
                 *slot = current
                     .candidate
                     .take()
-                    .map(|(id, tx)| PeerSlot::new(id, tx));
+                    .map(|(id, tx)| PeerSlot::new(id, tx, Instant::now()));
             } else if current.candidate.as_ref().is_some_and(|(c, _)| *c == id) {
                 current.candidate = None;
             }
@@ -1240,7 +1287,7 @@ mod peers_tests {
 
     fn slot(id: u64) -> (PeerSlot, mpsc::Receiver<Vec<u8>>) {
         let (tx, rx) = mpsc::channel(1);
-        (PeerSlot::new(id, tx), rx)
+        (PeerSlot::new(id, tx, Instant::now()), rx)
     }
 
     #[test]
