@@ -100,6 +100,13 @@ impl North {
 }
 
 impl Handler for North {
+    /// Only configured servers get a session: a certificate that chains to a trusted CA but
+    /// names no server (or several) is closed after its handshake (a PSK or NoSec peer that
+    /// is no server never gets that far).
+    fn admits(&self, peer: &PeerInfo) -> bool {
+        self.server_of(peer).is_some()
+    }
+
     fn cache_limits(&self) -> crate::coap::CacheLimits {
         self.cache_limits.clone()
     }

@@ -149,8 +149,15 @@ impl Listener {
                                     _ = stopped(&mut shutdown) => return,
                                 };
                                 match accepted {
-                                    Ok(session) => {
+                                    Ok(mut session) => {
                                         let info = session.peer_info();
+                                        if !handler.admits(&info) {
+                                            if lock(&failures).note(Refusal::Handshake) {
+                                                tracing::warn!(identity = %info.identity, "DTLS peer is no configured peer: closed");
+                                            }
+                                            let _ = session.close().await;
+                                            return;
+                                        }
                                         tracing::debug!(identity = %info.identity, "DTLS session up");
                                         serve_session(session, info, handler, tuning, shutdown).await;
                                     }

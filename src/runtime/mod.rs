@@ -41,6 +41,15 @@ pub use stream_session::{StreamWire, serve_stream, serve_stream_linked};
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: &PeerInfo, request: Packet) -> impl Future<Output = Packet> + Send;
 
+    /// Whether a peer whose secure channel just came up (DTLS or TLS: its credential
+    /// verified) is one this handler serves. A peer it does not (a certificate that chains to
+    /// a trusted CA but names no configured server) is closed at once rather than kept as a
+    /// session answered 4.01. Default: every authenticated peer.
+    fn admits(&self, peer: &PeerInfo) -> bool {
+        let _ = peer;
+        true
+    }
+
     /// The bounds of each session's duplicate table and Block2 cache, with the budgets
     /// shared by all sessions of this handler. Default: one process-wide set of defaults.
     fn cache_limits(&self) -> crate::coap::CacheLimits {

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -19,6 +20,9 @@ use crate::runtime::{Handler, Shutdown, serve_stream, stopped};
 use crate::transport::tcp::admission::Refusal;
 use crate::transport::tcp::{Gate, PreAuth, StreamLimits, TcpEndpoint, nosec_peer_info};
 use crate::transport::tls::TlsServer;
+
+/// How long a refused peer's close_notify may take to go out.
+const CLOSE_NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How a stream listener authenticates peers.
 #[derive(Clone)]
@@ -164,6 +168,12 @@ async fn serve<H: Handler>(
         _ = stopped(&mut shutdown) => return,
     };
     match accepted {
+        Ok((mut stream, info)) if !handler.admits(&info) => {
+            let why = format!("{} is no configured peer", info.identity);
+            pre_auth.refused(Refusal::Handshake, &why);
+            // close_notify, briefly: a peer that does not read gets the TCP close anyway.
+            let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, stream.shutdown()).await;
+        }
         Ok((stream, info)) => {
             tracing::debug!(identity = %info.identity, "TLS session up");
             serve_stream(stream, info, handler, shutdown, pre_auth).await;

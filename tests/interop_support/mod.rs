@@ -295,6 +295,23 @@ impl ClientRun {
     }
 
     /// Asserts the last response has `code` and returns it.
+    /// The gateway closed the channel without answering (a certificate that names no
+    /// configured server): coap-client ended, printed no response, and logged the gateway's
+    /// close_notify (DTLS or TLS).
+    pub fn expect_closed_unanswered(&self) {
+        assert!(!self.timed_out, "coap-client hung\n{}", self.transcript());
+        assert!(
+            self.responses().is_empty(),
+            "no response expected\n{}",
+            self.transcript()
+        );
+        assert!(
+            format!("{}{}", self.stdout, self.stderr).contains("alert read:warning:close notify"),
+            "coap-client logged no close_notify from the gateway\n{}",
+            self.transcript()
+        );
+    }
+
     pub fn expect_code(&self, code: &str) -> PrintedPdu {
         assert!(!self.timed_out, "coap-client hung\n{}", self.transcript());
         let r = self.response();
