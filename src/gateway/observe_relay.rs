@@ -139,6 +139,11 @@ impl ObserveRelay {
             ask.path,
             crate::coap::accept(ask.request),
         );
+        // A registered device sees the account; a dialled one has one channel for all.
+        let key = match &ask.device.reach {
+            crate::config::Reach::Registers(_) => key.over(ask.account.as_str()),
+            _ => key,
+        };
         let (tx, rx) = oneshot::channel();
         let (mail, mailbox) = watch::channel(None);
         let handle = ask.link.observer(ask.request);

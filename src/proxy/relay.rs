@@ -114,8 +114,14 @@ impl fmt::Display for ObserverId {
     }
 }
 
-/// What one upstream observation is on: a device, a path on it, and the Accept asked for.
-/// Ordered by device first, so one device's keys are adjacent.
+/// What one upstream observation is on: a device, a path on it, the Accept asked for, and
+/// the account (registration) it goes over. Ordered by device first, so one device's keys
+/// are adjacent.
+///
+/// The account is part of the key because a device that enforces its own access control
+/// sees the account as the observer: observers allowed by a privilege of A share A's
+/// upstream, observers the device's own ACL allows for themselves observe over their own
+/// account, never over someone else's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpstreamKey {
     /// The DeviceID.
@@ -124,15 +130,26 @@ pub struct UpstreamKey {
     pub path: String,
     /// The Accept option of the request, if any.
     pub accept: Option<u16>,
+    /// The account the upstream goes over (empty: the device is dialled, one channel).
+    pub account: String,
 }
 
 impl UpstreamKey {
-    /// A key from its parts.
+    /// A key from its parts, over no particular account.
     pub fn new(device: impl Into<String>, path: impl Into<String>, accept: Option<u16>) -> Self {
         UpstreamKey {
             device: device.into(),
             path: path.into(),
             accept,
+            account: String::new(),
+        }
+    }
+
+    /// The key over `account`.
+    pub fn over(self, account: impl Into<String>) -> Self {
+        UpstreamKey {
+            account: account.into(),
+            ..self
         }
     }
 }
@@ -844,6 +861,27 @@ mod tests {
             assert_eq!(actions, vec![RelayAction::StartUpstream(k)]);
         }
         assert_eq!(r.upstreams(), 5);
+    }
+
+    /// Observers allowed over different accounts (a grantor's, or their own) never share an
+    /// upstream: each account observes the device itself.
+    #[test]
+    fn another_account_is_another_upstream() {
+        let t0 = Instant::now();
+        let mut r = Relay::new(LIMITS, t0);
+        let over_a = k30().over("ServerA");
+        let over_c = k30().over("ServerC");
+        let (_, first) = add(&mut r, &over_a, "B", t0);
+        assert_eq!(first, vec![RelayAction::StartUpstream(over_a.clone())]);
+        let (_, second) = add(&mut r, &over_c, "C", t0);
+        assert_eq!(second, vec![RelayAction::StartUpstream(over_c)]);
+        let (_, third) = add(&mut r, &over_a, "D", t0);
+        assert_eq!(
+            third,
+            vec![],
+            "A's upstream is shared by those A's privileges allow"
+        );
+        assert_eq!((r.observers(), r.upstreams()), (3, 2));
     }
 
     #[test]
