@@ -2031,28 +2031,34 @@ fn observe_values(run: &interop_support::ClientRun) -> Vec<u32> {
         .collect()
 }
 
-/// The lab server observes (`coap-client -s` over `coap+tcp://`, RFC 8323 §7) a libcoap
-/// device's resource through the gateway's Observe relay, granted Get by server A: the first
-/// answer and every later change reach coap-client in order with increasing Observe values,
-/// over the one DTLS upstream observation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_libcoap_observes_through_the_relay_over_coap_tcp() {
+/// A libcoap device `devL` holding `v0` at `/3/0/0`, `grantee` granted Get on `/3/0` by
+/// server A, and an observer `observe(scratch, url)` on `url_of(gateway)`; while it observes
+/// the device's value becomes v1, v2, v3. Asserts that the observer printed `v0v1v2v3` with
+/// four increasing Observe values. Returns the scratch folder (the device's log is in it),
+/// the device, the gateway and how many requests the device had seen from the gateway
+/// before the observer started.
+async fn observe_four_values<F, Fut>(
+    grantee: &str,
+    url_of: impl Fn(&GatewayFixture) -> String,
+    observe: F,
+) -> (Arc<Scratch>, LibcoapServer, GatewayFixture, usize)
+where
+    F: FnOnce(Arc<Scratch>, String) -> Fut,
+    Fut: std::future::Future<Output = interop_support::ClientRun> + Send + 'static,
+{
     let scratch = Arc::new(Scratch::new());
     let (dev, gw) = libcoap_proxy_device(&scratch, &[("/3/0/0", &b"v0"[..])]).await;
+    let acl = format!("Get={grantee}");
     let run = cli_add(
         &scratch,
         &gw,
         ("serverA", "secretA"),
-        ("devL", "Device", "/3/0", "Get=ServerLab"),
+        ("devL", "Device", "/3/0", &acl),
     )
     .await;
     run.expect_code("2.01");
-    let observer = Arc::new(Scratch::new());
-    let url = gw.coap_tcp_url("/devL/3/0/0");
-    let observing = tokio::spawn({
-        let observer = observer.clone();
-        async move { run_client(&observer, &["-v", "7", "-s", "6", "-m", "get", &url]).await }
-    });
+    let calls = dev.gateway_calls().len();
+    let observing = tokio::spawn(observe(Arc::new(Scratch::new()), url_of(&gw)));
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for value in ["v1", "v2", "v3"] {
         put_on_device(&scratch, &dev, "/3/0/0", "0", value.as_bytes()).await;
@@ -2071,6 +2077,23 @@ async fn proxy_libcoap_observes_through_the_relay_over_coap_tcp() {
         seen.windows(2).all(|w| w[0] < w[1]),
         "increasing Observe values {seen:?}"
     );
+    (scratch, dev, gw, calls)
+}
+
+/// The lab server observes (`coap-client -s` over `coap+tcp://`, RFC 8323 §7) a libcoap
+/// device's resource through the gateway's Observe relay, granted Get by server A: the first
+/// answer and every later change reach coap-client in order with increasing Observe values,
+/// over the one DTLS upstream observation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_libcoap_observes_through_the_relay_over_coap_tcp() {
+    let (_scratch, _dev, gw, _) = observe_four_values(
+        "ServerLab",
+        |gw| gw.coap_tcp_url("/devL/3/0/0"),
+        |observer, url| async move {
+            run_client(&observer, &["-v", "7", "-s", "6", "-m", "get", &url]).await
+        },
+    )
+    .await;
     gw.stop().await;
 }
 
@@ -2079,41 +2102,14 @@ async fn proxy_libcoap_observes_through_the_relay_over_coap_tcp() {
 /// with increasing Observe values, and the device is observed once (one GET from privgw).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_libcoap_server_b_observes_through_the_relay() {
-    let scratch = Arc::new(Scratch::new());
-    let (dev, gw) = libcoap_proxy_device(&scratch, &[("/3/0/0", &b"v0"[..])]).await;
-    let run = cli_add(
-        &scratch,
-        &gw,
-        ("serverA", "secretA"),
-        ("devL", "Device", "/3/0", "Get=ServerB"),
+    let (_scratch, dev, _gw, calls) = observe_four_values(
+        "ServerB",
+        |gw| gw.coaps_url("/devL/3/0/0"),
+        |observer, url| async move {
+            run_server_b(&observer, &["-B", "8", "-s", "6", "-m", "get", &url]).await
+        },
     )
     .await;
-    run.expect_code("2.01");
-    let calls = dev.gateway_calls().len();
-    let observer = Arc::new(Scratch::new());
-    let url = gw.coaps_url("/devL/3/0/0");
-    let observing = tokio::spawn({
-        let observer = observer.clone();
-        async move { run_server_b(&observer, &["-B", "8", "-s", "6", "-m", "get", &url]).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    for value in ["v1", "v2", "v3"] {
-        put_on_device(&scratch, &dev, "/3/0/0", "0", value.as_bytes()).await;
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    }
-    let run = observing.await.expect("observer ran");
-    assert_eq!(run.printed_data(), "v0v1v2v3", "{}", run.transcript());
-    let seen = observe_values(&run);
-    assert_eq!(
-        seen.len(),
-        4,
-        "four notifications with Observe\n{}",
-        run.transcript()
-    );
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "increasing Observe values {seen:?}"
-    );
     // libcoap logs each notification as a re-run of the observing GET (same token): one
     // token means one upstream observation, however many notifications.
     let log = dev.log();

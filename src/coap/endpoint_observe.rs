@@ -124,13 +124,7 @@ impl Endpoint {
         response: Packet,
         confirmable: bool,
     ) -> Result<(), NotifyError> {
-        if !self.observers.contains(token) {
-            return Err(NotifyError::NotObserved);
-        }
-        if !matches!(response.header.code, MessageClass::Response(_)) {
-            let code = response.header.code.to_string();
-            return Err(CoapError::NotAResponse(code).into());
-        }
+        self.observers.check_notification(token, &response)?;
         if !is_success(&response) {
             return self.notify_final(now, token, response, confirmable);
         }

@@ -340,6 +340,23 @@ impl Observers {
         }
     }
 
+    /// Whether `response` may go as a notification on `token`, on either transport: the
+    /// peer observes with that token, and it is a response.
+    pub(crate) fn check_notification(
+        &self,
+        token: &[u8],
+        response: &Packet,
+    ) -> Result<(), NotifyError> {
+        if !self.contains(token) {
+            return Err(NotifyError::NotObserved);
+        }
+        if !matches!(response.header.code, MessageClass::Response(_)) {
+            let code = response.header.code.to_string();
+            return Err(super::CoapError::NotAResponse(code).into());
+        }
+        Ok(())
+    }
+
     /// Removes every observer; returns their tokens.
     pub(crate) fn clear(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.map).into_keys().collect()

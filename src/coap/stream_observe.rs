@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use super::observe::{REGISTER, is_success, observe_value, set_observe, without_observe};
 use super::{
-    CoapError, EndpointEvent, MessageClass, NotifyError, ObserverRemoval, Packet, RequestType,
-    Responder, StreamEndpoint,
+    EndpointEvent, MessageClass, NotifyError, ObserverRemoval, Packet, RequestType, Responder,
+    StreamEndpoint,
 };
 
 impl StreamEndpoint {
@@ -57,16 +57,11 @@ impl StreamEndpoint {
         if self.conn.is_closed() {
             return Err(NotifyError::NotObserved);
         }
-        let Some(observer) = self.observers.get_mut(token) else {
-            return Err(NotifyError::NotObserved);
-        };
-        if !matches!(response.header.code, MessageClass::Response(_)) {
-            let code = response.header.code.to_string();
-            return Err(CoapError::NotAResponse(code).into());
-        }
+        self.observers.check_notification(token, &response)?;
         response.set_token(token.to_vec());
         if is_success(&response) {
-            set_observe(&mut response, observer.next_seq());
+            let seq = self.observers.get_mut(token).map_or(0, |o| o.next_seq());
+            set_observe(&mut response, seq);
             return Ok(self.conn.send(&response)?);
         }
         let sent = self.conn.send(&without_observe(response));
