@@ -4,7 +4,10 @@
 //!
 //! Owns: counting. A [`SharedBudget`] counts entries and bytes across sessions; an
 //! [`Account`] is one cache's share of it, with its own per-cache bounds, and gives back
-//! whatever it still holds when dropped (a session that ends frees its share).
+//! whatever it still holds when dropped (a session that ends frees its share). An account
+//! may also draw from a *group* budget shared by the sessions of one peer identity
+//! ([`IdentityBudgets`]), so one client with many sessions cannot take the whole shared
+//! budget from the others.
 //! Does not own: choosing what to evict. The caches evict their oldest entries until
 //! [`Account::reserve`] succeeds, or keep nothing.
 //!
@@ -14,7 +17,8 @@
 //! No clock, no I/O: a `std::sync::Mutex` around two counters, never held for more than a
 //! comparison.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Entries and bytes held by every cache of one kind (e.g. all Block2 caches of a gateway).
 #[derive(Debug)]
@@ -113,6 +117,8 @@ pub struct Account {
     used: Usage,
     /// What this cache may hold even when the shared budget is full.
     floor: Usage,
+    /// The budget of every cache of this peer identity, drawn from besides `shared`.
+    group: Option<Arc<SharedBudget>>,
 }
 
 impl Account {
@@ -125,7 +131,15 @@ impl Account {
             max_bytes,
             used: Usage::default(),
             floor: Usage::default(),
+            group: None,
         }
+    }
+
+    /// Also draws from `group`, the budget all caches of one peer identity share: a reserve
+    /// must fit both (a full group is [`BudgetError::SharedFull`] too).
+    pub fn with_group(mut self, group: Arc<SharedBudget>) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// Lets this cache hold up to `entries` entries and `bytes` bytes even when the shared
@@ -172,8 +186,21 @@ impl Account {
         let within_floor = e <= self.floor.entries && b <= self.floor.bytes;
         if within_floor {
             self.shared.force_take(entries, bytes);
-        } else if !self.shared.try_take(entries, bytes) {
-            return Err(BudgetError::SharedFull);
+            if let Some(group) = &self.group {
+                group.force_take(entries, bytes);
+            }
+        } else {
+            if let Some(group) = &self.group
+                && !group.try_take(entries, bytes)
+            {
+                return Err(BudgetError::SharedFull);
+            }
+            if !self.shared.try_take(entries, bytes) {
+                if let Some(group) = &self.group {
+                    group.give_back(entries, bytes);
+                }
+                return Err(BudgetError::SharedFull);
+            }
         }
         self.used = Usage {
             entries: e,
@@ -188,13 +215,66 @@ impl Account {
         let bytes = bytes.min(self.used.bytes);
         self.used.entries -= entries;
         self.used.bytes -= bytes;
+        self.give_back(entries, bytes);
+    }
+
+    fn give_back(&self, entries: usize, bytes: usize) {
         self.shared.give_back(entries, bytes);
+        if let Some(group) = &self.group {
+            group.give_back(entries, bytes);
+        }
     }
 }
 
 impl Drop for Account {
     fn drop(&mut self) {
-        self.shared.give_back(self.used.entries, self.used.bytes);
+        self.give_back(self.used.entries, self.used.bytes);
+    }
+}
+
+/// One group budget per peer identity (a PSK identity, a certificate, a NoSec address),
+/// shared by that identity's sessions and made on its first session. Entries for identities
+/// without a live session are dropped as the map grows, so it holds about as many entries as
+/// there are identities with a session.
+#[derive(Debug)]
+pub struct IdentityBudgets {
+    max_entries: usize,
+    max_bytes: usize,
+    groups: Mutex<HashMap<String, Weak<SharedBudget>>>,
+}
+
+impl IdentityBudgets {
+    /// Each identity's caches hold at most `max_entries` entries and `max_bytes` bytes.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_entries,
+            max_bytes,
+            groups: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The group budget of `identity`: the one its live sessions use, or a new one.
+    pub fn of(&self, identity: &str) -> Arc<SharedBudget> {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = groups.get(identity).and_then(Weak::upgrade) {
+            return live;
+        }
+        if groups.len() >= 64 && groups.len().is_power_of_two() {
+            groups.retain(|_, g| g.strong_count() > 0);
+        }
+        let group = SharedBudget::new(self.max_entries, self.max_bytes);
+        groups.insert(identity.to_owned(), Arc::downgrade(&group));
+        group
+    }
+
+    /// Identities the map holds (live or not yet pruned).
+    pub fn len(&self) -> usize {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -210,6 +290,10 @@ pub struct CacheLimits {
     pub block2_session_bytes: usize,
     /// All Block2 caches together. Default 64 MiB (and 65 536 bodies).
     pub block2: Arc<SharedBudget>,
+    /// The Block2 caches of one peer identity together: a quarter of `block2`
+    /// ([`BLOCK2_IDENTITY_SHARE`]), so one client with many sessions leaves the rest to
+    /// the others (their multi-block answers are not cut off with 4.08).
+    pub block2_per_identity: Arc<IdentityBudgets>,
     /// Stored responses one peer's duplicate table keeps at most. Default 512.
     pub dedup_peer_entries: usize,
     /// Bytes one peer's duplicate table keeps at most. Default 128 KiB.
@@ -226,6 +310,8 @@ pub const DEFAULT_BLOCK2_SESSION_BYTES: usize = 1 << 20;
 pub const DEFAULT_BLOCK2_TOTAL_BYTES: usize = 64 << 20;
 /// Default: bodies of all Block2 caches.
 pub const DEFAULT_BLOCK2_TOTAL_ENTRIES: usize = 65_536;
+/// One identity's Block2 caches hold at most 1 / this of the shared Block2 budget.
+pub const BLOCK2_IDENTITY_SHARE: usize = 4;
 /// Default: stored responses per peer in the duplicate table.
 pub const DEFAULT_DEDUP_PEER_ENTRIES: usize = 512;
 /// Default: bytes per peer in the duplicate table.
@@ -249,6 +335,10 @@ impl CacheLimits {
             block2_session_entries: DEFAULT_BLOCK2_SESSION_ENTRIES,
             block2_session_bytes: DEFAULT_BLOCK2_SESSION_BYTES,
             block2: SharedBudget::new(DEFAULT_BLOCK2_TOTAL_ENTRIES, DEFAULT_BLOCK2_TOTAL_BYTES),
+            block2_per_identity: Self::identity_share(
+                DEFAULT_BLOCK2_TOTAL_ENTRIES,
+                DEFAULT_BLOCK2_TOTAL_BYTES,
+            ),
             dedup_peer_entries: DEFAULT_DEDUP_PEER_ENTRIES,
             dedup_peer_bytes: DEFAULT_DEDUP_PEER_BYTES,
             dedup: SharedBudget::new(DEFAULT_DEDUP_TOTAL_ENTRIES, DEFAULT_DEDUP_TOTAL_BYTES),
@@ -262,13 +352,28 @@ impl CacheLimits {
         DEFAULT.get_or_init(Self::new_default).clone()
     }
 
-    /// A Block2 cache account for one session.
+    /// The per-identity Block2 budgets for a shared budget of `entries` and `bytes`.
+    pub fn identity_share(entries: usize, bytes: usize) -> Arc<IdentityBudgets> {
+        IdentityBudgets::new(
+            (entries / BLOCK2_IDENTITY_SHARE).max(1),
+            (bytes / BLOCK2_IDENTITY_SHARE).max(1),
+        )
+    }
+
+    /// A Block2 cache account for one session, in no identity's group.
     pub fn block2_account(&self) -> Account {
         Account::new(
             self.block2.clone(),
             self.block2_session_entries,
             self.block2_session_bytes,
         )
+    }
+
+    /// A Block2 cache account for one session of the peer `identity` (its `Display`): also
+    /// bounded by that identity's group budget.
+    pub fn block2_account_for(&self, identity: &str) -> Account {
+        self.block2_account()
+            .with_group(self.block2_per_identity.of(identity))
     }
 
     /// A duplicate-table account for one peer, with a floor of
@@ -307,6 +412,47 @@ mod tests {
         assert_eq!((shared.used_entries(), shared.used_bytes()), (4, 140));
         drop(floored);
         assert_eq!((shared.used_entries(), shared.used_bytes()), (2, 100));
+    }
+
+    /// Review finding B: one identity's sessions together stop at its quarter of the shared
+    /// Block2 budget, so another identity still finds room; a session that ends gives its
+    /// share back to both budgets.
+    #[test]
+    fn one_identitys_sessions_leave_the_rest_of_the_shared_budget_to_others() {
+        let limits = CacheLimits {
+            block2_session_bytes: 100,
+            block2: SharedBudget::new(100, 400),
+            block2_per_identity: CacheLimits::identity_share(100, 400),
+            ..CacheLimits::new_default()
+        };
+        let mut hog: Vec<Account> = (0..4)
+            .map(|_| limits.block2_account_for("psk:hog"))
+            .collect();
+        let mut taken = 0;
+        for a in &mut hog {
+            if a.reserve(1, 60).is_ok() {
+                taken += 60;
+            }
+        }
+        assert_eq!(taken, 60, "the hog's quarter is 100 bytes: one body of 60");
+        assert_eq!(hog[1].reserve(1, 40), Ok(()), "the rest of its quarter");
+        assert_eq!(hog[2].reserve(1, 1), Err(BudgetError::SharedFull));
+        let mut other = limits.block2_account_for("psk:other");
+        assert_eq!(
+            other.reserve(1, 100),
+            Ok(()),
+            "another identity is unaffected"
+        );
+        assert_eq!(limits.block2.used_bytes(), 200);
+        hog.clear();
+        assert_eq!(limits.block2.used_bytes(), 100, "given back on drop");
+        let mut again = limits.block2_account_for("psk:hog");
+        assert_eq!(
+            again.reserve(1, 100),
+            Ok(()),
+            "its group was given back too"
+        );
+        assert!(limits.block2_per_identity.len() <= 2);
     }
 
     #[test]

@@ -138,6 +138,10 @@ impl Limits {
                 budget::DEFAULT_BLOCK2_TOTAL_ENTRIES,
                 self.block_cache_total_bytes,
             ),
+            block2_per_identity: CacheLimits::identity_share(
+                budget::DEFAULT_BLOCK2_TOTAL_ENTRIES,
+                self.block_cache_total_bytes,
+            ),
             dedup_peer_entries: self.dedup_peer_entries,
             dedup_peer_bytes: self.dedup_peer_bytes,
             dedup: SharedBudget::new(self.dedup_total_entries, self.dedup_total_bytes),
