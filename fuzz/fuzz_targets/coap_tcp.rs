@@ -1,6 +1,8 @@
 //! CoAP over TCP/TLS (RFC 8323): the frame decoder and signal parser on a byte buffer, then
 //! the same bytes through a `StreamConnection` (CSM, Ping/Pong, Release/Abort, frame limits)
-//! in input-chosen chunks at injected times.
+//! in input-chosen chunks at injected times, then through a `StreamEndpoint` that answers
+//! every request with Observe (so a GET with Observe = 0 registers) and notifies every
+//! token it has seen after each chunk: the observer table stays within its cap.
 //!
 //! Input: `[limit, chunk, rest…]`. `limit` picks our Max-Message-Size (tiny to 1 MiB),
 //! `chunk` the read size fed to the connection (1–256 bytes).
@@ -10,7 +12,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use privgw::coap::{Signal, StreamConnection, StreamEvent, decode_frame, encode_frame};
+use privgw::coap::observe::{DEFAULT_MAX_OBSERVERS, set_observe};
+use privgw::coap::{
+    EndpointEvent, MessageClass, Packet, ResponseType, Signal, StreamConnection, StreamEndpoint,
+    StreamEvent, decode_frame, encode_frame,
+};
 
 static BASE: OnceLock<Instant> = OnceLock::new();
 
@@ -61,4 +67,37 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(closed <= 1, "Closed reported {closed} times");
     assert_eq!(closed == 1, conn.is_closed());
+
+    // The endpoint's server role with Observe, fed the same chunks.
+    let mut now = base;
+    let conn = StreamConnection::new(now, u32::try_from(max).unwrap_or(u32::MAX), true);
+    let mut endpoint = StreamEndpoint::new(conn, Duration::from_secs(30));
+    let mut tokens: Vec<Vec<u8>> = Vec::new();
+    for (i, piece) in bytes.chunks(step).enumerate() {
+        now += Duration::from_millis(u64::from(piece[0] % 4) * 1000);
+        endpoint.handle_bytes(now, piece);
+        while let Some(event) = endpoint.poll_event() {
+            if let EndpointEvent::Request { request, responder } = event {
+                if tokens.len() < 64 {
+                    tokens.push(request.get_token().to_vec());
+                }
+                let mut answer = Packet::new();
+                answer.header.code = MessageClass::Response(ResponseType::Content);
+                set_observe(&mut answer, 0);
+                let _ = endpoint.respond(now, responder, answer);
+            }
+        }
+        for token in &tokens {
+            let mut note = Packet::new();
+            let code = if i % 7 == 6 {
+                ResponseType::NotFound
+            } else {
+                ResponseType::Content
+            };
+            note.header.code = MessageClass::Response(code);
+            let _ = endpoint.notify(now, token, note, false);
+        }
+        while endpoint.poll_transmit().is_some() {}
+        assert!(endpoint.observers() <= DEFAULT_MAX_OBSERVERS);
+    }
 });
