@@ -87,7 +87,8 @@ pub trait Handler: Send + Sync + 'static {
     /// request came on, so the handler can send requests back to this peer over the same
     /// session (an LwM2M server reading the device that just registered), now or later with
     /// a kept clone. The pipeline calls this one; the default ignores the link. Every
-    /// session has a working link, datagram (UDP, DTLS) or stream (TCP, TLS; no Observe).
+    /// session has a working link, datagram (UDP, DTLS) or stream (TCP, TLS: the peer may
+    /// observe us, we do not observe it).
     fn handle_on_link(
         &self,
         peer: &PeerInfo,

@@ -17,8 +17,9 @@
 //! mux ([`MuxConfig::handshakes`]) — pipes whose handshake is still in progress, in total and
 //! per source IP (with [`MuxConfig::evict_per_ip`] a full IP's least recently heard pipe
 //! makes room instead; with the handshake total reached, the oldest pending handshake makes
-//! room once it has stalled for [`MuxConfig::stalled_handshake_after`]). Refusals are counted and summarised in one log line per second at
-//! most, so a flood never writes a line per datagram.
+//! room once it has stalled for [`MuxConfig::stalled_handshake_after`]). Refusals are
+//! counted and summarised in one log line per second at most, so a flood never writes a
+//! line per datagram.
 //!
 //! This module owns addresses and queues only. It does not own DTLS (see
 //! [`super::dtls`]), CoAP, or any notion of a session beyond "datagrams from this address" —
