@@ -647,6 +647,131 @@ async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on
     .await;
 }
 
+/// A raw RFC 8323 observer on `coap+tcp://`: privgw's own framing (`StreamConnection`), no
+/// endpoint, so every response frame on the connection is seen, notifications included.
+struct TcpObserver {
+    conn: privgw::coap::StreamConnection,
+    stream: tokio::net::TcpStream,
+}
+
+impl TcpObserver {
+    async fn connect(addr: std::net::SocketAddr) -> TcpObserver {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = privgw::coap::StreamConnection::new(std::time::Instant::now(), 1 << 16, true);
+        TcpObserver { conn, stream }
+    }
+
+    async fn send(&mut self, p: &Packet) {
+        use tokio::io::AsyncWriteExt;
+        self.conn.send(p).unwrap();
+        while let Some(bytes) = self.conn.poll_transmit() {
+            self.stream.write_all(&bytes).await.unwrap();
+        }
+    }
+
+    /// The next response frame (signals are skipped), within 10 s.
+    async fn next(&mut self) -> Packet {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                while let Some(event) = self.conn.poll_event() {
+                    if let privgw::coap::StreamEvent::Response(p) = event {
+                        return p;
+                    }
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the gateway closed the connection");
+                self.conn
+                    .handle_bytes(std::time::Instant::now(), buf.get(..n).unwrap_or_default());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a response frame within 10 s")
+    }
+}
+
+/// RFC 8323 §7 through the relay: server B observes over `coap+tcp://`; the first answer
+/// and a change come as frames on its token with increasing Observe values, and revoking
+/// the privilege ends the observation with a final 4.03 without Observe.
+#[tokio::test]
+async fn a_coap_tcp_observer_gets_changes_and_a_final_4_03_on_revocation() {
+    bounded(async {
+        let fleet = Fleet::builder()
+            .listen(&["coaps://127.0.0.1:0", "coap+tcp://127.0.0.1:0"])
+            .nosec("ServerB", "127.0.0.1")
+            .lwm2m("devA", vec![ac(0, 3, 0, SSID_A)])
+            .start()
+            .await;
+        let mut a = fleet.server_a().await;
+        let acl = "Get=ServerB&Replace=ServerA";
+        let reply = add(&mut a, "devA", "Device", "/3/0", acl).await;
+        assert_eq!(reply.code, "2.01", "{}", reply.render());
+        let name = reply
+            .location
+            .clone()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut b = TcpObserver::connect(fleet.uri(Scheme::CoapTcp).addr).await;
+        b.send(&observe_get(0, 7, "/devA/3/0/0")).await;
+        let first = b.next().await;
+        assert_eq!(coap::code_string(first.header.code), "2.05");
+        assert_eq!(
+            (first.get_token(), first.payload.as_slice()),
+            (&[7][..], &b"privgw"[..])
+        );
+        let seq = |p: &Packet| {
+            p.get_first_option(CoapOption::Observe)
+                .and_then(|v| coap::decode_uint(v))
+        };
+        let first_seq = seq(&first).expect("observing");
+        let reply = a
+            .request(
+                RequestType::Put,
+                "/devA/3/0/0",
+                Some((0, b"v2".to_vec())),
+                None,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.code, "2.04", "{}", reply.render());
+        let change = b.next().await;
+        assert_eq!(
+            (change.get_token(), change.payload.as_slice()),
+            (&[7][..], &b"v2"[..])
+        );
+        assert!(seq(&change).expect("a notification") > first_seq);
+        assert_eq!(delete(&mut a, &name).await.code, "2.02");
+        let end = b.next().await;
+        assert_eq!(
+            coap::code_string(end.header.code),
+            "4.03",
+            "revoked at once"
+        );
+        assert_eq!(end.get_token(), [7]);
+        assert!(seq(&end).is_none(), "a final answer");
+        let relay = fleet.gateway().proxy().relay().clone();
+        for _ in 0..50 {
+            if relay.counts() == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            relay.counts(),
+            (0, 0),
+            "observer removed, upstream cancelled"
+        );
+        fleet.stop().await;
+    })
+    .await;
+}
+
 /// Until the queue-mode device `id` has gone to sleep (its session closed).
 async fn asleep(fleet: &Fleet, id: &str) {
     for _ in 0..60 {
