@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use privgw::cli::ctl::{GatewayClient, Reply};
 use privgw::coap::{self, BlockOption, CoapOption, MessageType, Packet, RequestType};
 use privgw::config::Scheme;
 use support::*;
@@ -402,7 +403,7 @@ async fn a_slow_device_gets_a_separate_response_and_a_silent_one_a_5_04() {
 }
 
 /// The audit trail as JSON text, once it holds `needle` (the batch writer lags ≤ 1 s).
-async fn audit_with(client: &mut privgw::cli::ctl::GatewayClient, needle: &str) -> String {
+async fn audit_with(client: &mut GatewayClient, needle: &str) -> String {
     for _ in 0..40 {
         let reply = client
             .request(
@@ -430,8 +431,7 @@ async fn a_deleted_privilege_refuses_the_next_request_and_every_decision_is_audi
         let mut a = fleet.server_a().await;
         let reply = add(&mut a, "devA", "Device", "/3/0", "Get=ServerB").await;
         assert_eq!(reply.code, "2.01", "{}", reply.render());
-        let name = reply.location.clone().unwrap();
-        let name = name.rsplit('/').next().unwrap().to_owned();
+        let name = privilege_name(&reply);
         let mut b = fleet.server_b().await;
         assert_eq!(get(&mut b, "/devA/3/0/0").await.code, "2.05");
         assert_eq!(delete(&mut a, &name).await.code, "2.02");
@@ -547,6 +547,46 @@ fn observe_get(mid: u16, token: u8, path: &str) -> Packet {
     p
 }
 
+/// The name of the privilege an Add answered with (the last segment of its Location).
+fn privilege_name(reply: &Reply) -> String {
+    let location = reply
+        .location
+        .clone()
+        .expect("an Add answers with its Location");
+    location.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// ServerA writes `v2` to devA's `/3/0/0` through the proxy (it holds Replace there).
+async fn put_v2_through_the_proxy(a: &mut GatewayClient) {
+    let reply = a
+        .request(
+            RequestType::Put,
+            "/devA/3/0/0",
+            Some((0, b"v2".to_vec())),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code, "2.04", "{}", reply.render());
+}
+
+/// Within 1 s the relay holds no observer and no upstream observation.
+async fn relay_emptied(fleet: &Fleet) {
+    let relay = fleet.gateway().proxy().relay().clone();
+    for _ in 0..50 {
+        if relay.counts() == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        relay.counts(),
+        (0, 0),
+        "observers removed and the upstream cancelled"
+    );
+}
+
 #[tokio::test]
 async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on_revocation() {
     bounded(async {
@@ -566,14 +606,7 @@ async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on
         )
         .await;
         assert_eq!(reply.code, "2.01", "{}", reply.render());
-        let name = reply
-            .location
-            .clone()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let name = privilege_name(&reply);
         let gateway = fleet.uri(Scheme::Coap).addr;
         let (b1, b2) = (raw_socket(gateway).await, raw_socket(gateway).await);
         let before = fleet.total_requests();
@@ -601,17 +634,7 @@ async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on
             1,
             "the device was asked once"
         );
-        let reply = a
-            .request(
-                RequestType::Put,
-                "/devA/3/0/0",
-                Some((0, b"v2".to_vec())),
-                None,
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply.code, "2.04", "{}", reply.render());
+        put_v2_through_the_proxy(&mut a).await;
         for socket in [&b1, &b2] {
             let n = next_notification(socket).await;
             assert_eq!(coap::code_string(n.header.code), "2.05");
@@ -631,17 +654,7 @@ async fn observers_share_one_upstream_get_each_change_and_are_ended_with_4_03_on
                 "a final answer"
             );
         }
-        for _ in 0..50 {
-            if relay.counts() == (0, 0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            relay.counts(),
-            (0, 0),
-            "observers removed and the upstream cancelled"
-        );
+        relay_emptied(&fleet).await;
         fleet.stop().await;
     })
     .await;
@@ -708,14 +721,7 @@ async fn a_coap_tcp_observer_gets_changes_and_a_final_4_03_on_revocation() {
         let acl = "Get=ServerB&Replace=ServerA";
         let reply = add(&mut a, "devA", "Device", "/3/0", acl).await;
         assert_eq!(reply.code, "2.01", "{}", reply.render());
-        let name = reply
-            .location
-            .clone()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let name = privilege_name(&reply);
         let mut b = TcpObserver::connect(fleet.uri(Scheme::CoapTcp).addr).await;
         b.send(&observe_get(0, 7, "/devA/3/0/0")).await;
         let first = b.next().await;
@@ -729,17 +735,7 @@ async fn a_coap_tcp_observer_gets_changes_and_a_final_4_03_on_revocation() {
                 .and_then(|v| coap::decode_uint(v))
         };
         let first_seq = seq(&first).expect("observing");
-        let reply = a
-            .request(
-                RequestType::Put,
-                "/devA/3/0/0",
-                Some((0, b"v2".to_vec())),
-                None,
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply.code, "2.04", "{}", reply.render());
+        put_v2_through_the_proxy(&mut a).await;
         let change = b.next().await;
         assert_eq!(
             (change.get_token(), change.payload.as_slice()),
@@ -755,18 +751,7 @@ async fn a_coap_tcp_observer_gets_changes_and_a_final_4_03_on_revocation() {
         );
         assert_eq!(end.get_token(), [7]);
         assert!(seq(&end).is_none(), "a final answer");
-        let relay = fleet.gateway().proxy().relay().clone();
-        for _ in 0..50 {
-            if relay.counts() == (0, 0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            relay.counts(),
-            (0, 0),
-            "observer removed, upstream cancelled"
-        );
+        relay_emptied(&fleet).await;
         fleet.stop().await;
     })
     .await;
