@@ -369,7 +369,7 @@ impl CacheLimits {
         )
     }
 
-    /// A Block2 cache account for one session of the peer `identity` (its `Display`): also
+    /// A Block2 cache account for one session of the peer `identity` (its `Identity::key`): also
     /// bounded by that identity's group budget.
     pub fn block2_account_for(&self, identity: &str) -> Account {
         self.block2_account()

@@ -155,7 +155,7 @@ impl Handler for North {
         let mut answer = match self.proxy.prefixes().route(&segments) {
             Destination::Device { device, path } => {
                 self.proxy
-                    .handle(server, device, path, &request, Some(link))
+                    .handle(server, device, path, &request, link)
                     .instrument(span)
                     .await
             }

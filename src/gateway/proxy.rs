@@ -255,15 +255,15 @@ impl Proxy {
 
     /// Answers `server`'s `request` for `path` on device `device_id` (routed by prefix), and
     /// records the decision in the audit trail. `link` is the server's session, which its
-    /// Observe notifications go over (every transport); without one an Observe is answered
-    /// as a plain GET.
+    /// Observe notifications go over (every transport; a closed link, as for a request with
+    /// no session, ends an observation at its first notification).
     pub async fn handle(
         &self,
         server: &ServerConfig,
         device_id: &str,
         path: &[String],
         request: &Packet,
-        link: Option<&PeerLink>,
+        link: &PeerLink,
     ) -> Packet {
         let Some(device) = self.devices.get(device_id) else {
             return refusal(ResponseType::NotFound, format!("no device '{device_id}'"));
@@ -306,7 +306,7 @@ impl Proxy {
         path: &[String],
         device_path: &str,
         request: &Packet,
-        link: Option<&PeerLink>,
+        link: &PeerLink,
     ) -> Handled {
         let method = match request.header.code {
             MessageClass::Request(m) => m,
@@ -349,7 +349,7 @@ impl Proxy {
                 ),
             };
             tracing::debug!(%reason, %account, %command, "allowed");
-            if let (true, Some(link)) = (observe, link) {
+            if observe {
                 let ask = ObserveRequest {
                     server: &server.id,
                     device,

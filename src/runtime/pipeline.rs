@@ -96,8 +96,9 @@ pub struct Pipeline<H, C> {
 impl<H: Handler, C: Send + 'static> Pipeline<H, C> {
     /// `lifetime`: how long a sliced body stays cached for its follow-up blocks.
     pub fn new(handler: Arc<H>, peer: PeerInfo, lifetime: Duration) -> Self {
-        let identity = peer.identity.to_string();
-        let account = handler.cache_limits().block2_account_for(&identity);
+        let account = handler
+            .cache_limits()
+            .block2_account_for(&peer.identity.key());
         let blocks = Block2Cache::new(lifetime).with_account(account);
         Pipeline {
             handler,

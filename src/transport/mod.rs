@@ -60,6 +60,17 @@ pub enum Identity {
     Certificate(std::sync::Arc<cert::CertIdentity>),
 }
 
+impl Identity {
+    /// A string that names exactly this peer, for per-peer accounting: a certificate by its
+    /// public key (two certificates with one name are two peers), the others as displayed.
+    pub fn key(&self) -> String {
+        match self {
+            Identity::Certificate(cert) => format!("spki:{}", cert::hex(&cert.spki_sha256)),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
