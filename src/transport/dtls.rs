@@ -72,6 +72,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use foreign_types::{ForeignType, ForeignTypeRef};
@@ -88,6 +89,7 @@ use tokio_openssl::SslStream;
 use super::cert::{CertIdentity, chain_anchor};
 use super::cookie::{CookieJar, HelloVerdict};
 use super::mux::{Gate, Pipe, Verdict};
+use super::record_buffers;
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 /// Default cipher suites: `PSK-AES128-CCM8` (TLS_PSK_WITH_AES_128_CCM_8, mandatory for
@@ -685,7 +687,7 @@ impl DtlsServer {
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session accepted");
         let pipe = stream.get_ref();
         pipe.mux().mark_established(pipe);
-        Ok(DtlsSession { stream, peer, auth })
+        Ok(DtlsSession::established(stream, peer, auth))
     }
 }
 
@@ -939,7 +941,7 @@ impl DtlsClient {
             },
         };
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session connected");
-        Ok(DtlsSession { stream, peer, auth })
+        Ok(DtlsSession::established(stream, peer, auth))
     }
 }
 
@@ -1207,6 +1209,25 @@ impl fmt::Debug for DtlsSession {
 }
 
 impl DtlsSession {
+    /// A session whose handshake is done: the record buffers the handshake used go back
+    /// to the allocator until the next record ([`record_buffers`]).
+    fn established(stream: SslStream<Pipe>, peer: SocketAddr, auth: Auth) -> Self {
+        record_buffers::release(stream.ssl());
+        DtlsSession { stream, peer, auth }
+    }
+
+    /// Lends the session OpenSSL's record buffers for one SSL call.
+    fn lend_buffers(&self) -> std::io::Result<()> {
+        if record_buffers::lend(self.stream.ssl()) {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "no memory for the DTLS record buffers",
+            ))
+        }
+    }
+
     /// The PSK identity this session was authenticated with: on the server, the identity the
     /// client presented (and `keys` accepted); on the client, our own identity. `None` for a
     /// certificate session.
@@ -1233,13 +1254,20 @@ impl DtlsSession {
 
     /// Send close_notify. Best effort: the peer may never see it.
     pub async fn close(&mut self) -> Result<(), TransportError> {
-        self.stream
-            .shutdown()
-            .await
-            .map_err(|source| TransportError::DtlsSend {
-                peer: self.peer,
-                source,
-            })
+        let peer = self.peer;
+        self.lend_buffers()
+            .map_err(|source| TransportError::DtlsSend { peer, source })?;
+        let closed = self.stream.shutdown().await;
+        record_buffers::release(self.stream.ssl());
+        closed.map_err(|source| TransportError::DtlsSend { peer, source })
+    }
+
+    /// Polls for one application record, holding the record buffers only during the poll.
+    fn poll_record(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<Vec<u8>>> {
+        self.lend_buffers()?;
+        let record = read_record(Pin::new(&mut self.stream), cx);
+        record_buffers::release(self.stream.ssl());
+        record
     }
 }
 
@@ -1257,7 +1285,7 @@ thread_local! {
 fn read_record(
     stream: Pin<&mut SslStream<Pipe>>,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<std::io::Result<Vec<u8>>> {
+) -> Poll<std::io::Result<Vec<u8>>> {
     use tokio::io::AsyncRead;
     RECORD_BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
@@ -1270,7 +1298,7 @@ fn read_record(
 
 impl DatagramSession for DtlsSession {
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
-        match poll_fn(|cx| read_record(Pin::new(&mut self.stream), cx)).await {
+        match poll_fn(|cx| self.poll_record(cx)).await {
             // Zero bytes: close_notify, or the pipe ended. OpenSSL never yields an empty
             // application record from SSL_read.
             Ok(record) if record.is_empty() => {
@@ -1294,11 +1322,11 @@ impl DatagramSession for DtlsSession {
 
     async fn send(&mut self, datagram: &[u8]) -> Result<(), TransportError> {
         let peer = self.peer;
-        let written = self
-            .stream
-            .write(datagram)
-            .await
+        self.lend_buffers()
             .map_err(|source| TransportError::DtlsSend { peer, source })?;
+        let written = self.stream.write(datagram).await;
+        record_buffers::release(self.stream.ssl());
+        let written = written.map_err(|source| TransportError::DtlsSend { peer, source })?;
         if written != datagram.len() {
             return Err(TransportError::ShortSend {
                 peer,

@@ -18,6 +18,8 @@
 //! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK and X.509 certificates.
 //!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
 //!   and yield a [`dtls::DtlsSession`].
+//! * [`record_buffers`] — an established DTLS session holds OpenSSL's record buffers only
+//!   while it is inside an SSL call.
 //!
 //! * [`tcp`] — a TCP listener with a connection cap and accept backoff, and a bounded
 //!   connect (CoAP over TCP, RFC 8323; NoSec identity = source address).
@@ -41,6 +43,7 @@ pub mod cert;
 pub mod cookie;
 pub mod dtls;
 pub mod mux;
+mod record_buffers;
 pub mod tcp;
 pub mod tls;
 
