@@ -468,7 +468,12 @@ impl Endpoint {
     /// The next event for the driver.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // Drained: an idle session keeps no room for events (4 × 112 bytes each).
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next: the minimum over
