@@ -20,9 +20,11 @@ fn main() -> std::process::ExitCode {
 /// 10 000 DTLS sessions (`bench group`, same build, alternating runs): cold write 2.1–2.6 s →
 /// 1.6–1.9 s, 41.5 → 36.8 KiB per session together with [`openssl_allocates_with_mimalloc`].
 fn no_transparent_huge_pages() {
+    // The kernel reads the variadic arguments as unsigned longs and wants the unused ones 0.
+    let (disable, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours. It can
     // only fail on kernels without it (before 3.15); then THP stays as the system has it.
-    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, unused, unused, unused) };
 }
 
 unsafe extern "C" {
