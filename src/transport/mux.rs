@@ -38,10 +38,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::datagram_queue::{self, QueueRx, QueueTx, Refused};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::AbortHandle;
 
 use super::tcp::admission::source_key;
@@ -229,14 +229,14 @@ struct PeerSlot {
     /// Distinguishes a replaced pipe from its successor, so the old one's `Drop` leaves the
     /// new slot alone.
     id: u64,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: QueueTx,
     /// Set once a DTLS server session is established on this pipe: a new ClientHello from
     /// the same address then starts a candidate session instead of reaching the old one.
     established: bool,
     /// A handshake in progress from the same address (RFC 6347 §4.2.8). It receives the
     /// handshake records (content types 20 and 22); the old session keeps the rest until the
     /// candidate completes and is promoted, so a spoofed ClientHello cannot end a session.
-    candidate: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+    candidate: Option<(u64, QueueTx)>,
     /// The [`Peers::clock`] value when this peer was last heard (for per-IP eviction).
     heard: u64,
     /// When the pipe was made (for the eviction of stalled handshakes).
@@ -244,7 +244,7 @@ struct PeerSlot {
 }
 
 impl PeerSlot {
-    fn new(id: u64, tx: mpsc::Sender<Vec<u8>>, since: Instant) -> Self {
+    fn new(id: u64, tx: QueueTx, since: Instant) -> Self {
         PeerSlot {
             id,
             tx,
@@ -256,7 +256,7 @@ impl PeerSlot {
     }
 
     /// The candidate's queue, if one is pending and still open.
-    fn live_candidate(&self) -> Option<&mpsc::Sender<Vec<u8>>> {
+    fn live_candidate(&self) -> Option<&QueueTx> {
         self.candidate
             .as_ref()
             .map(|(_, tx)| tx)
@@ -530,7 +530,7 @@ impl DatagramMux {
     /// Pipes created here count toward `max_sessions` but are never refused: the cap guards
     /// against remote floods, not against our own callers.
     pub fn connect(self: &Arc<Self>, peer: SocketAddr) -> Pipe {
-        let (tx, rx) = mpsc::channel(self.shared.config.queue_len);
+        let (tx, rx) = datagram_queue::queue(self.shared.config.queue_len);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         self.shared.peers().update(peer, |slot| {
             let mut fresh = PeerSlot::new(id, tx, Instant::now());
@@ -782,15 +782,15 @@ fn deliver_known(shared: &Shared, peers: &mut Peers, from: SocketAddr, datagram:
     Known::Done
 }
 
-fn deliver(shared: &Shared, tx: &mpsc::Sender<Vec<u8>>, from: SocketAddr, datagram: &[u8]) {
+fn deliver(shared: &Shared, tx: &QueueTx, from: SocketAddr, datagram: &[u8]) {
     match tx.try_send(datagram.to_vec()) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
+        Err(Refused::Full) => {
             shared.drop_one();
             tracing::debug!(peer = %from, "peer queue full, datagram dropped");
         }
         // The pipe is being dropped; its Drop removes the slot.
-        Err(TrySendError::Closed(_)) => shared.drop_one(),
+        Err(Refused::Closed) => shared.drop_one(),
     }
 }
 
@@ -873,7 +873,7 @@ fn admit(
         refuse(shared, from, "accept queue full");
         return;
     };
-    let (tx, rx) = mpsc::channel(shared.config.queue_len);
+    let (tx, rx) = datagram_queue::queue(shared.config.queue_len);
     // Cannot fail: a fresh channel with capacity >= 1.
     let _ = tx.try_send(datagram.to_vec());
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -911,7 +911,7 @@ pub struct Pipe {
     mux: Arc<DatagramMux>,
     peer: SocketAddr,
     id: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: QueueRx,
     /// Datagrams delivered so far (tells a silent peer from one that answered).
     received: u64,
     /// Handshake records held to go out together ([`Pipe::set_packing`]); `None` = every
@@ -1286,8 +1286,8 @@ mod packer_tests {
 mod peers_tests {
     use super::*;
 
-    fn slot(id: u64) -> (PeerSlot, mpsc::Receiver<Vec<u8>>) {
-        let (tx, rx) = mpsc::channel(1);
+    fn slot(id: u64) -> (PeerSlot, QueueRx) {
+        let (tx, rx) = datagram_queue::queue(1);
         (PeerSlot::new(id, tx, Instant::now()), rx)
     }
 
@@ -1318,7 +1318,7 @@ mod peers_tests {
         );
         peers.update(a, |s| s.as_mut().unwrap().established = true);
         assert_eq!(peers.pending, 1);
-        let (candidate_tx, _rc) = mpsc::channel(1);
+        let (candidate_tx, _rc) = datagram_queue::queue(1);
         peers.update(a, |s| {
             s.as_mut().unwrap().candidate = Some((3, candidate_tx))
         });
