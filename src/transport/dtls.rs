@@ -87,9 +87,11 @@ use tokio::io::AsyncWriteExt;
 use tokio_openssl::SslStream;
 
 use super::cert::{CertIdentity, chain_anchor};
+use super::compact_session::{self, CompactSession};
 use super::cookie::{CookieJar, HelloVerdict};
 use super::mux::{Gate, Pipe, Verdict};
 use super::record_buffers;
+use super::record_layer::Role;
 use super::{CloseCause, DatagramSession, Identity, PeerInfo, TransportError, TransportKind};
 
 /// Default cipher suites: `PSK-AES128-CCM8` (TLS_PSK_WITH_AES_128_CCM_8, mandatory for
@@ -671,7 +673,7 @@ impl DtlsServer {
         listen(&mut ssl, &hello, self.indices.cookie, peer)?;
         let mut stream = attach(ssl, pipe, self.mtu)?;
         let left = self.handshake_timeout.saturating_sub(started.elapsed());
-        handshake(&mut stream, Role::Server, peer, left).await?;
+        let last_flight = handshake(&mut stream, Role::Server, peer, left).await?;
         // A certificate suite leaves a verified client certificate; a PSK suite leaves the
         // identity our callback accepted. Anything else yields no session.
         let auth = if let Some(id) = peer_cert_identity(stream.ssl(), peer)? {
@@ -687,7 +689,13 @@ impl DtlsServer {
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session accepted");
         let pipe = stream.get_ref();
         pipe.mux().mark_established(pipe);
-        Ok(DtlsSession::established(stream, peer, auth))
+        Ok(DtlsSession::established(
+            stream,
+            peer,
+            auth,
+            Role::Server,
+            last_flight,
+        ))
     }
 }
 
@@ -927,7 +935,8 @@ impl DtlsClient {
                 })?;
         }
         let mut stream = attach(ssl, pipe, self.mtu)?;
-        handshake(&mut stream, Role::Client, peer, self.handshake_timeout).await?;
+        let last_flight =
+            handshake(&mut stream, Role::Client, peer, self.handshake_timeout).await?;
         let auth = match &self.mode {
             ClientMode::Psk(psk) => Auth::Psk(psk.identity.clone()),
             ClientMode::X509 => match peer_cert_identity(stream.ssl(), peer)? {
@@ -941,7 +950,13 @@ impl DtlsClient {
             },
         };
         tracing::debug!(peer = %peer, identity = %auth, "DTLS session connected");
-        Ok(DtlsSession::established(stream, peer, auth))
+        Ok(DtlsSession::established(
+            stream,
+            peer,
+            auth,
+            Role::Client,
+            last_flight,
+        ))
     }
 }
 
@@ -1069,12 +1084,6 @@ fn new_ssl(ctx: &SslContext, mtu: u32) -> Result<Ssl, TransportError> {
     Ok(ssl)
 }
 
-#[derive(Clone, Copy)]
-enum Role {
-    Client,
-    Server,
-}
-
 /// One line saying why a handshake failed: our verify error if we rejected the peer's
 /// certificate, else the reasons on OpenSSL's error queue, else the error itself.
 fn handshake_failure_reason(ssl: &SslRef, error: &openssl::ssl::Error, peer: SocketAddr) -> String {
@@ -1100,7 +1109,9 @@ fn handshake_failure_reason(ssl: &SslRef, error: &openssl::ssl::Error, peer: Soc
     }
 }
 
-/// Drive one handshake to completion, failure, or `timeout`.
+/// Drive one handshake to completion, failure, or `timeout`; on completion, the datagram
+/// that carried our last flight if it went out last (the server's ChangeCipherSpec +
+/// Finished, which a compact session resends if the client asks).
 ///
 /// Polls the handshake and wakes every [`HANDSHAKE_TICK`] to poll it again: each poll lets
 /// OpenSSL check its retransmission timer (see the module doc).
@@ -1109,7 +1120,7 @@ async fn handshake(
     role: Role,
     peer: SocketAddr,
     timeout: Duration,
-) -> Result<(), TransportError> {
+) -> Result<Option<Vec<u8>>, TransportError> {
     let run = async {
         loop {
             let step = poll_fn(|cx| {
@@ -1126,16 +1137,18 @@ async fn handshake(
         }
     };
     let outcome = tokio::time::timeout(timeout, run).await;
+    let mut last_flight = None;
     if outcome.is_ok() {
         // The last flight (e.g. the server's ChangeCipherSpec + Finished) is followed by no
         // read, so packing still holds it. Best effort, as any datagram: the peer
         // retransmits if it is lost.
+        last_flight = stream.get_ref().packed().map(<[u8]>::to_vec);
         if let Err(e) = stream.get_mut().send_pending().await {
             tracing::debug!(peer = %peer, error = %e, "last handshake flight not sent");
         }
     }
     match outcome {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(last_flight),
         Ok(Err(source)) => {
             let reason = handshake_failure_reason(stream.ssl(), &source, peer);
             // A server's failures come from any host that passed the cookie exchange, as
@@ -1193,9 +1206,18 @@ impl fmt::Display for Auth {
 
 /// An established DTLS 1.2 session with one peer.
 pub struct DtlsSession {
-    stream: SslStream<Pipe>,
+    link: Link,
     peer: SocketAddr,
     auth: Auth,
+    cipher: Option<&'static str>,
+}
+
+/// Who protects the session's records.
+enum Link {
+    /// Our record layer, OpenSSL's state freed (an AES-128 AEAD suite).
+    Compact(Box<CompactSession>),
+    /// OpenSSL, holding its record buffers only inside each call (other suites).
+    OpenSsl(Box<SslStream<Pipe>>),
 }
 
 impl fmt::Debug for DtlsSession {
@@ -1204,28 +1226,42 @@ impl fmt::Debug for DtlsSession {
             .field("peer", &self.peer)
             .field("identity", &self.auth.to_string())
             .field("cipher", &self.cipher_name())
+            .field("compact", &self.is_compact())
             .finish()
     }
 }
 
 impl DtlsSession {
-    /// A session whose handshake is done: the record buffers the handshake used go back
-    /// to the allocator until the next record ([`record_buffers`]).
-    fn established(stream: SslStream<Pipe>, peer: SocketAddr, auth: Auth) -> Self {
-        record_buffers::release(stream.ssl());
-        DtlsSession { stream, peer, auth }
+    /// A session whose handshake is done: carried by our own record layer when the suite
+    /// allows ([`compact_session::take_over`]), else by OpenSSL with the record buffers the
+    /// handshake used given back until the next record ([`record_buffers`]).
+    fn established(
+        stream: SslStream<Pipe>,
+        peer: SocketAddr,
+        auth: Auth,
+        role: Role,
+        last_flight: Option<Vec<u8>>,
+    ) -> Self {
+        let cipher = stream.ssl().current_cipher().map(|c| c.name());
+        let link = match compact_session::take_over(stream, role, last_flight) {
+            Ok(compact) => Link::Compact(Box::new(compact)),
+            Err(stream) => {
+                tracing::debug!(peer = %peer, ?cipher, "DTLS session stays with OpenSSL");
+                record_buffers::release(stream.ssl());
+                Link::OpenSsl(Box::new(stream))
+            }
+        };
+        DtlsSession {
+            link,
+            peer,
+            auth,
+            cipher,
+        }
     }
 
-    /// Lends the session OpenSSL's record buffers for one SSL call.
-    fn lend_buffers(&self) -> std::io::Result<()> {
-        if record_buffers::lend(self.stream.ssl()) {
-            Ok(())
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                "no memory for the DTLS record buffers",
-            ))
-        }
+    /// Whether our own record layer carries this session (OpenSSL's state is freed).
+    pub fn is_compact(&self) -> bool {
+        matches!(self.link, Link::Compact(_))
     }
 
     /// The PSK identity this session was authenticated with: on the server, the identity the
@@ -1249,26 +1285,45 @@ impl DtlsSession {
 
     /// The negotiated cipher suite, in OpenSSL's naming (e.g. `PSK-AES128-CCM8`).
     pub fn cipher_name(&self) -> Option<&'static str> {
-        self.stream.ssl().current_cipher().map(|c| c.name())
+        self.cipher
     }
 
     /// Send close_notify. Best effort: the peer may never see it.
     pub async fn close(&mut self) -> Result<(), TransportError> {
         let peer = self.peer;
-        self.lend_buffers()
-            .map_err(|source| TransportError::DtlsSend { peer, source })?;
-        let closed = self.stream.shutdown().await;
-        record_buffers::release(self.stream.ssl());
-        closed.map_err(|source| TransportError::DtlsSend { peer, source })
+        match &mut self.link {
+            Link::Compact(compact) => compact.close().await,
+            Link::OpenSsl(stream) => {
+                lend_buffers(stream).map_err(|source| TransportError::DtlsSend { peer, source })?;
+                let closed = stream.shutdown().await;
+                record_buffers::release(stream.ssl());
+                closed.map_err(|source| TransportError::DtlsSend { peer, source })
+            }
+        }
     }
+}
 
-    /// Polls for one application record, holding the record buffers only during the poll.
-    fn poll_record(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<Vec<u8>>> {
-        self.lend_buffers()?;
-        let record = read_record(Pin::new(&mut self.stream), cx);
-        record_buffers::release(self.stream.ssl());
-        record
+/// Lends a session OpenSSL's record buffers for one SSL call.
+fn lend_buffers(stream: &SslStream<Pipe>) -> std::io::Result<()> {
+    if record_buffers::lend(stream.ssl()) {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            "no memory for the DTLS record buffers",
+        ))
     }
+}
+
+/// Polls for one application record, holding the record buffers only during the poll.
+fn poll_record(
+    stream: &mut SslStream<Pipe>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<Vec<u8>>> {
+    lend_buffers(stream)?;
+    let record = read_record(Pin::new(&mut *stream), cx);
+    record_buffers::release(stream.ssl());
+    record
 }
 
 thread_local! {
@@ -1296,45 +1351,63 @@ fn read_record(
     })
 }
 
+/// One record from a session OpenSSL carries.
+async fn recv_openssl(
+    stream: &mut SslStream<Pipe>,
+    peer: SocketAddr,
+) -> Result<Vec<u8>, TransportError> {
+    match poll_fn(|cx| poll_record(stream, cx)).await {
+        // Zero bytes: close_notify, or the pipe ended. OpenSSL never yields an empty
+        // application record from SSL_read.
+        Ok(record) if record.is_empty() => {
+            let cause = if stream.get_ref().source_ended() {
+                CloseCause::Shutdown
+            } else {
+                CloseCause::PeerClosed
+            };
+            Err(TransportError::Closed { peer, cause })
+        }
+        Ok(record) => Ok(record),
+        Err(err) => Err(TransportError::Closed {
+            peer,
+            cause: CloseCause::Fatal(err.to_string()),
+        }),
+    }
+}
+
+/// One record sent on a session OpenSSL carries.
+async fn send_openssl(
+    stream: &mut SslStream<Pipe>,
+    peer: SocketAddr,
+    datagram: &[u8],
+) -> Result<(), TransportError> {
+    lend_buffers(stream).map_err(|source| TransportError::DtlsSend { peer, source })?;
+    let written = stream.write(datagram).await;
+    record_buffers::release(stream.ssl());
+    let written = written.map_err(|source| TransportError::DtlsSend { peer, source })?;
+    if written != datagram.len() {
+        return Err(TransportError::ShortSend {
+            peer,
+            len: datagram.len(),
+            sent: written,
+        });
+    }
+    Ok(())
+}
+
 impl DatagramSession for DtlsSession {
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
-        match poll_fn(|cx| self.poll_record(cx)).await {
-            // Zero bytes: close_notify, or the pipe ended. OpenSSL never yields an empty
-            // application record from SSL_read.
-            Ok(record) if record.is_empty() => {
-                let cause = if self.stream.get_ref().source_ended() {
-                    CloseCause::Shutdown
-                } else {
-                    CloseCause::PeerClosed
-                };
-                Err(TransportError::Closed {
-                    peer: self.peer,
-                    cause,
-                })
-            }
-            Ok(record) => Ok(record),
-            Err(err) => Err(TransportError::Closed {
-                peer: self.peer,
-                cause: CloseCause::Fatal(err.to_string()),
-            }),
+        match &mut self.link {
+            Link::Compact(compact) => compact.recv().await,
+            Link::OpenSsl(stream) => recv_openssl(stream, self.peer).await,
         }
     }
 
     async fn send(&mut self, datagram: &[u8]) -> Result<(), TransportError> {
-        let peer = self.peer;
-        self.lend_buffers()
-            .map_err(|source| TransportError::DtlsSend { peer, source })?;
-        let written = self.stream.write(datagram).await;
-        record_buffers::release(self.stream.ssl());
-        let written = written.map_err(|source| TransportError::DtlsSend { peer, source })?;
-        if written != datagram.len() {
-            return Err(TransportError::ShortSend {
-                peer,
-                len: datagram.len(),
-                sent: written,
-            });
+        match &mut self.link {
+            Link::Compact(compact) => compact.send(datagram).await,
+            Link::OpenSsl(stream) => send_openssl(stream, self.peer, datagram).await,
         }
-        Ok(())
     }
 
     fn peer(&self) -> SocketAddr {

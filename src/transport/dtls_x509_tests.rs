@@ -182,6 +182,13 @@ async fn x509_each_suite_negotiates_when_forced() {
             .unwrap_or_else(|e| panic!("{suite}: server handshake failed: {e}"));
         assert_eq!(client.cipher_name(), Some(suite));
         assert_eq!(at_server.cipher_name(), Some(suite));
+        // The AEAD suites leave OpenSSL after the handshake; CBC (…-SHA256) stays with it.
+        let compact = suite != "ECDHE-ECDSA-AES128-SHA256";
+        assert_eq!(
+            (client.is_compact(), at_server.is_compact()),
+            (compact, compact),
+            "{suite}"
+        );
         client.send(suite.as_bytes()).await.expect("send");
         assert_eq!(
             within(STEP, at_server.recv()).await.expect("recv"),
@@ -601,6 +608,7 @@ async fn libcoap_pki_server_accepts_our_certificate_client() {
         panic!("no handshake with coap-server-openssl (PKI): {last:?}");
     };
     assert_eq!(session.cipher_name(), Some("ECDHE-ECDSA-AES128-CCM8"));
+    assert!(session.is_compact(), "our record layer carries the session");
     let server_id = session
         .peer_certificate_identity()
         .expect("the server's certificate identity");
@@ -640,6 +648,7 @@ async fn libcoap_pki_client_reaches_our_certificate_server() {
             .expect("handshake with coap-client-openssl");
         let identity = session.peer_info().identity;
         let cipher = session.cipher_name();
+        assert!(session.is_compact(), "our record layer carries the session");
         let request = within(STEP, session.recv()).await.expect("request");
         assert!(request.len() >= 4, "request too short: {request:02x?}");
         let tkl = usize::from(request[0] & 0x0f);

@@ -20,8 +20,12 @@
 //! * [`dtls`] — DTLS 1.2 (OpenSSL) over a [`mux::Pipe`]: PSK and X.509 certificates.
 //!   [`dtls::DtlsServer::accept`] and [`dtls::DtlsClient::connect`] run one bounded handshake
 //!   and yield a [`dtls::DtlsSession`].
-//! * [`record_buffers`] — an established DTLS session holds OpenSSL's record buffers only
-//!   while it is inside an SSL call.
+//! * [`compact_session`] — after the handshake, a session with an AES-128 AEAD suite leaves
+//!   OpenSSL: its pipe and a [`record_layer::RecordLayer`] (~1 KB) carry it, OpenSSL's ~30 KB
+//!   of handshake state are freed. [`key_block`] derives its keys from the master secret,
+//!   [`replay_window`] refuses replayed records.
+//! * [`record_buffers`] — a session that stays with OpenSSL (a CBC suite) holds OpenSSL's
+//!   record buffers only while it is inside an SSL call.
 //!
 //! * [`tcp`] — a TCP listener with a connection cap and accept backoff, and a bounded
 //!   connect (CoAP over TCP, RFC 8323; NoSec identity = source address).
@@ -42,11 +46,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub mod cert;
+mod compact_session;
 pub mod cookie;
 mod datagram_queue;
 pub mod dtls;
+pub mod key_block;
 pub mod mux;
 mod record_buffers;
+pub mod record_layer;
+pub mod replay_window;
 pub mod tcp;
 pub mod tls;
 

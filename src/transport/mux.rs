@@ -545,6 +545,7 @@ impl DatagramMux {
             rx,
             received: 0,
             packer: None,
+            sent_epoch1: None,
         }
     }
 
@@ -894,6 +895,7 @@ fn admit(
         rx,
         received: 0,
         packer: None,
+        sent_epoch1: None,
     });
 }
 
@@ -917,6 +919,9 @@ pub struct Pipe {
     /// Handshake records held to go out together ([`Pipe::set_packing`]); `None` = every
     /// write is one datagram.
     packer: Option<Packer>,
+    /// The highest epoch-1 record sequence number OpenSSL wrote through this pipe (tracked
+    /// while packing is on, i.e. under DTLS): where a compact session's own records start.
+    sent_epoch1: Option<u64>,
 }
 
 /// Packs DTLS handshake records (ChangeCipherSpec, Handshake) into as few datagrams as the
@@ -999,9 +1004,36 @@ impl Pipe {
         Poll::Ready(sent.map(|_| ()))
     }
 
+    /// The datagram packing holds, if any.
+    pub(crate) fn packed(&self) -> Option<&[u8]> {
+        self.packer.as_ref().and_then(Packer::pending)
+    }
+
     /// Sends the datagram packing holds, if any (the handshake's last flight).
     pub(crate) async fn send_pending(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_send_pending(cx)).await
+    }
+
+    /// The highest epoch-1 sequence number written through [`AsyncWrite`] while packing
+    /// was on.
+    pub(crate) fn highest_sent_sequence(&self) -> Option<u64> {
+        self.sent_epoch1
+    }
+
+    /// This pipe, leaving in its place an inert one that receives nothing and that the mux
+    /// does not know (OpenSSL's BIO owns the place; the session takes the pipe back).
+    pub(crate) fn take(&mut self) -> Pipe {
+        let (_, rx) = super::datagram_queue::queue(1);
+        let inert = Pipe {
+            mux: self.mux.clone(),
+            peer: self.peer,
+            id: INERT_PIPE,
+            rx,
+            received: 0,
+            packer: None,
+            sent_epoch1: None,
+        };
+        std::mem::replace(self, inert)
     }
 
     /// Datagrams this pipe has delivered from its peer.
@@ -1027,9 +1059,15 @@ impl Pipe {
     }
 }
 
+/// The id of a pipe [`Pipe::take`] left behind: no mux slot is ever registered under it.
+const INERT_PIPE: u64 = u64::MAX;
+
 impl Drop for Pipe {
     fn drop(&mut self) {
         let id = self.id;
+        if id == INERT_PIPE {
+            return;
+        }
         self.mux.shared.peers().update(self.peer, |slot| {
             let Some(current) = slot.as_mut() else {
                 return;
@@ -1122,6 +1160,9 @@ impl AsyncWrite for Pipe {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if let Some(plan) = self.packer.as_ref().map(|p| p.plan(buf)) {
+            if let Some(seq) = super::record_layer::highest_sequence(buf, 1) {
+                self.sent_epoch1 = self.sent_epoch1.max(Some(seq));
+            }
             if plan.send_pending_first {
                 std::task::ready!(self.poll_send_pending(cx))?;
             }

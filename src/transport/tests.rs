@@ -328,6 +328,10 @@ async fn dtls_psk_handshake_and_echo() {
     assert_eq!(info.identity, Identity::Psk(b"dev-1".to_vec()));
     assert_eq!(client.cipher_name(), Some("PSK-AES128-CCM8"));
     assert_eq!(at_server.cipher_name(), Some("PSK-AES128-CCM8"));
+    assert!(
+        client.is_compact() && at_server.is_compact(),
+        "OpenSSL's state freed"
+    );
 
     for i in 0..3u8 {
         let msg = [i; 100];
@@ -374,12 +378,80 @@ async fn dtls_each_suite_negotiates_when_forced() {
             .expect("result")
             .unwrap_or_else(|e| panic!("{suite}: server handshake failed: {e}"));
         assert_eq!(client.cipher_name(), Some(suite));
+        // The AEAD suites leave OpenSSL after the handshake; CBC stays with it.
+        let compact = !suite.contains("CBC");
+        assert_eq!(client.is_compact(), compact, "{suite}");
+        assert_eq!(at_server.is_compact(), compact, "{suite}");
         client.send(suite.as_bytes()).await.expect("send");
         assert_eq!(
             within(STEP, at_server.recv()).await.expect("recv"),
             suite.as_bytes()
         );
+        at_server.send(b"back").await.expect("send back");
+        assert_eq!(
+            within(STEP, client.recv()).await.expect("recv back"),
+            b"back"
+        );
     }
+}
+
+/// A relay on the path that sends every datagram twice, and flips a byte of a third copy:
+/// each record still arrives once and in order (the replay window drops the duplicates,
+/// the tag check the tampered copies), both ways.
+#[tokio::test]
+async fn dtls_duplicated_and_tampered_records_are_delivered_once() {
+    let mut server = spawn_dtls_server(LOCAL4, server_keys(b"id", b"k")).await;
+    let server_addr = server.mux.local_addr();
+    let relay = Arc::new(UdpSocket::bind(LOCAL4).await.expect("bind relay"));
+    let relay_addr = relay.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+            let to = if from == server_addr {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server_addr
+            };
+            let datagram = buf[..n].to_vec();
+            let application_data = datagram.first() == Some(&23);
+            let _ = relay.send_to(&datagram, to).await;
+            if application_data {
+                let _ = relay.send_to(&datagram, to).await;
+                let mut tampered = datagram;
+                if let Some(last) = tampered.last_mut() {
+                    *last ^= 0x40;
+                }
+                let _ = relay.send_to(&tampered, to).await;
+            }
+        }
+    });
+    let mut client = within(
+        STEP,
+        client_to(relay_addr, short(PskClientConfig::new("id", "k"))),
+    )
+    .await
+    .expect("client handshake");
+    let mut at_server = within(STEP, server.results.recv())
+        .await
+        .expect("result")
+        .expect("server handshake");
+    for i in 0..3u8 {
+        client.send(&[i; 20]).await.expect("send");
+    }
+    for i in 0..3u8 {
+        assert_eq!(within(STEP, at_server.recv()).await.expect("recv"), [i; 20]);
+    }
+    at_server.send(b"down").await.expect("send down");
+    assert_eq!(within(STEP, client.recv()).await.expect("recv"), b"down");
+    let extra = tokio::time::timeout(Duration::from_millis(300), at_server.recv()).await;
+    assert!(extra.is_err(), "a copy was delivered: {extra:?}");
+    let extra = tokio::time::timeout(Duration::from_millis(100), client.recv()).await;
+    assert!(extra.is_err(), "a copy was delivered: {extra:?}");
 }
 
 /// A wrong key yields no session on either side (DTLS drops the undecryptable Finished, so
@@ -901,6 +973,7 @@ async fn libcoap_server_accepts_our_client() {
     }
     let mut session = session.expect("handshake with coap-server-openssl");
     assert_eq!(session.cipher_name(), Some("PSK-AES128-CCM8"));
+    assert!(session.is_compact(), "our record layer carries the session");
 
     let mut get = vec![0x40, 0x01, 0x12, 0x34, 0xbb];
     get.extend_from_slice(b".well-known");
@@ -933,6 +1006,7 @@ async fn libcoap_client_reaches_our_server() {
             .expect("handshake with coap-client-openssl");
         let identity = session.psk_identity().map(<[u8]>::to_vec);
         let cipher = session.cipher_name();
+        assert!(session.is_compact(), "our record layer carries the session");
         let request = within(STEP, session.recv()).await.expect("request");
         assert!(request.len() >= 4, "request too short: {request:02x?}");
         let tkl = usize::from(request[0] & 0x0f);
