@@ -8,6 +8,7 @@
 //! The same runtime serves the gateway (north) and the simulated devices, and carries the
 //! gateway's requests to devices (south) and the `ctl` client's to the gateway.
 
+mod alarm;
 pub mod channel;
 pub mod client;
 pub mod listener;

@@ -58,6 +58,7 @@ use crate::coap::{
     ClientError, CoapError, Endpoint, EndpointEvent, NotifyError, ObservationId, ObserveEnd,
     Packet, RequestId, Responder, TransportTuning,
 };
+use crate::runtime::alarm::Alarm;
 use crate::runtime::client::{fast_random_bytes, random_bytes};
 use crate::runtime::peer_link::{
     LINK_CAPACITY, LinkCommand, LinkError, LinkInbox, ObserveReply, ObserverError, PeerLink,
@@ -446,6 +447,9 @@ pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
     };
     let mut last_heard = Instant::now();
     let mut stopping = false;
+    let mut alarm = Alarm::new(last_heard + IDLE_TIMEOUT);
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
 
     loop {
         if driver.settle(&mut wire).await.is_err() {
@@ -472,8 +476,8 @@ pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
             .flatten()
             .map(Instant::from_std)
             .chain(idle_at)
-            .min()
-            .unwrap_or(now + IDLE_TIMEOUT);
+            .min();
+        alarm.set(wake, now, IDLE_TIMEOUT);
         let pending_auth = pre_auth.as_ref().is_some_and(PreAuth::is_pending);
         tokio::select! {
             received = wire.recv() => {
@@ -492,7 +496,7 @@ pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
             Some(command) = rx.recv(), if driver.core.has_room() => {
                 driver.command(Instant::now().into_std(), *command)
             }
-            _ = tokio::time::sleep_until(wake) => {
+            () = alarm.rung() => {
                 let now = Instant::now();
                 if idle_at.is_some_and(|t| now >= t) && driver.is_idle() && !driver.pipeline.link_held() {
                     tracing::debug!("session idle, closing");
@@ -508,7 +512,7 @@ pub async fn serve<C: SessionCore, W: Wire, H: Handler>(
                 }
                 return;
             }
-            _ = stopped(&mut shutdown) => {
+            () = &mut stop => {
                 stopping = true;
                 break;
             }
