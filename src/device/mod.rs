@@ -103,6 +103,10 @@ pub struct DeviceSimConfig {
     pub resources: BTreeMap<String, String>,
     /// Every answer is this late (a slow device, for separate responses).
     pub slow_ms: Option<u64>,
+    /// Keep no log of the requests it answered (a fleet member: nobody reads 10 000 logs,
+    /// and formatting each line was a tenth of the fleet's CPU per read).
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 fn default_profile() -> String {
@@ -256,7 +260,8 @@ pub struct DeviceHandler {
     blocks: Mutex<crate::registry::block1::Block1Assembler<SocketAddr>>,
     /// Observers of `objects` resources, by path.
     observers: Mutex<BTreeMap<String, Vec<crate::runtime::ObserverHandle>>>,
-    log: Mutex<Vec<String>>,
+    /// What it answered, for the demo (`None`: a quiet device keeps no log).
+    log: Option<Mutex<Vec<String>>>,
 }
 
 impl DeviceHandler {
@@ -276,14 +281,19 @@ impl DeviceHandler {
             requests: AtomicU64::new(0),
             by_peer: Mutex::new(BTreeMap::new()),
             formats: config.formats.clone(),
-            log: Mutex::new(Vec::new()),
+            log: (!config.quiet).then(|| Mutex::new(Vec::new())),
         })
     }
 
-    fn record(&self, line: String) {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+    /// Logs the line `line` makes, unless the device is quiet or its log is full (then
+    /// the line is never formatted).
+    fn record(&self, line: impl FnOnce() -> String) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() < 1000 {
-            log.push(line);
+            log.push(line());
         }
     }
 
@@ -298,12 +308,14 @@ impl DeviceHandler {
         if let Some(objects) = &self.objects {
             if !on_ac_object && path.first().is_none_or(|s| s != ".well-known") {
                 let response = objects.answer(request, &path);
-                self.record(format!(
-                    "{} → {} /{}",
-                    self.id,
-                    coap::code_string(response.header.code),
-                    path.join("/")
-                ));
+                self.record(|| {
+                    format!(
+                        "{} → {} /{}",
+                        self.id,
+                        coap::code_string(response.header.code),
+                        path.join("/")
+                    )
+                });
                 return response;
             }
         }
@@ -360,7 +372,7 @@ impl DeviceHandler {
         coap::set_content_format(&mut response, cf);
         if self.behaviour == Behaviour::Garbage {
             response.payload = vec![0xc8, 0x00, 0xff, 0x01];
-            self.record(format!("{} → 2.05 /2 (garbage)", self.id));
+            self.record(|| format!("{} → 2.05 /2 (garbage)", self.id));
             return response;
         }
         match encode_access_control(cf, &selected) {
@@ -371,28 +383,30 @@ impl DeviceHandler {
                 return r;
             }
         }
-        let summary: Vec<String> = selected
-            .iter()
-            .map(|i| {
-                format!(
-                    "/{}/{} owner {}",
-                    i.object_id,
-                    if i.object_instance_id == crate::acl::lwm2m::OBJECT_LEVEL {
-                        "*".to_owned()
-                    } else {
-                        i.object_instance_id.to_string()
-                    },
-                    i.owner
-                )
-            })
-            .collect();
-        self.record(format!(
-            "{} → 2.05 /{} ({}): {}",
-            self.id,
-            path.join("/"),
-            format_name(cf).unwrap_or("?"),
-            summary.join(", ")
-        ));
+        self.record(|| {
+            let summary: Vec<String> = selected
+                .iter()
+                .map(|i| {
+                    format!(
+                        "/{}/{} owner {}",
+                        i.object_id,
+                        if i.object_instance_id == crate::acl::lwm2m::OBJECT_LEVEL {
+                            "*".to_owned()
+                        } else {
+                            i.object_instance_id.to_string()
+                        },
+                        i.owner
+                    )
+                })
+                .collect();
+            format!(
+                "{} → 2.05 /{} ({}): {}",
+                self.id,
+                path.join("/"),
+                format_name(cf).unwrap_or("?"),
+                summary.join(", ")
+            )
+        });
         response
     }
 
@@ -422,7 +436,7 @@ impl DeviceHandler {
                 } else {
                     acls.get(&node).cloned().unwrap_or_default()
                 };
-                self.record(format!("{} → 2.05 {node}?prop=ACL: \"{acl}\"", self.id));
+                self.record(|| format!("{} → 2.05 {node}?prop=ACL: \"{acl}\"", self.id));
                 response.payload = acl.into_bytes();
             }
             [q] if q == "prop=Format" => {
@@ -765,7 +779,9 @@ impl RunningDevice {
 
     /// What the device answered since the last call.
     pub fn take_log(&self) -> Vec<String> {
-        std::mem::take(&mut *self.handler.log.lock().unwrap_or_else(|p| p.into_inner()))
+        self.handler.log.as_ref().map_or_else(Vec::new, |log| {
+            std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()))
+        })
     }
 
     /// Registering mode: waits until every account is registered (false after `timeout`).

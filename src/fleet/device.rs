@@ -39,6 +39,7 @@ pub fn config(spec: &FleetSpec, i: usize, role: Role) -> DeviceSimConfig {
             Behaviour::Normal
         },
         slow_ms: (role == Role::Timeout).then_some(NEVER_MS),
+        quiet: true,
         ..DeviceSimConfig::default()
     };
     match spec.mode {
