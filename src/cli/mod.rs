@@ -25,6 +25,9 @@ pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
     about = "Secure privilege gateway for CoAP/LwM2M devices"
 )]
 struct Cli {
+    /// Tokio worker threads of this process (default: one per core, or `TOKIO_WORKER_THREADS`).
+    #[arg(long, global = true, value_name = "N")]
+    workers: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,10 +77,12 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-fn runtime() -> CliResult<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+fn runtime(workers: Option<std::num::NonZeroUsize>) -> CliResult<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.get());
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 async fn ctrl_c() {
@@ -127,22 +132,23 @@ async fn device(config: PathBuf) -> CliResult<()> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let workers = cli.workers;
     let result = match cli.command {
         Command::Serve { config } => {
             init_logging("info");
-            runtime().and_then(|rt| rt.block_on(serve(config)))
+            runtime(workers).and_then(|rt| rt.block_on(serve(config)))
         }
         Command::Device { config } => {
             init_logging("info");
-            runtime().and_then(|rt| rt.block_on(device(config)))
+            runtime(workers).and_then(|rt| rt.block_on(device(config)))
         }
         Command::Ctl(args) => {
             init_logging("warn");
-            runtime().and_then(|rt| rt.block_on(ctl::run(*args)))
+            runtime(workers).and_then(|rt| rt.block_on(ctl::run(*args)))
         }
         Command::Demo => {
             init_logging("warn");
-            runtime().and_then(|rt| rt.block_on(demo::run()))
+            runtime(workers).and_then(|rt| rt.block_on(demo::run()))
         }
         Command::Certs { out } => match crate::pki::write_test_pki(&out) {
             Ok(names) => {
@@ -158,11 +164,11 @@ pub fn main() -> ExitCode {
         },
         Command::Fleet(args) => {
             init_logging("warn");
-            runtime().and_then(|rt| rt.block_on(fleet::run(*args)))
+            runtime(workers).and_then(|rt| rt.block_on(fleet::run(*args)))
         }
         Command::Bench(args) => {
             init_logging("warn");
-            runtime().and_then(|rt| rt.block_on(bench::run(args)))
+            runtime(workers).and_then(|rt| rt.block_on(bench::run(args)))
         }
     };
     match result {

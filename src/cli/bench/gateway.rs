@@ -51,7 +51,7 @@ impl Running {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml)?;
         Ok(Running {
-            gw: Gw::Child(ChildProcess::serve(&config)?),
+            gw: Gw::Child(ChildProcess::serve(&config, None)?),
             north,
         })
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::cli::CliResult;
+use crate::cli::bench::core_split::CoreSplit;
 use crate::cli::bench::process::{ChildProcess, ProcStats, clock_ticks_per_second, free_udp_port};
 use crate::cli::ctl::{GatewayClient, Reply};
 use crate::cli::results::{Cell, Progress, Table, median, percentile_sorted};
@@ -46,6 +47,8 @@ pub struct GroupArgs {
     /// The whole run's time bound, seconds.
     #[arg(long, default_value_t = 600)]
     pub max_seconds: u64,
+    #[command(flatten)]
+    pub cores: CoreSplit,
 }
 
 impl GroupArgs {
@@ -301,10 +304,14 @@ async fn one_size(
         "--max-seconds".into(),
         remaining.as_secs().max(1).to_string(),
     ];
-    let mut fleet = ChildProcess::fleet(&fleet_args, &dir.join("fleet.log"))?;
+    let mut fleet = ChildProcess::fleet(
+        &fleet_args,
+        &dir.join("fleet.log"),
+        Some(args.cores.fleet()),
+    )?;
     let ready = fleet.wait_line("fleet ready:", remaining).await?;
-    eprintln!("bench group: {ready}");
-    let mut gateway = ChildProcess::serve(&config)?;
+    eprintln!("bench group: {ready}; {}", args.cores.describe());
+    let mut gateway = ChildProcess::serve(&config, Some(args.cores.gateway()))?;
     let mut client = gateway.server_a(north, Duration::from_secs(30)).await?;
     let before = gateway.stats();
     let w = group_writes(&mut client, &gateway, &fleet, &expect, args.rounds, until).await?;

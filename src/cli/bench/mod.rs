@@ -7,6 +7,7 @@
 
 pub mod closed_loop;
 mod common;
+pub mod core_split;
 pub mod front;
 pub mod gateway;
 pub mod group;

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::BufRead as _;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -143,6 +144,11 @@ pub fn run_privgw(args: &[String], within: Duration) -> CliResult<()> {
     Err(format!("privgw {} exited ({status}): {err}", args.join(" ")).into())
 }
 
+/// `--workers N` for a child's runtime, or nothing (one worker per core).
+fn workers_args(workers: Option<NonZeroUsize>) -> Vec<std::ffi::OsString> {
+    workers.map_or_else(Vec::new, |n| vec!["--workers".into(), n.to_string().into()])
+}
+
 /// A child `privgw …` process, killed (SIGKILL) and reaped when dropped. Its stdout lines are
 /// collected by a thread; its stderr goes to a log file.
 pub struct ChildProcess {
@@ -189,27 +195,34 @@ impl ChildProcess {
         })
     }
 
-    /// `privgw serve --config <config>`, stderr to `<config>.log`.
-    pub fn serve(config: &Path) -> CliResult<ChildProcess> {
+    /// `privgw [--workers N] serve --config <config>`, stderr to `<config>.log`.
+    pub fn serve(config: &Path, workers: Option<NonZeroUsize>) -> CliResult<ChildProcess> {
+        let mut all = workers_args(workers);
+        all.extend([
+            "serve".into(),
+            "--config".into(),
+            config.as_os_str().to_owned(),
+        ]);
         ChildProcess::spawn(
             "gateway",
-            [
-                OsStr::new("serve"),
-                OsStr::new("--config"),
-                config.as_os_str(),
-            ],
+            all,
             &config.with_extension("log"),
             "PRIVGW_BENCH_GATEWAY_LOG",
         )
     }
 
-    /// `privgw fleet <args>`, stderr to `log`.
-    pub fn fleet<I, S>(args: I, log: &Path) -> CliResult<ChildProcess>
+    /// `privgw [--workers N] fleet <args>`, stderr to `log`.
+    pub fn fleet<I, S>(
+        args: I,
+        log: &Path,
+        workers: Option<NonZeroUsize>,
+    ) -> CliResult<ChildProcess>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all = vec![OsStr::new("fleet").to_owned()];
+        let mut all = workers_args(workers);
+        all.push("fleet".into());
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         ChildProcess::spawn("fleet", all, log, "PRIVGW_BENCH_FLEET_LOG")
     }

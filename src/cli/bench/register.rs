@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::cli::CliResult;
+use crate::cli::bench::core_split::CoreSplit;
 use crate::cli::bench::group::{Expect, group_writes, ms, north, warm_stats};
 use crate::cli::bench::process::{ChildProcess, clock_ticks_per_second, free_udp_port, run_privgw};
 use crate::cli::results::{Cell, Table};
@@ -34,6 +35,8 @@ pub struct RegisterArgs {
     /// The whole run's time bound, seconds.
     #[arg(long, default_value_t = 600)]
     pub max_seconds: u64,
+    #[command(flatten)]
+    pub cores: CoreSplit,
 }
 
 /// Table `register`'s columns.
@@ -113,7 +116,8 @@ async fn measure(args: &RegisterArgs, dir: &Path) -> CliResult<Vec<Cell>> {
     only.extend(common.iter().cloned());
     only.push("--config-only".into());
     run_privgw(&only, Duration::from_secs(60))?;
-    let mut gateway = ChildProcess::serve(&config)?;
+    eprintln!("bench register: {}", args.cores.describe());
+    let mut gateway = ChildProcess::serve(&config, Some(args.cores.gateway()))?;
     let mut client = gateway.server_a(north, Duration::from_secs(30)).await?;
     let before = gateway.stats();
     let remaining = until.saturating_duration_since(Instant::now());
@@ -125,7 +129,11 @@ async fn measure(args: &RegisterArgs, dir: &Path) -> CliResult<Vec<Cell>> {
         remaining.as_secs().max(1).to_string(),
     ]);
     let t = Instant::now();
-    let mut fleet = ChildProcess::fleet(&fleet_args, &dir.join("fleet.log"))?;
+    let mut fleet = ChildProcess::fleet(
+        &fleet_args,
+        &dir.join("fleet.log"),
+        Some(args.cores.fleet()),
+    )?;
     let ready = fleet.wait_line("fleet ready:", remaining).await?;
     let took = t.elapsed();
     let registered = gateway.stats();
