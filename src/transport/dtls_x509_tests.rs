@@ -14,8 +14,8 @@ use super::*;
 use crate::pki::{Issued, Pki, Profile};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tests::{
-    KillOnDrop, LOCAL4, STEP, TestServer, addr, free_port_pair, require_tool, spawn_dtls_server,
-    spawn_libcoap_pki_server, within,
+    KillOnDrop, LOCAL4, STEP, TestServer, addr, assert_well_known_core, free_port_pair,
+    require_tool, spawn_dtls_server, spawn_libcoap_pki_server, within,
 };
 
 /// Handshake bound for tests: failures must come by alert, long before this.
@@ -614,16 +614,7 @@ async fn libcoap_pki_server_accepts_our_certificate_client() {
         .expect("the server's certificate identity");
     assert_identity(&server_id, "libcoap-server");
 
-    let mut get = vec![0x40, 0x01, 0x12, 0x34, 0xbb];
-    get.extend_from_slice(b".well-known");
-    get.push(0x04);
-    get.extend_from_slice(b"core");
-    session.send(&get).await.expect("send GET");
-    let reply = within(STEP, session.recv()).await.expect("reply");
-    assert!(reply.len() >= 4, "short reply {reply:02x?}");
-    assert_eq!((reply[0] >> 4) & 0x3, 2, "piggybacked ACK");
-    assert_eq!(reply[1], 0x45, "2.05 Content, got {reply:02x?}");
-    assert_eq!(&reply[2..4], &[0x12, 0x34], "same message ID");
+    assert_well_known_core(&mut session, 0x1234).await;
 }
 
 /// `coap-client-openssl -c -j -C` against our certificate server: the handshake completes,

@@ -991,24 +991,30 @@ async fn libcoap_server_accepts_our_client_with(server: &str, ciphers: &str) {
     assert!(session.is_compact(), "our record layer carries the session");
 
     for mid in [0x1234u16, 0x1235] {
-        let mut get = vec![0x40, 0x01];
-        get.extend_from_slice(&mid.to_be_bytes());
-        get.push(0xbb);
-        get.extend_from_slice(b".well-known");
-        get.push(0x04);
-        get.extend_from_slice(b"core");
-        session.send(&get).await.expect("send GET");
-        let reply = within(STEP, session.recv()).await.expect("reply");
-        assert!(reply.len() >= 4, "short reply {reply:02x?}");
-        assert_eq!(reply[0] >> 6, 1, "version 1");
-        assert_eq!((reply[0] >> 4) & 0x3, 2, "piggybacked ACK");
-        assert_eq!(reply[1], 0x45, "2.05 Content, got {reply:02x?}");
-        assert_eq!(reply[2..4], mid.to_be_bytes(), "same message ID");
-        assert!(
-            String::from_utf8_lossy(&reply).contains("</"),
-            "link-format payload"
-        );
+        assert_well_known_core(&mut session, mid).await;
     }
+}
+
+/// A hand-encoded CON GET /.well-known/core with message ID `mid` over `session`, answered
+/// with a piggybacked 2.05 Content in link format.
+pub(crate) async fn assert_well_known_core(session: &mut DtlsSession, mid: u16) {
+    let mut get = vec![0x40, 0x01];
+    get.extend_from_slice(&mid.to_be_bytes());
+    get.push(0xbb);
+    get.extend_from_slice(b".well-known");
+    get.push(0x04);
+    get.extend_from_slice(b"core");
+    session.send(&get).await.expect("send GET");
+    let reply = within(STEP, session.recv()).await.expect("reply");
+    assert!(reply.len() >= 4, "short reply {reply:02x?}");
+    assert_eq!(reply[0] >> 6, 1, "version 1");
+    assert_eq!((reply[0] >> 4) & 0x3, 2, "piggybacked ACK");
+    assert_eq!(reply[1], 0x45, "2.05 Content, got {reply:02x?}");
+    assert_eq!(reply[2..4], mid.to_be_bytes(), "same message ID");
+    assert!(
+        String::from_utf8_lossy(&reply).contains("</"),
+        "link-format payload"
+    );
 }
 
 /// `coap-client-openssl` against our DtlsServer: it completes the handshake with its identity,
