@@ -186,6 +186,27 @@ async fn a_group_write_over_a_fleet_with_one_denying_device_names_exactly_that_d
         .unwrap();
     assert_eq!(list.code, "2.05");
     assert!(!list.render().contains("ALL"), "{}", list.render());
+
+    // SIGTERM (what `kill`, systemd and container runtimes send) stops the gateway as
+    // Ctrl-C does: sessions closed politely, exit status 0 (not killed by the signal).
+    let mut gateway = gateway;
+    let killed = Command::new("kill")
+        .args(["-TERM", &gateway.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gateway.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "gateway after SIGTERM: {status}");
 }
 
 #[test]

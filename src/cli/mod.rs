@@ -85,11 +85,36 @@ fn runtime(workers: Option<std::num::NonZeroUsize>) -> CliResult<tokio::runtime:
     Ok(builder.enable_all().build()?)
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and container runtimes
+/// send to stop a service), so either ends sessions politely (close_notify, CoAP over TCP
+/// Release) before the process exits.
 async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handling available: run until killed.
-        std::future::pending::<()>().await;
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling available: run until killed.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate() => {}
     }
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await;
 }
 
 async fn serve(config: PathBuf) -> CliResult<()> {

@@ -686,7 +686,6 @@ impl DtlsServer {
                 reason: "neither a PSK identity nor a client certificate".to_owned(),
             });
         };
-        tracing::debug!(peer = %peer, identity = %auth, "DTLS session accepted");
         let pipe = stream.get_ref();
         pipe.mux().mark_established(pipe);
         Ok(DtlsSession::established(
@@ -949,7 +948,6 @@ impl DtlsClient {
                 }
             },
         };
-        tracing::debug!(peer = %peer, identity = %auth, "DTLS session connected");
         Ok(DtlsSession::established(
             stream,
             peer,
@@ -1246,17 +1244,28 @@ impl DtlsSession {
         let link = match compact_session::take_over(stream, role, last_flight) {
             Ok(compact) => Link::Compact(Box::new(compact)),
             Err(stream) => {
-                tracing::debug!(peer = %peer, ?cipher, "DTLS session stays with OpenSSL");
                 record_buffers::release(stream.ssl());
                 Link::OpenSsl(Box::new(stream))
             }
         };
-        DtlsSession {
+        let session = DtlsSession {
             link,
             peer,
             auth,
             cipher,
-        }
+        };
+        tracing::debug!(
+            peer = %peer,
+            identity = %session.auth,
+            cipher = cipher.unwrap_or("?"),
+            records = if session.is_compact() { "ours" } else { "OpenSSL" },
+            "DTLS session {}",
+            match role {
+                Role::Client => "connected",
+                Role::Server => "accepted",
+            }
+        );
+        session
     }
 
     /// Whether our own record layer carries this session (OpenSSL's state is freed).
