@@ -782,6 +782,99 @@ async fn dtls_last_flight_resent_after_the_handshake_is_packed() {
     );
 }
 
+/// After the handshake, only an authenticated retransmission of the client's Finished makes
+/// the server resend its last flight, once per fresh record: ten spoofed epoch-0 records get
+/// nothing back, ten replays of the client's whole last flight get one resend (its Finished
+/// authenticates once, then the replay window refuses it), and the session carries on.
+#[tokio::test]
+async fn dtls_server_resends_its_last_flight_only_for_an_authentic_fresh_finished() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut server = spawn_dtls_server(LOCAL4, server_keys(b"id", b"k")).await;
+    let server_addr = server.mux.local_addr();
+    let relay = Arc::new(UdpSocket::bind(LOCAL4).await.expect("bind relay"));
+    let relay_addr = relay.local_addr().expect("addr");
+    let down = Arc::new(AtomicUsize::new(0));
+    let (flight_tx, mut last_flight) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (inject, mut injected) = mpsc::unbounded_channel::<Vec<u8>>();
+    {
+        let (relay, down) = (relay.clone(), down.clone());
+        tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                tokio::select! {
+                    received = relay.recv_from(&mut buf) => {
+                        let Ok((n, from)) = received else { return };
+                        let datagram = buf[..n].to_vec();
+                        if from == server_addr {
+                            down.fetch_add(1, Ordering::SeqCst);
+                            if let Some(c) = client {
+                                let _ = relay.send_to(&datagram, c).await;
+                            }
+                        } else {
+                            client = Some(from);
+                            let types: Vec<u8> = records_of(&datagram).iter().map(|r| r.0).collect();
+                            if types == [22, 20, 22] {
+                                let _ = flight_tx.send(datagram.clone());
+                            }
+                            let _ = relay.send_to(&datagram, server_addr).await;
+                        }
+                    }
+                    Some(datagram) = injected.recv() => {
+                        let _ = relay.send_to(&datagram, server_addr).await;
+                    }
+                }
+            }
+        });
+    }
+    let mut client = within(
+        STEP,
+        client_to(relay_addr, short(PskClientConfig::new("id", "k"))),
+    )
+    .await
+    .expect("client handshake");
+    let mut at_server = within(STEP, server.results.recv())
+        .await
+        .expect("result")
+        .expect("server handshake");
+    assert!(at_server.is_compact());
+    let flight = within(STEP, last_flight.recv())
+        .await
+        .expect("the client's last flight");
+    // The server's session reads (and so may resend) while the test injects.
+    let reader = tokio::spawn(async move {
+        let got = at_server.recv().await;
+        (at_server, got)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let before = down.load(Ordering::SeqCst);
+    // ChangeCipherSpec records in epoch 0, as anyone could forge them.
+    let spoofed = [20, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 9, 0, 1, 1];
+    for _ in 0..10 {
+        inject.send(spoofed.to_vec()).expect("inject");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        down.load(Ordering::SeqCst),
+        before,
+        "answered a spoofed record"
+    );
+    for _ in 0..10 {
+        inject.send(flight.clone()).expect("inject");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        down.load(Ordering::SeqCst),
+        before + 1,
+        "one resend for one fresh Finished"
+    );
+
+    client.send(b"still up").await.expect("send");
+    let (_at_server, got) = within(STEP, reader).await.expect("reader");
+    assert_eq!(got.expect("recv"), b"still up");
+}
+
 /// Retransmitted flights are packed too: the client's last flight and then the server's
 /// are lost once; each comes again as one datagram.
 #[tokio::test]
