@@ -6,6 +6,10 @@
 //! ([`DtlsSession::psk_identity`]) or a verified X.509 certificate
 //! ([`DtlsSession::peer_certificate_identity`]) — and does not decide what it may do.
 //!
+//! OpenSSL runs every handshake. Afterwards a session with an AES-128 AEAD suite is carried
+//! by our own record layer and OpenSSL's state is freed (`compact_session.rs`,
+//! [`DtlsSession::is_compact`]); a CBC session stays with OpenSSL.
+//!
 //! # Credentials
 //!
 //! * PSK: [`PskServerConfig`] / [`PskClientConfig`], suites [`DEFAULT_PSK_CIPHERS`].
