@@ -396,6 +396,22 @@ async fn dtls_each_suite_negotiates_when_forced() {
     }
 }
 
+/// Both ends of a PSK session (identity "id", key "k") that a client opens to `server`
+/// through `relay`.
+async fn sessions_via(relay: SocketAddr, server: &mut TestServer) -> (DtlsSession, DtlsSession) {
+    let client = within(
+        STEP,
+        client_to(relay, short(PskClientConfig::new("id", "k"))),
+    )
+    .await
+    .expect("client handshake");
+    let at_server = within(STEP, server.results.recv())
+        .await
+        .expect("result")
+        .expect("server handshake");
+    (client, at_server)
+}
+
 /// A relay on the path that sends every datagram twice, and flips a byte of a third copy:
 /// each record still arrives once and in order (the replay window drops the duplicates,
 /// the tag check the tampered copies), both ways.
@@ -431,16 +447,7 @@ async fn dtls_duplicated_and_tampered_records_are_delivered_once() {
             }
         }
     });
-    let mut client = within(
-        STEP,
-        client_to(relay_addr, short(PskClientConfig::new("id", "k"))),
-    )
-    .await
-    .expect("client handshake");
-    let mut at_server = within(STEP, server.results.recv())
-        .await
-        .expect("result")
-        .expect("server handshake");
+    let (mut client, mut at_server) = sessions_via(relay_addr, &mut server).await;
     for i in 0..3u8 {
         client.send(&[i; 20]).await.expect("send");
     }
@@ -827,16 +834,7 @@ async fn dtls_server_resends_its_last_flight_only_for_an_authentic_fresh_finishe
             }
         });
     }
-    let mut client = within(
-        STEP,
-        client_to(relay_addr, short(PskClientConfig::new("id", "k"))),
-    )
-    .await
-    .expect("client handshake");
-    let mut at_server = within(STEP, server.results.recv())
-        .await
-        .expect("result")
-        .expect("server handshake");
+    let (mut client, mut at_server) = sessions_via(relay_addr, &mut server).await;
     assert!(at_server.is_compact());
     let flight = within(STEP, last_flight.recv())
         .await
