@@ -348,8 +348,9 @@ impl DeviceHandler {
         path: &[String],
         instances: &[AccessControl],
     ) -> Packet {
-        let selected: Vec<AccessControl> = match path {
-            [o] if o == "2" => instances.to_vec(),
+        // The whole object (every gateway read) is encoded from the device's own instances.
+        let selected: std::borrow::Cow<'_, [AccessControl]> = match path {
+            [o] if o == "2" => std::borrow::Cow::Borrowed(instances),
             [o, n] if o == "2" => match n.parse::<u16>() {
                 Ok(n) => instances
                     .iter()
