@@ -60,6 +60,8 @@ pub enum SealError {
     TooLong(usize),
     #[error("the epoch's 2^48 sequence numbers are used up")]
     SequenceExhausted,
+    #[error("the cipher refused to seal the record")]
+    Cipher,
 }
 
 /// One record taken from an inbound datagram.
@@ -115,32 +117,26 @@ impl Aead {
         }
     }
 
-    /// Encrypts `buf` in place and appends the tag.
-    fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>, from: usize) {
+    /// Encrypts `buf[from..]` in place and appends the tag; `false` if the cipher refused
+    /// (only inputs past its limit: 2^24 bytes for CCM with a 12-byte nonce, 2^36 for GCM,
+    /// while records are at most 2^14).
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>, from: usize) -> bool {
         let n = GenericArray::from_slice(nonce);
         let body = &mut buf[from..];
-        // Encryption only fails for inputs past the algorithm's limit (2^24 for CCM with a
-        // 12-byte nonce, 2^36 for GCM); records are at most 2^14.
         match self {
-            Aead::Ccm8(c) => {
-                let tag = c
-                    .encrypt_in_place_detached(n, aad, body)
-                    .unwrap_or_default();
-                buf.extend_from_slice(&tag);
-            }
-            Aead::Ccm(c) => {
-                let tag = c
-                    .encrypt_in_place_detached(n, aad, body)
-                    .unwrap_or_default();
-                buf.extend_from_slice(&tag);
-            }
+            Aead::Ccm8(c) => c
+                .encrypt_in_place_detached(n, aad, body)
+                .map(|tag| buf.extend_from_slice(&tag))
+                .is_ok(),
+            Aead::Ccm(c) => c
+                .encrypt_in_place_detached(n, aad, body)
+                .map(|tag| buf.extend_from_slice(&tag))
+                .is_ok(),
             Aead::Gcm(k) => {
                 let nonce = ring_aead::Nonce::assume_unique_for_key(*nonce);
-                if let Ok(tag) =
-                    k.seal_in_place_separate_tag(nonce, ring_aead::Aad::from(aad), body)
-                {
-                    buf.extend_from_slice(tag.as_ref());
-                }
+                k.seal_in_place_separate_tag(nonce, ring_aead::Aad::from(aad), body)
+                    .map(|tag| buf.extend_from_slice(tag.as_ref()))
+                    .is_ok()
             }
         }
     }
@@ -264,7 +260,9 @@ impl RecordLayer {
         record.extend_from_slice(plaintext);
         let aad = additional_data(&seq_field, content_type as u8, plaintext.len());
         let nonce = self.write.nonce(&seq_field);
-        self.write.aead.seal(&nonce, &aad, &mut record, body_at);
+        if !self.write.aead.seal(&nonce, &aad, &mut record, body_at) {
+            return Err(SealError::Cipher);
+        }
         Ok(record)
     }
 
