@@ -1160,7 +1160,9 @@ impl AsyncWrite for Pipe {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if let Some(plan) = self.packer.as_ref().map(|p| p.plan(buf)) {
-            if let Some(seq) = super::record_layer::highest_sequence(buf, 1) {
+            if let Some(seq) =
+                super::record_layer::highest_sequence(buf, super::record_layer::EPOCH)
+            {
                 self.sent_epoch1 = self.sent_epoch1.max(Some(seq));
             }
             if plan.send_pending_first {
