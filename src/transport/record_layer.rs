@@ -282,14 +282,12 @@ impl RecordLayer {
 
     fn open(&mut self, header: &[u8], fragment: &[u8]) -> Inbound {
         let content_type = header[0];
-        let epoch = u16::from_be_bytes([header[3], header[4]]);
+        let epoch = header_epoch(header);
         if epoch != EPOCH {
             return Inbound::Discarded(Discard::OtherEpoch(epoch));
         }
         let seq_field = &header[3..11];
-        let seq = seq_field[2..]
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        let seq = header_sequence(header);
         if !self.window.is_fresh(seq) {
             return Inbound::Discarded(Discard::Replayed(seq));
         }
@@ -337,7 +335,7 @@ fn split_record(datagram: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     if header[1..3] != VERSION {
         return None;
     }
-    let len = usize::from(u16::from_be_bytes([header[11], header[12]]));
+    let len = header_length(header);
     let fragment = datagram.get(HEADER_LEN..HEADER_LEN + len)?;
     let rest = &datagram[HEADER_LEN + len..];
     Some((header, fragment, rest))
@@ -349,16 +347,31 @@ pub fn highest_sequence(datagram: &[u8], epoch: u16) -> Option<u64> {
     let mut rest = datagram;
     let mut highest = None;
     while let Some(header) = rest.get(..HEADER_LEN) {
-        if u16::from_be_bytes([header[3], header[4]]) == epoch {
-            let seq = header[5..11]
-                .iter()
-                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-            highest = highest.max(Some(seq));
+        if header_epoch(header) == epoch {
+            highest = highest.max(Some(header_sequence(header)));
         }
-        let len = usize::from(u16::from_be_bytes([header[11], header[12]]));
-        rest = rest.get(HEADER_LEN + len..).unwrap_or_default();
+        rest = rest
+            .get(HEADER_LEN + header_length(header)..)
+            .unwrap_or_default();
     }
     highest
+}
+
+// The fields of a record header (`HEADER_LEN` bytes: type, version, epoch, sequence
+// number, length).
+
+fn header_epoch(header: &[u8]) -> u16 {
+    u16::from_be_bytes([header[3], header[4]])
+}
+
+fn header_sequence(header: &[u8]) -> u64 {
+    header[5..11]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn header_length(header: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([header[11], header[12]]))
 }
 
 #[cfg(test)]
