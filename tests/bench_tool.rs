@@ -88,8 +88,8 @@ fn bench_front_compares_privgw_with_libcoap_on_every_target_and_transport() {
     assert_eq!(csv.lines().count(), 5);
 }
 
-#[test]
-fn bench_handshakes_counts_full_handshakes_on_both_sides() {
+/// A short `bench handshakes` run with `client`: both servers complete handshakes, none fail.
+fn handshakes_with(client: &str) {
     let dir = tempfile::tempdir().unwrap();
     privgw(
         dir.path(),
@@ -101,6 +101,8 @@ fn bench_handshakes_counts_full_handshakes_on_both_sides() {
             "0.5",
             "--runs",
             "1",
+            "--client",
+            client,
         ],
     );
     let t = table(dir.path(), "handshakes");
@@ -108,11 +110,26 @@ fn bench_handshakes_counts_full_handshakes_on_both_sides() {
     assert_eq!(rows.len(), 2, "one run and the median row: {t}");
     let last = &rows[1];
     assert_eq!(last["run"], "median");
+    assert_eq!(last["client"], client);
     let (p, l) = (num(last, "privgw_hs_per_s"), num(last, "libcoap_hs_per_s"));
     assert!(p > 0.0 && l > 0.0, "{t}");
     assert!((num(last, "ratio") - p / l).abs() < 1e-2, "{t}");
     assert_eq!(num(&rows[0], "privgw_failed"), 0.0, "{t}");
+    assert_eq!(num(&rows[0], "libcoap_failed"), 0.0, "{t}");
+    assert!(num(&rows[0], "client_cpu_us_per_hs") > 0.0, "{t}");
     assert_eq!(num(&rows[0], "clients"), 2.0);
+}
+
+/// The lean PSK client (our own handshake, `bench handshakes`' default) completes full
+/// handshakes and a GET with both privgw and libcoap's OpenSSL server.
+#[test]
+fn bench_handshakes_counts_full_handshakes_on_both_sides() {
+    handshakes_with("lean");
+}
+
+#[test]
+fn bench_handshakes_with_the_openssl_client_counts_full_handshakes_on_both_sides() {
+    handshakes_with("openssl");
 }
 
 #[test]

@@ -165,7 +165,7 @@ impl CompactSession {
                     }
                     tracing::debug!(peer = %self.peer(), level, description, "DTLS warning alert ignored");
                 }
-                Inbound::Handshake => self.resend_last_flight().await,
+                Inbound::Handshake(_) => self.resend_last_flight().await,
                 Inbound::Discarded(why) => {
                     tracing::debug!(peer = %self.peer(), ?why, "DTLS record discarded");
                 }

@@ -71,9 +71,9 @@ pub enum Inbound {
     Data(Vec<u8>),
     /// An authenticated alert.
     Alert { level: u8, description: u8 },
-    /// An authenticated handshake message: the peer retransmitting its last flight (it
-    /// missed ours), or a renegotiation attempt (not supported, ignored).
-    Handshake,
+    /// An authenticated handshake record: the peer's Finished, the peer retransmitting its
+    /// last flight (it missed ours), or a renegotiation attempt (not supported, ignored).
+    Handshake(Vec<u8>),
     /// Not delivered, and why.
     Discarded(Discard),
 }
@@ -322,7 +322,7 @@ fn classify(content_type: u8, plaintext: Vec<u8>) -> Inbound {
             [level, description] => Inbound::Alert { level, description },
             _ => Inbound::Discarded(Discard::Ignored(content_type)),
         },
-        HANDSHAKE => Inbound::Handshake,
+        HANDSHAKE => Inbound::Handshake(plaintext),
         // A ChangeCipherSpec after the handshake changes nothing (no renegotiation).
         CHANGE_CIPHER_SPEC => Inbound::Discarded(Discard::Ignored(content_type)),
         _ => Inbound::Discarded(Discard::Ignored(content_type)),
@@ -487,7 +487,7 @@ mod tests {
             open_all(&mut server, &datagram),
             [
                 Inbound::Data(b"1".to_vec()),
-                Inbound::Handshake,
+                Inbound::Handshake(b"\x14finished".to_vec()),
                 Inbound::Alert {
                     level: 1,
                     description: 0

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::task::JoinSet;
 
-use super::closed_loop::{Endpoint, Template, psk_client};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::net::UdpSocket;
+
+use super::closed_loop::{Endpoint, Incoming, Template, classify, psk_client};
 use super::common::{free_udp_port, libcoap_port, libcoap_server};
+use super::psk_handshake::{PskHandshake, Step};
 use crate::cli::CliResult;
 use crate::cli::bench::gateway::Running;
 use crate::cli::bench::process::{ProcStats, clock_ticks_per_second};
@@ -23,6 +27,7 @@ use crate::cli::demo::tempfile_dir;
 use crate::cli::results::{Cell, Table, median};
 use crate::config::EndpointUri;
 use crate::transport::dtls::DtlsClient;
+use crate::transport::record_layer::{ContentType, Inbound, RecordLayer};
 
 const LIBCOAP_KEY: &str = "handshake-key";
 
@@ -37,6 +42,9 @@ pub struct HandshakeArgs {
     /// Runs per side (alternating); the last row has the medians.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// The handshaking client (the same one against both servers).
+    #[arg(long, value_enum, default_value_t = ClientKind::Lean)]
+    pub client: ClientKind,
 }
 
 /// What one side did in one run.
@@ -46,6 +54,8 @@ struct Outcome {
     failed: u64,
     elapsed: Duration,
     cpu_us_per_handshake: f64,
+    /// The load generator's own CPU (this process) per handshake.
+    client_cpu_us_per_handshake: f64,
 }
 
 impl Outcome {
@@ -54,35 +64,140 @@ impl Outcome {
     }
 }
 
-/// One handshaker: handshake, GET, close, until `until`. Returns (completed, failed).
-async fn handshaker(
-    client: Arc<DtlsClient>,
+/// Which client does the handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// [`super::psk_handshake`]: only what a PSK handshake needs, a fraction of a server's
+    /// cost per handshake, so the servers are what is measured.
+    Lean,
+    /// The project's OpenSSL DTLS client, as a device would dial: about as costly per
+    /// handshake as either server.
+    Openssl,
+}
+
+/// One side's client: who we are to the server, and with which implementation.
+#[derive(Clone)]
+enum Dialer {
+    Lean { identity: Arc<[u8]>, psk: Arc<[u8]> },
+    OpenSsl(Arc<DtlsClient>),
+}
+
+impl Dialer {
+    fn new(kind: ClientKind, identity: &str, key: &str) -> CliResult<Dialer> {
+        Ok(match kind {
+            ClientKind::Lean => Dialer::Lean {
+                identity: identity.as_bytes().into(),
+                psk: key.as_bytes().into(),
+            },
+            ClientKind::Openssl => Dialer::OpenSsl(Arc::new(psk_client(
+                identity,
+                key,
+                Duration::from_secs(10),
+            )?)),
+        })
+    }
+
+    /// One round: a fresh socket, a full handshake, one GET answered 2.05, a close_notify.
+    async fn round(&self, server: SocketAddr, template: &Template, seed: u16) -> CliResult<bool> {
+        match self {
+            Dialer::Lean { identity, psk } => {
+                lean_round(server, identity, psk, template, seed).await
+            }
+            Dialer::OpenSsl(client) => {
+                let mut ep = Endpoint::dtls_psk(client, server, seed).await?;
+                let budget = AtomicI64::new(1);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let tally = ep.run(template, 0x45, 1, &budget, deadline).await?;
+                ep.close().await;
+                Ok(tally.ok == 1)
+            }
+        }
+    }
+}
+
+/// How long the lean client waits for a flight before resending its own, and how often.
+const LEAN_RETRANSMIT: Duration = Duration::from_secs(1);
+const LEAN_RESENDS: usize = 3;
+
+/// A [`Dialer::Lean`] round over a connected socket.
+async fn lean_round(
     server: SocketAddr,
+    identity: &[u8],
+    psk: &[u8],
+    template: &Template,
     seed: u16,
-    until: Instant,
-) -> (u64, u64) {
+) -> CliResult<bool> {
+    let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
+    socket.connect(server).await?;
+    let mut random = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut random)
+        .map_err(|_| "no system randomness")?;
+    let (mut hs, hello) = PskHandshake::start(identity, psk, random);
+    socket.send(&hello).await?;
+    let mut buf = vec![0u8; 2048];
+    let mut resends = 0;
+    loop {
+        match tokio::time::timeout(LEAN_RETRANSMIT, socket.recv(&mut buf)).await {
+            Ok(received) => match hs.on_datagram(&buf[..received?])? {
+                Step::Send(flight) => drop(socket.send(&flight).await?),
+                Step::Wait => {}
+                Step::Established => break,
+            },
+            Err(_elapsed) if resends < LEAN_RESENDS => {
+                resends += 1;
+                if let Some(flight) = hs.resend() {
+                    socket.send(&flight).await?;
+                }
+            }
+            Err(_elapsed) => return Err("handshake timed out".into()),
+        }
+    }
+    let mut records = hs.into_records().ok_or("handshake not established")?;
+    let mut request = Vec::with_capacity(32);
+    template.write(seed, u32::from(seed), &mut request);
+    socket
+        .send(&records.seal(ContentType::ApplicationData, &request)?)
+        .await?;
+    let answered = lean_response(&socket, &mut records, &mut buf, u32::from(seed)).await;
+    socket
+        .send(&records.seal(ContentType::Alert, &[1, 0])?)
+        .await?;
+    answered
+}
+
+/// Whether the response to `token` came, and was a 2.05.
+async fn lean_response(
+    socket: &UdpSocket,
+    records: &mut RecordLayer,
+    buf: &mut [u8],
+    token: u32,
+) -> CliResult<bool> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = tokio::time::timeout_at(deadline, socket.recv(buf))
+            .await
+            .map_err(|_| "no response to the GET")??;
+        let mut datagram = &buf[..n];
+        while let Some(record) = records.open_next(&mut datagram) {
+            if let Inbound::Data(message) = record
+                && let Incoming::Response { token: t, code, .. } = classify(&message)
+                && t == Some(token)
+            {
+                return Ok(code == 0x45);
+            }
+        }
+    }
+}
+
+/// One handshaker: rounds until `until`. Returns (completed, failed).
+async fn handshaker(dialer: Dialer, server: SocketAddr, seed: u16, until: Instant) -> (u64, u64) {
     let template = Template::get("/.well-known/core").expect("a static template encodes");
     let (mut ok, mut failed) = (0, 0);
     let mut round = 0u16;
     while Instant::now() < until {
         round = round.wrapping_add(1);
-        let attempt = async {
-            let mut ep =
-                Endpoint::dtls_psk(&client, server, seed.wrapping_mul(31).wrapping_add(round))
-                    .await?;
-            let budget = AtomicI64::new(1);
-            let tally = ep
-                .run(
-                    &template,
-                    0x45,
-                    1,
-                    &budget,
-                    Instant::now() + Duration::from_secs(5),
-                )
-                .await?;
-            ep.close().await;
-            CliResult::Ok(tally.ok == 1)
-        };
+        let attempt = dialer.round(server, &template, seed.wrapping_mul(31).wrapping_add(round));
         match tokio::time::timeout(Duration::from_secs(15), attempt).await {
             Ok(Ok(true)) => ok += 1,
             _ => failed += 1,
@@ -91,8 +206,35 @@ async fn handshaker(
     (ok, failed)
 }
 
+/// `clients` handshakers on one thread of their own: a load generator spread over a
+/// multi-threaded runtime spent a third of its CPU waking its own workers.
+fn handshakers(
+    dialer: Dialer,
+    server: SocketAddr,
+    clients: usize,
+    until: Instant,
+) -> CliResult<(u64, u64)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut set = JoinSet::new();
+        for i in 0..clients {
+            let seed = u16::try_from(i).unwrap_or(0);
+            set.spawn(handshaker(dialer.clone(), server, seed, until));
+        }
+        let (mut ok, mut failed) = (0, 0);
+        while let Some(joined) = set.join_next().await {
+            let (o, f) = joined?;
+            ok += o;
+            failed += f;
+        }
+        Ok((ok, failed))
+    })
+}
+
 async fn side(
-    client: &Arc<DtlsClient>,
+    client: &Dialer,
     server: SocketAddr,
     clients: usize,
     seconds: f64,
@@ -100,26 +242,25 @@ async fn side(
     hz: f64,
 ) -> CliResult<Outcome> {
     let cpu_before = ProcStats::of(pid).cpu_ticks;
+    let client_before = ProcStats::of(std::process::id()).cpu_ticks;
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(seconds);
-    let mut set = JoinSet::new();
-    for i in 0..clients {
-        set.spawn(handshaker(
-            client.clone(),
-            server,
-            u16::try_from(i).unwrap_or(0),
-            until,
-        ));
-    }
-    let mut o = Outcome::default();
-    while let Some(joined) = set.join_next().await {
-        let (ok, failed) = joined?;
-        o.ok += ok;
-        o.failed += failed;
-    }
+    let dialer = client.clone();
+    let (ok, failed) =
+        tokio::task::spawn_blocking(move || handshakers(dialer, server, clients, until)).await??;
+    let mut o = Outcome {
+        ok,
+        failed,
+        ..Outcome::default()
+    };
     o.elapsed = t0.elapsed();
     let cpu = ProcStats::of(pid).cpu_ticks.saturating_sub(cpu_before) as f64 / hz;
+    let client = ProcStats::of(std::process::id())
+        .cpu_ticks
+        .saturating_sub(client_before) as f64
+        / hz;
     o.cpu_us_per_handshake = 1e6 * cpu / (o.ok.max(1) as f64);
+    o.client_cpu_us_per_handshake = 1e6 * client / (o.ok.max(1) as f64);
     Ok(o)
 }
 
@@ -134,13 +275,22 @@ pub fn table() -> Table {
             "ratio",
             "privgw_cpu_us_per_hs",
             "libcoap_cpu_us_per_hs",
+            "client",
+            "client_cpu_us_per_hs",
             "privgw_failed",
             "libcoap_failed",
         ],
     )
 }
 
-fn row(clients: usize, run: &str, p: Outcome, l: Outcome) -> Vec<Cell> {
+/// The load generator's CPU per handshake over both sides of a run.
+fn client_cpu(p: Outcome, l: Outcome) -> f64 {
+    let total =
+        p.client_cpu_us_per_handshake * p.ok as f64 + l.client_cpu_us_per_handshake * l.ok as f64;
+    total / ((p.ok + l.ok).max(1) as f64)
+}
+
+fn row(clients: usize, run: &str, client: ClientKind, p: Outcome, l: Outcome) -> Vec<Cell> {
     vec![
         clients.into(),
         run.into(),
@@ -149,6 +299,8 @@ fn row(clients: usize, run: &str, p: Outcome, l: Outcome) -> Vec<Cell> {
         (p.rate() / l.rate().max(1e-9)).into(),
         p.cpu_us_per_handshake.into(),
         l.cpu_us_per_handshake.into(),
+        format!("{client:?}").to_lowercase().into(),
+        client_cpu(p, l).into(),
         p.failed.into(),
         l.failed.into(),
     ]
@@ -182,8 +334,8 @@ async fn measure(args: &HandshakeArgs, dir: &Path) -> CliResult<Table> {
     let outcome = async {
         drop(gateway.client(Duration::from_secs(30)).await?);
         let hz = clock_ticks_per_second();
-        let privgw = Arc::new(psk_client("serverA", "secretA", Duration::from_secs(10))?);
-        let theirs = Arc::new(psk_client("hsbench", LIBCOAP_KEY, Duration::from_secs(10))?);
+        let privgw = Dialer::new(args.client, "serverA", "secretA")?;
+        let theirs = Dialer::new(args.client, "hsbench", LIBCOAP_KEY)?;
         // libcoap may still be starting: one handshake must work before timing.
         let mut ready = false;
         for _ in 0..25 {
@@ -205,6 +357,7 @@ async fn measure(args: &HandshakeArgs, dir: &Path) -> CliResult<Table> {
         );
         let mut table = table();
         let (mut pr, mut lr, mut pc, mut lc) = (vec![], vec![], vec![], vec![]);
+        let mut cc = vec![];
         let (mut pf, mut lf) = (0, 0);
         for run in 0..args.runs {
             let mut sides = [Outcome::default(); 2];
@@ -218,7 +371,7 @@ async fn measure(args: &HandshakeArgs, dir: &Path) -> CliResult<Table> {
             }
             let [p, l] = sides;
             eprintln!(
-                "  run {}: privgw {:.0}/s ({} ok, {} failed, {:.0} µs CPU each); libcoap {:.0}/s ({} ok, {} failed, {:.0} µs CPU each); ratio {:.2}",
+                "  run {}: privgw {:.0}/s ({} ok, {} failed, {:.0} µs CPU each); libcoap {:.0}/s ({} ok, {} failed, {:.0} µs CPU each); ratio {:.2}; client {:.0} µs CPU each",
                 run + 1,
                 p.rate(),
                 p.ok,
@@ -228,9 +381,11 @@ async fn measure(args: &HandshakeArgs, dir: &Path) -> CliResult<Table> {
                 l.ok,
                 l.failed,
                 l.cpu_us_per_handshake,
-                p.rate() / l.rate().max(1e-9)
+                p.rate() / l.rate().max(1e-9),
+                client_cpu(p, l)
             );
-            table.push(row(args.clients, &(run + 1).to_string(), p, l));
+            table.push(row(args.clients, &(run + 1).to_string(), args.client, p, l));
+            cc.push(client_cpu(p, l));
             pr.push(p.rate());
             lr.push(l.rate());
             pc.push(p.cpu_us_per_handshake);
@@ -239,15 +394,18 @@ async fn measure(args: &HandshakeArgs, dir: &Path) -> CliResult<Table> {
             lf += l.failed;
         }
         // The median row: rates as medians, so ok/elapsed is rebuilt from the median rate.
+        let client = median(&mut cc);
         let med = |rate: f64, cpu: f64, failed: u64| Outcome {
             ok: (rate * 1000.0).round() as u64,
             failed,
             elapsed: Duration::from_secs(1000),
             cpu_us_per_handshake: cpu,
+            client_cpu_us_per_handshake: client,
         };
         table.push(row(
             args.clients,
             "median",
+            args.client,
             med(median(&mut pr), median(&mut pc), pf),
             med(median(&mut lr), median(&mut lc), lf),
         ));
@@ -270,11 +428,13 @@ mod tests {
             failed: 0,
             elapsed: Duration::from_secs(secs),
             cpu_us_per_handshake: 100.0,
+            client_cpu_us_per_handshake: 30.0,
         };
-        let r = row(4, "1", o(300, 1), o(200, 2));
+        let r = row(4, "1", ClientKind::Lean, o(300, 1), o(200, 2));
         assert_eq!(r[2], Cell::Float(300.0));
         assert_eq!(r[3], Cell::Float(100.0));
         assert_eq!(r[4], Cell::Float(3.0));
+        assert_eq!(r[8], Cell::Float(30.0));
         assert_eq!(r.len(), table().columns.len());
     }
 }

@@ -15,6 +15,7 @@ pub mod handshakes;
 pub mod plot;
 pub mod process;
 pub mod proxy;
+pub mod psk_handshake;
 pub mod register;
 
 use std::path::PathBuf;
