@@ -415,7 +415,9 @@ fn push_u16_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// `(record, rest)`: the first record of `datagram`, header included.
+/// `(record, rest)`: the first record of `datagram`, header included. Not the record layer's
+/// splitter: that one refuses any version but {254, 253}, and a HelloVerifyRequest may come
+/// in a DTLS 1.0 record ({254, 255}, RFC 6347 §4.2.1).
 fn split_record(datagram: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
     let malformed = HandshakeError::Malformed("record");
     let header = datagram.get(..HEADER_LEN).ok_or(malformed.clone())?;
