@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rerunnable benchmarks: builds release, runs every `privgw bench` shape this build has
-# (group and register when `privgw bench --help` lists them, then front, handshakes, proxy),
+# (group and register when `privgw bench --help` lists them, then front, handshakes, proxy,
+# soak),
 # each bounded by `timeout`, draws the plots with `privgw bench plot` and writes BENCHMARKS.md
 # at the repository root: machine facts, the exact commands, the tables and the figures
 # (SVG under docs/bench/).
@@ -39,6 +40,7 @@ if [ $QUICK = 1 ]; then
   HANDSHAKES=(handshakes --clients 4 --seconds 1 --runs 1)
   PROXY=(proxy --runs 1 --requests 2000 --run-seconds 2)
   PROXY16=(proxy --runs 1 --requests 2000 --run-seconds 2 --nstart 16 --table proxy_nstart16)
+  SOAK=(soak --seconds 2 --sample-seconds 0.5 --shape 16x2 --handshakers 2)
 else
   GROUP_ARGS=${GROUP_ARGS:---devices 1,10,100,1000,3000,10000 --rounds 10 --max-seconds 800}
   REGISTER_ARGS=${REGISTER_ARGS:---devices 10000 --rounds 10 --max-seconds 300}
@@ -46,6 +48,7 @@ else
   HANDSHAKES=(handshakes --clients 8 --seconds 5 --runs 3)
   PROXY=(proxy --runs 3 --requests 50000 --run-seconds 5)
   PROXY16=(proxy --runs 3 --requests 50000 --run-seconds 5 --nstart 16 --table proxy_nstart16)
+  SOAK=(soak --seconds 60 --sample-seconds 5 --shape 64x4 --handshakers 4)
 fi
 
 shapes=$("$BIN" bench --help)
@@ -72,6 +75,7 @@ bench front "${FRONT[@]}"
 bench handshakes "${HANDSHAKES[@]}"
 bench proxy "${PROXY[@]}"
 bench proxy_nstart16 "${PROXY16[@]}"
+bench soak "${SOAK[@]}"
 for s in group register; do
   has $s || echo "| \`$s\` | not in this build (\`privgw bench --help\`) | – |" >>"$STATUS"
 done

@@ -178,3 +178,55 @@ fn bench_plot_draws_svg_from_a_hand_written_table_and_skips_missing_ones() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bench_soak_samples_the_gateway_under_gets_and_handshake_churn_and_plots_its_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    privgw(
+        dir.path(),
+        &[
+            "soak",
+            "--seconds",
+            "1.5",
+            "--sample-seconds",
+            "0.5",
+            "--shape",
+            "4x2",
+            "--handshakers",
+            "2",
+        ],
+    );
+    let t = table(dir.path(), "soak");
+    let rows = t["rows"].as_array().unwrap();
+    assert!((3..=4).contains(&rows.len()), "a sample every 0.5 s: {t}");
+    let mut last_t = 0.0;
+    for r in rows {
+        assert!(num(r, "t_s") > last_t, "samples in time order: {t}");
+        last_t = num(r, "t_s");
+        assert!(num(r, "rss_kib") > 1000.0, "the gateway's VmRSS: {r}");
+        assert!(num(r, "fds") > 0.0 && num(r, "threads") > 0.0, "{r}");
+        assert!(num(r, "gets_per_s") > 0.0, "{r}");
+        assert_eq!(num(r, "get_troubles"), 0.0, "{r}");
+        assert_eq!(num(r, "handshakes_failed"), 0.0, "{r}");
+    }
+    assert!(
+        rows.iter().any(|r| num(r, "handshakes_per_s") > 0.0),
+        "the churn completes handshakes: {t}"
+    );
+    let s = table(dir.path(), "soak_summary");
+    let s = &s["rows"][0];
+    assert_eq!(s["shape"], "4x2");
+    assert!(num(s, "gets") > 0.0 && num(s, "handshakes") > 0.0, "{s}");
+    let max = rows.iter().map(|r| num(r, "rss_kib")).fold(0.0, f64::max);
+    assert_eq!(num(s, "rss_max_kib"), max);
+    let drift = num(s, "rss_last_third_kib") - num(s, "rss_first_third_kib");
+    assert!((num(s, "drift_kib") - drift).abs() < 1e-6, "{s}");
+    assert!(["flat", "growing"].contains(&s["rss"].as_str().unwrap()));
+    let images = dir.path().join("img");
+    privgw(dir.path(), &["plot", "--images", images.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(images.join("soak_rss.svg")).unwrap();
+    assert!(
+        svg.contains("gateway RSS") && svg.contains("<polyline"),
+        "{svg}"
+    );
+}

@@ -32,7 +32,7 @@ use crate::coap::RequestType;
 use crate::config::EndpointUri;
 
 const LIBCOAP_KEY: &str = "frontbench-key";
-const DATA_PRIVGW: &str = "/GwConfig/Privileges";
+pub(crate) const DATA_PRIVGW: &str = "/GwConfig/Privileges";
 const DATA_LIBCOAP: &str = "/data";
 const WKC: &str = "/.well-known/core";
 
@@ -95,7 +95,7 @@ fn rows(shapes: &[Shape], dtls_window: usize, dtls: bool) -> Vec<Row> {
     rows
 }
 
-fn gateway_toml(store: &Path, secure: EndpointUri, plain: EndpointUri) -> String {
+pub(crate) fn gateway_toml(store: &Path, secure: EndpointUri, plain: EndpointUri) -> String {
     format!(
         "[gateway]\nlisten = [\"{secure}\", \"{plain}\"]\nstore = {store:?}\nmax_in_flight = 256\n\n\
          [[servers]]\nid = \"ServerA\"\nssid = 101\npsk_identity = \"serverA\"\npsk_key = \"secretA\"\n\n\

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -77,13 +77,13 @@ pub enum ClientKind {
 
 /// One side's client: who we are to the server, and with which implementation.
 #[derive(Clone)]
-enum Dialer {
+pub(crate) enum Dialer {
     Lean { identity: Arc<[u8]>, psk: Arc<[u8]> },
     OpenSsl(Arc<DtlsClient>),
 }
 
 impl Dialer {
-    fn new(kind: ClientKind, identity: &str, key: &str) -> CliResult<Dialer> {
+    pub(crate) fn new(kind: ClientKind, identity: &str, key: &str) -> CliResult<Dialer> {
         Ok(match kind {
             ClientKind::Lean => Dialer::Lean {
                 identity: identity.as_bytes().into(),
@@ -190,30 +190,54 @@ async fn lean_response(
     }
 }
 
-/// One handshaker: rounds until `until`. Returns (completed, failed).
-async fn handshaker(dialer: Dialer, server: SocketAddr, seed: u16, until: Instant) -> (u64, u64) {
+/// Handshakes completed and failed so far, shared by the handshakers and whoever reads them
+/// while they run (`bench soak` samples them).
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Counts {
+    /// (completed, failed).
+    pub(crate) fn read(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One handshaker: rounds until `until`, each counted in `counts`.
+async fn handshaker(
+    dialer: Dialer,
+    server: SocketAddr,
+    seed: u16,
+    until: Instant,
+    counts: Arc<Counts>,
+) {
     let template = Template::get("/.well-known/core").expect("a static template encodes");
-    let (mut ok, mut failed) = (0, 0);
     let mut round = 0u16;
     while Instant::now() < until {
         round = round.wrapping_add(1);
         let attempt = dialer.round(server, &template, seed.wrapping_mul(31).wrapping_add(round));
-        match tokio::time::timeout(Duration::from_secs(15), attempt).await {
-            Ok(Ok(true)) => ok += 1,
-            _ => failed += 1,
-        }
+        let counter = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+            Ok(Ok(true)) => &counts.ok,
+            _ => &counts.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
-    (ok, failed)
 }
 
-/// `clients` handshakers on one thread of their own: a load generator spread over a
-/// multi-threaded runtime spent a third of its CPU waking its own workers.
-fn handshakers(
+/// `clients` handshakers on one thread of their own until `until`: a load generator spread
+/// over a multi-threaded runtime spent a third of its CPU waking its own workers.
+pub(crate) fn handshakers(
     dialer: Dialer,
     server: SocketAddr,
     clients: usize,
     until: Instant,
-) -> CliResult<(u64, u64)> {
+    counts: Arc<Counts>,
+) -> CliResult<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -221,15 +245,18 @@ fn handshakers(
         let mut set = JoinSet::new();
         for i in 0..clients {
             let seed = u16::try_from(i).unwrap_or(0);
-            set.spawn(handshaker(dialer.clone(), server, seed, until));
+            set.spawn(handshaker(
+                dialer.clone(),
+                server,
+                seed,
+                until,
+                counts.clone(),
+            ));
         }
-        let (mut ok, mut failed) = (0, 0);
         while let Some(joined) = set.join_next().await {
-            let (o, f) = joined?;
-            ok += o;
-            failed += f;
+            joined?;
         }
-        Ok((ok, failed))
+        Ok(())
     })
 }
 
@@ -246,8 +273,11 @@ async fn side(
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(seconds);
     let dialer = client.clone();
-    let (ok, failed) =
-        tokio::task::spawn_blocking(move || handshakers(dialer, server, clients, until)).await??;
+    let counts = Arc::new(Counts::default());
+    let shared = counts.clone();
+    tokio::task::spawn_blocking(move || handshakers(dialer, server, clients, until, shared))
+        .await??;
+    let (ok, failed) = counts.read();
     let mut o = Outcome {
         ok,
         failed,

@@ -2,7 +2,8 @@
 //! registration run against a gateway in its own process and devices in another
 //! (`privgw fleet`); the front end, DTLS handshakes and the proxy run closed-loop against
 //! privgw and, in the same run, against libcoap 4.3.1 (`coap-server-openssl`), with the
-//! ratio. Every shape reports one table through [`crate::cli::results`] under `--out`
+//! ratio; `soak` holds the gateway at peak load for a minute and samples its RSS. Every shape
+//! reports one table through [`crate::cli::results`] under `--out`
 //! (printed, and `<out>/<name>.csv|json`); `plot` draws them.
 
 pub mod closed_loop;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod proxy;
 pub mod psk_handshake;
 pub mod register;
+pub mod soak;
 
 use std::path::PathBuf;
 
@@ -46,6 +48,9 @@ pub enum Shape {
     Handshakes(handshakes::HandshakeArgs),
     /// Proxied GETs to one DTLS-PSK device through privgw vs libcoap's forward proxy.
     Proxy(proxy::ProxyArgs),
+    /// Sustained peak load (data GETs and handshake churn) for a minute: whether the
+    /// gateway's RSS stays flat.
+    Soak(soak::SoakArgs),
     /// Draws the plots (SVG) from the JSON tables in the results folder.
     Plot(plot::PlotArgs),
 }
@@ -57,6 +62,7 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
         Shape::Front(a) => front::run(a, &args.out).await,
         Shape::Handshakes(a) => handshakes::run(a, &args.out).await,
         Shape::Proxy(a) => proxy::run(a, &args.out).await,
+        Shape::Soak(a) => soak::run(a, &args.out).await,
         Shape::Plot(a) => plot::run(a, &args.out),
     }
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 use crate::cli::CliResult;
@@ -30,13 +31,15 @@ const LIBCOAP: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const THIRD: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 
 /// The tables the figures and the Markdown are made from, in report order.
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 8] = [
     "group",
     "register",
     "front",
     "handshakes",
     "proxy",
     "proxy_nstart16",
+    "soak",
+    "soak_summary",
 ];
 
 pub fn run(args: PlotArgs, out: &Path) -> CliResult<()> {
@@ -127,6 +130,10 @@ pub fn draw_all(results: &Path, images: &Path) -> CliResult<Vec<Figure>> {
                 &["clients", "run"],
             ),
         )?;
+    }
+    if let Some(t) = load("soak") {
+        let title = "Gateway RSS under sustained load (data GETs and handshake churn)";
+        add("soak_rss", "soak", title, soak_rss(&t, images, title))?;
     }
     for (name, title) in [
         (
@@ -261,8 +268,8 @@ fn group_latency(t: &Table, images: &Path, title: &str) -> CliResult<bool> {
     lines(
         &images.join("group_latency.svg"),
         title,
-        "devices",
-        "ms",
+        ("devices", "ms"),
+        XAxis::Log,
         &[
             (
                 "cold (first write)",
@@ -278,12 +285,26 @@ fn group_latency(t: &Table, images: &Path, title: &str) -> CliResult<bool> {
     )
 }
 
+fn soak_rss(t: &Table, images: &Path, title: &str) -> CliResult<bool> {
+    let mib: Vec<(f64, f64)> = points(t, "t_s", "rss_kib")
+        .into_iter()
+        .map(|(t, kib)| (t, kib / 1024.0))
+        .collect();
+    lines(
+        &images.join("soak_rss.svg"),
+        title,
+        ("seconds under load", "MiB"),
+        XAxis::Linear,
+        &[("gateway RSS", mib, PRIVGW)],
+    )
+}
+
 fn group_memory(t: &Table, images: &Path, title: &str) -> CliResult<bool> {
     lines(
         &images.join("group_memory.svg"),
         title,
-        "devices",
-        "KiB per session",
+        ("devices", "KiB per session"),
+        XAxis::Log,
         &[(
             "gateway RSS / session",
             points(t, "devices", "rss_per_device_kib"),
@@ -364,12 +385,21 @@ pub fn grouped_bars(
     Ok(true)
 }
 
-/// Lines over a log x axis (devices 1 → 10 000). `false` when there is nothing to draw.
+/// How the x axis of [`lines`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XAxis {
+    /// Devices 1 → 10 000.
+    Log,
+    /// From 0: seconds into a run.
+    Linear,
+}
+
+/// Lines, one per series, with a dot per point. `false` when there is nothing to draw.
 pub fn lines(
     path: &Path,
     title: &str,
-    x_desc: &str,
-    y_desc: &str,
+    (x_desc, y_desc): (&str, &str),
+    x_axis: XAxis,
     series: &[Series<'_, Vec<(f64, f64)>>],
 ) -> CliResult<bool> {
     let all: Vec<(f64, f64)> = series
@@ -379,9 +409,35 @@ pub fn lines(
     if all.is_empty() {
         return Ok(false);
     }
-    let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max) * 1.5;
+    let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
     let x_min = all.iter().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) / 1.5;
     let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.15;
+    let descs = (x_desc, y_desc);
+    match x_axis {
+        XAxis::Log => lines_over(
+            path,
+            title,
+            descs,
+            (x_min..x_max * 1.5).log_scale(),
+            y_max,
+            series,
+        ),
+        XAxis::Linear => lines_over(path, title, descs, 0.0..x_max * 1.05, y_max, series),
+    }
+}
+
+fn lines_over<X>(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    x: X,
+    y_max: f64,
+    series: &[Series<'_, Vec<(f64, f64)>>],
+) -> CliResult<bool>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -389,7 +445,7 @@ pub fn lines(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..y_max)
+        .build_cartesian_2d(x, 0f64..y_max)
         .map_err(err)?;
     chart
         .configure_mesh()
