@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::acl::dm::{DmAcl, DmPolicy};
 use crate::acl::lwm2m::Lwm2mPolicy;
 use crate::transport::cert::{CertMatch, CertRule};
+use crate::transport::dtls::ServerHandshakes;
 
 mod audit;
 mod limits;
@@ -266,6 +267,9 @@ pub struct GatewayConfig {
     pub nstart: u32,
     /// The gateway's own certificate, key and trust anchor for X.509 on DTLS and TLS.
     pub certs: Option<CertFiles>,
+    /// Who runs the `coaps://` listeners' PSK handshakes (`dtls_handshakes`, default
+    /// `lean`; `openssl` puts OpenSSL back in charge of every handshake).
+    pub dtls_handshakes: ServerHandshakes,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +329,8 @@ struct RawGateway {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    #[serde(default)]
+    dtls_handshakes: ServerHandshakes,
 }
 
 fn default_store() -> PathBuf {
@@ -1053,6 +1059,7 @@ fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigError> 
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             nstart: g.nstart,
             certs: gateway_certs.clone(),
+            dtls_handshakes: g.dtls_handshakes,
         },
         servers,
         devices,
@@ -1409,6 +1416,33 @@ nosec = true
         assert!(e.contains("devices[1].endpoint"), "{e}");
         let e = error_of(&GOOD.replace("uri = \"coap://127.0.0.1:15683\"\n", ""));
         assert!(e.contains("devices[1].uri"), "{e}");
+    }
+
+    #[test]
+    fn dtls_handshakes_default_to_lean_and_take_openssl() {
+        assert_eq!(
+            Config::parse(GOOD).unwrap().gateway.dtls_handshakes,
+            ServerHandshakes::Lean
+        );
+        let openssl = GOOD.replacen(
+            "store = \"privgw.redb\"",
+            "store = \"privgw.redb\"\ndtls_handshakes = \"openssl\"",
+            1,
+        );
+        assert_eq!(
+            Config::parse(&openssl).unwrap().gateway.dtls_handshakes,
+            ServerHandshakes::OpenSsl
+        );
+        let bad = GOOD.replacen(
+            "store = \"privgw.redb\"",
+            "store = \"privgw.redb\"\ndtls_handshakes = \"gnutls\"",
+            1,
+        );
+        assert!(
+            error_of(&bad).contains("dtls_handshakes"),
+            "{}",
+            error_of(&bad)
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::south::{South, SouthError};
 use crate::store::PrivilegeStore;
 use crate::store::{Fingerprint, RedbStore, StoreError};
 use crate::transport::cert::{Anchors, ScopedRule};
-use crate::transport::dtls::{DtlsServer, PskServerConfig, X509Credentials};
+use crate::transport::dtls::{DtlsServer, DtlsServerConfig, PskServerConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsCredentials, TlsServer};
 use crate::transport::{Identity, PeerInfo, TransportError, TransportKind};
@@ -362,15 +362,16 @@ fn device_dtls_server(config: &Config) -> Result<DtlsServer, GatewayError> {
         .map(|p| (p.identity.clone(), p.key.clone()))
         .collect();
     let psk = PskServerConfig::new(Arc::new(move |id: &[u8]| keys.get(id).cloned()));
-    let server = match &config.gateway.certs {
+    let mut server = match &config.gateway.certs {
         Some(files) => {
             let x509 = X509Credentials::from_pem_files(&files.cert, &files.key, &files.ca)
                 .map_err(|e| GatewayError::Credentials(e.to_string()))?;
-            DtlsServer::new(psk.with_x509(x509))
+            psk.with_x509(x509)
         }
-        None => DtlsServer::new(psk),
+        None => DtlsServerConfig::from(psk),
     };
-    server.map_err(GatewayError::Dtls)
+    server.handshakes = config.gateway.dtls_handshakes;
+    DtlsServer::new(server).map_err(GatewayError::Dtls)
 }
 
 /// The PSKs of the devices that register.
@@ -487,11 +488,12 @@ impl Gateway {
                             let psk = PskServerConfig::new(Arc::new(move |id: &[u8]| {
                                 keys.get(id).cloned()
                             }));
-                            let s = match dtls_certificates(&config)? {
-                                Some(x509) => DtlsServer::new(psk.with_x509(x509)),
-                                None => DtlsServer::new(psk),
+                            let mut cfg = match dtls_certificates(&config)? {
+                                Some(x509) => psk.with_x509(x509),
+                                None => DtlsServerConfig::from(psk),
                             };
-                            let s = Arc::new(s.map_err(GatewayError::Dtls)?);
+                            cfg.handshakes = config.gateway.dtls_handshakes;
+                            let s = Arc::new(DtlsServer::new(cfg).map_err(GatewayError::Dtls)?);
                             dtls = Some(s.clone());
                             s
                         }

@@ -106,6 +106,23 @@ pub fn take_over(
     })
 }
 
+impl CompactSession {
+    /// A server session whose handshake ran here ([`super::psk_server`]): `records` after
+    /// our Finished, and the datagram that carried it.
+    pub fn established(pipe: Pipe, records: RecordLayer, last_flight: Vec<u8>) -> CompactSession {
+        CompactSession {
+            pipe,
+            records,
+            last_flight: Some(LastFlight {
+                datagram: last_flight,
+                resends_left: MAX_RESENDS,
+            }),
+            backlog: VecDeque::new(),
+            closing: None,
+        }
+    }
+}
+
 /// The key block of the session's master secret and randoms.
 fn session_keys(ssl: &openssl::ssl::SslRef) -> Option<key_block::KeyBlock> {
     let session = ssl.session()?;

@@ -24,6 +24,9 @@
 //!   OpenSSL: its pipe and a [`record_layer::RecordLayer`] (~1 KB) carry it, OpenSSL's ~30 KB
 //!   of handshake state are freed. [`key_block`] derives its keys from the master secret,
 //!   [`replay_window`] refuses replayed records.
+//! * [`psk_server`] — a server PSK handshake without OpenSSL (sans-IO) for the AES-128 AEAD
+//!   suites, straight into a compact session; OpenSSL keeps every other handshake.
+//!   [`handshake_codec`] frames its messages and holds the PSK key schedule.
 //! * [`record_buffers`] — a session that stays with OpenSSL (a CBC suite) holds OpenSSL's
 //!   record buffers only while it is inside an SSL call.
 //!
@@ -50,8 +53,10 @@ mod compact_session;
 pub mod cookie;
 mod datagram_queue;
 pub mod dtls;
+pub mod handshake_codec;
 pub mod key_block;
 pub mod mux;
+pub mod psk_server;
 mod record_buffers;
 pub mod record_layer;
 pub mod replay_window;
@@ -162,6 +167,15 @@ impl std::fmt::Display for CloseCause {
     }
 }
 
+/// Who said a DTLS handshake failed: OpenSSL, or [`psk_server`].
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error(transparent)]
+    OpenSsl(#[from] openssl::ssl::Error),
+    #[error(transparent)]
+    Lean(#[from] psk_server::PskServerError),
+}
+
 /// Errors of the transport edge, named by who is at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -228,9 +242,9 @@ pub enum TransportError {
         /// certificate"), else the reasons on OpenSSL's error queue (e.g. "tlsv1 alert
         /// unknown ca", "peer did not return a certificate", "no shared cipher").
         reason: String,
-        /// OpenSSL's account of the failure.
+        /// OpenSSL's account of the failure, or ours.
         #[source]
-        source: openssl::ssl::Error,
+        source: HandshakeFailure,
     },
     /// The peer completed the handshake but its proven identity cannot be read (a verified
     /// certificate we cannot parse, or no identity at all). No session results.

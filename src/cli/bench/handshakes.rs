@@ -156,35 +156,43 @@ async fn lean_round(
     let mut records = hs.into_records().ok_or("handshake not established")?;
     let mut request = Vec::with_capacity(32);
     template.write(seed, u32::from(seed), &mut request);
-    socket
-        .send(&records.seal(ContentType::ApplicationData, &request)?)
-        .await?;
-    let answered = lean_response(&socket, &mut records, &mut buf, u32::from(seed)).await;
+    // A CON: resent (sealed afresh: a record sent twice is a replay) until answered.
+    let mut answered = None;
+    for _ in 0..=LEAN_RESENDS {
+        socket
+            .send(&records.seal(ContentType::ApplicationData, &request)?)
+            .await?;
+        answered = lean_response(&socket, &mut records, &mut buf, u32::from(seed)).await?;
+        if answered.is_some() {
+            break;
+        }
+    }
     socket
         .send(&records.seal(ContentType::Alert, &[1, 0])?)
         .await?;
-    answered
+    answered.ok_or_else(|| "no response to the GET".into())
 }
 
-/// Whether the response to `token` came, and was a 2.05.
+/// Whether the response to `token` came and was a 2.05; `None` if nothing came within
+/// [`LEAN_RETRANSMIT`].
 async fn lean_response(
     socket: &UdpSocket,
     records: &mut RecordLayer,
     buf: &mut [u8],
     token: u32,
-) -> CliResult<bool> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+) -> CliResult<Option<bool>> {
+    let deadline = tokio::time::Instant::now() + LEAN_RETRANSMIT;
     loop {
-        let n = tokio::time::timeout_at(deadline, socket.recv(buf))
-            .await
-            .map_err(|_| "no response to the GET")??;
-        let mut datagram = &buf[..n];
+        let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(buf)).await else {
+            return Ok(None);
+        };
+        let mut datagram = &buf[..received?];
         while let Some(record) = records.open_next(&mut datagram) {
             if let Inbound::Data(message) = record
                 && let Incoming::Response { token: t, code, .. } = classify(&message)
                 && t == Some(token)
             {
-                return Ok(code == 0x45);
+                return Ok(Some(code == 0x45));
             }
         }
     }

@@ -19,25 +19,14 @@
 
 use ring::digest;
 
+use crate::transport::handshake_codec::{
+    self as codec, EXTENDED_MASTER_SECRET, FramingError, HANDSHAKE_HEADER_LEN, VERIFY_DATA_LEN,
+    VERSION, msg,
+};
 use crate::transport::key_block::{self, Suite};
 use crate::transport::record_layer::{ContentType, HEADER_LEN, Inbound, RecordLayer, Role};
 
-const VERSION: [u8; 2] = [0xFE, 0xFD];
 const PSK_AES_128_CCM_8: [u8; 2] = [0xC0, 0xA8];
-const EXTENDED_MASTER_SECRET: [u8; 2] = [0x00, 0x17];
-const HANDSHAKE_HEADER_LEN: usize = 12;
-const VERIFY_DATA_LEN: usize = 12;
-
-/// Handshake message types (RFC 5246 §7.4, RFC 6347 §4.3.2).
-mod msg {
-    pub const CLIENT_HELLO: u8 = 1;
-    pub const SERVER_HELLO: u8 = 2;
-    pub const HELLO_VERIFY_REQUEST: u8 = 3;
-    pub const SERVER_KEY_EXCHANGE: u8 = 12;
-    pub const SERVER_HELLO_DONE: u8 = 14;
-    pub const CLIENT_KEY_EXCHANGE: u8 = 16;
-    pub const FINISHED: u8 = 20;
-}
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,7 +134,7 @@ impl PskHandshake {
     pub fn on_datagram(&mut self, mut datagram: &[u8]) -> Result<Step, HandshakeError> {
         let mut step = Step::Wait;
         while !datagram.is_empty() {
-            let (record, rest) = split_record(datagram)?;
+            let (record, rest) = codec::split_record(datagram).map_err(framing)?;
             datagram = rest;
             let next = match u16::from_be_bytes([record[3], record[4]]) {
                 0 => self.on_plain_record(record[0], &record[HEADER_LEN..]),
@@ -193,7 +182,7 @@ impl PskHandshake {
     fn on_handshake_messages(&mut self, mut fragment: &[u8]) -> Result<Step, HandshakeError> {
         let mut step = Step::Wait;
         while !fragment.is_empty() {
-            let (message, rest) = split_handshake(fragment)?;
+            let (message, rest) = codec::split_handshake(fragment).map_err(framing)?;
             fragment = rest;
             let seq = u16::from_be_bytes([message[4], message[5]]);
             if seq < self.server_seq {
@@ -257,17 +246,17 @@ impl PskHandshake {
             ));
         };
         let mut cke_body = Vec::with_capacity(2 + self.identity.len());
-        push_u16_prefixed(&mut cke_body, &self.identity);
+        codec::push_u16_prefixed(&mut cke_body, &self.identity);
         let cke = self.handshake_message(msg::CLIENT_KEY_EXCHANGE, &cke_body);
         self.transcript.update(&cke);
 
         let master = self.master_secret(&server);
         let keys = key_block::expand(&master, &self.client_random, &server.random);
         let mut records = RecordLayer::new(Suite::Ccm8, &keys, Role::Client, 0);
-        let ours = finished_data(&master, b"client finished", &self.transcript);
+        let ours = codec::finished_data(&master, b"client finished", &self.transcript);
         let finished = self.handshake_message(msg::FINISHED, &ours);
         self.transcript.update(&finished);
-        let expected = finished_data(&master, b"server finished", &self.transcript);
+        let expected = codec::finished_data(&master, b"server finished", &self.transcript);
         let sealed = records
             .seal(ContentType::Handshake, &finished)
             .map_err(|_| HandshakeError::Seal)?;
@@ -289,15 +278,7 @@ impl PskHandshake {
         };
         match records.open_next(&mut record) {
             Some(Inbound::Handshake(message)) => {
-                // Not secret to us (a load tool), but compared in constant time anyway.
-                let ok = message.len() == HANDSHAKE_HEADER_LEN + VERIFY_DATA_LEN
-                    && message[0] == msg::FINISHED
-                    && message[HANDSHAKE_HEADER_LEN..]
-                        .iter()
-                        .zip(expected.iter())
-                        .fold(0, |diff, (a, b)| diff | (a ^ b))
-                        == 0;
-                if !ok {
+                if !codec::finished_matches(&message, expected) {
                     return Err(HandshakeError::BadFinished);
                 }
                 if let State::AwaitFinished { records, .. } =
@@ -316,26 +297,15 @@ impl PskHandshake {
     }
 
     fn master_secret(&self, server: &ServerHello) -> [u8; 48] {
-        // RFC 4279 §2: other_secret (N zero bytes) and the PSK, each length-prefixed.
-        let mut premaster = Vec::with_capacity(4 + 2 * self.psk.len());
-        push_u16_prefixed(&mut premaster, &vec![0; self.psk.len()]);
-        push_u16_prefixed(&mut premaster, &self.psk);
-        let mut master = [0u8; 48];
-        if server.extended_master_secret {
-            let session_hash = self.transcript.clone().finish();
-            key_block::prf_sha256(
-                &premaster,
-                b"extended master secret",
-                session_hash.as_ref(),
-                &mut master,
-            );
-        } else {
-            let mut seed = self.client_random.to_vec();
-            seed.extend_from_slice(&server.random);
-            key_block::prf_sha256(&premaster, b"master secret", &seed, &mut master);
-        }
-        premaster.fill(0);
-        master
+        let session_hash = self.transcript.clone().finish();
+        codec::psk_master_secret(
+            &self.psk,
+            server
+                .extended_master_secret
+                .then_some(session_hash.as_ref()),
+            &self.client_random,
+            &server.random,
+        )
     }
 
     fn client_hello(&mut self, cookie: &[u8]) -> Vec<u8> {
@@ -345,24 +315,17 @@ impl PskHandshake {
         body.push(0); // no session id
         body.push(cookie.len() as u8);
         body.extend_from_slice(cookie);
-        push_u16_prefixed(&mut body, &PSK_AES_128_CCM_8);
+        codec::push_u16_prefixed(&mut body, &PSK_AES_128_CCM_8);
         body.extend_from_slice(&[1, 0]); // compression: null only
         let mut extensions = EXTENDED_MASTER_SECRET.to_vec();
         extensions.extend_from_slice(&[0, 0]);
-        push_u16_prefixed(&mut body, &extensions);
+        codec::push_u16_prefixed(&mut body, &extensions);
         self.handshake_message(msg::CLIENT_HELLO, &body)
     }
 
     /// `body` with a DTLS handshake header (one fragment), taking the next message_seq.
     fn handshake_message(&mut self, msg_type: u8, body: &[u8]) -> Vec<u8> {
-        let len = (body.len() as u32).to_be_bytes();
-        let mut m = Vec::with_capacity(HANDSHAKE_HEADER_LEN + body.len());
-        m.push(msg_type);
-        m.extend_from_slice(&len[1..]);
-        m.extend_from_slice(&self.message_seq.to_be_bytes());
-        m.extend_from_slice(&[0, 0, 0]);
-        m.extend_from_slice(&len[1..]);
-        m.extend_from_slice(body);
+        let m = codec::handshake_message(msg_type, self.message_seq, body);
         self.message_seq += 1;
         m
     }
@@ -385,12 +348,7 @@ impl PskHandshake {
         let mut datagram = Vec::with_capacity(256);
         for record in &self.flight {
             if let FlightRecord::Plain(content_type, body) = record {
-                datagram.push(*content_type as u8);
-                datagram.extend_from_slice(&VERSION);
-                datagram.extend_from_slice(&[0, 0]); // epoch 0
-                datagram.extend_from_slice(&self.record_seq.to_be_bytes()[2..]);
-                datagram.extend_from_slice(&(body.len() as u16).to_be_bytes());
-                datagram.extend_from_slice(body);
+                codec::push_plain_record(&mut datagram, *content_type, self.record_seq, body);
                 self.record_seq += 1;
             }
         }
@@ -398,50 +356,12 @@ impl PskHandshake {
     }
 }
 
-/// The 12 bytes of a Finished: `PRF(master, label, Hash(handshake messages))`.
-fn finished_data(
-    master: &[u8],
-    label: &[u8],
-    transcript: &digest::Context,
-) -> [u8; VERIFY_DATA_LEN] {
-    let hash = transcript.clone().finish();
-    let mut out = [0u8; VERIFY_DATA_LEN];
-    key_block::prf_sha256(master, label, hash.as_ref(), &mut out);
-    out
-}
-
-fn push_u16_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// `(record, rest)`: the first record of `datagram`, header included. Not the record layer's
-/// splitter: that one refuses any version but {254, 253}, and a HelloVerifyRequest may come
-/// in a DTLS 1.0 record ({254, 255}, RFC 6347 §4.2.1).
-fn split_record(datagram: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
-    let malformed = HandshakeError::Malformed("record");
-    let header = datagram.get(..HEADER_LEN).ok_or(malformed.clone())?;
-    let end = HEADER_LEN + usize::from(u16::from_be_bytes([header[11], header[12]]));
-    let record = datagram.get(..end).ok_or(malformed)?;
-    Ok((record, &datagram[end..]))
-}
-
-/// `(message, rest)`: the first whole handshake message (header included) of a record.
-fn split_handshake(fragment: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
-    let header = fragment
-        .get(..HANDSHAKE_HEADER_LEN)
-        .ok_or(HandshakeError::Malformed("handshake header"))?;
-    let u24 = |b: &[u8]| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
-    let (length, offset, fragment_length) =
-        (u24(&header[1..4]), u24(&header[6..9]), u24(&header[9..12]));
-    if offset != 0 || fragment_length != length {
-        return Err(HandshakeError::Unsupported("fragmented handshake messages"));
+fn framing(e: FramingError) -> HandshakeError {
+    match e {
+        FramingError::Fragmented => HandshakeError::Unsupported("fragmented handshake messages"),
+        FramingError::Record => HandshakeError::Malformed("record"),
+        FramingError::Message => HandshakeError::Malformed("handshake message"),
     }
-    let end = HANDSHAKE_HEADER_LEN + length;
-    let message = fragment
-        .get(..end)
-        .ok_or(HandshakeError::Malformed("handshake message length"))?;
-    Ok((message, &fragment[end..]))
 }
 
 /// The cookie of a HelloVerifyRequest body.
@@ -468,17 +388,11 @@ fn parse_server_hello(body: &[u8]) -> Result<ServerHello, HandshakeError> {
     if body.get(at + 2) != Some(&0) {
         return Err(HandshakeError::Unsupported("compression"));
     }
-    let mut extended_master_secret = false;
-    if let Some(ext) = body.get(at + 3..) {
-        let mut ext = ext.get(2..).unwrap_or_default();
-        while let [t0, t1, l0, l1, rest @ ..] = ext {
-            let len = usize::from(u16::from_be_bytes([*l0, *l1]));
-            if [*t0, *t1] == EXTENDED_MASTER_SECRET {
-                extended_master_secret = true;
-            }
-            ext = rest.get(len..).ok_or_else(malformed)?;
-        }
-    }
+    let block = body.get(at + 5..).unwrap_or_default();
+    let extended_master_secret = codec::extensions(block)
+        .ok_or_else(malformed)?
+        .iter()
+        .any(|(t, _)| *t == EXTENDED_MASTER_SECRET);
     Ok(ServerHello {
         random,
         extended_master_secret,
