@@ -43,6 +43,7 @@ pub mod alert {
     pub const DECODE_ERROR: u8 = 50;
     pub const DECRYPT_ERROR: u8 = 51;
     pub const UNEXPECTED_MESSAGE: u8 = 10;
+    pub const PROTOCOL_VERSION: u8 = 70;
     pub const UNKNOWN_PSK_IDENTITY: u8 = 115;
 }
 

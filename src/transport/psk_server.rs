@@ -44,6 +44,10 @@ pub enum PskServerError {
     Unexpected(&'static str),
     #[error("the client offered no null compression")]
     NoNullCompression,
+    #[error("the client does not offer DTLS 1.2")]
+    ProtocolVersion,
+    #[error("the client's renegotiation_info is not empty in a new handshake")]
+    Renegotiation,
     #[error("unknown PSK identity")]
     UnknownIdentity,
     #[error("the client's Finished does not verify")]
@@ -60,6 +64,8 @@ impl PskServerError {
             PskServerError::Malformed(_) => Some(alert::DECODE_ERROR),
             PskServerError::Unexpected(_) => Some(alert::UNEXPECTED_MESSAGE),
             PskServerError::NoNullCompression => Some(alert::ILLEGAL_PARAMETER),
+            PskServerError::ProtocolVersion => Some(alert::PROTOCOL_VERSION),
+            PskServerError::Renegotiation => Some(alert::HANDSHAKE_FAILURE),
             PskServerError::UnknownIdentity => Some(alert::UNKNOWN_PSK_IDENTITY),
             PskServerError::BadFinished => Some(alert::DECRYPT_ERROR),
             PskServerError::Seal => Some(alert::HANDSHAKE_FAILURE),
@@ -191,6 +197,10 @@ impl PskServerHandshake {
         suite: LeanSuite,
         server_random: [u8; 32],
     ) -> Result<(PskServerHandshake, Vec<u8>), PskServerError> {
+        // DTLS versions count down: 1.0 is {254, 255}, 1.2 {254, 253}.
+        if hello.version[0] != 0xFE || hello.version[1] > codec::VERSION[1] {
+            return Err(PskServerError::ProtocolVersion);
+        }
         if !hello.compression.contains(&0) {
             return Err(PskServerError::NoNullCompression);
         }
@@ -519,6 +529,13 @@ fn offered_extensions(
         Some(_) => return Err(malformed),
     };
     let has = |t: [u8; 2]| list.iter().any(|(ty, _)| *ty == t);
+    // RFC 5746 §3.6: in a new handshake the field is empty (one zero length byte).
+    if list
+        .iter()
+        .any(|(ty, body)| *ty == RENEGOTIATION_INFO && *body != [0])
+    {
+        return Err(PskServerError::Renegotiation);
+    }
     let scsv = hello
         .cipher_suites
         .chunks_exact(2)
@@ -662,6 +679,46 @@ mod tests {
             PskServerHandshake::start(&parsed, &hello, CCM8, [2; 32]).err(),
             Some(PskServerError::NoNullCompression)
         );
+    }
+
+    #[test]
+    fn a_dtls_1_0_client_and_a_renegotiation_are_refused() {
+        let (_, hello) = PskHandshake::start(b"dev", b"secret", [1; 32]);
+        let mut old = hello.clone();
+        old[26] = 0xFF; // client_version {254, 255}: after the record and handshake headers
+        let parsed = parse_client_hello(&old).unwrap();
+        assert_eq!(parsed.version, [0xFE, 0xFF]);
+        assert_eq!(
+            PskServerHandshake::start(&parsed, &old, CCM8, [2; 32]).err(),
+            Some(PskServerError::ProtocolVersion)
+        );
+        // The lean client's extensions block is EMS alone: make it renegotiation_info
+        // carrying a previous verify_data byte.
+        let mut reneg = hello.clone();
+        reneg.truncate(reneg.len() - 4);
+        reneg.extend_from_slice(&[0xFF, 0x01, 0, 2, 1, 7]);
+        fix_lengths(&mut reneg, 2);
+        let parsed = parse_client_hello(&reneg).unwrap();
+        assert_eq!(
+            PskServerHandshake::start(&parsed, &reneg, CCM8, [2; 32]).err(),
+            Some(PskServerError::Renegotiation)
+        );
+    }
+
+    /// Grows the record, handshake and extensions lengths of a one-message hello by `by`.
+    fn fix_lengths(hello: &mut [u8], by: usize) {
+        let grow = |b: &mut [u8]| {
+            let v = b.iter().fold(0usize, |a, x| (a << 8) | usize::from(*x)) + by;
+            let n = b.len();
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = (v >> (8 * (n - 1 - i))) as u8;
+            }
+        };
+        grow(&mut hello[11..13]);
+        grow(&mut hello[14..17]);
+        grow(&mut hello[22..25]);
+        let ext_len_at = hello.len() - 6 - 2;
+        grow(&mut hello[ext_len_at..ext_len_at + 2]);
     }
 
     #[test]
