@@ -883,6 +883,26 @@ async fn last_flight_resends(handshakes: ServerHandshakes, resends_for_replays: 
     assert_eq!(got.expect("recv"), b"still up");
 }
 
+/// Whichever single datagram of a handshake is lost — each of the client's (ClientHello,
+/// ClientHello with cookie, its last flight) and each of the server's (HelloVerifyRequest,
+/// ServerHello flight, ChangeCipherSpec + Finished) — the handshake completes and the session
+/// carries data, with the lean server (the default) retransmitting its side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtls_handshake_completes_whichever_datagram_is_lost() {
+    const UP: [&[usize]; 3] = [&[1], &[2], &[3]];
+    const DOWN: [&[usize]; 3] = [&[1], &[2], &[3]];
+    let mut cases = tokio::task::JoinSet::new();
+    for up in UP {
+        cases.spawn(async move { drop(counted_handshake(up, &[]).await) });
+    }
+    for down in DOWN {
+        cases.spawn(async move { drop(counted_handshake(&[], down).await) });
+    }
+    while let Some(case) = cases.join_next().await {
+        case.expect("a handshake with one datagram lost completes");
+    }
+}
+
 /// Retransmitted flights are packed too: the client's last flight and then the server's
 /// are lost once; each comes again as one datagram.
 #[tokio::test]
