@@ -89,7 +89,10 @@ fuzz_target!(|data: &[u8]| {
         };
         match server.on_datagram(&datagram, &keys) {
             Ok(Step::Established(_)) => {
-                assert!(true_finished_sent, "established without the client's Finished");
+                assert!(
+                    true_finished_sent,
+                    "established without the client's Finished"
+                );
                 return;
             }
             Ok(_) => {
