@@ -141,7 +141,14 @@ pub fn follow_up_miss(request: &Packet, requested: BlockOption) -> Option<Packet
 /// (length-prefixed), so it can be compared directly.
 pub fn cache_key(request: &Packet) -> Vec<u8> {
     const SKIP: [u16; 5] = [23, 27, 60, 28, 6];
-    let mut key = vec![u8::from(request.header.code)];
+    // Sized once: this runs for every request a server takes.
+    let options: usize = request
+        .options()
+        .filter(|(n, _)| !SKIP.contains(n))
+        .flat_map(|(_, values)| values.iter().map(|v| 6 + v.len()))
+        .sum();
+    let mut key = Vec::with_capacity(2 + options + request.payload.len());
+    key.push(u8::from(request.header.code));
     for (n, values) in request.options() {
         if SKIP.contains(n) {
             continue;

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     CoapOption, MAX_TOKEN_LEN, MessageClass, MessageType, Packet, ResponseType, TransportTuning,
-    decode, empty_message, encode, peek_header, set_single, without_option,
+    decode, dropping_option, empty_message, encode, peek_header, set_single, without_option,
 };
 use crate::coap::block::{BlockOption, MAX_SZX};
 use crate::coap::block1::{Block1Sender, Continued};
@@ -257,13 +257,17 @@ impl ClientExchange {
         // given. Otherwise its SZX is our preferred block size, and the option goes.
         let caller_block1 = BlockOption::block1(&request).and_then(Result::ok);
         let manual_block1 = caller_block1.is_some_and(|b| b.num > 0 || b.more);
-        let template = without_option(&request, CoapOption::Block2.into());
+        let block2_pref = match BlockOption::block2(&request) {
+            Some(Ok(b)) => Some(b.szx),
+            _ => None,
+        };
+        let template = dropping_option(request, CoapOption::Block2.into());
         let mut this = Self {
             tuning,
             request: if manual_block1 {
                 template
             } else {
-                without_option(&template, CoapOption::Block1.into())
+                dropping_option(template, CoapOption::Block1.into())
             },
             token,
             next_mid: mid,
@@ -279,10 +283,7 @@ impl ClientExchange {
             reliable,
             block1: None,
             sent_block1: false,
-            block2_pref: match BlockOption::block2(&request) {
-                Some(Ok(b)) => Some(b.szx),
-                _ => None,
-            },
+            block2_pref,
             block1_pref: caller_block1.filter(|_| !manual_block1).map(|b| b.szx),
             manual_block1,
             peer_max_message_size: None,

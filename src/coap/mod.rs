@@ -322,6 +322,16 @@ pub fn code_string(code: MessageClass) -> String {
     code.to_string()
 }
 
+/// `p` without any value of option number `number`: `p` itself when it has none (the
+/// common case on every request, so no copy), else [`without_option`].
+pub fn dropping_option(p: Packet, number: u16) -> Packet {
+    if p.get_option(CoapOption::from(number)).is_some() {
+        without_option(&p, number)
+    } else {
+        p
+    }
+}
+
 /// A copy of `p` without any value of option number `number` (coap-lite's `clear_option`
 /// leaves an empty list behind; this removes the entry).
 pub fn without_option(p: &Packet, number: u16) -> Packet {
@@ -419,6 +429,20 @@ mod helper_tests {
         assert_eq!(encode_uint(0x0102), vec![1, 2]);
         assert_eq!(decode_uint(&[1, 2]), Some(0x0102));
         assert_eq!(decode_uint(&[1, 2, 3, 4, 5]), None);
+    }
+
+    #[test]
+    fn dropping_option_removes_the_entry_and_keeps_the_rest() {
+        let mut p = Packet::new();
+        p.add_option(CoapOption::Block2, vec![0x16]);
+        p.add_option(CoapOption::ETag, vec![1]);
+        p.payload = b"x".to_vec();
+        let q = dropping_option(p.clone(), 23);
+        assert!(q.get_option(CoapOption::Block2).is_none());
+        assert_eq!(q.get_option(CoapOption::ETag).map(|v| v.len()), Some(1));
+        assert_eq!(q.payload, b"x");
+        let r = dropping_option(q.clone(), 27);
+        assert_eq!(r.to_bytes().ok(), q.to_bytes().ok(), "no Block1: unchanged");
     }
 
     #[test]

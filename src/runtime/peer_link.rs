@@ -180,7 +180,7 @@ impl PeerLink {
     /// waits here for room, in order, rather than failing: bound the wait with the deadline.
     pub async fn request(&self, request: Packet) -> Result<Packet, LinkError> {
         let (reply, answer) = oneshot::channel();
-        self.command_waiting(LinkCommand::Request { request, reply })
+        self.command_waiting(Box::new(LinkCommand::Request { request, reply }))
             .await?;
         answer.await.unwrap_or(Err(LinkError::Closed))
     }
@@ -193,11 +193,11 @@ impl PeerLink {
     pub async fn observe(&self, request: Packet) -> Result<Observation, LinkError> {
         let (reply, answer) = oneshot::channel();
         let (notifications, rx) = mpsc::channel(OBSERVATION_CAPACITY);
-        self.command_waiting(LinkCommand::Observe {
+        self.command_waiting(Box::new(LinkCommand::Observe {
             request,
             reply,
             notifications,
-        })
+        }))
         .await?;
         let (id, first) = answer.await.unwrap_or(Err(LinkError::Closed))?;
         Ok(Observation {
@@ -219,12 +219,10 @@ impl PeerLink {
         }
     }
 
-    /// Hands `command` to the serve loop, waiting for room in its channel.
-    async fn command_waiting(&self, command: LinkCommand) -> Result<(), LinkError> {
-        self.tx
-            .send(Box::new(command))
-            .await
-            .map_err(|_| LinkError::Closed)
+    /// Hands `command` to the serve loop, waiting for room in its channel. It comes boxed
+    /// already, so a request's future holds a pointer while it waits, not the command.
+    async fn command_waiting(&self, command: Box<LinkCommand>) -> Result<(), LinkError> {
+        self.tx.send(command).await.map_err(|_| LinkError::Closed)
     }
 
     /// How many handles to this session exist (this one included): the serve loop keeps an

@@ -308,14 +308,19 @@ impl South {
     ) -> Result<Packet, ReadFailure> {
         match &device.reach {
             Reach::Dialed(uri) => self.request_dialed(device, *uri, request).await,
-            Reach::Registers(r) => self
-                .route(&r.endpoint, on_behalf, patience)
-                .await?
-                .session
-                .link
-                .request(request)
+            // Boxed, as in `read_ac_object`: each arm's future would size the other's.
+            Reach::Registers(r) => {
+                Box::pin(async {
+                    self.route(&r.endpoint, on_behalf, patience)
+                        .await?
+                        .session
+                        .link
+                        .request(request)
+                        .await
+                        .map_err(link_failure)
+                })
                 .await
-                .map_err(link_failure),
+            }
         }
     }
 
@@ -361,9 +366,14 @@ impl South {
     ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
-        let session = match self.open(&mut guard, device, uri).await? {
-            OpenLink::Datagram(s) => Some(s.link.clone()),
-            OpenLink::Stream(_) => None,
+        let session = match &*guard {
+            // The warm path: an open session, no connect machinery in this future.
+            LinkState::Open(OpenLink::Datagram(s)) if !s.link.is_closed() => Some(s.link.clone()),
+            // Boxed: connecting is rare, and its future would otherwise size every read's.
+            _ => match Box::pin(self.open(&mut guard, device, uri)).await? {
+                OpenLink::Datagram(s) => Some(s.link.clone()),
+                OpenLink::Stream(_) => None,
+            },
         };
         if let Some(session) = session {
             // The lock guards the link's state, not the exchange: other reads of this device
@@ -374,7 +384,7 @@ impl South {
                 let mut guard = link.lock().await;
                 let same = matches!(&*guard, LinkState::Open(OpenLink::Datagram(s)) if s.link.same_session(&session));
                 if same {
-                    close_link(&mut guard).await;
+                    Box::pin(close_link(&mut guard)).await;
                 }
             }
             return result;
@@ -382,9 +392,11 @@ impl South {
         let LinkState::Open(OpenLink::Stream(channel)) = &mut *guard else {
             return Err(ReadFailure::Unreachable("no link".into()));
         };
-        let result = channel.request(request).await.map_err(request_failure);
+        let result = Box::pin(channel.request(request))
+            .await
+            .map_err(request_failure);
         if result.is_err() {
-            close_link(&mut guard).await;
+            Box::pin(close_link(&mut guard)).await;
         }
         result
     }
@@ -413,14 +425,28 @@ impl South {
         device: &DeviceConfig,
         on_behalf: &Account,
     ) -> Result<Packet, ReadFailure> {
-        let Reach::Registers(r) = &device.reach else {
-            return self
-                .request(device, on_behalf, get_ac_object(content_format::TLV))
-                .await;
-        };
-        let route = self
-            .route(&r.endpoint, on_behalf, self.handshake_wait)
-            .await?;
+        match &device.reach {
+            Reach::Dialed(_) => {
+                self.request(device, on_behalf, get_ac_object(content_format::TLV))
+                    .await
+            }
+            // Boxed: a registered device's read (format memory, retries on 4.06) would
+            // otherwise size every dialled device's read future too.
+            Reach::Registers(r) => {
+                Box::pin(self.read_ac_object_registered(device, &r.endpoint, on_behalf)).await
+            }
+        }
+    }
+
+    /// [`read_ac_object`](Self::read_ac_object) of a registered device, over its
+    /// registration at `endpoint`.
+    async fn read_ac_object_registered(
+        &self,
+        device: &DeviceConfig,
+        endpoint: &str,
+        on_behalf: &Account,
+    ) -> Result<Packet, ReadFailure> {
+        let route = self.route(endpoint, on_behalf, self.handshake_wait).await?;
         let order = {
             let mut formats = self.formats.lock().unwrap_or_else(|p| p.into_inner());
             let memory = formats

@@ -327,8 +327,25 @@ pub async fn connect_server_a(
     }
 }
 
+/// How long a child gets to end on SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for ChildProcess {
+    /// SIGTERM first, so the child ends as in production (close_notify to its peers) and a
+    /// profiler wrapping it (`valgrind --trace-children=yes`) writes its counts; SIGKILL
+    /// after [`GRACE`].
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let give_up = Instant::now() + GRACE;
+            while Instant::now() < give_up {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
