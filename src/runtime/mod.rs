@@ -28,7 +28,9 @@ use crate::transport::PeerInfo;
 pub use channel::{Channel, ChannelError, ChannelSecurity, ChannelTuning, OpenError};
 pub use client::{AnySession, CoapClient, RequestError};
 pub use listener::{ListenError, Listener, Security};
-pub use peer_link::{LinkError, LinkInbox, Observation, ObserverError, ObserverHandle, PeerLink};
+pub use peer_link::{
+    LinkError, LinkInbox, Observation, ObserverError, ObserverHandle, PeerLink, Tagged,
+};
 pub use session::{
     DatagramWire, ServeOptions, SessionCore, Wire, WireGone, serve, serve_session,
     serve_session_linked, spawn_session,

@@ -106,14 +106,68 @@ impl From<NotifyError> for ObserverError {
 /// The first response of an observation and its id, or why there is none.
 pub(crate) type ObserveReply = oneshot::Sender<Result<(ObservationId, Packet), LinkError>>;
 
+/// A request's outcome with the tag its caller gave it ([`PeerLink::try_request_tagged`]).
+pub type Tagged = (usize, Result<Packet, LinkError>);
+
+/// Where the outcome of one of our requests goes.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// To the one caller waiting for it ([`PeerLink::request`]).
+    Caller(oneshot::Sender<Result<Packet, LinkError>>),
+    /// Into a queue shared by many requests ([`PeerLink::try_request_tagged`]).
+    Tagged(TaggedReply),
+}
+
+impl Reply {
+    /// The caller no longer waits: a tagged queue's receiver is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Reply::Caller(tx) => tx.is_closed(),
+            Reply::Tagged(t) => t.to.is_closed(),
+        }
+    }
+
+    pub(crate) fn send(self, outcome: Result<Packet, LinkError>) {
+        match self {
+            Reply::Caller(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Tagged(mut t) => t.send(outcome),
+        }
+    }
+}
+
+/// A tagged reply that answers [`LinkError::Closed`] if it is dropped unsent (its command
+/// still queued when the session ended, or the session's waits cleared), as a dropped
+/// oneshot does for [`PeerLink::request`]: a caller with many requests in one queue learns
+/// of each, rather than waiting for its deadline.
+#[derive(Debug)]
+pub(crate) struct TaggedReply {
+    to: mpsc::UnboundedSender<Tagged>,
+    tag: usize,
+    sent: bool,
+}
+
+impl TaggedReply {
+    fn send(&mut self, outcome: Result<Packet, LinkError>) {
+        self.sent = true;
+        let _ = self.to.send((self.tag, outcome));
+    }
+}
+
+impl Drop for TaggedReply {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.send(Err(LinkError::Closed));
+        }
+    }
+}
+
 /// What a link asks of the serve loop. It travels boxed: a tokio channel allocates a 32-slot
 /// block when it is made, and every session has a link (unboxed, 32 × 120 bytes: 3.8 KB per link).
 pub(crate) enum LinkCommand {
     /// One request; its outcome goes to `reply`.
-    Request {
-        request: Packet,
-        reply: oneshot::Sender<Result<Packet, LinkError>>,
-    },
+    Request { request: Packet, reply: Reply },
     /// Start observing: the first response to `reply`, the later notifications to
     /// `notifications`.
     Observe {
@@ -180,9 +234,47 @@ impl PeerLink {
     /// waits here for room, in order, rather than failing: bound the wait with the deadline.
     pub async fn request(&self, request: Packet) -> Result<Packet, LinkError> {
         let (reply, answer) = oneshot::channel();
-        self.command_waiting(Box::new(LinkCommand::Request { request, reply }))
-            .await?;
+        self.command_waiting(Box::new(LinkCommand::Request {
+            request,
+            reply: Reply::Caller(reply),
+        }))
+        .await?;
         answer.await.unwrap_or(Err(LinkError::Closed))
+    }
+
+    /// Sends `request` as [`request`](Self::request) does, if the session's channel has
+    /// room now, without waiting: its outcome then arrives on `to` as `(tag, outcome)`
+    /// (always exactly once: [`LinkError::Closed`] if the session ends first). `false`: no
+    /// room or no session, nothing sent. How one task collects a whole group's answers
+    /// without a task, a channel or a future per device.
+    pub fn try_request_tagged(
+        &self,
+        request: Packet,
+        to: &mpsc::UnboundedSender<Tagged>,
+        tag: usize,
+    ) -> bool {
+        let reply = Reply::Tagged(TaggedReply {
+            to: to.clone(),
+            tag,
+            sent: false,
+        });
+        match self
+            .tx
+            .try_send(Box::new(LinkCommand::Request { request, reply }))
+        {
+            Ok(()) => true,
+            Err(refused) => {
+                // Not sent: its reply must not answer Closed for a request never made.
+                if let LinkCommand::Request {
+                    reply: Reply::Tagged(mut t),
+                    ..
+                } = *refused.into_inner()
+                {
+                    t.sent = true;
+                }
+                false
+            }
+        }
     }
 
     /// Observes a resource of the peer (RFC 7641): sends `request` as a GET with Observe = 0
@@ -344,6 +436,42 @@ impl LinkInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tagged request answers exactly once: with its outcome when the session sends one,
+    /// with `Closed` when the session drops it unanswered; one refused for lack of room
+    /// answers nothing.
+    #[tokio::test]
+    async fn a_tagged_request_answers_once_and_a_refused_one_never() {
+        let (to, mut answers) = mpsc::unbounded_channel();
+        let (link, mut inbox) = PeerLink::new(2);
+        assert!(link.try_request_tagged(Packet::new(), &to, 7));
+        assert!(link.try_request_tagged(Packet::new(), &to, 8));
+        assert!(
+            !link.try_request_tagged(Packet::new(), &to, 9),
+            "channel full"
+        );
+        let Some(first) = inbox.rx.recv().await else {
+            panic!("no command")
+        };
+        let LinkCommand::Request { reply, .. } = *first else {
+            panic!("not a request")
+        };
+        assert!(!reply.is_closed());
+        let mut answer = Packet::new();
+        answer.payload = b"acl".to_vec();
+        reply.send(Ok(answer));
+        assert_eq!(
+            answers
+                .recv()
+                .await
+                .map(|(tag, r)| (tag, r.map(|p| p.payload))),
+            Some((7, Ok(b"acl".to_vec())))
+        );
+        drop(inbox); // the session ends with tag 8 still queued
+        assert_eq!(answers.recv().await, Some((8, Err(LinkError::Closed))));
+        drop(to);
+        assert_eq!(answers.recv().await, None, "nothing for the refused tag 9");
+    }
 
     #[tokio::test]
     async fn a_closed_link_fails_closed_and_a_full_one_waits_for_room() {

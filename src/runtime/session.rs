@@ -61,7 +61,7 @@ use crate::coap::{
 use crate::runtime::alarm::Alarm;
 use crate::runtime::client::{fast_random_bytes, random_bytes};
 use crate::runtime::peer_link::{
-    LINK_CAPACITY, LinkCommand, LinkError, LinkInbox, ObserveReply, ObserverError, PeerLink,
+    LINK_CAPACITY, LinkCommand, LinkError, LinkInbox, ObserveReply, ObserverError, PeerLink, Reply,
 };
 #[cfg(doc)]
 use crate::runtime::peer_link::{Observation, ObserverHandle};
@@ -543,7 +543,7 @@ struct Driver<C, H> {
     core: C,
     pipeline: Pipeline<H, Responder>,
     /// Link callers waiting for the outcome of our requests.
-    waiting: HashMap<RequestId, oneshot::Sender<Result<Packet, LinkError>>>,
+    waiting: HashMap<RequestId, Reply>,
     /// Our observations (client role) and where their notifications go.
     observing: HashMap<ObservationId, Sink>,
     /// Notifications whose registration is still in the handler.
@@ -761,7 +761,7 @@ impl<C: SessionCore, H: Handler> Driver<C, H> {
                 EndpointEvent::Response { id, result } => {
                     if let Some(reply) = self.waiting.remove(&id) {
                         // The caller may have given up; the exchange finished anyway.
-                        let _ = reply.send(result.map_err(LinkError::from));
+                        reply.send(result.map_err(LinkError::from));
                     }
                 }
                 EndpointEvent::Notification { id, response } => {

@@ -26,14 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::coap::{ClientError, MessageClass, Packet, RequestType, ResponseType, TransportTuning};
-use crate::config::{Config, DeviceConfig, EndpointUri, Reach, Scheme};
+use crate::config::{Config, DeviceConfig, EndpointUri, Profile, Reach, Scheme};
 use crate::gateway::registrations::{Registrations, Route};
 use crate::lwm2m::content_format;
 use crate::registry::{Account, FormatMemory};
 use crate::runtime::{
     ChannelError, ChannelSecurity, ChannelTuning, OpenError, RequestError, StreamRequestError,
 };
-use crate::runtime::{LinkError, Observation};
+use crate::runtime::{LinkError, Observation, PeerLink, Tagged};
 use crate::transport::dtls::{DtlsClient, PskClientConfig, X509ClientConfig, X509Credentials};
 use crate::transport::mux::DatagramMux;
 use crate::transport::tls::{TlsClient, TlsCredentials};
@@ -381,11 +381,7 @@ impl South {
             drop(guard);
             let result = session.request(request).await.map_err(link_failure);
             if result.is_err() {
-                let mut guard = link.lock().await;
-                let same = matches!(&*guard, LinkState::Open(OpenLink::Datagram(s)) if s.link.same_session(&session));
-                if same {
-                    Box::pin(close_link(&mut guard)).await;
-                }
+                Box::pin(close_if_current(&link, &session)).await;
             }
             return result;
         }
@@ -476,6 +472,17 @@ impl South {
             answer = Some(response);
         }
         answer.ok_or_else(|| ReadFailure::BadAnswer("no content format to ask for".into()))
+    }
+}
+
+/// Closes `link` if `session` is still its session: a request over it failed, so the next
+/// read starts afresh (a newer session, opened meanwhile, stays).
+async fn close_if_current(link: &Link, session: &PeerLink) {
+    let mut guard = link.lock().await;
+    let current =
+        matches!(&*guard, LinkState::Open(OpenLink::Datagram(s)) if s.link.same_session(session));
+    if current {
+        close_link(&mut guard).await;
     }
 }
 
@@ -626,6 +633,46 @@ fn handshake_failure(e: TransportError) -> ReadFailure {
 }
 
 impl AclReader for South {
+    /// A dialled LwM2M device whose datagram session is open (and not being replaced right
+    /// now): its `GET /2` goes straight into the session's channel.
+    fn start_untasked(
+        &self,
+        device: &DeviceConfig,
+        answers: &tokio::sync::mpsc::UnboundedSender<Tagged>,
+        tag: usize,
+    ) -> Option<PeerLink> {
+        if !matches!(device.profile, Profile::Lwm2m(_)) || !matches!(device.reach, Reach::Dialed(_))
+        {
+            return None;
+        }
+        let link = self.link(&device.id);
+        let guard = link.try_lock().ok()?;
+        let LinkState::Open(OpenLink::Datagram(open)) = &*guard else {
+            return None;
+        };
+        let session = open.link.clone();
+        drop(guard);
+        session
+            .try_request_tagged(get_ac_object(content_format::TLV), answers, tag)
+            .then_some(session)
+    }
+
+    fn finish_untasked(
+        &self,
+        device: &DeviceConfig,
+        over: PeerLink,
+        answer: Result<Packet, LinkError>,
+    ) -> Result<AclReading, ReadFailure> {
+        match answer {
+            Ok(response) => profile::lwm2m_reading(response),
+            Err(e) => {
+                let link = self.link(&device.id);
+                tokio::spawn(async move { close_if_current(&link, &over).await });
+                Err(link_failure(e))
+            }
+        }
+    }
+
     async fn read_acl(
         &self,
         device: &DeviceConfig,

@@ -66,6 +66,21 @@ fn parent(path: &str) -> Option<&str> {
     }
 }
 
+/// The reading in a device's answer to `GET /2`.
+pub fn lwm2m_reading(response: Packet) -> Result<AclReading, ReadFailure> {
+    let response = content(response)?;
+    let cf = coap::content_format(&response).unwrap_or(content_format::TLV);
+    tracing::debug!(
+        content_format = cf,
+        bytes = response.payload.len(),
+        "device sent /2"
+    );
+    Ok(AclReading::Lwm2m {
+        content_format: cf,
+        payload: response.payload,
+    })
+}
+
 pub async fn read_acl(
     south: &South,
     device: &DeviceConfig,
@@ -73,19 +88,7 @@ pub async fn read_acl(
     uri: &str,
 ) -> Result<AclReading, ReadFailure> {
     match device.profile {
-        Profile::Lwm2m(_) => {
-            let response = content(south.read_ac_object(device, on_behalf).await?)?;
-            let cf = coap::content_format(&response).unwrap_or(content_format::TLV);
-            tracing::debug!(
-                content_format = cf,
-                bytes = response.payload.len(),
-                "device sent /2"
-            );
-            Ok(AclReading::Lwm2m {
-                content_format: cf,
-                payload: response.payload,
-            })
-        }
+        Profile::Lwm2m(_) => lwm2m_reading(south.read_ac_object(device, on_behalf).await?),
         Profile::Dm(policy) => {
             let is_interior = match policy {
                 DmPolicy::Replace => true,
