@@ -58,6 +58,16 @@ enum LinkState {
     Open(OpenLink),
 }
 
+impl LinkState {
+    /// The session of an open datagram link (UDP or DTLS), whether or not it has ended.
+    fn datagram_session(&self) -> Option<&PeerLink> {
+        match self {
+            LinkState::Open(OpenLink::Datagram(s)) => Some(&s.link),
+            _ => None,
+        }
+    }
+}
+
 /// A DTLS handshake may go on in the background for this many handshake budgets.
 pub const HANDSHAKE_PATIENCE: u32 = 3;
 
@@ -366,11 +376,12 @@ impl South {
     ) -> Result<Packet, ReadFailure> {
         let link = self.link(&device.id);
         let mut guard = link.lock().await;
-        let session = match &*guard {
+        let warm = guard.datagram_session().filter(|s| !s.is_closed()).cloned();
+        let session = match warm {
             // The warm path: an open session, no connect machinery in this future.
-            LinkState::Open(OpenLink::Datagram(s)) if !s.link.is_closed() => Some(s.link.clone()),
+            Some(session) => Some(session),
             // Boxed: connecting is rare, and its future would otherwise size every read's.
-            _ => match Box::pin(self.open(&mut guard, device, uri)).await? {
+            None => match Box::pin(self.open(&mut guard, device, uri)).await? {
                 OpenLink::Datagram(s) => Some(s.link.clone()),
                 OpenLink::Stream(_) => None,
             },
@@ -479,9 +490,10 @@ impl South {
 /// read starts afresh (a newer session, opened meanwhile, stays).
 async fn close_if_current(link: &Link, session: &PeerLink) {
     let mut guard = link.lock().await;
-    let current =
-        matches!(&*guard, LinkState::Open(OpenLink::Datagram(s)) if s.link.same_session(session));
-    if current {
+    if guard
+        .datagram_session()
+        .is_some_and(|s| s.same_session(session))
+    {
         close_link(&mut guard).await;
     }
 }
@@ -646,12 +658,7 @@ impl AclReader for South {
             return None;
         }
         let link = self.link(&device.id);
-        let guard = link.try_lock().ok()?;
-        let LinkState::Open(OpenLink::Datagram(open)) = &*guard else {
-            return None;
-        };
-        let session = open.link.clone();
-        drop(guard);
+        let session = link.try_lock().ok()?.datagram_session()?.clone();
         session
             .try_request_tagged(get_ac_object(content_format::TLV), answers, tag)
             .then_some(session)
